@@ -1,0 +1,294 @@
+"""Distance priors as users specify them, and the Bailer-Jones et al. (2021) table.
+
+The classes here are descriptions: each parameter may be a scalar, an array with
+one value per star, an astropy ``Quantity`` or the name of a table column.
+:func:`resolve_prior` turns a description into a pure-JAX prior from
+:mod:`gaia_distances.core.priors` with one parameter value per row.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from astropy import units as u
+from astropy.table import Table
+
+from gaia_distances.columns import column_values, find_column, require_columns
+from gaia_distances.core import priors as core
+from gaia_distances.errors import PriorTableError
+
+__all__ = [
+    "BJ2021_PRIOR_ENV",
+    "BJ2021_PRIOR_URL",
+    "EDSD",
+    "GGD",
+    "BailerJones2021Prior",
+    "UniformSpaceDensity",
+    "load_bailer_jones_2021_table",
+    "resolve_prior",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming a local copy of the prior summary table.
+BJ2021_PRIOR_ENV = "GAIA_DISTANCES_BJ2021_PRIOR"
+#: The publisher's copy of the Bailer-Jones et al. (2021) prior summary.
+BJ2021_PRIOR_URL = "https://www2.mpia-hd.mpg.de/homes/calj/gedr3_distances/prior_summary.csv"
+#: Gaia source_id -> HEALPix level 5 (nested): source_id // 2**49.
+_HEALPIX5_DIVISOR = 2**49
+_N_HEALPIX5 = 12 * 4**5
+
+ParamLike = Union[float, np.ndarray, u.Quantity, str]  # noqa: UP007 (a runtime alias)
+
+
+def _param(value: ParamLike, table: Table, n: int, name: str, unit: u.UnitBase | None) -> np.ndarray:
+    """One float64 value per row from a scalar, array, Quantity or column name."""
+    if isinstance(value, str):
+        col = find_column(table, value, step=f"prior parameter {name}")
+        arr = column_values(table, col, unit if isinstance(table[col], u.Quantity) else None)
+    elif isinstance(value, u.Quantity):
+        arr = np.asarray(value.to_value(unit) if unit is not None else value.value, dtype=float)
+    else:
+        arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"prior parameter {name} has shape {arr.shape}; expected a scalar or ({n},)")
+    return arr
+
+
+@dataclass(frozen=True)
+class EDSD:
+    """Exponentially decreasing space density prior, ``r^2 exp(-r/L) / (2 L^3)``.
+
+    Parameters
+    ----------
+    length_scale
+        ``L`` in pc (scalar, per-star array, Quantity or column name). The
+        default 1350 pc is the Bailer-Jones (2015) / Astraatmadja & Bailer-Jones
+        (2016) all-sky value.
+
+    Examples
+    --------
+    >>> EDSD(1000.0)
+    EDSD(length_scale=1000.0)
+    """
+
+    length_scale: ParamLike = 1350.0
+
+    def resolve(self, table: Table) -> core.EDSDPrior:
+        return core.EDSDPrior(_param(self.length_scale, table, len(table), "length_scale", u.pc))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "EDSD", **_describe_params(asdict(self))}
+
+
+@dataclass(frozen=True)
+class GGD:
+    """Generalized gamma prior of Bailer-Jones et al. (2021).
+
+    ``P(r) = alpha / (L^(beta+1) Gamma((beta+1)/alpha)) r^beta exp(-(r/L)^alpha)``.
+    ``alpha=1, beta=2`` is the EDSD prior.
+
+    Use :meth:`bailer_jones_2021` for the published per-HEALPix parameters.
+    """
+
+    alpha: ParamLike = 1.0
+    beta: ParamLike = 2.0
+    length_scale: ParamLike = 1350.0
+
+    def resolve(self, table: Table) -> core.GGDPrior:
+        n = len(table)
+        return core.GGDPrior(
+            _param(self.length_scale, table, n, "length_scale", u.pc),
+            _param(self.alpha, table, n, "alpha", None),
+            _param(self.beta, table, n, "beta", None),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "GGD", **_describe_params(asdict(self))}
+
+    @staticmethod
+    def bailer_jones_2021(
+        path: str | os.PathLike[str] | None = None, *, url: str = BJ2021_PRIOR_URL, cache: bool = True
+    ) -> BailerJones2021Prior:
+        """Per-HEALPix GGD priors from the Bailer-Jones et al. (2021) summary table.
+
+        The table is read from ``path``, else from the file named by the
+        ``GAIA_DISTANCES_BJ2021_PRIOR`` environment variable, else downloaded
+        from ``url`` once and kept in astropy's download cache.
+        """
+        return BailerJones2021Prior(kind="GGD", path=path, url=url, cache=cache)
+
+
+@dataclass(frozen=True)
+class UniformSpaceDensity:
+    """Constant space density out to ``r_max`` (pc): ``3 r^2 / r_max^3``."""
+
+    r_max: ParamLike = 1e5
+
+    def resolve(self, table: Table) -> core.UniformSpaceDensityPrior:
+        return core.UniformSpaceDensityPrior(_param(self.r_max, table, len(table), "r_max", u.pc))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "UniformSpaceDensity", **_describe_params(asdict(self))}
+
+
+@dataclass(frozen=True)
+class BailerJones2021Prior:
+    """Per-star priors looked up by HEALPix level 5 (``source_id // 2**49``).
+
+    ``kind="GGD"`` uses GGDrlen, GGDalpha, GGDbeta; ``kind="EDSD"`` uses
+    EDSDrlen. Rows whose ``source_id`` is missing get NaN results flagged
+    ``INVALID_PRIOR``.
+    """
+
+    kind: str = "GGD"
+    path: str | os.PathLike[str] | None = None
+    url: str = BJ2021_PRIOR_URL
+    cache: bool = True
+    _table: Any = field(default=None, repr=False, compare=False)
+
+    def table(self) -> Table:
+        return load_bailer_jones_2021_table(self.path, url=self.url, cache=self.cache)
+
+    def parameters(self, source_id: Any) -> dict[str, np.ndarray]:
+        """Prior parameters for each ``source_id`` (NaN where it is missing)."""
+        prior_table = self.table()
+        ids = np.ma.asarray(source_id)
+        valid = ~np.ma.getmaskarray(ids)
+        pix = np.full(len(ids), -1, dtype=np.int64)
+        pix[valid] = np.asarray(ids.data[valid], dtype=np.int64) // _HEALPIX5_DIVISOR
+        ok = valid & (pix >= 0) & (pix < _N_HEALPIX5)
+        lookup = np.full(_N_HEALPIX5, -1, dtype=np.int64)
+        lookup[np.asarray(prior_table["healpix"], dtype=np.int64)] = np.arange(len(prior_table))
+        row = np.where(ok, lookup[np.clip(pix, 0, _N_HEALPIX5 - 1)], -1)
+        ok &= row >= 0
+        names = ("GGDrlen", "GGDalpha", "GGDbeta") if self.kind == "GGD" else ("EDSDrlen",)
+        out = {}
+        for name in names:
+            vals = np.asarray(prior_table[name], dtype=float)[np.clip(row, 0, None)]
+            out[name] = np.where(ok, vals, np.nan)
+        out["healpix5"] = pix
+        return out
+
+    def resolve(self, table: Table) -> core.EDSDPrior | core.GGDPrior:
+        require_columns(table, ["source_id"], step="the Bailer-Jones 2021 prior")
+        p = self.parameters(table["source_id"])
+        if self.kind == "GGD":
+            return core.GGDPrior(p["GGDrlen"], p["GGDalpha"], p["GGDbeta"])
+        return core.EDSDPrior(p["EDSDrlen"])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": f"Bailer-Jones 2021 {self.kind} (HEALPix level 5)",
+            "table": str(_locate_table(self.path) or self.url),
+        }
+
+
+def _describe_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, str):
+            out[k] = f"column {v}"
+        elif isinstance(v, u.Quantity):
+            out[k] = str(v) if v.isscalar else f"per-star array [{v.unit}]"
+        elif np.ndim(v) == 0:
+            out[k] = float(v)
+        else:
+            out[k] = "per-star array"
+    return out
+
+
+def _locate_table(path: str | os.PathLike[str] | None) -> Path | None:
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(BJ2021_PRIOR_ENV)
+    return Path(env) if env else None
+
+
+def load_bailer_jones_2021_table(
+    path: str | os.PathLike[str] | None = None, *, url: str = BJ2021_PRIOR_URL, cache: bool = True
+) -> Table:
+    """Read the Bailer-Jones et al. (2021) prior summary (12288 HEALPix rows).
+
+    Parameters
+    ----------
+    path
+        A local copy. Defaults to ``$GAIA_DISTANCES_BJ2021_PRIOR``, then to a
+        download from ``url`` kept in astropy's cache (``cache=True``).
+    """
+    local = _locate_table(path)
+    if local is None:
+        from astropy.utils.data import download_file
+
+        try:
+            local = Path(download_file(url, cache=cache, show_progress=False, pkgname="gaia_distances"))
+        except Exception as exc:  # URLError, HTTPError, timeouts
+            raise PriorTableError(
+                f"could not download the Bailer-Jones 2021 prior table from {url} ({exc}). "
+                f"Download prior_summary.csv by hand and pass its path, or set ${BJ2021_PRIOR_ENV}."
+            ) from exc
+    return _read_prior_table(str(local))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_prior_table(path: str) -> Table:
+    if not Path(path).exists():
+        raise PriorTableError(f"Bailer-Jones 2021 prior table not found: {path}")
+    try:
+        table = Table.read(path, format="ascii.csv")
+    except Exception as exc:
+        raise PriorTableError(f"could not read {path} as a CSV prior table: {exc}") from exc
+    need = ["healpix", "GGDrlen", "GGDalpha", "GGDbeta", "EDSDrlen"]
+    missing = [c for c in need if c not in table.colnames]
+    if missing:
+        raise PriorTableError(f"{path} lacks prior table column(s) {missing}")
+    if len(table) != _N_HEALPIX5:
+        log.warning("prior table %s has %d rows, expected %d", path, len(table), _N_HEALPIX5)
+    return table
+
+
+def resolve_prior(prior: Any, table: Table) -> tuple[Any, dict[str, Any]]:
+    """Turn a prior description into a core prior for every row of ``table``.
+
+    ``prior`` may be an :class:`EDSD`, :class:`GGD`, :class:`UniformSpaceDensity`
+    or :class:`BailerJones2021Prior` instance; one of the strings ``"edsd"``,
+    ``"ggd"`` (Bailer-Jones 2021 table) or ``"uniform"``; or any numpyro
+    ``Distribution`` over distance in pc with positive support.
+
+    Returns the core prior and a description for provenance.
+    """
+    if isinstance(prior, str):
+        key = prior.lower()
+        if key == "edsd":
+            prior = EDSD()
+        elif key in ("ggd", "bj2021", "bailer-jones-2021"):
+            prior = GGD.bailer_jones_2021()
+        elif key in ("uniform", "usd"):
+            prior = UniformSpaceDensity()
+        else:
+            raise ValueError(f"unknown prior {prior!r}; use 'edsd', 'ggd' or 'uniform'")
+    if hasattr(prior, "resolve"):
+        return prior.resolve(table), prior.describe()
+    try:
+        from numpyro.distributions import Distribution
+    except ImportError:  # pragma: no cover - numpyro is a dependency
+        Distribution = ()  # type: ignore[assignment,misc]
+    if isinstance(prior, Distribution):
+        core.check_positive_support(prior)
+        return (
+            core.DistributionPrior.from_distribution(prior, len(table)),
+            {"name": f"user: numpyro {type(prior).__name__}", "batch_shape": list(prior.batch_shape)},
+        )
+    raise TypeError(
+        "prior must be EDSD, GGD, UniformSpaceDensity, GGD.bailer_jones_2021(), "
+        f"'edsd'/'ggd'/'uniform' or a numpyro Distribution; got {type(prior).__name__}"
+    )

@@ -1,0 +1,96 @@
+"""The gaia-distances command line, in process and as a console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import gaia_distances as gd
+from gaia_distances.cli import main
+from gaia_distances.io import write_table
+
+
+@pytest.fixture
+def field_file(tmp_path, sim_field):
+    path = tmp_path / "field.fits"
+    write_table(sim_field[:400], path)
+    return path
+
+
+def test_zeropoint_then_estimate(tmp_path, field_file, capsys):
+    zp = tmp_path / "zp.ecsv"
+    assert main(["--quiet", "zeropoint", str(field_file), "-o", str(zp)]) == 0
+    out = tmp_path / "d.parquet"
+    assert main(["--json", "estimate", str(zp), "-o", str(out), "--prior", "edsd", "--length-scale", "1500"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 400
+    t = gd.load_table(out)
+    assert "distance_median" in t.colnames and len(t) == 400
+    assert t.meta["gaia_distances"]["distances"]["prior"]["length_scale"] == 1500.0
+
+
+def test_estimate_with_ggd_table_and_zero_point_float(tmp_path, field_file, data_file):
+    prior_table = data_file("bj2021_prior_summary.csv")
+    out = tmp_path / "d.fits"
+    code = main(
+        [
+            "--quiet",
+            "estimate",
+            str(field_file),
+            "-o",
+            str(out),
+            "--prior",
+            "ggd",
+            "--prior-table",
+            str(prior_table),
+            "--zero-point",
+            "-0.017",
+            "--p05-p95",
+        ]
+    )
+    assert code == 0
+    t = gd.load_table(out)
+    assert "distance_p95" in t.colnames
+    assert np.isfinite(t["distance_median"].value).sum() > 350
+
+
+def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source_id,ra\n1,2.0\n")
+    assert main(["estimate", str(bad), "-o", str(tmp_path / "x.fits")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parallax_error" in err[0]
+    assert main(["estimate", str(tmp_path / "missing.fits"), "-o", str(tmp_path / "x.fits")]) == 2
+    assert main(["estimate", str(bad), "-o", str(tmp_path / "x.unknown")]) == 2
+
+
+def test_demo_in_process(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["--json", "demo", "--output-dir", str(tmp_path), "--n-field", "3000", "--n-cluster", "300"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 3300
+    assert 0.5 < summary["truth_inside_68pc_interval"] < 0.85
+    assert (tmp_path / "demo_distances.ecsv").exists() and (tmp_path / "demo_summary.json").exists()
+
+
+def test_console_script(tmp_path):
+    exe = shutil.which("gaia-distances")
+    cmd = [exe] if exe else [sys.executable, "-m", "gaia_distances.cli"]
+    res = subprocess.run(
+        cmd + ["--json", "demo", "--output-dir", str(tmp_path), "--n-field", "500", "--n-cluster", "50"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["rows"] == 550
+    res = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+    assert "mas" in res.stdout and "pc" in res.stdout
