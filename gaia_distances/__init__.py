@@ -37,6 +37,10 @@ _EXPORTS = {
     "MissingColumnsError": "gaia_distances.errors",
     "PriorTableError": "gaia_distances.errors",
     "estimate_distances": "gaia_distances.estimate",
+    "fit_cluster": "gaia_distances.cluster",
+    "ClusterFit": "gaia_distances.cluster",
+    "ClusterFlag": "gaia_distances.cluster",
+    "ClusterPriors": "gaia_distances.cluster",
     "load_table": "gaia_distances.io",
     "write_table": "gaia_distances.io",
     "EDSD": "gaia_distances.priors",
@@ -66,6 +70,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from gaia_distances.cluster import ClusterFit, ClusterFlag, ClusterPriors, fit_cluster
     from gaia_distances.core.quadrature import DistanceFlag
     from gaia_distances.errors import (
         GaiaDistancesError,

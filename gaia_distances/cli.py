@@ -4,6 +4,7 @@ Subcommands:
 
 - ``zeropoint IN -o OUT``: add Lindegren et al. (2021) zero points;
 - ``estimate IN -o OUT --prior edsd|ggd|uniform``: per-star distances;
+- ``cluster IN -o OUT [--method marginal|joint]``: fit a cluster over a field;
 - ``demo``: simulate a Gaia field and run the whole pipeline, offline.
 
 Table formats are chosen by file extension (.fits, .vot, .ecsv, .csv, .parquet).
@@ -106,17 +107,72 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     r_true = np.asarray(t["r_true"].value)
     lo, hi = np.asarray(t["distance_lo"].value), np.asarray(t["distance_hi"].value)
     inside = (r_true[good] >= lo[good]) & (r_true[good] <= hi[good])
+    fit = gd.fit_cluster(t, seed=args.seed)
+    t = fit.table
+    rows = {str(r["parameter"]): r for r in fit.summary()}
     path = out / "demo_distances.ecsv"
     write_table(t, str(path))
+    fit.summary().write(out / "demo_cluster_summary.ecsv", format="ascii.ecsv", overwrite=True)
     summary = {
         **_summary(t),
         "cluster_members_simulated": int(np.sum(t["is_member"])),
         "truth_inside_68pc_interval": float(inside.mean()) if inside.size else None,
-        "wall_time_s": round(t_est, 2),
+        "cluster_distance_pc": f"{rows['D']['mean']:.1f} +- {rows['D']['sd']:.1f} (true 850)",
+        "cluster_fraction": f"{rows['Q']['mean']:.3f} +- {rows['Q']['sd']:.3f}",
+        "distances_wall_time_s": round(t_est, 2),
+        "total_wall_time_s": round(time.perf_counter() - t0, 2),
         "output": str(path),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    import gaia_distances as gd
+
+    t = gd.load_table(args.input)
+    if args.apply_zeropoint:
+        t = gd.apply_zeropoint(t, fallback=args.fallback)
+    zp: Any = args.zero_point
+    if zp is not None:
+        try:
+            zp = float(zp)
+        except ValueError:
+            pass
+    priors = gd.ClusterPriors.physical() if args.physical_priors else gd.ClusterPriors()
+    limits = tuple(args.parallax_limits) if args.parallax_limits else None
+    fit = gd.fit_cluster(
+        t,
+        method=args.method,
+        priors=priors,
+        zero_point=zp,
+        parallax_limits=limits,
+        distance_hint=args.distance_hint,
+        num_warmup=args.num_warmup,
+        num_samples=args.num_samples,
+        num_chains=args.num_chains,
+        seed=args.seed,
+        progress=None if not args.quiet else False,
+    )
+    write_table(fit.table, args.output)
+    if args.save_posterior:
+        fit.to_netcdf(args.save_posterior)
+    summ = fit.summary()
+    if not args.quiet and not args.json:
+        summ.pprint(max_width=-1)
+    diag = {k: v for k, v in fit.diagnostics.items() if not k.startswith("_")}
+    return {
+        "method": args.method,
+        "stars_fitted": int(np.sum(np.asarray(fit.table["cluster_flag"]) == 0)),
+        **{f"{r['parameter']}_mean": float(r["mean"]) for r in summ},
+        **{f"{r['parameter']}_sd": float(r["sd"]) for r in summ},
+        "min_ess_bulk": diag["min_ess_bulk"],
+        "max_r_hat": max(diag["r_hat"].values()),
+        "divergences": diag["divergences"],
+        "wall_time_s": round(diag["wall_time_s"], 2),
+        "warnings": diag["warnings"],
+        "output": args.output,
+    }
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -164,6 +220,39 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--p05-p95", action="store_true", help="also write 5th and 95th percentiles")
     e.add_argument("--seed", type=int, default=0, help="random seed (method nuts)")
     e.set_defaults(func=_cmd_estimate)
+
+    c = sub.add_parser("cluster", help="fit a cluster (Gaussian in ln r) over an EDSD field")
+    c.add_argument("input", help="input table (format from extension)")
+    c.add_argument("-o", "--output", required=True, help="output table with membership_prob, cluster_distance_*")
+    c.add_argument(
+        "--method",
+        choices=["marginal", "joint"],
+        default="marginal",
+        help="marginal: distances integrated out (fast); joint: one latent distance per star",
+    )
+    c.add_argument("--save-posterior", default=None, help="write the posterior (arviz netCDF) here")
+    c.add_argument("--zero-point", default=None, help="zero point in mas or a column name")
+    c.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step first")
+    c.add_argument("--fallback", type=float, default=None, help="with --apply-zeropoint: fallback (mas)")
+    c.add_argument(
+        "--parallax-limits",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="fit only stars with LO < parallax < HI (mas)",
+    )
+    c.add_argument("--distance-hint", type=float, default=None, help="rough cluster distance (pc)")
+    c.add_argument(
+        "--physical-priors",
+        action="store_true",
+        help="prior on the cluster's size in pc (robust for small clusters in big fields)",
+    )
+    c.add_argument("--num-warmup", type=int, default=None)
+    c.add_argument("--num-samples", type=int, default=None)
+    c.add_argument("--num-chains", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_cmd_cluster)
 
     d = sub.add_parser("demo", help="simulate a Gaia field and run the pipeline (no network)")
     d.add_argument("--output-dir", default="gaia_distances_demo", help="where to write results")

@@ -22,6 +22,7 @@ __all__ = [
     "META_KEY",
     "add_column",
     "column_values",
+    "corrected_parallax",
     "find_column",
     "normalise_columns",
     "require_columns",
@@ -204,6 +205,35 @@ def add_column(
     else:
         table[name] = col
     table[name].info.description = description
+
+
+def corrected_parallax(
+    table: Table, zero_point: float | str | u.Quantity | None, *, step: str
+) -> tuple[np.ndarray, str]:
+    """Zero-point-corrected parallax (mas) and a description of its source.
+
+    ``zero_point=None`` uses ``parallax_corrected`` (from ``apply_zeropoint``),
+    warning and falling back to the raw parallax if it is absent; a float or
+    Quantity is subtracted from ``parallax``; a string names a zero-point column.
+    """
+    require_columns(table, ["parallax_error"], step=step)
+    if zero_point is None:
+        if "parallax_corrected" in table.colnames:
+            return column_values(table, "parallax_corrected", u.mas), "parallax_corrected column"
+        require_columns(table, ["parallax"], step=step)
+        warn(
+            "no parallax_corrected column: using the raw parallax with no zero point. "
+            "Run apply_zeropoint first, or pass zero_point=<mas or column name>."
+        )
+        return column_values(table, "parallax", u.mas), "none (raw parallax)"
+    require_columns(table, ["parallax"], step=step)
+    plx = column_values(table, "parallax", u.mas)
+    if isinstance(zero_point, str):
+        col = find_column(table, zero_point, step=f"{step} zero_point")
+        zp = column_values(table, col, u.mas if isinstance(table[col], u.Quantity) else None)
+        return plx - zp, f"parallax - column {zero_point}"
+    zp_val = zero_point.to_value(u.mas) if isinstance(zero_point, u.Quantity) else float(zero_point)
+    return plx - zp_val, f"parallax - ({zp_val} mas)"
 
 
 def update_provenance(table: QTable, step: str, record: Mapping[str, Any]) -> None:

@@ -14,8 +14,7 @@ from astropy.table import QTable
 from gaia_distances.columns import (
     add_column,
     column_values,
-    find_column,
-    require_columns,
+    corrected_parallax,
     update_provenance,
     warn,
 )
@@ -29,27 +28,6 @@ log = logging.getLogger(__name__)
 
 #: Row count above which a progress bar is shown by default.
 PROGRESS_THRESHOLD = 200_000
-
-
-def _parallax_for_distances(table: QTable, zero_point: float | str | None) -> tuple[np.ndarray, str]:
-    require_columns(table, ["parallax_error"], step="estimate_distances")
-    if zero_point is None:
-        if "parallax_corrected" in table.colnames:
-            return column_values(table, "parallax_corrected", u.mas), "parallax_corrected column"
-        require_columns(table, ["parallax"], step="estimate_distances")
-        warn(
-            "no parallax_corrected column: using the raw parallax with no zero point. "
-            "Run apply_zeropoint first, or pass zero_point=<mas or column name>."
-        )
-        return column_values(table, "parallax", u.mas), "none (raw parallax)"
-    require_columns(table, ["parallax"], step="estimate_distances")
-    plx = column_values(table, "parallax", u.mas)
-    if isinstance(zero_point, str):
-        col = find_column(table, zero_point, step="estimate_distances zero_point")
-        zp = column_values(table, col, u.mas if isinstance(table[col], u.Quantity) else None)
-        return plx - zp, f"parallax - column {zero_point}"
-    zp_val = zero_point.to_value(u.mas) if isinstance(zero_point, u.Quantity) else float(zero_point)
-    return plx - zp_val, f"parallax - ({zp_val} mas)"
 
 
 def estimate_distances(
@@ -130,7 +108,7 @@ def estimate_distances(
     """
     out = as_table(table)
     prior = EDSD() if prior is None else prior
-    plx, zp_source = _parallax_for_distances(out, zero_point)
+    plx, zp_source = corrected_parallax(out, zero_point, step="estimate_distances")
     err = column_values(out, "parallax_error", u.mas)
     n = len(out)
     core_prior, prior_desc = resolve_prior(prior, out)

@@ -62,6 +62,7 @@ def simulate_field(
     magnitude_limit: float | None = 21.0,
     frac_6p: float = 0.1,
     frac_2p: float = 0.0,
+    errors_independent_of_distance: bool = False,
     seed: int = 0,
 ) -> QTable:
     """Simulate a Gaia DR3 field, optionally with a cluster, with known truth.
@@ -86,6 +87,11 @@ def simulate_field(
         ``field_prior`` exactly: use it for calibration studies.
     frac_6p, frac_2p
         Fractions of 6-parameter and 2-parameter (no parallax) solutions.
+    errors_independent_of_distance
+        Shuffle the parallax errors across stars before drawing the parallaxes.
+        Real errors grow with G and hence with distance, so the error itself
+        carries information about r that a model conditioning on it ignores;
+        calibration and recovery studies of such models need this ``True``.
     seed
         Random seed; equal seeds give equal tables.
 
@@ -165,6 +171,8 @@ def simulate_field(
         warnings.simplefilter("ignore")
         zp[ok] = recipe.get_zpt(np.clip(g[ok], 6, 21), nu_eff[ok], pseudo[ok], ecl_lat[ok], sol[ok], _warnings=True)
     err = parallax_error_dr3(g) * np.exp(rng.normal(0, 0.12, n)) * np.where(sol == 95, 1.3, 1.0)
+    if errors_independent_of_distance:
+        err = rng.permutation(err)
     plx = 1000.0 / r + zp + err * rng.standard_normal(n)
     plx[~ok] = np.nan
     err[~ok] = np.nan

@@ -26,7 +26,7 @@ def shared_file(name: str) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_file():
     return shared_file
 

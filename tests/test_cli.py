@@ -94,3 +94,36 @@ def test_console_script(tmp_path):
     assert json.loads(res.stdout.strip().splitlines()[-1])["rows"] == 550
     res = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
     assert "mas" in res.stdout and "pc" in res.stdout
+
+
+def test_cluster_subcommand(tmp_path, capsys):
+    t = gd.simulate_field(800, n_cluster=250, seed=9)
+    src = tmp_path / "field.fits"
+    write_table(t, src)
+    out = tmp_path / "fit.ecsv"
+    post = tmp_path / "post.nc"
+    code = main(
+        [
+            "--json",
+            "cluster",
+            str(src),
+            "-o",
+            str(out),
+            "--zero-point",
+            "parallax_zeropoint_true",
+            "--num-samples",
+            "300",
+            "--save-posterior",
+            str(post),
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 800 < summary["D_mean"] < 900
+    assert post.exists()
+    back = gd.load_table(out)
+    assert "membership_prob" in back.colnames and len(back) == 1050
+    bad = tmp_path / "few.csv"
+    bad.write_text("parallax,parallax_error\n1.0,0.1\n")
+    assert main(["cluster", str(bad), "-o", str(tmp_path / "x.fits"), "--zero-point", "0"]) == 2
+    assert "at least" in capsys.readouterr().err

@@ -1,0 +1,598 @@
+"""``fit_cluster``: a cluster over a field, fitted to a table of parallaxes.
+
+The model (:mod:`gaia_distances.core.cluster`) is that of the reference M67
+analysis: the cluster is a Gaussian in ``ln r`` (``D``, ``sigma``), the field an
+exponentially decreasing space density with free length scale ``L``, and ``Q``
+is the cluster fraction. ``method="marginal"`` (default) integrates every
+star's distance out of the likelihood and samples the four population
+parameters with NUTS; ``method="joint"`` samples one latent distance per star,
+as the reference does, and is kept for validation.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy import units as u
+from astropy.table import QTable, Table
+
+from gaia_distances.columns import add_column, column_values, corrected_parallax, update_provenance, warn
+from gaia_distances.core import cluster as core
+from gaia_distances.core.sampling import aot_call, chain_runner, precompile, run_chains, usable_cores
+from gaia_distances.errors import GaiaDistancesError
+from gaia_distances.io import as_table
+
+__all__ = ["ClusterFit", "ClusterFlag", "ClusterPriors", "fit_cluster"]
+
+log = logging.getLogger(__name__)
+
+ClusterPriors = core.ClusterPriors
+
+#: Diagnostic thresholds: a warning names the parameters that fail them.
+RHAT_MAX = 1.01
+ESS_MIN = 400
+MIN_STARS = 20
+
+_PARAMS = ("D", "sigma", "Q", "L")
+_UNITS = {"D": u.pc, "sigma": u.pc, "Q": u.dimensionless_unscaled, "L": u.pc, "sigma_log": u.dimensionless_unscaled}
+_DESCRIPTIONS = {
+    "D": "cluster distance exp(log_D)",
+    "sigma": "cluster depth exp(log_sigma + log_D) (the reference's approx_size)",
+    "Q": "cluster fraction",
+    "L": "field EDSD length scale",
+    "sigma_log": "cluster width in ln r, exp(log_sigma)",
+}
+
+
+class ClusterFlag(enum.IntFlag):
+    """Bits of the ``cluster_flag`` column (0: the star was used in the fit)."""
+
+    OK = 0
+    #: no parallax, or a missing, zero or negative error: excluded, results NaN
+    NO_PARALLAX = 1
+    #: outside ``parallax_limits``: excluded, results NaN
+    OUTSIDE_LIMITS = 2
+
+
+@dataclass
+class ClusterFit:
+    """The result of :func:`fit_cluster`.
+
+    Attributes
+    ----------
+    table
+        The input rows, in order, with ``membership_prob``,
+        ``cluster_distance_median``/``_lo``/``_hi`` (pc) and ``cluster_flag``.
+    posterior
+        Draws of ``D``, ``sigma`` (pc), ``sigma_log``, ``Q`` and ``L`` (pc),
+        each of shape (chains, draws).
+    diagnostics
+        Divergences, R-hat, bulk and tail ESS, wall time and the warnings issued.
+    """
+
+    table: QTable
+    posterior: dict[str, np.ndarray]
+    diagnostics: dict[str, Any]
+    method: str
+    priors: core.ClusterPriors
+    _model_args: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> Table:
+        """D, sigma (pc), Q, L: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat."""
+        import arviz as az
+
+        rows = []
+        for name in (*_PARAMS, "sigma_log"):
+            x = self.posterior[name]
+            ess_b = float(az.ess(x, method="bulk")) if x.shape[1] > 3 else math.nan
+            ess_t = float(az.ess(x, method="tail")) if x.shape[1] > 3 else math.nan
+            rhat = float(az.rhat(x)) if x.shape[0] > 1 and x.shape[1] > 3 else math.nan
+            p16, p50, p84 = np.percentile(x, [15.865525, 50.0, 84.134475])
+            rows.append(
+                (
+                    name,
+                    float(np.mean(x)),
+                    float(np.std(x)),
+                    p16,
+                    p50,
+                    p84,
+                    ess_b,
+                    ess_t,
+                    rhat,
+                    str(_UNITS[name]) or "",
+                    _DESCRIPTIONS[name],
+                )
+            )
+        t = Table(
+            rows=rows,
+            names=(
+                "parameter",
+                "mean",
+                "sd",
+                "p16",
+                "p50",
+                "p84",
+                "ess_bulk",
+                "ess_tail",
+                "r_hat",
+                "unit",
+                "description",
+            ),
+        )
+        for c in ("mean", "sd", "p16", "p50", "p84", "ess_bulk", "ess_tail"):
+            t[c].format = ".4g"
+        t["r_hat"].format = ".4f"
+        t.meta["method"] = self.method
+        return t
+
+    @property
+    def inference_data(self) -> Any:
+        """The posterior as an arviz ``InferenceData`` (with sampler statistics)."""
+        import arviz as az
+
+        stats = {"diverging": self.diagnostics["_diverging"], "n_steps": self.diagnostics["_num_steps"]}
+        return az.from_dict(
+            posterior=self.posterior, sample_stats=stats, attrs={"method": self.method, "package": "gaia_distances"}
+        )
+
+    def to_netcdf(self, path: str) -> str:
+        """Write :attr:`inference_data` to a netCDF file; returns the path."""
+        return str(self.inference_data.to_netcdf(path))
+
+    def predictive(self, kind: str = "posterior", *, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        """Simulated parallax catalogues (mas), shape (num_samples, n_fitted_stars).
+
+        ``kind="posterior"`` draws population parameters from the posterior,
+        ``"prior"`` from the prior; distances and parallaxes follow the model
+        with each fitted star's own error and zero point.
+        """
+        from numpyro.infer import Predictive
+
+        err = self._model_args["parallax_error"]
+        zp = self._model_args["zero_point"]
+        key = jax.random.PRNGKey(seed)
+        if kind == "prior":
+            pred = Predictive(core.joint_model, num_samples=num_samples)
+        elif kind == "posterior":
+            flat = {k: np.asarray(v).reshape(-1) for k, v in self._unconstrained.items()}
+            idx = np.random.default_rng(seed).choice(len(flat["log_L"]), size=num_samples, replace=True)
+            pred = Predictive(core.joint_model, posterior_samples={k: v[idx] for k, v in flat.items()})
+        else:
+            raise ValueError(f"kind must be 'posterior' or 'prior'; got {kind!r}")
+        out = pred(key, jnp.asarray(err), None, jnp.asarray(zp), self.priors)
+        return np.asarray(out["parallax"])
+
+    @property
+    def _unconstrained(self) -> dict[str, np.ndarray]:
+        return self._model_args["unconstrained"]
+
+
+def _split(z: np.ndarray, priors: core.ClusterPriors) -> dict[str, np.ndarray]:
+    names = core.unconstrained_names(priors)
+    return {name: z[..., i] for i, name in enumerate(names)}
+
+
+def _population_draws(z: np.ndarray, priors: core.ClusterPriors) -> dict[str, np.ndarray]:
+    log_L, log_D, depth, logit_q = (z[..., i] for i in range(4))
+    log_sigma = depth - log_D if priors.depth_prior == "size" else depth
+    Q = 1.0 / (1.0 + np.exp(-logit_q))
+    return {
+        "D": np.exp(log_D),
+        "sigma": np.exp(log_sigma + log_D),
+        "sigma_log": np.exp(log_sigma),
+        "Q": Q,
+        "L": np.exp(log_L),
+    }
+
+
+def fit_cluster(
+    table: Any,
+    *,
+    method: str = "marginal",
+    priors: core.ClusterPriors | None = None,
+    zero_point: float | str | None = None,
+    parallax_limits: tuple[float, float] | None = None,
+    distance_hint: float | None = None,
+    num_warmup: int | None = None,
+    num_samples: int | None = None,
+    num_chains: int | None = None,
+    target_accept_prob: float = 0.8,
+    seed: int = 0,
+    progress: bool | None = None,
+    n_quantile_draws: int = 32,
+    n_membership_draws: int = 400,
+) -> ClusterFit:
+    """Fit the hierarchical cluster + field model to a table of parallaxes.
+
+    Parameters
+    ----------
+    table
+        Anything :func:`~gaia_distances.load_table` accepts, with
+        ``parallax_error`` and ``parallax_corrected`` or ``parallax``.
+    method
+        ``"marginal"`` (default): distances integrated out, NUTS over
+        ``(log_D, log_sigma, Q, log_L)``. ``"joint"``: one latent distance per
+        star (the reference model; slow).
+    priors
+        :class:`ClusterPriors`; defaults to the reference analysis.
+        ``ClusterPriors.physical()`` puts the depth prior on the cluster's size
+        in pc, which keeps a small cluster from swallowing a big field.
+    zero_point
+        As in :func:`~gaia_distances.estimate_distances`.
+    parallax_limits
+        ``(lo, hi)`` in mas: fit only stars whose catalogue ``parallax`` lies
+        strictly inside (the reference uses ``(0.2, 3.0)``); others are kept
+        in the table, flagged and given NaN results.
+    distance_hint
+        A rough cluster distance (pc) to start the sampler near.
+    num_warmup, num_samples, num_chains
+        Defaults: marginal 400 / 1000 / max(2, cores) chains; joint 2000 /
+        4000 / 2 (the reference settings).
+    target_accept_prob, seed
+        NUTS settings; equal seeds give equal results.
+    progress
+        Show NUTS progress bars (default: only for ``method="joint"``).
+    n_quantile_draws, n_membership_draws
+        Posterior draws averaged (Rao-Blackwellised) for each star's
+        cluster-model distance quantiles and membership probability.
+
+    Returns
+    -------
+    ClusterFit
+
+    Examples
+    --------
+    >>> import gaia_distances as gd
+    >>> t = gd.simulate_field(1500, n_cluster=500, seed=2)
+    >>> fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300, seed=1)
+    >>> bool(800 < fit.summary()["mean"][0] < 900)
+    True
+    """
+    t_start = time.perf_counter()
+    out = as_table(table)
+    priors = core.ClusterPriors() if priors is None else priors
+    if method not in ("marginal", "joint"):
+        raise ValueError(f"method must be 'marginal' or 'joint'; got {method!r}")
+    plx, zp_source = corrected_parallax(out, zero_point, step="fit_cluster")
+    err = column_values(out, "parallax_error", u.mas)
+    flag = np.zeros(len(out), dtype=np.int16)
+    flag[~(np.isfinite(plx) & np.isfinite(err) & (err > 0))] |= ClusterFlag.NO_PARALLAX
+    if parallax_limits is not None:
+        raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else plx
+        lo, hi = parallax_limits
+        inside = (raw > lo) & (raw < hi)
+        flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
+    used = flag == 0
+    n_used = int(used.sum())
+    if n_used < MIN_STARS:
+        raise GaiaDistancesError(
+            f"fit_cluster needs at least {MIN_STARS} stars with a finite parallax and a positive error"
+            f"{' inside parallax_limits' if parallax_limits else ''}; {n_used} of {len(out)} qualify"
+        )
+    w, s = plx[used], err[used]
+    zp_used = (column_values(out, "parallax", u.mas)[used] - w) if "parallax" in out.colnames else np.zeros(n_used)
+    zp_used = np.where(np.isfinite(zp_used), zp_used, 0.0)
+
+    cores = usable_cores()
+    if num_chains is None:
+        num_chains = max(2, min(4, cores)) if method == "marginal" else 2
+    if num_warmup is None:
+        num_warmup = 400 if method == "marginal" else 2000
+    if num_samples is None:
+        num_samples = 1000 if method == "marginal" else 4000
+    if progress is None:
+        progress = method == "joint"
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = core.prepare_star_data(w, s)
+    timings["prepare_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dt = data.parallax.dtype
+    pool = ThreadPoolExecutor(max_workers=1)
+    if method == "marginal":
+        # compile the sampler while the MAP search runs
+        example = (jnp.zeros(4, dt), jnp.eye(4, dtype=dt), data)
+        compiling = pool.submit(
+            chain_runner,
+            core.whitened_potential_gen(priors),
+            jnp.zeros(4, dt),
+            example,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            target_accept_prob=target_accept_prob,
+            n_chains=num_chains,
+        )
+    z_map, _, cov = core.find_map(data, priors, distance_hint=distance_hint)
+    if method == "marginal":
+        n_draws = num_chains * num_samples
+        _precompile_per_star(
+            data,
+            priors,
+            grid_width=_GRID_WIDTH,
+            n_member=min(n_draws, n_membership_draws),
+            n_quant=min(n_draws, n_quantile_draws),
+        )
+        compiling.result()
+    pool.shutdown()
+    timings["map_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    scale = np.sqrt(np.diag(cov)) if cov is not None else np.full(4, 0.01)
+    inits = [z_map + 0.5 * scale * rng.standard_normal(4) for _ in range(num_chains)]
+    log.info("fit_cluster: %d stars, MAP D = %.1f pc", n_used, math.exp(z_map[1]))
+
+    if method == "marginal":
+        # Sample in coordinates whitened by the Laplace approximation at the
+        # MAP: NumPyro's mass-matrix adaptation shrinks towards 1e-3 * I, which
+        # would otherwise swamp parameters as tight as ln D (sd ~ 1e-3).
+        chol = np.linalg.cholesky(cov) if cov is not None else np.diag(np.full(4, 0.05))
+        x_inits = [jnp.asarray(0.5 * rng.standard_normal(4), dt) for _ in range(num_chains)]
+        res = run_chains(
+            core.whitened_potential_gen(priors),
+            x_inits,
+            (jnp.asarray(z_map, dt), jnp.asarray(chol, dt), data),
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            seed=seed,
+            target_accept_prob=target_accept_prob,
+            progress=progress,
+        )
+        x = np.asarray(res["samples"], dtype=float)  # (chains, draws, 4)
+        z = z_map + x @ chol.T
+        r_draws = None
+    else:
+        z, r_draws, res = _run_joint(
+            w,
+            s,
+            zp_used,
+            priors,
+            inits,
+            z_map,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            seed=seed,
+            target_accept_prob=target_accept_prob,
+            progress=progress,
+        )
+
+    timings["sampling_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    posterior = _population_draws(z, priors)
+    fit = ClusterFit(
+        table=out,
+        posterior=posterior,
+        diagnostics={},
+        method=method,
+        priors=priors,
+        _model_args={"parallax_error": s, "zero_point": zp_used, "unconstrained": _split(z, priors)},
+    )
+    # per-star results --------------------------------------------------------
+    flat = z.reshape(-1, 4)
+    thin = flat[np.linspace(0, len(flat) - 1, min(len(flat), n_membership_draws)).astype(int)]
+    member = np.full(len(out), np.nan)
+    dist_q = np.full((len(out), 3), np.nan)
+    if method == "marginal" or r_draws is None:
+        membership, _ = core.per_star_functions(priors, _Q_LEVELS)
+        member[used] = np.asarray(aot_call(membership, jnp.asarray(thin, dt), data))
+        qd = flat[np.linspace(0, len(flat) - 1, min(len(flat), n_quantile_draws)).astype(int)]
+        sig_max = float(np.max(posterior["sigma_log"]))
+        grid = core.posterior_distance_grid(w, s, float(np.median(np.log(posterior["D"]))), sig_max, data_L_range(w, s))
+        dist_q[used] = _chunked_quantiles(qd, data, priors, grid)
+    else:
+        member[used], dist_q[used] = _joint_per_star(r_draws, z, priors)
+
+    add_column(
+        out, "membership_prob", member, description="posterior probability of cluster membership (NaN: not fitted)"
+    )
+    for j, name in enumerate(("median", "lo", "hi")):
+        add_column(
+            out,
+            f"cluster_distance_{name}",
+            dist_q[:, j],
+            unit=u.pc,
+            description=f"cluster-model posterior {('50th', '15.866th', '84.134th')[j]} percentile of distance",
+        )
+    add_column(out, "cluster_flag", flag, description="ClusterFlag bits: 1 no parallax, 2 outside parallax_limits")
+
+    timings["per_star_s"] = time.perf_counter() - t0
+    wall = time.perf_counter() - t_start
+    fit.diagnostics = _diagnose(fit, res, wall, n_used)
+    fit.diagnostics["timings"] = timings
+    summ = fit.summary()
+    update_provenance(
+        out,
+        "cluster",
+        {
+            "method": method,
+            "priors": dict(priors._asdict()),
+            "zero_point": zp_source,
+            "parallax_limits": list(parallax_limits) if parallax_limits else None,
+            "n_stars_fitted": n_used,
+            "num_warmup": num_warmup,
+            "num_samples": num_samples,
+            "num_chains": num_chains,
+            "seed": seed,
+            "summary": {str(r["parameter"]): {"mean": float(r["mean"]), "sd": float(r["sd"])} for r in summ},
+            "diagnostics": {k: v for k, v in fit.diagnostics.items() if not k.startswith("_")},
+        },
+    )
+    return fit
+
+
+def data_L_range(w: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    L0 = core.rough_length_scale(w, s)
+    return (L0 / 20.0, L0 * 20.0)
+
+
+_Q_LEVELS = (0.5, 0.158655, 0.841345)
+_GRID_WIDTH = 64 + 48 + 32  # nodes of core.posterior_distance_grid
+_CHUNK = 4096
+
+
+def _precompile_per_star(
+    data: core.StarData, priors: core.ClusterPriors, *, grid_width: int, n_member: int, n_quant: int
+) -> None:
+    membership, quant = core.per_star_functions(priors, _Q_LEVELS)
+    dt = data.parallax.dtype
+    precompile(membership, jnp.zeros((n_member, 4), dt), data)
+    n = data.parallax.shape[0]
+    chunk = min(_CHUNK, 1 << max(4, (n - 1).bit_length()))
+    idx = np.minimum(np.arange(chunk), n - 1)
+    sub = jax.tree_util.tree_map(lambda x: x[idx] if np.ndim(x) and np.shape(x)[0] == n else x, data)
+    precompile(quant, jnp.zeros((n_quant, 4), dt), sub, jnp.zeros((chunk, grid_width), dt))
+
+
+def _chunked_quantiles(
+    qd: np.ndarray, data: core.StarData, priors: core.ClusterPriors, grid: np.ndarray, chunk: int = _CHUNK
+) -> np.ndarray:
+    _, fn = core.per_star_functions(priors, _Q_LEVELS)
+    n = grid.shape[0]
+    chunk = min(chunk, 1 << max(4, (n - 1).bit_length()))
+    out = np.empty((n, 3))
+    dt = data.parallax.dtype
+    zq = jnp.asarray(qd, dt)
+    for start in range(0, n, chunk):
+        idx = np.minimum(np.arange(start, start + chunk), n - 1)
+        sub = jax.tree_util.tree_map(lambda x, i=idx: x[i] if np.ndim(x) and np.shape(x)[0] == n else x, data)
+        q = aot_call(fn, zq, sub, jnp.asarray(grid[idx], dt))
+        stop = min(start + chunk, n)
+        out[start:stop] = np.asarray(q)[: stop - start]
+    return out
+
+
+def _run_joint(
+    w: np.ndarray,
+    s: np.ndarray,
+    zp: np.ndarray,
+    priors: core.ClusterPriors,
+    inits: list[np.ndarray],
+    z_map: np.ndarray,
+    *,
+    num_warmup: int,
+    num_samples: int,
+    seed: int,
+    target_accept_prob: float,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from gaia_distances.core.priors import EDSDPrior
+    from gaia_distances.core.quadrature import summarize_posteriors
+
+    raw = w + zp
+    args = (jnp.asarray(s), jnp.asarray(raw), jnp.asarray(zp), priors)
+    names = core.unconstrained_names(priors)
+    L_map = math.exp(z_map[0])
+    r0 = summarize_posteriors(w, s, EDSDPrior(np.full(len(w), L_map)))["quantiles"][:, 1]
+    r0 = np.where(np.isfinite(r0), r0, 1000.0)
+
+    def as_dict(z: np.ndarray) -> dict[str, Any]:
+        d = {name: jnp.asarray(z[i]) for i, name in enumerate(names)}
+        d["r"] = jnp.asarray(np.log(r0))
+        return d
+
+    # a diagonal mass matrix, as in the reference (a dense one has n_stars^2 entries)
+    res = run_chains(
+        _joint_potential_gen(priors),
+        [as_dict(z) for z in inits],
+        args[:3],
+        dense_mass=False,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        seed=seed,
+        target_accept_prob=target_accept_prob,
+        progress=progress,
+    )
+    smp = res["samples"]
+    z = np.stack([np.asarray(smp[name], float) for name in names], axis=-1)
+    r = np.exp(np.asarray(smp["r"], float))  # unconstrained -> pc
+    return z, r, res
+
+
+@functools.lru_cache(maxsize=16)
+def _joint_potential_gen(priors: core.ClusterPriors) -> Any:
+    from numpyro.infer.util import potential_energy
+
+    def gen(err: Any, plx: Any, zp: Any) -> Any:
+        return lambda p: potential_energy(core.joint_model, (err, plx, zp, priors), {}, p)
+
+    return gen
+
+
+def _joint_per_star(r: np.ndarray, z: np.ndarray, priors: core.ClusterPriors) -> tuple[np.ndarray, np.ndarray]:
+    flat_r = r.reshape(-1, r.shape[-1])
+    flat_z = z.reshape(-1, 4)
+    log_L, log_D, log_sigma, Q = (np.asarray(x)[:, None] for x in core.to_population(jnp.asarray(flat_z), priors))
+    u_ = np.log(flat_r)
+    sigma = np.exp(log_sigma)
+    log_cl = np.log(Q) - 0.5 * ((u_ - log_D) / sigma) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
+    log_fd = np.log1p(-Q) - math.log(2.0) + 3.0 * (u_ - log_L) - np.exp(u_ - log_L)
+    member = np.mean(1.0 / (1.0 + np.exp(log_fd - log_cl)), axis=0)
+    q = np.percentile(flat_r, [50.0, 15.865525, 84.134475], axis=0).T
+    return member, q
+
+
+def _diagnose(fit: ClusterFit, res: dict[str, Any], wall: float, n_used: int) -> dict[str, Any]:
+    summ = fit.summary()
+    div = int(np.sum(res["diverging"]))
+    rhat = {str(r["parameter"]): float(r["r_hat"]) for r in summ}
+    ess = {str(r["parameter"]): float(r["ess_bulk"]) for r in summ}
+    problems = []
+    bad_rhat = [k for k in _PARAMS if rhat[k] > RHAT_MAX]
+    bad_ess = [k for k in _PARAMS if ess[k] < ESS_MIN]
+    if bad_rhat:
+        problems.append(f"R-hat > {RHAT_MAX} for {', '.join(bad_rhat)}")
+    if bad_ess:
+        problems.append(f"bulk ESS < {ESS_MIN} for {', '.join(bad_ess)}")
+    if div:
+        problems.append(f"{div} divergent transitions")
+    # chains that sit in different modes
+    d_chain = np.log(fit.posterior["D"]).mean(axis=1)
+    d_sd = np.log(fit.posterior["D"]).std()
+    if len(d_chain) > 1 and np.ptp(d_chain) > 5 * max(d_sd, 1e-12) and "D" in bad_rhat:
+        problems.append(
+            "the chains disagree on D (chain means "
+            + ", ".join(f"{math.exp(x):.0f}" for x in d_chain)
+            + " pc): the posterior is multimodal; pass distance_hint= or ClusterPriors.physical()"
+        )
+    q = fit.posterior["Q"]
+    if np.percentile(q, 84) * n_used < 3:
+        problems.append(
+            f"no cluster signal: Q piles at 0 (84th percentile {np.percentile(q, 84):.2g}, "
+            f"fewer than 3 expected members among {n_used} stars)"
+        )
+    sig = float(np.median(fit.posterior["sigma_log"]))
+    if sig > 0.25:
+        problems.append(
+            f"no cluster signal: the cluster component is as broad as a field (sigma = {sig:.2f} in ln r, "
+            f"i.e. {100 * sig:.0f} % of D), so it models field structure rather than a cluster; "
+            "try ClusterPriors.physical() or distance_hint="
+        )
+    if np.percentile(q, 16) > 0.97:
+        problems.append(
+            "Q piles at 1: the table looks like cluster members only, so the field length scale L "
+            "is constrained by its prior alone; read L with care"
+        )
+    for p in problems:
+        warn(f"fit_cluster ({fit.method}): {p}.")
+    return {
+        "divergences": div,
+        "r_hat": rhat,
+        "ess_bulk": ess,
+        "min_ess_bulk": float(min(ess[k] for k in _PARAMS)),
+        "wall_time_s": wall,
+        "ess_per_s": float(min(ess[k] for k in _PARAMS)) / wall,
+        "mean_steps_per_draw": float(np.mean(res["num_steps"])),
+        "warnings": problems,
+        "_diverging": np.asarray(res["diverging"]),
+        "_num_steps": np.asarray(res["num_steps"]),
+    }
