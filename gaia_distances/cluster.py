@@ -184,7 +184,11 @@ def _split(z: np.ndarray, priors: core.ClusterPriors) -> dict[str, np.ndarray]:
 
 def _population_draws(z: np.ndarray, priors: core.ClusterPriors) -> dict[str, np.ndarray]:
     log_L, log_D, depth, logit_q = (z[..., i] for i in range(4))
-    log_sigma = depth - log_D if priors.depth_prior == "size" else depth
+    if priors.depth_prior == "size":
+        lo, hi = math.log(priors.size_min_pc), math.log(priors.size_max_pc)
+        log_sigma = lo + (hi - lo) / (1.0 + np.exp(-depth)) - log_D
+    else:
+        log_sigma = depth
     Q = 1.0 / (1.0 + np.exp(-logit_q))
     return {
         "D": np.exp(log_D),

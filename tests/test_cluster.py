@@ -206,3 +206,76 @@ def test_field_without_cluster_says_so():
     t = gd.simulate_field(1500, n_cluster=0, seed=7)
     with pytest.warns(gd.GaiaDistancesWarning, match="no cluster signal"):
         gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=500)
+
+
+@pytest.fixture(scope="module")
+def small_cluster_field():
+    """1 % members at 300 pc in a magnitude-limited 1.5 deg cone."""
+    n = 10_000
+    return gd.simulate_field(
+        n - 100,
+        n_cluster=100,
+        cluster_distance=300.0,
+        cluster_sigma_log=0.01,
+        radius=1.5 * u.deg,
+        field_prior=gd.EDSD(1000.0),
+        magnitude_limit=20.0,
+        seed=21,
+    )
+
+
+def test_small_cluster_in_a_big_field_is_found_with_physical_priors(small_cluster_field):
+    fit = gd.fit_cluster(
+        small_cluster_field, zero_point="parallax_zeropoint_true", priors=gd.ClusterPriors.physical(), seed=3
+    )
+    rows = {str(r["parameter"]): r for r in fit.summary()}
+    assert rows["D"]["mean"] == pytest.approx(300.0, abs=4 * rows["D"]["sd"] + 1.0)
+    assert rows["Q"]["mean"] == pytest.approx(0.01, abs=0.004)
+    assert rows["sigma"]["mean"] < 10.0
+    chains = np.log(fit.posterior["D"]).mean(axis=1)
+    assert np.ptp(chains) < 0.01  # the chains agree
+    member = np.asarray(fit.table["membership_prob"])
+    assert member[np.asarray(small_cluster_field["is_member"])].mean() > 0.7
+
+
+def test_small_cluster_with_reference_priors_finds_it_or_says_why_not(small_cluster_field):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", gd.GaiaDistancesWarning)
+        fit = gd.fit_cluster(small_cluster_field, zero_point="parallax_zeropoint_true", seed=3)
+    D = float(fit.summary()["mean"][0])
+    found = abs(D - 300.0) < 5.0
+    said = any("no cluster signal" in str(w.message) for w in caught)
+    assert found or said, (D, [str(w.message) for w in caught])
+
+
+def test_parallax_overdensities_locate_a_spike():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(7.5, 0.6, 5000), rng.normal(np.log(300.0), 0.01, 60)])
+    peaks = core.parallax_overdensities(x)
+    assert any(abs(p - np.log(300.0)) < 0.02 for p in peaks)
+    # a narrow sample (members only) wider kernels than its range: no crash
+    assert isinstance(core.parallax_overdensities(rng.normal(6.7, 0.01, 500)), list)
+
+
+@pytest.mark.slow
+def test_joint_reference_settings_reproduce_m67(m67, m67_fit):
+    """The reference model itself, run as published (minutes)."""
+    fit = _quiet(
+        gd.fit_cluster,
+        m67,
+        parallax_limits=(0.2, 3.0),
+        method="joint",
+        num_warmup=2000,
+        num_samples=4000,
+        num_chains=2,
+        seed=0,
+        progress=False,
+    )
+    rows = {str(r["parameter"]): r for r in fit.summary()}
+    for name, (mean, sd) in REFERENCE.items():
+        assert abs(rows[name]["mean"] - mean) < 2 * sd, name
+        assert abs(rows[name]["mean"] - m67_fit.posterior[name].mean()) < 0.5 * sd, name
+    m1 = np.asarray(m67_fit.table["membership_prob"])
+    m2 = np.asarray(fit.table["membership_prob"])
+    ok = np.isfinite(m1)
+    assert np.mean(np.abs(m1[ok] - m2[ok])) < 0.02

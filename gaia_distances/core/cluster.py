@@ -41,9 +41,9 @@ class ClusterPriors(NamedTuple):
     The defaults are the reference analysis: ``ln L ~ N(ln 370, 2)``,
     ``ln D ~ N(ln 920, 2)``, ``ln sigma ~ N(0, 2)``, ``Q ~ Uniform(0, 1)``.
 
-    With ``depth_prior="size"`` the depth prior is on the cluster's size in pc,
-    ``ln(sigma D) ~ N(log_sigma_mu, log_sigma_sd)``, instead of on ``ln sigma``
-    (see :meth:`physical`).
+    With ``depth_prior="size"`` the depth prior is on the cluster's
+    line-of-sight size ``sigma * D`` in pc instead: log-uniform between
+    ``size_min_pc`` and ``size_max_pc`` (see :meth:`physical`).
     """
 
     log_L_mu: float = math.log(370.0)
@@ -55,6 +55,8 @@ class ClusterPriors(NamedTuple):
     Q_a: float = 1.0
     Q_b: float = 1.0
     depth_prior: str = "log_sigma"
+    size_min_pc: float = 0.3
+    size_max_pc: float = 40.0
 
     @classmethod
     def reference(cls) -> ClusterPriors:
@@ -62,14 +64,20 @@ class ClusterPriors(NamedTuple):
         return cls()
 
     @classmethod
-    def physical(cls, size_pc: float = 5.0, size_dex: float = 0.5, **kw: Any) -> ClusterPriors:
-        """A cluster whose line-of-sight size ``sigma * D`` is about ``size_pc``.
+    def physical(cls, size_min_pc: float = 0.3, size_max_pc: float = 40.0, **kw: Any) -> ClusterPriors:
+        """A cluster whose line-of-sight size ``sigma * D`` lies in ``[size_min_pc, size_max_pc]``.
 
-        ``ln(sigma D / pc) ~ N(ln size_pc, size_dex * ln 10)``: open clusters are
-        a few pc deep, so the cluster component cannot swallow a field that
-        spans hundreds of pc. ``kw`` overrides the other fields.
+        The size is log-uniform in that range. Open clusters are a few pc deep,
+        so the cluster component can no longer swallow the bulk of a big field
+        (which a soft prior cannot prevent: tens of thousands of field stars
+        outweigh any prior). ``kw`` overrides the other fields.
         """
-        return cls(log_sigma_mu=math.log(size_pc), log_sigma_sd=size_dex * math.log(10.0), depth_prior="size", **kw)
+        return cls(depth_prior="size", size_min_pc=size_min_pc, size_max_pc=size_max_pc, **kw)
+
+    def log_size(self, y: Array) -> Array:
+        """``ln(size / pc)`` from the unconstrained ``logit_size`` (``depth_prior="size"``)."""
+        lo, hi = math.log(self.size_min_pc), math.log(self.size_max_pc)
+        return lo + (hi - lo) * jax.nn.sigmoid(y)
 
 
 _REFERENCE = ClusterPriors()
@@ -82,9 +90,9 @@ def _sample_population(priors: ClusterPriors) -> tuple[Array, Array, Array, Arra
     log_L = numpyro.sample("log_L", dist.Normal(priors.log_L_mu, priors.log_L_sd))
     log_D = numpyro.sample("log_D", dist.Normal(priors.log_D_mu, priors.log_D_sd))
     if priors.depth_prior == "size":
-        # physical: the cluster's size sigma * D in pc is log-normal
-        log_size = numpyro.sample("log_size", dist.Normal(priors.log_sigma_mu, priors.log_sigma_sd))
-        log_sigma = numpyro.deterministic("log_sigma", log_size - log_D)
+        # physical: the size sigma * D is log-uniform in [size_min_pc, size_max_pc]
+        y = numpyro.sample("logit_size", dist.Logistic(0.0, 1.0))
+        log_sigma = numpyro.deterministic("log_sigma", priors.log_size(y) - log_D)
     else:
         log_sigma = numpyro.sample("log_sigma", dist.Normal(priors.log_sigma_mu, priors.log_sigma_sd))
     # Q is sampled as logit(Q) so that every site is unconstrained; its prior
@@ -390,7 +398,7 @@ def membership_log_odds(
 
 def unconstrained_names(priors: ClusterPriors) -> tuple[str, str, str, str]:
     """Names of the sampled population sites, in the order of :func:`pack`."""
-    depth = "log_size" if priors.depth_prior == "size" else "log_sigma"
+    depth = "logit_size" if priors.depth_prior == "size" else "log_sigma"
     return ("log_L", "log_D", depth, "logit_Q")
 
 
@@ -409,18 +417,17 @@ def log_prior(z: Array, priors: ClusterPriors) -> Array:
         - jax.scipy.special.gammaln(priors.Q_a + priors.Q_b)
     )
     lq = priors.Q_a * jnp.log(Q) + priors.Q_b * jnp.log1p(-Q) - lbeta
-    return (
-        norm(log_L, priors.log_L_mu, priors.log_L_sd)
-        + norm(log_D, priors.log_D_mu, priors.log_D_sd)
-        + norm(depth, priors.log_sigma_mu, priors.log_sigma_sd)
-        + lq
-    )
+    if priors.depth_prior == "size":
+        lp_depth = jax.nn.log_sigmoid(depth) + jax.nn.log_sigmoid(-depth)  # Logistic(0, 1)
+    else:
+        lp_depth = norm(depth, priors.log_sigma_mu, priors.log_sigma_sd)
+    return norm(log_L, priors.log_L_mu, priors.log_L_sd) + norm(log_D, priors.log_D_mu, priors.log_D_sd) + lp_depth + lq
 
 
 def to_population(z: Array, priors: ClusterPriors) -> tuple[Array, Array, Array, Array]:
     """``(log_L, log_D, log_sigma, Q)`` from the unconstrained vector."""
     log_L, log_D, depth, logit_Q = z[..., 0], z[..., 1], z[..., 2], z[..., 3]
-    log_sigma = depth - log_D if priors.depth_prior == "size" else depth
+    log_sigma = priors.log_size(depth) - log_D if priors.depth_prior == "size" else depth
     return log_L, log_D, log_sigma, jax.nn.sigmoid(logit_Q)
 
 
@@ -471,6 +478,38 @@ def per_star_functions(priors: ClusterPriors, quantiles: tuple[float, ...]) -> t
     return jax.jit(membership), jax.jit(quant)
 
 
+def parallax_overdensities(log_inv_parallax: np.ndarray, *, n_peaks: int = 3) -> list[float]:
+    """``ln D`` of the strongest narrow overdensities among stars' ``ln(1000 / w)``.
+
+    The density with a narrow kernel (0.02 in ln r) is divided by a broad one
+    (0.3); the highest local maxima of that ratio, among those holding at
+    least 10 stars, are returned.
+    """
+    x = np.asarray(log_inv_parallax, float)
+    if x.size < 20:
+        return []
+    grid = np.linspace(x.min(), x.max(), 800)
+    hist, edges = np.histogram(
+        x, bins=np.append(grid - 0.5 * (grid[1] - grid[0]), grid[-1] + 0.5 * (grid[1] - grid[0]))
+    )
+    step = grid[1] - grid[0]
+
+    def smooth(width: float) -> np.ndarray:
+        k = np.arange(-int(4 * width / step) - 1, int(4 * width / step) + 2) * step
+        kern = np.exp(-0.5 * (k / width) ** 2)
+        full = np.convolve(hist, kern / kern.sum(), mode="full")
+        start = (kern.size - 1) // 2
+        return full[start : start + hist.size]
+
+    narrow, broad = smooth(0.02), smooth(0.3)
+    ratio = narrow / np.maximum(broad, 1e-12)
+    counts = narrow * (0.02 * np.sqrt(2 * np.pi) / step)
+    is_peak = (ratio[1:-1] > ratio[:-2]) & (ratio[1:-1] >= ratio[2:]) & (counts[1:-1] >= 10)
+    idx = np.flatnonzero(is_peak) + 1
+    idx = idx[np.argsort(ratio[idx])[::-1]][:n_peaks]
+    return [float(grid[i]) for i in idx if ratio[i] > 1.5]
+
+
 def find_map(
     data: StarData,
     priors: ClusterPriors,
@@ -498,18 +537,26 @@ def find_map(
     # the field-only maximum-likelihood L, read off the tabulated field integrals
     field_ll = np.sum(np.asarray(data.field.value, float), axis=0)
     L0 = math.exp(float(data.field.log_L0) + float(data.field.step) * int(np.argmax(field_ll)))
+    peaks: list[float] = []
     if distance_hint is not None:
         logD = math.log(distance_hint) + np.linspace(-0.15, 0.15, 13)
     else:
-        inv = 1000.0 / w[good] if good.any() else np.array([1000.0])
-        lo, hi = np.quantile(np.log(inv), [0.01, 0.99])
+        inv = np.log(1000.0 / w[good]) if good.any() else np.array([math.log(1000.0)])
+        lo, hi = np.quantile(inv, [0.002, 0.998])
         logD = np.linspace(lo, hi, n_candidates)
+        peaks = parallax_overdensities(inv)
+        logD = np.concatenate([logD, peaks])
     sizes = np.log(np.array([2.0, 8.0, 30.0]))
-    logit_q = np.array([-3.0, -0.5, 2.0])
+    logit_q = np.array([-5.0, -2.5, -0.5, 2.0])
     cand = []
     for ld in logD:
         for ls in sizes:
-            depth = ls if priors.depth_prior == "size" else ls - ld
+            if priors.depth_prior == "size":
+                lo, hi = math.log(priors.size_min_pc), math.log(priors.size_max_pc)
+                frac = min(max((ls - lo) / (hi - lo), 0.02), 0.98)
+                depth = math.log(frac / (1.0 - frac))
+            else:
+                depth = ls - ld
             for lq in logit_q:
                 cand.append((math.log(L0), ld, depth, lq))
     dtype = data.parallax.dtype
@@ -524,9 +571,15 @@ def find_map(
 
     score = np.array([float(f(z[i])) for i in range(z.shape[0])])
     score = np.where(np.isfinite(score), score, -np.inf)
-    # polish the best candidate of each of the n_polish best-scoring distances
+    # polish the best candidate of each of the n_polish best-scoring distances,
+    # and of each overdensity in the stars' inverse parallaxes
     by_d = np.array([c[1] for c in cand])
     order: list[int] = []
+    for p in peaks:
+        near = np.flatnonzero(np.abs(by_d - p) < 1e-9)
+        if near.size:
+            order.append(int(near[np.argmax(score[near])]))
+    n_polish = n_polish + len(order)
     for i in np.argsort(score)[::-1]:
         if all(abs(by_d[i] - by_d[j]) > 0.2 for j in order):
             order.append(int(i))

@@ -119,7 +119,7 @@ def chain_runner(
     """Compile (or fetch) the program :func:`run_chains` will use; thread-safe to call early."""
     if chain_method is None:
         chain_method = "threads" if jax.default_backend() == "cpu" else "vectorized"
-    config = dict(
+    config: dict[str, Any] = dict(
         num_warmup=num_warmup,
         num_samples=num_samples,
         dense_mass=dense_mass,
