@@ -540,7 +540,7 @@ def _joint_per_star(r: np.ndarray, z: np.ndarray, priors: core.ClusterPriors) ->
     sigma = np.exp(log_sigma)
     log_cl = np.log(Q) - 0.5 * ((u_ - log_D) / sigma) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
     log_fd = np.log1p(-Q) - math.log(2.0) + 3.0 * (u_ - log_L) - np.exp(u_ - log_L)
-    member = np.mean(1.0 / (1.0 + np.exp(log_fd - log_cl)), axis=0)
+    member = np.mean(np.exp(log_cl - np.logaddexp(log_cl, log_fd)), axis=0)
     q = np.percentile(flat_r, [50.0, 15.865525, 84.134475], axis=0).T
     return member, q
 

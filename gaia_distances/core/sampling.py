@@ -34,6 +34,17 @@ def usable_cores() -> int:
 
 _COMPILED: dict[Any, Any] = {}
 
+#: Iterations between progress reports from inside a compiled chain.
+_REPORT_EVERY = 50
+#: The progress bar the running chains report to (None: reports are ignored).
+_PROGRESS: dict[str, Any] = {"bar": None}
+
+
+def _report(n: Any) -> None:
+    bar = _PROGRESS["bar"]
+    if bar is not None:
+        bar.update(int(n))
+
 
 def _signature(tree: Any) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
@@ -67,11 +78,17 @@ def _chain_program(
             rng_key=key,
         )
 
-        def step(st: Any, _: Any) -> tuple[Any, tuple[Any, Array, Array]]:
+        def step(st: Any, i: Array) -> tuple[Any, tuple[Any, Array, Array]]:
             st = sample_kernel(st, model_args=model_args)
+            # a host callback every _REPORT_EVERY iterations drives the progress bar
+            jax.lax.cond(
+                (i + 1) % _REPORT_EVERY == 0,
+                lambda: jax.debug.callback(_report, _REPORT_EVERY),
+                lambda: None,
+            )
             return st, (st.z, st.diverging, st.num_steps)
 
-        state, (zs, div, nsteps) = jax.lax.scan(step, state, None, length=total)
+        state, (zs, div, nsteps) = jax.lax.scan(step, state, jnp.arange(total))
         keep = slice(num_warmup, total)
         zs = jax.tree_util.tree_map(lambda a: a[keep], zs)
         return zs, div[keep], nsteps[keep], state.adapt_state.step_size
@@ -184,8 +201,8 @@ def run_chains(
     inverse_mass_matrix
         Starting inverse mass matrix; it is still adapted during warm-up.
     progress
-        Log each chain's start and end (the compiled loop cannot report
-        intermediate progress without slowing it down).
+        Show a progress bar over all chains' iterations (updated from inside
+        the compiled loop every 50 iterations).
 
     Returns
     -------
@@ -210,18 +227,39 @@ def run_chains(
         n_chains=n_chains,
         chain_method=chain_method,
     )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=n_chains * (num_warmup + num_samples), desc=f"NUTS ({n_chains} chains)", unit="it", leave=False
+        )
+    _PROGRESS["bar"] = bar
+    try:
+        return _execute(compiled, keys, inits, model_args, inverse_mass_matrix, n_chains, chain_method)
+    finally:
+        _PROGRESS["bar"] = None
+        if bar is not None:
+            bar.close()
+
+
+def _execute(
+    compiled: Any,
+    keys: Array,
+    inits: Sequence[Any],
+    model_args: tuple[Any, ...],
+    imm: Any,
+    n_chains: int,
+    chain_method: str,
+) -> dict[str, Any]:
+    inverse_mass_matrix = imm
     if chain_method == "vectorized":
         stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *inits)
         zs, div, nsteps, step = compiled(keys, stacked, model_args, inverse_mass_matrix)
     else:
 
         def run(c: int) -> Any:
-            if progress:
-                log.info("NUTS chain %d/%d: %d warm-up + %d draws", c + 1, n_chains, num_warmup, num_samples)
-            out = jax.block_until_ready(compiled(keys[c], inits[c], model_args, inverse_mass_matrix))
-            if progress:
-                log.info("NUTS chain %d/%d done", c + 1, n_chains)
-            return out
+            return jax.block_until_ready(compiled(keys[c], inits[c], model_args, inverse_mass_matrix))
 
         if chain_method == "threads" and n_chains > 1:
             with ThreadPoolExecutor(max_workers=min(n_chains, usable_cores())) as pool:
