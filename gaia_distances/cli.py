@@ -65,7 +65,8 @@ def _cmd_zeropoint(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": len(t), "flagged_rows": int(np.sum(flag != 0)), "output": args.output}
 
 
-def _cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
+def _load_with_zero_point(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The input table (zero-pointed with --apply-zeropoint) and the --zero-point value."""
     import gaia_distances as gd
 
     t = gd.load_table(args.input)
@@ -76,7 +77,14 @@ def _cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
         try:
             zp = float(zp)
         except ValueError:
-            pass
+            pass  # a column name
+    return t, zp
+
+
+def _cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
+    import gaia_distances as gd
+
+    t, zp = _load_with_zero_point(args)
     extra = (0.05, 0.95) if args.p05_p95 else ()
     t = gd.estimate_distances(
         t,
@@ -130,15 +138,7 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     import gaia_distances as gd
 
-    t = gd.load_table(args.input)
-    if args.apply_zeropoint:
-        t = gd.apply_zeropoint(t, fallback=args.fallback)
-    zp: Any = args.zero_point
-    if zp is not None:
-        try:
-            zp = float(zp)
-        except ValueError:
-            pass
+    t, zp = _load_with_zero_point(args)
     priors = gd.ClusterPriors.physical() if args.physical_priors else gd.ClusterPriors()
     limits = tuple(args.parallax_limits) if args.parallax_limits else None
     fit = gd.fit_cluster(
