@@ -23,6 +23,7 @@ Everything is vectorised over stars and jit-compiled once per chunk shape.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -328,9 +329,9 @@ def summarize_posteriors(
     starts = list(range(0, n, chunk))
     threads = n_threads or _default_threads()
     if threads > 1 and len(starts) > 1:
-        run(starts[0])  # compile once before fanning out
+        first = run(starts[0])  # compiles once before fanning out
         pool = ThreadPoolExecutor(max_workers=threads)
-        results = pool.map(run, starts)
+        results = itertools.chain([first], pool.map(run, starts[1:]))
     else:
         pool = None
         results = map(run, starts)
