@@ -49,6 +49,9 @@ _EXPORTS = {
     "UniformSpaceDensity": "gaia_distances.priors",
     "load_bailer_jones_2021_table": "gaia_distances.priors",
     "simulate_field": "gaia_distances.simulate",
+    "query_adql": "gaia_distances.query",
+    "query_field": "gaia_distances.query",
+    "query_cluster": "gaia_distances.query",
     "ZeroPointFlag": "gaia_distances.zeropoint",
     "apply_zeropoint": "gaia_distances.zeropoint",
 }
@@ -88,5 +91,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         UniformSpaceDensity,
         load_bailer_jones_2021_table,
     )
+    from gaia_distances.query import query_adql, query_cluster, query_field
     from gaia_distances.simulate import simulate_field
     from gaia_distances.zeropoint import ZeroPointFlag, apply_zeropoint

@@ -2,6 +2,7 @@
 
 Subcommands:
 
+- ``query --name M67 --radius 0.5 -o m67.fits``: a Gaia DR3 cone (cached);
 - ``zeropoint IN -o OUT``: add Lindegren et al. (2021) zero points;
 - ``estimate IN -o OUT --prior edsd|ggd|uniform``: per-star distances;
 - ``cluster IN -o OUT [--method marginal|joint]``: fit a cluster over a field;
@@ -63,6 +64,36 @@ def _cmd_zeropoint(args: argparse.Namespace) -> dict[str, Any]:
     write_table(t, args.output)
     flag = np.asarray(t["zeropoint_flag"])
     return {"rows": len(t), "flagged_rows": int(np.sum(flag != 0)), "output": args.output}
+
+
+def _cmd_query(args: argparse.Namespace) -> dict[str, Any]:
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    from gaia_distances import query
+
+    kw: dict[str, Any] = dict(
+        server=args.tap_url,
+        cache=not args.no_cache,
+        offline=args.offline,
+        timeout=args.timeout,
+        retries=args.retries,
+        progress=not args.quiet,
+    )
+    if not args.quiet:  # show the job's phases and the rows received
+        logging.getLogger("gaia_distances.query").setLevel(logging.INFO)
+    radius = args.radius * u.deg
+    if args.name:
+        t = query.query_cluster(args.name, radius, pmra=args.pmra, pmdec=args.pmdec, **kw)
+    elif args.ra is not None and args.dec is not None:
+        t = query.query_field(
+            SkyCoord(args.ra * u.deg, args.dec * u.deg), radius, pmra=args.pmra, pmdec=args.pmdec, **kw
+        )
+    else:
+        raise ValueError("give --name, or --ra and --dec")
+    write_table(t, args.output)
+    prov = t.meta.get("gaia_distances", {}).get("query", {})
+    return {"rows": len(t), "jobid": prov.get("jobid"), "from_cache": prov.get("from_cache"), "output": args.output}
 
 
 def _load_with_zero_point(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -187,6 +218,21 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("query", help="query a Gaia DR3 cone from the archive (async TAP job, cached)")
+    q.add_argument("--name", default=None, help="object name resolved with astropy (Sesame), e.g. M67")
+    q.add_argument("--ra", type=float, default=None, help="cone centre RA (deg, ICRS)")
+    q.add_argument("--dec", type=float, default=None, help="cone centre Dec (deg, ICRS)")
+    q.add_argument("--radius", type=float, required=True, help="cone radius (deg)")
+    q.add_argument("--pmra", type=float, default=None, help="centre proper motion (mas/yr): propagate to 2016.0")
+    q.add_argument("--pmdec", type=float, default=None, help="centre proper motion (mas/yr)")
+    q.add_argument("-o", "--output", required=True, help="output table (format from extension)")
+    q.add_argument("--tap-url", default="https://gea.esac.esa.int/", help="TAP server root")
+    q.add_argument("--no-cache", action="store_true", help="do not read or write the query cache")
+    q.add_argument("--offline", action="store_true", help="use only the cache")
+    q.add_argument("--timeout", type=float, default=600.0, help="seconds per network operation")
+    q.add_argument("--retries", type=int, default=2)
+    q.set_defaults(func=_cmd_query)
 
     z = sub.add_parser("zeropoint", help="add Lindegren et al. (2021) parallax zero points")
     z.add_argument("input", help="input table (format from extension)")

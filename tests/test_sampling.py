@@ -18,8 +18,7 @@ def test_chain_methods_sample_a_gaussian(method):
     mu = jnp.array([1.0, -2.0])
     sd = jnp.array([0.5, 3.0])
     inits = [jnp.zeros(2), jnp.ones(2)]
-    res = run_chains(_gaussian_gen, inits, (mu, sd), num_warmup=300, num_samples=1500, seed=3,
-                     chain_method=method)
+    res = run_chains(_gaussian_gen, inits, (mu, sd), num_warmup=300, num_samples=1500, seed=3, chain_method=method)
     x = np.asarray(res["samples"])
     assert x.shape == (2, 1500, 2)
     np.testing.assert_allclose(x.reshape(-1, 2).mean(0), [1.0, -2.0], atol=0.15)
@@ -29,10 +28,12 @@ def test_chain_methods_sample_a_gaussian(method):
 
 def test_same_seed_same_draws_and_threads_equal_sequential():
     args = (jnp.array([0.0]), jnp.array([1.0]))
-    a = run_chains(_gaussian_gen, [jnp.zeros(1)] * 2, args, num_warmup=100, num_samples=200, seed=7,
-                   chain_method="threads")
-    b = run_chains(_gaussian_gen, [jnp.zeros(1)] * 2, args, num_warmup=100, num_samples=200, seed=7,
-                   chain_method="sequential")
+    a = run_chains(
+        _gaussian_gen, [jnp.zeros(1)] * 2, args, num_warmup=100, num_samples=200, seed=7, chain_method="threads"
+    )
+    b = run_chains(
+        _gaussian_gen, [jnp.zeros(1)] * 2, args, num_warmup=100, num_samples=200, seed=7, chain_method="sequential"
+    )
     np.testing.assert_array_equal(np.asarray(a["samples"]), np.asarray(b["samples"]))
 
 

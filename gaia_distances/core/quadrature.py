@@ -26,7 +26,7 @@ import enum
 import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -331,7 +331,7 @@ def summarize_posteriors(
     if threads > 1 and len(starts) > 1:
         first = run(starts[0])  # compiles once before fanning out
         pool = ThreadPoolExecutor(max_workers=threads)
-        results = itertools.chain([first], pool.map(run, starts[1:]))
+        results: Iterator[tuple[int, int, Any]] = itertools.chain([first], pool.map(run, starts[1:]))
     else:
         pool = None
         results = map(run, starts)

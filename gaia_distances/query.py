@@ -1,0 +1,367 @@
+"""Gaia archive queries through astroquery: ADQL, async jobs, truncation checks, cache.
+
+``astroquery.gaia`` contacts the archive when it is imported, so it is imported
+only inside :func:`query_adql`, and only when a result is not already cached.
+Every query runs as an asynchronous TAP job; its VOTable is parsed and checked
+before it is moved, atomically, into the cache, so an interrupted or failed
+query never leaves a file that a later call could read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.table import QTable
+
+from gaia_distances.columns import META_KEY, warn
+from gaia_distances.errors import GaiaQueryError
+from gaia_distances.io import as_table
+
+__all__ = ["DEFAULT_SERVER", "PIPELINE_COLUMNS", "cone_adql", "query_adql", "query_cluster", "query_field"]
+
+log = logging.getLogger(__name__)
+
+#: The ESA Gaia archive (TAP service at ``<server>tap-server/tap``).
+DEFAULT_SERVER = "https://gea.esac.esa.int/"
+
+#: Columns every later step needs.
+PIPELINE_COLUMNS = (
+    "source_id",
+    "ra",
+    "dec",
+    "parallax",
+    "parallax_error",
+    "pmra",
+    "pmdec",
+    "ruwe",
+    "phot_g_mean_mag",
+    "bp_rp",
+    "nu_eff_used_in_astrometry",
+    "pseudocolour",
+    "ecl_lat",
+    "astrometric_params_solved",
+)
+
+
+def cone_adql(
+    centre: SkyCoord,
+    radius: u.Quantity,
+    *,
+    columns: Sequence[str] = PIPELINE_COLUMNS,
+    extra_columns: Sequence[str] = (),
+    where: str | None = None,
+    table: str = "gaiadr3.gaia_source",
+    pmra: float | None = None,
+    pmdec: float | None = None,
+    centre_epoch: float = 2000.0,
+) -> str:
+    """ADQL for every source of ``table`` within ``radius`` of ``centre``.
+
+    With the centre's proper motion (``pmra``, ``pmdec`` in mas/yr) the centre
+    is propagated from ``centre_epoch`` (Julian years) to the Gaia DR3 epoch
+    2016.0 with ``EPOCH_PROP_POS``, as the reference M67 query does.
+
+    Examples
+    --------
+    >>> from astropy.coordinates import SkyCoord
+    >>> import astropy.units as u
+    >>> q = cone_adql(SkyCoord(132.846, 11.814, unit="deg"), 0.5 * u.deg, columns=["source_id"])
+    >>> "CIRCLE('ICRS', 132.846, 11.814, 0.5)" in q
+    True
+    """
+    c = centre.icrs
+    ra, dec = f"{c.ra.deg:.10g}", f"{c.dec.deg:.10g}"
+    r = f"{radius.to_value(u.deg):.10g}"
+    if pmra is not None and pmdec is not None:
+        prop = f"EPOCH_PROP_POS({ra}, {dec}, 0, {pmra:.6g}, {pmdec:.6g}, 0, {centre_epoch:.6g}, 2016.0)"
+        circle = f"CIRCLE('ICRS', COORD1({prop}), COORD2({prop}), {r})"
+    else:
+        circle = f"CIRCLE('ICRS', {ra}, {dec}, {r})"
+    cols = ", ".join(dict.fromkeys([*columns, *extra_columns]))
+    adql = f"SELECT {cols} FROM {table} WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), {circle})"
+    if where:
+        adql += f" AND ({where})"
+    return adql
+
+
+def _server_root(server: str) -> str:
+    """``https://host/`` from a server root or a full ``.../tap-server/tap`` URL."""
+    root = server.split("tap-server")[0]
+    return root if root.endswith("/") else root + "/"
+
+
+def default_cache_dir() -> Path:
+    from astropy.config.paths import get_cache_dir
+
+    return Path(get_cache_dir()) / "gaia_distances" / "queries"
+
+
+def _cache_path(adql: str, server: str, cache_dir: Path) -> Path:
+    key = hashlib.sha256(f"{_server_root(server)}\n{' '.join(adql.split())}".encode()).hexdigest()[:32]
+    return cache_dir / f"{key}.vot"
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float | None) -> Iterator[None]:
+    """astroquery's TAP connections take no timeout: set the default for this call."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _make_archive(server: str, login: tuple[str, str] | None) -> Any:
+    from astroquery.gaia import GaiaClass  # imported here: importing it contacts the archive
+
+    root = _server_root(server)
+    archive = GaiaClass(gaia_tap_server=root, gaia_data_server=root, show_server_messages=False)
+    if login is not None:
+        archive.login(user=login[0], password=login[1])
+    return archive
+
+
+def _check_votable(path: Path, *, maxrec: int | None, adql: str) -> tuple[int, str]:
+    """Parse the result fully; return (rows, QUERY_STATUS). Raises on malformed files."""
+    from astropy.io.votable import parse
+
+    vot = parse(str(path), verify="ignore")
+    status = "OK"
+    for resource in vot.resources:
+        for info in resource.infos:
+            if info.name == "QUERY_STATUS":
+                if info.value == "ERROR":
+                    raise GaiaQueryError(f"the server reported an error: {info.content or info.value}")
+                if info.value == "OVERFLOW":
+                    status = "OVERFLOW"
+    tables = list(vot.iter_tables())
+    if not tables:
+        raise GaiaQueryError("the result VOTable holds no table")
+    return len(tables[0].array), status
+
+
+def query_adql(
+    adql: str,
+    *,
+    server: str = DEFAULT_SERVER,
+    archive: Any = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool = False,
+    timeout: float | None = 600.0,
+    retries: int = 2,
+    backoff: float = 2.0,
+    maxrec: int | None = None,
+    on_truncation: str = "raise",
+    login: tuple[str, str] | None = None,
+    progress: bool = True,
+) -> QTable:
+    """Run ``adql`` as an asynchronous job on a Gaia TAP server; return a normalised table.
+
+    Parameters
+    ----------
+    adql
+        The query. No row limit is added: astroquery's ``ROW_LIMIT`` applies to
+        its convenience methods, not to this one.
+    server
+        TAP server root (``<server>tap-server/tap``), e.g. a mirror or a local
+        test server.
+    archive
+        An ``astroquery.gaia.GaiaClass``-like object to use instead of one built
+        for ``server`` (dependency injection).
+    cache, cache_dir, offline
+        Results are cached on disk, keyed by the server and the ADQL text
+        (default folder: astropy's cache dir). ``offline=True`` only reads the
+        cache and raises if the result is not there.
+    timeout
+        Seconds any one network operation may take.
+    retries, backoff
+        Failed attempts are retried ``retries`` times, waiting ``backoff *
+        2**k`` s.
+    maxrec
+        TAP ``MAXREC``. A result that reached it, or that the server flags
+        ``OVERFLOW``, is truncated.
+    on_truncation
+        ``"raise"`` (default) a :class:`~gaia_distances.GaiaQueryError`, or
+        ``"warn"`` and return the partial table (flagged in its metadata).
+    login
+        ``(user, password)`` for the archive's larger quotas.
+    progress
+        Log the job's phases and the rows received at INFO level.
+
+    Returns
+    -------
+    QTable
+        Lower-case column names, units; provenance under
+        ``meta["gaia_distances"]["query"]``.
+    """
+    if on_truncation not in ("raise", "warn"):
+        raise ValueError("on_truncation must be 'raise' or 'warn'")
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = _cache_path(adql, server, folder)
+    if cache and path.exists():
+        log.info("query result read from the cache: %s", path)
+        return _finish(path, adql, server, jobid=None, cached=True)
+    if offline:
+        raise GaiaQueryError(
+            f"offline mode and no cached result for this query at {server} (cache {folder}); "
+            "run once with network access or pass offline=False"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    jobid = None
+    for attempt in range(retries + 1):
+        fd, tmp_name = tempfile.mkstemp(suffix=".vot.part", dir=folder)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            with _socket_timeout(timeout):
+                arch = archive if archive is not None else _make_archive(server, login)
+                if progress:
+                    log.info("submitting Gaia archive job to %s", server)
+                job = _launch(arch, adql, tmp, maxrec)
+                jobid = getattr(job, "jobid", None)
+                phase = _wait(job, progress=progress)
+                if phase != "COMPLETED":
+                    detail = ""
+                    with contextlib.suppress(Exception):
+                        detail = str(job.get_error())
+                    raise GaiaQueryError(f"job {jobid} ended in phase {phase}: {detail}".strip())
+                job.outputFile = str(tmp)
+                job.save_results()
+            rows, status = _check_votable(tmp, maxrec=maxrec, adql=adql)
+            truncated = status == "OVERFLOW" or (maxrec is not None and rows >= maxrec)
+            if truncated:
+                msg = (
+                    f"the result of job {jobid} at {server} is truncated at {rows} rows "
+                    f"(QUERY_STATUS {status}, MAXREC {maxrec}); split the query (smaller cones, "
+                    "magnitude slices) or log in for a larger quota"
+                )
+                if on_truncation == "raise":
+                    raise GaiaQueryError(msg)
+                warn(msg)
+            if progress:
+                log.info("job %s completed: %d rows", jobid, rows)
+            if cache and not truncated:
+                os.replace(tmp, path)
+                return _finish(path, adql, server, jobid=jobid, cached=False)
+            result = _finish(tmp, adql, server, jobid=jobid, cached=False, truncated=truncated)
+            _cleanup(tmp)
+            return result
+        except GaiaQueryError as exc:
+            _cleanup(tmp)
+            if "truncated" in str(exc) or "phase ERROR" in str(exc) or "server reported" in str(exc):
+                raise GaiaQueryError(f"{exc} [server {server}, job {jobid}]") from exc
+            last = exc
+        except Exception as exc:  # network, HTTP and parse errors from astroquery / astropy
+            _cleanup(tmp)
+            last = exc
+        except BaseException:  # interrupted (Ctrl-C): leave nothing partial behind
+            _cleanup(tmp)
+            raise
+        if attempt < retries:
+            wait = backoff * 2**attempt
+            log.warning("Gaia query attempt %d failed (%s); retrying in %.1f s", attempt + 1, last, wait)
+            time.sleep(wait)
+    raise GaiaQueryError(
+        f"Gaia archive query failed after {retries + 1} attempt(s) at {server} (job {jobid}): "
+        f"{type(last).__name__}: {last}. Check the server URL and your network, increase timeout=, "
+        "or use offline=True with a cached result."
+    ) from last
+
+
+def _cleanup(tmp: Path) -> None:
+    """Remove the partial result and anything astroquery wrote beside it (``.error``, ``.gz``)."""
+    for p in tmp.parent.glob(tmp.name + "*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _launch(arch: Any, adql: str, tmp: Path, maxrec: int | None) -> Any:
+    kw: dict[str, Any] = dict(dump_to_file=True, output_file=str(tmp), output_format="votable", background=True)
+    if maxrec is None:
+        return arch.launch_job_async(adql, **kw)
+    from astroquery.utils.tap.core import TapPlus
+
+    # GaiaClass.launch_job_async does not pass MAXREC on; its TapPlus base does
+    launch = TapPlus.launch_job_async if isinstance(arch, TapPlus) else type(arch).launch_job_async
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # astroquery's note on compressed file names
+        return launch(arch, adql, maxrec=maxrec, **kw)
+
+
+def _wait(job: Any, *, progress: bool, poll: float = 0.5) -> str:
+    phase = ""
+    while True:
+        phase = str(job.get_phase(update=True)).strip().upper()
+        if progress:
+            log.info("job %s: %s", getattr(job, "jobid", "?"), phase)
+        if phase not in ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", ""):
+            return phase
+        time.sleep(poll)
+
+
+def _finish(path: Path, adql: str, server: str, *, jobid: Any, cached: bool, truncated: bool = False) -> QTable:
+    from astropy.table import Table
+
+    table = as_table(Table.read(str(path), format="votable", use_names_over_ids=True))
+    meta = dict(table.meta.get(META_KEY, {}))
+    meta["query"] = {
+        "adql": adql,
+        "server": server,
+        "jobid": jobid,
+        "from_cache": cached,
+        "truncated": truncated,
+        "rows": len(table),
+        "retrieved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    table.meta[META_KEY] = meta
+    return table
+
+
+def query_field(
+    centre: SkyCoord,
+    radius: u.Quantity,
+    *,
+    extra_columns: Sequence[str] = (),
+    where: str | None = None,
+    pmra: float | None = None,
+    pmdec: float | None = None,
+    centre_epoch: float = 2000.0,
+    **kwargs: Any,
+) -> QTable:
+    """Every Gaia DR3 source within ``radius`` of ``centre``, with the pipeline's columns.
+
+    ``kwargs`` go to :func:`query_adql` (server, cache, timeout, ...).
+    """
+    adql = cone_adql(
+        centre, radius, extra_columns=extra_columns, where=where, pmra=pmra, pmdec=pmdec, centre_epoch=centre_epoch
+    )
+    return query_adql(adql, **kwargs)
+
+
+def query_cluster(name: str, radius: u.Quantity, *, resolver: Any = None, **kwargs: Any) -> QTable:
+    """:func:`query_field` around a named object, resolved with astropy (Sesame).
+
+    ``resolver`` (a callable name -> SkyCoord) replaces the name service, e.g.
+    offline. Pass ``pmra``/``pmdec`` to propagate the centre to epoch 2016.0.
+    """
+    try:
+        centre = resolver(name) if resolver is not None else SkyCoord.from_name(name)
+    except Exception as exc:
+        raise GaiaQueryError(f"could not resolve the name {name!r} ({exc}); pass a SkyCoord to query_field") from exc
+    return query_field(centre, radius, **kwargs)

@@ -1,0 +1,244 @@
+"""The query layer against a real TAP server on 127.0.0.1, faults included."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+from tap_server import TapServer
+
+import gaia_distances as gd
+from gaia_distances import query
+from gaia_distances.cli import main
+
+
+@pytest.fixture(scope="module")
+def two_rows(data_file):
+    return data_file("gaia_archive/gaia_source_2rows.vot").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def m67_votable(data_file):
+    """A VOTable made at test time from the M67 field, upper-case IDs like the archive's."""
+    t = Table.read(data_file("m67.fits.gz"))
+    buf = io.BytesIO()
+    t.write(buf, format="votable")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(two_rows):
+    srv = TapServer(two_rows)
+    yield srv
+    srv.close()
+
+
+def _kw(tmp_path, srv, **extra):
+    return {**dict(server=srv.url, cache_dir=tmp_path / "cache", timeout=5, retries=0, backoff=0.01), **extra}
+
+
+def _no_files(tmp_path):
+    folder = tmp_path / "cache"
+    return not folder.exists() or not any(folder.iterdir())
+
+
+def test_async_job_result_is_normalised_recorded_and_cached(server, tmp_path):
+    adql = "SELECT TOP 20 * FROM gaiadr3.gaia_source WHERE source_id = 4583627001381815936"
+    t = query.query_adql(adql, **_kw(tmp_path, server))
+    assert len(t) == 2
+    assert "source_id" in t.colnames and all(c == c.lower() for c in t.colnames)
+    assert t["parallax"].unit == u.mas
+    assert server.state.queries == [adql]
+    prov = t.meta["gaia_distances"]["query"]
+    assert prov["jobid"] and prov["from_cache"] is False and prov["server"] == server.url
+    n = server.state.requests
+    again = query.query_adql(adql, **_kw(tmp_path, server))
+    assert server.state.requests == n  # served from the cache
+    assert again.meta["gaia_distances"]["query"]["from_cache"] is True
+    offline = query.query_adql(adql, **_kw(tmp_path, server, offline=True))
+    assert len(offline) == 2
+    with pytest.raises(gd.GaiaQueryError, match="offline"):
+        query.query_adql(adql + " AND 1=1", **_kw(tmp_path, server, offline=True))
+
+
+def test_field_query_feeds_the_pipeline_unchanged(m67_votable, tmp_path):
+    srv = TapServer(m67_votable)
+    try:
+        t = query.query_field(
+            SkyCoord(132.846, 11.814, unit="deg"), 0.5 * u.deg, pmra=-10.97, pmdec=-2.94, **_kw(tmp_path, srv)
+        )
+        adql = srv.state.queries[-1]
+        for col in query.PIPELINE_COLUMNS:
+            assert col in adql
+        assert "EPOCH_PROP_POS" in adql and "CIRCLE('ICRS'" in adql
+        assert len(t) == 5331
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+            z = gd.apply_zeropoint(t, fallback=0.0)
+            d = gd.estimate_distances(z)
+        assert np.isfinite(d["distance_median"].value).sum() > 5000
+        fit = gd.fit_cluster(z, parallax_limits=(0.2, 3.0), num_samples=300)
+        assert abs(fit.summary()["mean"][0] - 837) < 5
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "match"),
+    [
+        ("http500", "HTTPError|500|failed"),
+        ("error_phase", "Unknown column"),
+        ("truncated_body", "failed"),
+        ("malformed", "failed"),
+    ],
+)
+def test_faults_raise_clearly_and_leave_no_cache_file(server, tmp_path, fault, match):
+    server.state.fault = fault
+    with pytest.raises(gd.GaiaQueryError, match=match) as err:
+        query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server))
+    assert server.url in str(err.value)
+    assert _no_files(tmp_path)
+
+
+def test_slow_answer_meets_the_client_timeout(server, tmp_path):
+    server.state.fault = "slow"
+    server.state.slow_seconds = 3.0
+    with pytest.raises(gd.GaiaQueryError, match="timed out|timeout"):
+        query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server, timeout=0.5))
+    assert _no_files(tmp_path)
+
+
+def test_retries_with_backoff(server, tmp_path):
+    server.state.fault = "http500"
+    with pytest.raises(gd.GaiaQueryError, match="3 attempt"):
+        query.query_adql("SELECT 1", **{**_kw(tmp_path, server), "retries": 2})
+    assert len(server.state.queries) == 3
+
+
+def test_truncated_results_raise_or_warn_and_are_not_cached(server, tmp_path):
+    server.state.fault = "overflow"
+    with pytest.raises(gd.GaiaQueryError, match="truncated at 2 rows"):
+        query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server))
+    with pytest.warns(gd.GaiaDistancesWarning, match="truncated"):
+        t = query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server, on_truncation="warn"))
+    assert t.meta["gaia_distances"]["query"]["truncated"] is True
+    assert _no_files(tmp_path)
+    server.state.fault = "ok"
+    with pytest.raises(gd.GaiaQueryError, match="MAXREC 2"):
+        query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server, maxrec=2))
+
+
+def test_cluster_name_resolution_is_injectable(server, tmp_path):
+    t = query.query_cluster(
+        "M67", 0.2 * u.deg, resolver=lambda name: SkyCoord(132.846, 11.814, unit="deg"), **_kw(tmp_path, server)
+    )
+    assert len(t) == 2 and "132.846" in server.state.queries[-1]
+
+    def fail(name):
+        raise OSError("name service unreachable")
+
+    with pytest.raises(gd.GaiaQueryError, match="resolve"):
+        query.query_cluster("M67", 0.2 * u.deg, resolver=fail, **_kw(tmp_path, server))
+
+
+def test_cli_query_writes_a_table_the_pipeline_accepts(m67_votable, tmp_path):
+    srv = TapServer(m67_votable)
+    try:
+        out = tmp_path / "m67.fits"
+        code = main(
+            [
+                "--quiet",
+                "query",
+                "--ra",
+                "132.846",
+                "--dec",
+                "11.814",
+                "--radius",
+                "0.5",
+                "--tap-url",
+                srv.url,
+                "-o",
+                str(out),
+                "--timeout",
+                "10",
+            ]
+        )
+        assert code == 0
+        est = tmp_path / "d.fits"
+        assert main(["--quiet", "estimate", str(out), "-o", str(est), "--apply-zeropoint", "--fallback", "0"]) == 0
+        assert (
+            main(
+                [
+                    "--quiet",
+                    "cluster",
+                    str(out),
+                    "-o",
+                    str(tmp_path / "c.fits"),
+                    "--apply-zeropoint",
+                    "--fallback",
+                    "0",
+                    "--parallax-limits",
+                    "0.2",
+                    "3",
+                    "--num-samples",
+                    "200",
+                ]
+            )
+            == 0
+        )
+        srv.state.fault = "http500"
+        code = main(
+            [
+                "query",
+                "--ra",
+                "1",
+                "--dec",
+                "2",
+                "--radius",
+                "0.1",
+                "--tap-url",
+                srv.url,
+                "-o",
+                str(tmp_path / "x.fits"),
+                "--no-cache",
+                "--retries",
+                "0",
+            ]
+        )
+        assert code == 2
+    finally:
+        srv.close()
+
+
+def test_query_module_imports_no_astroquery():
+    code = "import sys, gaia_distances.query\nassert 'astroquery' not in sys.modules"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.network
+def test_real_archive_small_cone(tmp_path):
+    t = query.query_field(SkyCoord(132.846, 11.814, unit="deg"), 0.02 * u.deg, cache_dir=tmp_path)
+    assert len(t) > 0 and "parallax" in t.colnames
+
+
+def test_cache_survives_an_interrupted_query(server, tmp_path):
+    adql = "SELECT * FROM gaiadr3.gaia_source WHERE 1=1"
+    query.query_adql(adql, **_kw(tmp_path, server))
+    cached = sorted((tmp_path / "cache").iterdir())
+
+    class Interrupting:
+        def launch_job_async(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        query.query_adql(adql, **_kw(tmp_path, server, archive=Interrupting(), cache=False))
+    assert sorted((tmp_path / "cache").iterdir()) == cached  # nothing partial left, cache intact
+    assert len(query.query_adql(adql, **_kw(tmp_path, server, offline=True))) == 2
