@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-FAULTS = ("ok", "http500", "error_phase", "slow", "truncated_body", "overflow", "malformed")
+FAULTS = ("ok", "http500", "error_phase", "error_votable", "slow", "truncated_body", "overflow", "malformed")
 
 
 @dataclass
@@ -105,6 +105,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = st.payload
         if st.fault == "overflow":
             body = body.replace(b"</TABLE>", b'</TABLE>\n<INFO name="QUERY_STATUS" value="OVERFLOW"/>', 1)
+        if st.fault == "error_votable":
+            body = (
+                b"<?xml version='1.0'?><VOTABLE version='1.4' xmlns='http://www.ivoa.net/xml/VOTable/v1.3'>"
+                b"<RESOURCE type='results'><INFO name='QUERY_STATUS' value='ERROR'>Query timed out on the "
+                b"database side</INFO></RESOURCE></VOTABLE>"
+            )
         if st.fault == "malformed":
             body = b"<?xml version='1.0'?><VOTABLE><RESOURCE><TABLE><DATA>garbage</TABLE>"
         data = gzip.compress(body)

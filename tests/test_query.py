@@ -95,6 +95,7 @@ def test_field_query_feeds_the_pipeline_unchanged(m67_votable, tmp_path):
     [
         ("http500", "HTTPError|500|failed"),
         ("error_phase", "Unknown column"),
+        ("error_votable", "server reported an error: Query timed out"),
         ("truncated_body", "failed"),
         ("malformed", "failed"),
     ],
@@ -242,3 +243,12 @@ def test_cache_survives_an_interrupted_query(server, tmp_path):
         query.query_adql(adql, **_kw(tmp_path, server, archive=Interrupting(), cache=False))
     assert sorted((tmp_path / "cache").iterdir()) == cached  # nothing partial left, cache intact
     assert len(query.query_adql(adql, **_kw(tmp_path, server, offline=True))) == 2
+
+
+def test_sync_queries_through_astroquery_against_the_local_server(server):
+    from astroquery.gaia import GaiaClass
+
+    archive = GaiaClass(gaia_tap_server=server.url, gaia_data_server=server.url, show_server_messages=False)
+    raw = archive.launch_job("SELECT TOP 2 * FROM gaiadr3.gaia_source").get_results()
+    t = gd.load_table(raw)
+    assert len(t) == 2 and "source_id" in t.colnames and t["parallax"].unit == u.mas
