@@ -49,6 +49,7 @@ _EXPORTS = {
     "UniformSpaceDensity": "gaia_distances.priors",
     "load_bailer_jones_2021_table": "gaia_distances.priors",
     "simulate_field": "gaia_distances.simulate",
+    "GaiaTable": "gaia_distances.table",
     "query_adql": "gaia_distances.query",
     "query_field": "gaia_distances.query",
     "query_cluster": "gaia_distances.query",
@@ -57,6 +58,18 @@ _EXPORTS = {
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def _register_accessor() -> None:
+    """``DataFrame.gaia`` exists as soon as the package is imported (pandas is a dependency)."""
+    try:
+        from gaia_distances.table import register_pandas_accessor
+    except ImportError:  # pragma: no cover - astropy missing: the core alone is in use
+        return
+    register_pandas_accessor()
+
+
+_register_accessor()
 
 
 def __getattr__(name: str) -> Any:
@@ -93,4 +106,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     )
     from gaia_distances.query import query_adql, query_cluster, query_field
     from gaia_distances.simulate import simulate_field
+    from gaia_distances.table import GaiaTable
     from gaia_distances.zeropoint import ZeroPointFlag, apply_zeropoint
