@@ -28,7 +28,8 @@ from astropy.table import QTable, Table
 
 from gaia_distances.columns import add_column, column_values, corrected_parallax, update_provenance, warn
 from gaia_distances.core import cluster as core
-from gaia_distances.core.sampling import aot_call, chain_runner, precompile, run_chains, usable_cores
+from gaia_distances.core.parallel import usable_cores
+from gaia_distances.core.sampling import aot_call, chain_runner, precompile, run_chains
 from gaia_distances.errors import GaiaDistancesError
 from gaia_distances.io import as_table
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.priors import GLOBAL_LOG_R_MAX, GLOBAL_LOG_R_MIN
 
 Array = Any
@@ -216,13 +216,6 @@ def x64_context(enabled: bool) -> Any:
     return ctx(enabled)
 
 
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def summarize_posteriors(
     parallax: Array,
     parallax_error: Array,
@@ -327,7 +320,7 @@ def summarize_posteriors(
         return start, stop, res
 
     starts = list(range(0, n, chunk))
-    threads = n_threads or _default_threads()
+    threads = n_threads or usable_cores()
     if threads > 1 and len(starts) > 1:
         first = run(starts[0])  # compiles once before fanning out
         pool = ThreadPoolExecutor(max_workers=threads)

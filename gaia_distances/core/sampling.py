@@ -11,7 +11,6 @@ the one device instead.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,16 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.parallel import usable_cores
+
 log = logging.getLogger(__name__)
 
 Array = Any
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 _COMPILED: dict[Any, Any] = {}
@@ -44,6 +38,13 @@ def _report(n: Any) -> None:
     bar = _PROGRESS["bar"]
     if bar is not None:
         bar.update(int(n))
+
+
+def _resolve_chain_method(chain_method: str | None) -> str:
+    """Threads over CPU cores, or vectorised chains on an accelerator, unless told."""
+    if chain_method is not None:
+        return chain_method
+    return "threads" if jax.default_backend() == "cpu" else "vectorized"
 
 
 def _signature(tree: Any) -> Any:
@@ -134,8 +135,7 @@ def chain_runner(
     chain_method: str | None = None,
 ) -> Any:
     """Compile (or fetch) the program :func:`run_chains` will use; thread-safe to call early."""
-    if chain_method is None:
-        chain_method = "threads" if jax.default_backend() == "cpu" else "vectorized"
+    chain_method = _resolve_chain_method(chain_method)
     config: dict[str, Any] = dict(
         num_warmup=num_warmup,
         num_samples=num_samples,
@@ -211,8 +211,7 @@ def run_chains(
         and ``num_steps`` (chains, draws), ``step_size`` per chain.
     """
     n_chains = len(inits)
-    if chain_method is None:
-        chain_method = "threads" if jax.default_backend() == "cpu" else "vectorized"
+    chain_method = _resolve_chain_method(chain_method)
     keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
     compiled = chain_runner(
         potential_fn_gen,
@@ -248,11 +247,10 @@ def _execute(
     keys: Array,
     inits: Sequence[Any],
     model_args: tuple[Any, ...],
-    imm: Any,
+    inverse_mass_matrix: Any,
     n_chains: int,
     chain_method: str,
 ) -> dict[str, Any]:
-    inverse_mass_matrix = imm
     if chain_method == "vectorized":
         stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *inits)
         zs, div, nsteps, step = compiled(keys, stacked, model_args, inverse_mass_matrix)
