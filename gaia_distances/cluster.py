@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,13 +185,7 @@ def _split(z: np.ndarray, priors: core.ClusterPriors) -> dict[str, np.ndarray]:
 
 
 def _population_draws(z: np.ndarray, priors: core.ClusterPriors) -> dict[str, np.ndarray]:
-    log_L, log_D, depth, logit_q = (z[..., i] for i in range(4))
-    if priors.depth_prior == "size":
-        lo, hi = math.log(priors.size_min_pc), math.log(priors.size_max_pc)
-        log_sigma = lo + (hi - lo) / (1.0 + np.exp(-depth)) - log_D
-    else:
-        log_sigma = depth
-    Q = 1.0 / (1.0 + np.exp(-logit_q))
+    log_L, log_D, log_sigma, Q = core.to_population(z, priors, xp=np)
     return {
         "D": np.exp(log_D),
         "sigma": np.exp(log_sigma + log_D),
@@ -272,10 +267,11 @@ def fit_cluster(
     err = column_values(out, "parallax_error", u.mas)
     flag = np.zeros(len(out), dtype=np.int16)
     flag[~(np.isfinite(plx) & np.isfinite(err) & (err > 0))] |= ClusterFlag.NO_PARALLAX
+    raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else None
     if parallax_limits is not None:
-        raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else plx
         lo, hi = parallax_limits
-        inside = (raw > lo) & (raw < hi)
+        cut = raw if raw is not None else plx  # the catalogue parallax, as in the reference cuts
+        inside = (cut > lo) & (cut < hi)
         flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
     used = flag == 0
     n_used = int(used.sum())
@@ -285,7 +281,7 @@ def fit_cluster(
             f"{' inside parallax_limits' if parallax_limits else ''}; {n_used} of {len(out)} qualify"
         )
     w, s = plx[used], err[used]
-    zp_used = (column_values(out, "parallax", u.mas)[used] - w) if "parallax" in out.colnames else np.zeros(n_used)
+    zp_used = raw[used] - w if raw is not None else np.zeros(n_used)
     zp_used = np.where(np.isfinite(zp_used), zp_used, 0.0)
 
     cores = usable_cores()
@@ -392,7 +388,9 @@ def fit_cluster(
         member[used] = np.asarray(aot_call(membership, jnp.asarray(thin, dt), data))
         qd = flat[np.linspace(0, len(flat) - 1, min(len(flat), n_quantile_draws)).astype(int)]
         sig_max = float(np.max(posterior["sigma_log"]))
-        grid = core.posterior_distance_grid(w, s, float(np.median(np.log(posterior["D"]))), sig_max, data_L_range(w, s))
+        grid = core.posterior_distance_grid(
+            w, s, float(np.median(np.log(posterior["D"]))), sig_max, data.field.L_range()
+        )
         dist_q[used] = _chunked_quantiles(qd, data, priors, grid)
     else:
         member[used], dist_q[used] = _joint_per_star(r_draws, z, priors)
@@ -412,9 +410,9 @@ def fit_cluster(
 
     timings["per_star_s"] = time.perf_counter() - t0
     wall = time.perf_counter() - t_start
-    fit.diagnostics = _diagnose(fit, res, wall, n_used)
-    fit.diagnostics["timings"] = timings
     summ = fit.summary()
+    fit.diagnostics = _diagnose(fit, summ, res, wall, n_used)
+    fit.diagnostics["timings"] = timings
     update_provenance(
         out,
         "cluster",
@@ -435,11 +433,6 @@ def fit_cluster(
     return fit
 
 
-def data_L_range(w: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    L0 = core.rough_length_scale(w, s)
-    return (L0 / 20.0, L0 * 20.0)
-
-
 _Q_LEVELS = (0.5, 0.158655, 0.841345)
 _GRID_WIDTH = 64 + 48 + 32  # nodes of core.posterior_distance_grid
 _CHUNK = 4096
@@ -451,29 +444,35 @@ def _precompile_per_star(
     membership, quant = core.per_star_functions(priors, _Q_LEVELS)
     dt = data.parallax.dtype
     precompile(membership, jnp.zeros((n_member, 4), dt), data)
-    n = data.parallax.shape[0]
-    chunk = min(_CHUNK, 1 << max(4, (n - 1).bit_length()))
-    idx = np.minimum(np.arange(chunk), n - 1)
-    sub = jax.tree_util.tree_map(lambda x: x[idx] if np.ndim(x) and np.shape(x)[0] == n else x, data)
-    precompile(quant, jnp.zeros((n_quant, 4), dt), sub, jnp.zeros((chunk, grid_width), dt))
+    _, idx, sub = next(_star_chunks(data))
+    precompile(quant, jnp.zeros((n_quant, 4), dt), sub, jnp.zeros((idx.size, grid_width), dt))
 
 
 def _chunked_quantiles(
     qd: np.ndarray, data: core.StarData, priors: core.ClusterPriors, grid: np.ndarray, chunk: int = _CHUNK
 ) -> np.ndarray:
     _, fn = core.per_star_functions(priors, _Q_LEVELS)
-    n = grid.shape[0]
-    chunk = min(chunk, 1 << max(4, (n - 1).bit_length()))
-    out = np.empty((n, 3))
+    out = np.empty((grid.shape[0], 3))
     dt = data.parallax.dtype
     zq = jnp.asarray(qd, dt)
+    for rows, idx, sub in _star_chunks(data, chunk):
+        q = aot_call(fn, zq, sub, jnp.asarray(grid[idx], dt))
+        out[rows] = np.asarray(q)[: rows.stop - rows.start]
+    return out
+
+
+def _star_chunks(data: core.StarData, chunk: int = _CHUNK) -> Iterator[tuple[slice, np.ndarray, core.StarData]]:
+    """``(rows, idx, sub)`` per chunk: output slice, padded row indices and the data at them.
+
+    Every chunk has the same size (the last is padded by repeating its final
+    row), a power of two for small tables, so one compiled program serves all.
+    """
+    n = data.parallax.shape[0]
+    chunk = min(chunk, 1 << max(4, (n - 1).bit_length()))
     for start in range(0, n, chunk):
         idx = np.minimum(np.arange(start, start + chunk), n - 1)
         sub = jax.tree_util.tree_map(lambda x, i=idx: x[i] if np.ndim(x) and np.shape(x)[0] == n else x, data)
-        q = aot_call(fn, zq, sub, jnp.asarray(grid[idx], dt))
-        stop = min(start + chunk, n)
-        out[start:stop] = np.asarray(q)[: stop - start]
-    return out
+        yield slice(start, min(start + chunk, n)), idx, sub
 
 
 def _run_joint(
@@ -535,19 +534,14 @@ def _joint_potential_gen(priors: core.ClusterPriors) -> Any:
 
 def _joint_per_star(r: np.ndarray, z: np.ndarray, priors: core.ClusterPriors) -> tuple[np.ndarray, np.ndarray]:
     flat_r = r.reshape(-1, r.shape[-1])
-    flat_z = z.reshape(-1, 4)
-    log_L, log_D, log_sigma, Q = (np.asarray(x)[:, None] for x in core.to_population(jnp.asarray(flat_z), priors))
-    u_ = np.log(flat_r)
-    sigma = np.exp(log_sigma)
-    log_cl = np.log(Q) - 0.5 * ((u_ - log_D) / sigma) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
-    log_fd = np.log1p(-Q) - math.log(2.0) + 3.0 * (u_ - log_L) - np.exp(u_ - log_L)
+    log_L, log_D, log_sigma, Q = (x[:, None] for x in core.to_population(z.reshape(-1, 4), priors, xp=np))
+    log_cl, log_fd = (np.asarray(x) for x in core.mixture_log_prior_u(np.log(flat_r), log_L, log_D, log_sigma, Q))
     member = np.mean(np.exp(log_cl - np.logaddexp(log_cl, log_fd)), axis=0)
     q = np.percentile(flat_r, [50.0, 15.865525, 84.134475], axis=0).T
     return member, q
 
 
-def _diagnose(fit: ClusterFit, res: dict[str, Any], wall: float, n_used: int) -> dict[str, Any]:
-    summ = fit.summary()
+def _diagnose(fit: ClusterFit, summ: Table, res: dict[str, Any], wall: float, n_used: int) -> dict[str, Any]:
     div = int(np.sum(res["diverging"]))
     rhat = {str(r["parameter"]): float(r["r_hat"]) for r in summ}
     ess = {str(r["parameter"]): float(r["ess_bulk"]) for r in summ}

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.priors import EDSDPrior
+
 Array = Any
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -74,10 +76,23 @@ class ClusterPriors(NamedTuple):
         """
         return cls(depth_prior="size", size_min_pc=size_min_pc, size_max_pc=size_max_pc, **kw)
 
-    def log_size(self, y: Array) -> Array:
+    def log_size(self, y: Array, xp: Any = jnp) -> Array:
         """``ln(size / pc)`` from the unconstrained ``logit_size`` (``depth_prior="size"``)."""
         lo, hi = math.log(self.size_min_pc), math.log(self.size_max_pc)
-        return lo + (hi - lo) * jax.nn.sigmoid(y)
+        return lo + (hi - lo) * _sigmoid(y, xp)
+
+    def depth_for(self, log_size: float, log_D: float) -> float:
+        """The unconstrained depth parameter giving a cluster ``exp(log_size)`` pc deep at ``exp(log_D)``."""
+        if self.depth_prior != "size":
+            return log_size - log_D
+        lo, hi = math.log(self.size_min_pc), math.log(self.size_max_pc)
+        frac = min(max((log_size - lo) / (hi - lo), 0.02), 0.98)
+        return math.log(frac / (1.0 - frac))
+
+
+def _sigmoid(x: Array, xp: Any) -> Array:
+    """The logistic function for JAX (``jax.nn.sigmoid``) or NumPy arrays."""
+    return jax.nn.sigmoid(x) if xp is jnp else 1.0 / (1.0 + np.exp(-x))
 
 
 _REFERENCE = ClusterPriors()
@@ -144,10 +159,18 @@ class FieldNodes(NamedTuple):
     log_weight: Array  # (n, K): ln(trapezoid weight) + ln N(w | 1000 e^-u, s)
 
 
-def log_likelihood_u(u: Array, w: Array, s: Array) -> Array:
-    """``ln N(w | 1000 e^-u, s)`` including its normalisation."""
-    z = (1000.0 * jnp.exp(-u) - w) / s
-    return -0.5 * z * z - jnp.log(s) - _LOG_SQRT_2PI
+def log_likelihood_u(u: Array, w: Array, s: Array, xp: Any = jnp) -> Array:
+    """``ln N(w | 1000 e^-u, s)`` including its normalisation (``xp``: ``jnp`` or ``np``)."""
+    z = (1000.0 * xp.exp(-u) - w) / s
+    return -0.5 * z * z - xp.log(s) - _LOG_SQRT_2PI
+
+
+def mixture_log_prior_u(u: Array, log_L: Array, log_D: Array, log_sigma: Array, Q: Array) -> tuple[Array, Array]:
+    """The two terms of the distance prior in ``u = ln r``: ``ln Q N(u | ln D, sigma)``
+    and ``ln (1 - Q) EDSD_u(u; L)``; their ``logaddexp`` is the mixture."""
+    log_cl = -0.5 * jnp.square((u - log_D) / jnp.exp(log_sigma)) - log_sigma - _LOG_SQRT_2PI
+    log_fd = EDSDPrior(jnp.exp(log_L)).log_prob_logr(u)
+    return jnp.log(Q) + log_cl, jnp.log1p(-Q) + log_fd
 
 
 def precompute_field_nodes(
@@ -184,8 +207,7 @@ def precompute_field_nodes(
     h = (b - a) / (n_nodes - 1)
     trap = np.full(n_nodes, 1.0)
     trap[[0, -1]] = 0.5
-    z = (1000.0 * np.exp(-u) - w[:, None]) / s[:, None]
-    loglike = -0.5 * z * z - np.log(s)[:, None] - _LOG_SQRT_2PI
+    loglike = log_likelihood_u(u, w[:, None], s[:, None], xp=np)
     log_weight = np.log(h)[:, None] + np.log(trap)[None, :] + loglike
     return FieldNodes(u=u, log_weight=log_weight)
 
@@ -204,12 +226,17 @@ class FieldTable(NamedTuple):
     value: Array  # (n, J)
     slope: Array  # (n, J): d value / d ln L
 
+    def L_range(self) -> tuple[float, float]:
+        """The range of L (pc) the table covers."""
+        lo = float(self.log_L0)
+        return math.exp(lo), math.exp(lo + float(self.step) * (self.value.shape[1] - 1))
+
 
 def _field_integrals(u: Array, log_weight: Array, log_L: Array) -> tuple[Array, Array]:
     """``ln ∫ EDSD_u(u; L) like du`` and its ``d/d ln L`` for every star and L."""
     L = jnp.exp(log_L)[None, :, None]
     uu = u[:, None, :]
-    log_terms = log_weight[:, None, :] - math.log(2.0) + 3.0 * (uu - jnp.log(L)) - jnp.exp(uu) / L
+    log_terms = log_weight[:, None, :] + EDSDPrior(L).log_prob_logr(uu)
     value = jax.nn.logsumexp(log_terms, axis=2)
     post = jnp.exp(log_terms - value[..., None])
     slope = jnp.sum(post * (jnp.exp(uu) / L - 3.0), axis=2)
@@ -424,11 +451,11 @@ def log_prior(z: Array, priors: ClusterPriors) -> Array:
     return norm(log_L, priors.log_L_mu, priors.log_L_sd) + norm(log_D, priors.log_D_mu, priors.log_D_sd) + lp_depth + lq
 
 
-def to_population(z: Array, priors: ClusterPriors) -> tuple[Array, Array, Array, Array]:
-    """``(log_L, log_D, log_sigma, Q)`` from the unconstrained vector."""
+def to_population(z: Array, priors: ClusterPriors, xp: Any = jnp) -> tuple[Array, Array, Array, Array]:
+    """``(log_L, log_D, log_sigma, Q)`` from the unconstrained vector (``xp``: ``jnp`` or ``np``)."""
     log_L, log_D, depth, logit_Q = z[..., 0], z[..., 1], z[..., 2], z[..., 3]
-    log_sigma = priors.log_size(depth) - log_D if priors.depth_prior == "size" else depth
-    return log_L, log_D, log_sigma, jax.nn.sigmoid(logit_Q)
+    log_sigma = priors.log_size(depth, xp) - log_D if priors.depth_prior == "size" else depth
+    return log_L, log_D, log_sigma, _sigmoid(logit_Q, xp)
 
 
 def log_posterior(z: Array, data: StarData, priors: ClusterPriors) -> Array:
@@ -489,10 +516,8 @@ def parallax_overdensities(log_inv_parallax: np.ndarray, *, n_peaks: int = 3) ->
     if x.size < 20:
         return []
     grid = np.linspace(x.min(), x.max(), 800)
-    hist, edges = np.histogram(
-        x, bins=np.append(grid - 0.5 * (grid[1] - grid[0]), grid[-1] + 0.5 * (grid[1] - grid[0]))
-    )
     step = grid[1] - grid[0]
+    hist, _ = np.histogram(x, bins=np.append(grid - 0.5 * step, grid[-1] + 0.5 * step))
 
     def smooth(width: float) -> np.ndarray:
         k = np.arange(-int(4 * width / step) - 1, int(4 * width / step) + 2) * step
@@ -551,12 +576,7 @@ def find_map(
     cand = []
     for ld in logD:
         for ls in sizes:
-            if priors.depth_prior == "size":
-                lo, hi = math.log(priors.size_min_pc), math.log(priors.size_max_pc)
-                frac = min(max((ls - lo) / (hi - lo), 0.02), 0.98)
-                depth = math.log(frac / (1.0 - frac))
-            else:
-                depth = ls - ld
+            depth = priors.depth_for(ls, ld)
             for lq in logit_q:
                 cand.append((math.log(L0), ld, depth, lq))
     dtype = data.parallax.dtype
@@ -676,10 +696,7 @@ def cluster_model_quantiles(
         log_L, log_D, log_sigma, Q = to_population(z, priors)
         log_c, log_f = component_log_likelihoods(log_L, log_D, log_sigma, data)
         log_z = jnp.logaddexp(jnp.log(Q) + log_c, jnp.log1p(-Q) + log_f)
-        sigma = jnp.exp(log_sigma)
-        log_cl = -0.5 * jnp.square((grid - log_D) / sigma) - log_sigma - _LOG_SQRT_2PI
-        log_fd = -math.log(2.0) + 3.0 * (grid - log_L) - jnp.exp(grid - log_L)
-        log_prior_u = jnp.logaddexp(jnp.log(Q) + log_cl, jnp.log1p(-Q) + log_fd)
+        log_prior_u = jnp.logaddexp(*mixture_log_prior_u(grid, log_L, log_D, log_sigma, Q))
         return jnp.exp(log_prior_u + like - log_z[:, None])
 
     dens = jax.lax.map(one, z_draws).mean(axis=0)
