@@ -135,7 +135,11 @@ def _make_archive(server: str, login: tuple[str, str] | None) -> Any:
     return archive
 
 
-def _check_votable(path: Path, *, maxrec: int | None, adql: str) -> tuple[int, str]:
+class _Definitive(GaiaQueryError):
+    """The server answered, and the answer is final: retrying cannot help."""
+
+
+def _check_votable(path: Path) -> tuple[int, str]:
     """Parse the result fully; return (rows, QUERY_STATUS). Raises on malformed files."""
     from astropy.io.votable import parse
 
@@ -145,7 +149,7 @@ def _check_votable(path: Path, *, maxrec: int | None, adql: str) -> tuple[int, s
         for info in resource.infos:
             if info.name == "QUERY_STATUS":
                 if info.value == "ERROR":
-                    raise GaiaQueryError(f"the server reported an error: {info.content or info.value}")
+                    raise _Definitive(f"the server reported an error: {info.content or info.value}")
                 if info.value == "OVERFLOW":
                     status = "OVERFLOW"
     tables = list(vot.iter_tables())
@@ -240,10 +244,11 @@ def query_adql(
                     detail = ""
                     with contextlib.suppress(Exception):
                         detail = str(job.get_error())
-                    raise GaiaQueryError(f"job {jobid} ended in phase {phase}: {detail}".strip())
+                    error = _Definitive if phase == "ERROR" else GaiaQueryError
+                    raise error(f"job {jobid} ended in phase {phase}: {detail}".strip())
                 job.outputFile = str(tmp)
                 job.save_results()
-            rows, status = _check_votable(tmp, maxrec=maxrec, adql=adql)
+            rows, status = _check_votable(tmp)
             truncated = status == "OVERFLOW" or (maxrec is not None and rows >= maxrec)
             if truncated:
                 msg = (
@@ -252,27 +257,20 @@ def query_adql(
                     "magnitude slices) or log in for a larger quota"
                 )
                 if on_truncation == "raise":
-                    raise GaiaQueryError(msg)
+                    raise _Definitive(msg)
                 warn(msg)
             if progress:
                 log.info("job %s completed: %d rows", jobid, rows)
             if cache and not truncated:
                 os.replace(tmp, path)
                 return _finish(path, adql, server, jobid=jobid, cached=False)
-            result = _finish(tmp, adql, server, jobid=jobid, cached=False, truncated=truncated)
-            _cleanup(tmp)
-            return result
-        except GaiaQueryError as exc:
-            _cleanup(tmp)
-            if "truncated" in str(exc) or "phase ERROR" in str(exc) or "server reported" in str(exc):
-                raise GaiaQueryError(f"{exc} [server {server}, job {jobid}]") from exc
-            last = exc
+            return _finish(tmp, adql, server, jobid=jobid, cached=False, truncated=truncated)
+        except _Definitive as exc:
+            raise GaiaQueryError(f"{exc} [server {server}, job {jobid}]") from exc
         except Exception as exc:  # network, HTTP and parse errors from astroquery / astropy
-            _cleanup(tmp)
             last = exc
-        except BaseException:  # interrupted (Ctrl-C): leave nothing partial behind
+        finally:  # success, failure or Ctrl-C: leave nothing partial behind
             _cleanup(tmp)
-            raise
         if attempt < retries:
             wait = backoff * 2**attempt
             log.warning("Gaia query attempt %d failed (%s); retrying in %.1f s", attempt + 1, last, wait)
