@@ -72,7 +72,13 @@ def _register_accessor() -> None:
 _register_accessor()
 
 
+#: Submodules with optional dependencies, imported on first attribute access.
+_SUBMODULES = ("plotting", "scale")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"gaia_distances.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'gaia_distances' has no attribute {name!r}")

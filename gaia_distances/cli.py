@@ -6,6 +6,7 @@ Subcommands:
 - ``zeropoint IN -o OUT``: add Lindegren et al. (2021) zero points;
 - ``estimate IN -o OUT --prior edsd|ggd|uniform``: per-star distances;
 - ``cluster IN -o OUT [--method marginal|joint]``: fit a cluster over a field;
+- ``report IN -o DIR [--posterior post.nc]``: figures and report.md for a table;
 - ``demo``: simulate a Gaia field and run the whole pipeline, offline.
 
 Table formats are chosen by file extension (.fits, .vot, .ecsv, .csv, .parquet).
@@ -59,7 +60,10 @@ def _cmd_zeropoint(args: argparse.Namespace) -> dict[str, Any]:
     import gaia_distances as gd
 
     t = gd.apply_zeropoint(
-        gd.load_table(args.input), fallback=args.fallback, approximate_missing=args.approximate_missing
+        gd.load_table(args.input),
+        fallback=args.fallback,
+        approximate_missing=args.approximate_missing,
+        progress=not args.quiet,
     )
     write_table(t, args.output)
     flag = np.asarray(t["zeropoint_flag"])
@@ -102,7 +106,7 @@ def _load_with_zero_point(args: argparse.Namespace) -> tuple[Any, Any]:
 
     t = gd.load_table(args.input)
     if args.apply_zeropoint:
-        t = gd.apply_zeropoint(t, fallback=args.fallback)
+        t = gd.apply_zeropoint(t, fallback=args.fallback, progress=not args.quiet)
     zp: Any = args.zero_point
     if zp is not None:
         try:
@@ -124,7 +128,7 @@ def _cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
         zero_point=zp,
         extra_quantiles=extra,
         seed=args.seed,
-        progress=None if not args.quiet else False,
+        progress=not args.quiet,
     )
     write_table(t, args.output)
     return {**_summary(t), "output": args.output}
@@ -164,8 +168,50 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         "total_wall_time_s": round(time.perf_counter() - t0, 2),
         "output": str(path),
     }
+    truths = {
+        "D": 850.0,
+        "sigma": 850.0 * 0.015,
+        "sigma_log": 0.015,
+        "Q": args.n_cluster / (args.n_field + args.n_cluster),
+    }
+    summary["report"] = _write_report(fit, out / "report", truths=truths)
+    summary["total_wall_time_s"] = round(time.perf_counter() - t0, 2)
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _write_report(source: Any, directory: Path, **kwargs: Any) -> str:
+    """``plotting.write_report``, or a note when the ``plot`` extra is missing."""
+    try:
+        from gaia_distances.plotting import write_report
+
+        return str(write_report(source, directory, **kwargs))
+    except ImportError as exc:
+        log.warning("no report: %s", exc)
+        return f"not written ({exc})"
+
+
+def _parse_truths(items: list[str] | None) -> dict[str, float] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--truth takes NAME=VALUE (e.g. D=850); got {item!r}")
+        out[name.strip()] = float(value)
+    return out
+
+
+def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    import gaia_distances as gd
+    from gaia_distances.plotting import write_report
+
+    t = gd.load_table(args.input)
+    source: Any = gd.ClusterFit.from_table(t, args.posterior) if args.posterior else t
+    path = write_report(source, args.output_dir, truths=_parse_truths(args.truth), title=args.title)
+    figures = sorted(p.name for p in Path(args.output_dir).glob("*.png"))
+    return {"rows": len(t), "report": str(path), "figures": figures}
 
 
 def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,7 +231,7 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
         num_samples=args.num_samples,
         num_chains=args.num_chains,
         seed=args.seed,
-        progress=None if not args.quiet else False,
+        progress=not args.quiet,
     )
     write_table(fit.table, args.output)
     if args.save_posterior:
@@ -302,6 +348,27 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_cmd_cluster)
 
+    r = sub.add_parser(
+        "report",
+        help="figures (PNG) and report.md for a table from estimate or cluster",
+        description="Colour-magnitude diagram (absolute G from the posterior distance, no extinction), "
+        "sky map and distance posteriors for any table with distances; with --posterior (the netCDF "
+        "of `cluster --save-posterior`) also the corner plot, the parallax predictive check, the "
+        "summary table and the sampler diagnostics. Needs the plot extra.",
+    )
+    r.add_argument("input", help="table written by estimate or cluster (format from extension)")
+    r.add_argument("-o", "--output-dir", required=True, help="directory for report.md and the PNGs")
+    r.add_argument("--posterior", default=None, help="netCDF posterior of the cluster fit (cluster --save-posterior)")
+    r.add_argument(
+        "--truth",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="known value for the corner plot, e.g. D=850",
+    )
+    r.add_argument("--title", default="gaia_distances report")
+    r.set_defaults(func=_cmd_report)
+
     d = sub.add_parser("demo", help="simulate a Gaia field and run the pipeline (no network)")
     d.add_argument("--output-dir", default="gaia_distances_demo", help="where to write results")
     d.add_argument("--n-field", type=int, default=20000, help="simulated field stars")
@@ -326,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = args.func(args)
-    except (GaiaDistancesError, FileNotFoundError, ValueError, TypeError, OSError) as exc:
+    except (GaiaDistancesError, ImportError, KeyError, FileNotFoundError, ValueError, TypeError, OSError) as exc:
         print(f"gaia-distances {args.command}: error: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable, Table
 
-from gaia_distances.columns import add_column, column_values, corrected_parallax, update_provenance, warn
+from gaia_distances.columns import (
+    add_column,
+    column_values,
+    corrected_parallax,
+    update_provenance,
+    warn,
+    zero_point_record,
+)
 from gaia_distances.core import cluster as core
 from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.sampling import aot_call, chain_runner, precompile, run_chains
@@ -177,6 +185,93 @@ class ClusterFit:
     @property
     def _unconstrained(self) -> dict[str, np.ndarray]:
         return self._model_args["unconstrained"]
+
+    def plot(self, kind: str = "overview", **kwargs: Any) -> Any:
+        """A figure of this fit; needs the ``plot`` extra.
+
+        ``kind``: ``"overview"`` (CMD, sky map, distance posteriors and the
+        parallax predictive check), ``"corner"``, ``"parallax"``, ``"cmd"``,
+        ``"sky"`` or ``"distances"``. ``kwargs`` go to the function in
+        :mod:`gaia_distances.plotting`.
+        """
+        from gaia_distances import plotting
+
+        makers = {
+            "overview": lambda: plotting.overview(self, **kwargs),
+            "corner": lambda: plotting.corner_plot(self, **kwargs),
+            "parallax": lambda: plotting.parallax_predictive(self, **kwargs),
+            "cmd": lambda: plotting.colour_magnitude(self.table, **kwargs),
+            "sky": lambda: plotting.sky_map(self.table, **kwargs),
+            "distances": lambda: plotting.distance_posteriors(self.table, **kwargs),
+        }
+        if kind not in makers:
+            raise ValueError(f"kind must be one of {sorted(makers)}; got {kind!r}")
+        return makers[kind]()
+
+    def report(self, directory: str, **kwargs: Any) -> Any:
+        """Write PNGs and ``report.md`` (summary, diagnostics, figures); returns its path.
+
+        See :func:`gaia_distances.plotting.write_report`.
+        """
+        from gaia_distances.plotting import write_report
+
+        return write_report(self, directory, **kwargs)
+
+    @classmethod
+    def from_table(cls, table: Any, posterior: str | Any) -> ClusterFit:
+        """Rebuild a fit from the table :func:`fit_cluster` returned and its saved posterior.
+
+        ``table`` must keep its ``meta["gaia_distances"]["cluster"]`` provenance
+        (ECSV, FITS and the other formats of :func:`~gaia_distances.write_table`
+        do); ``posterior`` is the netCDF file of :meth:`to_netcdf` or an arviz
+        ``InferenceData``. The rebuilt fit supports :meth:`summary`,
+        :meth:`predictive`, :meth:`plot` and :meth:`report`.
+        """
+        import arviz as az
+
+        out = as_table(table)
+        prov = out.meta.get("gaia_distances", {}).get("cluster")
+        if not prov or "cluster_flag" not in out.colnames:
+            raise GaiaDistancesError("the table has no fit_cluster provenance or cluster_flag column")
+        idata = az.from_netcdf(posterior) if isinstance(posterior, str) else posterior
+        post = {k: np.asarray(idata.posterior[k]) for k in (*_PARAMS, "sigma_log")}
+        priors = core.ClusterPriors(**prov["priors"])
+        used = np.asarray(out["cluster_flag"]) == 0
+        plx, _ = corrected_parallax(out, prov.get("zero_point_arg"), step="ClusterFit.from_table")
+        raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else plx
+        zp = np.where(np.isfinite(raw - plx), raw - plx, 0.0)[used]
+        log_D = np.log(post["D"])
+        if priors.depth_prior == "size":
+            lo, hi = math.log(priors.size_min_pc), math.log(priors.size_max_pc)
+            frac = np.clip((np.log(post["sigma"]) - lo) / (hi - lo), 1e-12, 1 - 1e-12)
+            depth = np.log(frac / (1.0 - frac))
+        else:
+            depth = np.log(post["sigma_log"])
+        z = np.stack([np.log(post["L"]), log_D, depth, np.log(post["Q"] / (1.0 - post["Q"]))], axis=-1)
+        stats = getattr(idata, "sample_stats", None)
+        diverging = np.asarray(stats["diverging"]) if stats is not None else np.zeros(post["D"].shape, bool)
+        steps = np.asarray(stats["n_steps"]) if stats is not None else np.ones(post["D"].shape)
+        fit = cls(
+            table=out,
+            posterior=post,
+            diagnostics={},
+            method=str(idata.posterior.attrs.get("method", prov.get("method", "marginal"))),
+            priors=priors,
+            _model_args={
+                "parallax": raw[used],
+                "parallax_error": column_values(out, "parallax_error", u.mas)[used],
+                "zero_point": zp,
+                "unconstrained": _split(z, priors),
+            },
+        )
+        saved = prov.get("diagnostics", {})
+        res = {"diverging": diverging, "num_steps": steps}
+        with warnings.catch_warnings():  # the warnings were issued when the fit ran
+            warnings.simplefilter("ignore")
+            fit.diagnostics = _diagnose(
+                fit, fit.summary(), res, float(saved.get("wall_time_s", math.nan)), int(used.sum())
+            )
+        return fit
 
 
 def _split(z: np.ndarray, priors: core.ClusterPriors) -> dict[str, np.ndarray]:
@@ -376,7 +471,12 @@ def fit_cluster(
         diagnostics={},
         method=method,
         priors=priors,
-        _model_args={"parallax_error": s, "zero_point": zp_used, "unconstrained": _split(z, priors)},
+        _model_args={
+            "parallax": w + zp_used,
+            "parallax_error": s,
+            "zero_point": zp_used,
+            "unconstrained": _split(z, priors),
+        },
     )
     # per-star results --------------------------------------------------------
     flat = z.reshape(-1, 4)
@@ -420,6 +520,7 @@ def fit_cluster(
             "method": method,
             "priors": dict(priors._asdict()),
             "zero_point": zp_source,
+            "zero_point_arg": zero_point_record(zero_point),
             "parallax_limits": list(parallax_limits) if parallax_limits else None,
             "n_stars_fitted": n_used,
             "num_warmup": num_warmup,

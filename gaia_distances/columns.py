@@ -236,6 +236,15 @@ def corrected_parallax(
     return plx - zp_val, f"parallax - ({zp_val} mas)"
 
 
+def zero_point_record(zero_point: float | str | u.Quantity | None) -> float | str | None:
+    """The ``zero_point`` argument in JSON form (mas), so a later step can repeat it."""
+    if zero_point is None or isinstance(zero_point, str):
+        return zero_point
+    if isinstance(zero_point, u.Quantity):
+        return float(zero_point.to_value(u.mas))
+    return float(zero_point)
+
+
 def update_provenance(table: QTable, step: str, record: Mapping[str, Any]) -> None:
     """Record ``record`` under ``table.meta['gaia_distances'][step]``."""
     from gaia_distances import __version__

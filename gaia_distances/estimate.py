@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,17 +16,16 @@ from gaia_distances.columns import (
     corrected_parallax,
     update_provenance,
     warn,
+    zero_point_record,
 )
 from gaia_distances.core.quadrature import DEFAULT_QUANTILES, DistanceFlag, summarize_posteriors
 from gaia_distances.io import as_table
 from gaia_distances.priors import EDSD, resolve_prior
+from gaia_distances.progress import PROGRESS_THRESHOLD, progress_bar
 
 __all__ = ["DistanceFlag", "estimate_distances"]
 
 log = logging.getLogger(__name__)
-
-#: Row count above which a progress bar is shown by default.
-PROGRESS_THRESHOLD = 200_000
 
 
 def estimate_distances(
@@ -117,9 +115,7 @@ def estimate_distances(
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantiles must lie in (0, 1); got {q}")
 
-    if progress is None:
-        progress = n >= PROGRESS_THRESHOLD
-    bar = _progress_bar(n, progress, "distances")
+    bar = progress_bar(n, progress, "distances")
     try:
         res = summarize_posteriors(
             plx,
@@ -149,7 +145,7 @@ def estimate_distances(
             num_warmup=num_warmup,
             num_samples=num_samples,
             num_chains=num_chains,
-            progress=bool(progress),
+            progress=bool(progress) or (progress is None and n >= PROGRESS_THRESHOLD),
         )
     elif method != "quadrature":
         raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
@@ -195,6 +191,7 @@ def estimate_distances(
             "method": method,
             "prior": prior_desc,
             "zero_point": zp_source,
+            "zero_point_arg": zero_point_record(zero_point),
             "zeropoint_recipe": out.meta.get("gaia_distances", {}).get("zeropoint", {}).get("recipe"),
             "quantiles": list(levels),
             "n_nodes": n_nodes if method == "quadrature" else None,
@@ -270,11 +267,3 @@ def _nuts(
         "nuts_num_chains": num_chains,
     }
     return q_out, mode, summary, rhat, ess
-
-
-def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="star", file=sys.stderr, leave=False)

@@ -29,6 +29,7 @@ from gaia_distances.columns import (
     warn,
 )
 from gaia_distances.io import as_table
+from gaia_distances.progress import progress_bar
 
 __all__ = ["ZeroPointFlag", "apply_zeropoint", "nu_eff_from_bp_rp"]
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 BAILER_JONES_2021_FALLBACK = -0.017
 
 _G_RANGE = (6.0, 21.0)
+_CHUNK = 200_000  # rows per call of the recipe (one progress-bar step)
 _NU_EFF_RANGE = (1.1, 1.9)
 _PSEUDOCOLOUR_RANGE = (1.24, 1.72)
 
@@ -91,6 +93,7 @@ def apply_zeropoint(
     *,
     fallback: float | None = None,
     approximate_missing: bool = False,
+    progress: bool | None = None,
 ) -> QTable:
     """Add Lindegren et al. (2021) parallax zero points to a Gaia table.
 
@@ -111,6 +114,8 @@ def apply_zeropoint(
         approximate it with :func:`nu_eff_from_bp_rp` and treat the row as a
         5-parameter solution if its solution type is unknown. Flagged
         ``APPROXIMATED``.
+    progress
+        Show a progress bar; default: for tables above 200 000 rows.
 
     Returns
     -------
@@ -173,9 +178,18 @@ def apply_zeropoint(
     idx = np.flatnonzero(ok_inputs)
     if idx.size:
         recipe = _load_recipe()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            zp[idx] = recipe.get_zpt(g[idx], nu[idx], pc[idx], beta[idx], sol[idx].astype(int), _warnings=True)
+        bar = progress_bar(idx.size, progress, "zero points")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for start in range(0, idx.size, _CHUNK):
+                    j = idx[start : start + _CHUNK]
+                    zp[j] = recipe.get_zpt(g[j], nu[j], pc[j], beta[j], sol[j].astype(int), _warnings=True)
+                    if bar is not None:
+                        bar.update(j.size)
+        finally:
+            if bar is not None:
+                bar.close()
         g_out = ok_inputs & ((g <= _G_RANGE[0]) | (g >= _G_RANGE[1]))
         col_out = ok_inputs & (
             (five & ((nu <= _NU_EFF_RANGE[0]) | (nu >= _NU_EFF_RANGE[1])))

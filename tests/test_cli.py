@@ -79,6 +79,12 @@ def test_demo_in_process(tmp_path, capsys):
     assert summary["rows"] == 3300
     assert 0.5 < summary["truth_inside_68pc_interval"] < 0.85
     assert (tmp_path / "demo_distances.ecsv").exists() and (tmp_path / "demo_summary.json").exists()
+    report = tmp_path / "report" / "report.md"
+    assert summary["report"] == str(report)
+    text = report.read_text()
+    for png in ("corner", "parallax_predictive", "colour_magnitude", "sky_map", "distance_posteriors"):
+        assert (tmp_path / "report" / f"{png}.png").stat().st_size > 10_000
+        assert f"]({png}.png)" in text
 
 
 def test_console_script(tmp_path):
@@ -92,8 +98,11 @@ def test_console_script(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["rows"] == 550
+    assert (tmp_path / "report" / "report.md").exists()
     res = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
     assert "mas" in res.stdout and "pc" in res.stdout
+    for sub in ("query", "zeropoint", "estimate", "cluster", "report", "demo"):
+        assert sub in res.stdout
 
 
 def test_cluster_subcommand(tmp_path, capsys):
@@ -123,6 +132,18 @@ def test_cluster_subcommand(tmp_path, capsys):
     assert post.exists()
     back = gd.load_table(out)
     assert "membership_prob" in back.colnames and len(back) == 1050
+    # report: from the written table and posterior, and from the table alone
+    assert (
+        main(["--json", "report", str(out), "-o", str(tmp_path / "rep"), "--posterior", str(post), "--truth", "D=850"])
+        == 0
+    )
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "corner.png" in rep["figures"] and "parallax_predictive.png" in rep["figures"]
+    assert "| D |" in (tmp_path / "rep" / "report.md").read_text()
+    assert main(["--quiet", "report", str(out), "-o", str(tmp_path / "rep2")]) == 0
+    assert not (tmp_path / "rep2" / "corner.png").exists() and (tmp_path / "rep2" / "sky_map.png").exists()
+    assert main(["report", str(out), "-o", str(tmp_path / "rep3"), "--truth", "D"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
     bad = tmp_path / "few.csv"
     bad.write_text("parallax,parallax_error\n1.0,0.1\n")
     assert main(["cluster", str(bad), "-o", str(tmp_path / "x.fits"), "--zero-point", "0"]) == 2

@@ -68,6 +68,16 @@ def _log_post(u: Array, w: Array, s: Array, prior: Any) -> Array:
     return -0.5 * z * z + prior.log_prob_logr(u)
 
 
+def log_posterior_logr(log_r: Array, parallax: Array, parallax_error: Array, prior: Any) -> Array:
+    """``ln p(ln r | w)`` up to a constant per star, at nodes ``log_r`` of shape ``(n, K)``.
+
+    ``parallax`` and ``parallax_error`` (mas) and the prior's leaves have shape
+    ``(n, 1)`` or broadcast against ``log_r``; ``r`` is in pc. The density is in
+    ``ln r`` (it includes the Jacobian ``r``); divide by ``r`` for ``p(r | w)``.
+    """
+    return _log_post(log_r, parallax, parallax_error, prior)
+
+
 def _kernel(
     w: Array,
     s: Array,

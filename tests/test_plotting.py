@@ -1,0 +1,158 @@
+"""Figures and reports: every plot type draws, with labelled axes and units, from tables and fits."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gaia_distances as gd
+
+matplotlib = pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
+matplotlib.use("Agg")
+pytest.importorskip("corner", reason="the plot extra (corner) is not installed")
+plt = pytest.importorskip("matplotlib.pyplot")
+plotting = gd.plotting
+
+
+@pytest.fixture(scope="module")
+def fit():
+    t = gd.simulate_field(1500, n_cluster=400, seed=21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = gd.estimate_distances(gd.apply_zeropoint(t, fallback=-0.017), prior=gd.EDSD(1350.0))
+    return gd.fit_cluster(t, num_samples=300, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _labels(fig):
+    return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes if ax.get_xlabel()]
+
+
+def test_corner_plot_with_truths(fit):
+    fig = plotting.corner_plot(fit, truths={"D": 850.0, "Q": 400 / 1900})
+    assert len(fig.axes) == 16
+    xlabels = [ax.get_xlabel() for ax in fig.axes[-4:]]
+    assert xlabels == [r"$D$ [pc]", r"$\sigma$ [pc]", r"$Q$", r"$L$ [pc]"]
+    # the D truth line sits at 850 in the D marginal
+    assert any(np.allclose(line.get_xdata(), 850.0) for line in fig.axes[0].get_lines())
+    with pytest.raises(KeyError, match="no draws"):
+        plotting.corner_plot(fit, parameters=("D", "nope"))
+
+
+def test_corner_plot_from_plain_draws():
+    rng = np.random.default_rng(0)
+    fig = plotting.corner_plot({"D": rng.normal(800, 1, 500), "L": rng.normal(400, 5, 500)}, parameters=("D", "L"))
+    assert len(fig.axes) == 4
+
+
+def test_colour_magnitude_uses_posterior_distance_and_membership(fit):
+    fig = plotting.colour_magnitude(fit.table)
+    ax = fig.axes[0]
+    assert ax.yaxis_inverted()
+    assert "[mag]" in ax.get_xlabel() and "[mag]" in ax.get_ylabel()
+    assert "cluster_distance_median" in ax.get_title()
+    assert any(a.get_ylabel() == "membership probability" for a in fig.axes[1:])  # the colour bar
+    # absolute magnitudes: G - 5 log10(r/10) of the drawn points
+    pts = np.concatenate([c.get_offsets() for c in ax.collections])
+    t = fit.table
+    ok = np.isfinite(t["cluster_distance_median"].value)
+    expect = t["phot_g_mean_mag"].value[ok] - 5 * np.log10(t["cluster_distance_median"].value[ok] / 10)
+    assert np.allclose(np.sort(pts[:, 1]), np.sort(expect))
+
+
+def test_colour_magnitude_without_fit_and_missing_columns():
+    t = gd.estimate_distances(gd.simulate_field(200, seed=1), zero_point="parallax_zeropoint_true")
+    fig = plotting.colour_magnitude(t)
+    assert "distance_median" in fig.axes[0].get_title()
+    with pytest.raises(KeyError, match="distance"):
+        plotting.colour_magnitude(gd.simulate_field(50, seed=1))
+
+
+def test_sky_map_ra_increases_to_the_left(fit):
+    fig, ax = plt.subplots()
+    out = plotting.sky_map(fit.table, ax=ax)
+    assert out is fig
+    assert ax.xaxis_inverted()
+    assert ax.get_xlabel() == "RA [deg]" and ax.get_ylabel() == "Dec [deg]"
+
+
+def test_parallax_predictive_has_log_counts_and_both_predictives(fit):
+    fig = plotting.parallax_predictive(fit, num_samples=30)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert "[mas]" in ax.get_xlabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("posterior predictive" in s for s in labels) and any("prior predictive" in s for s in labels)
+    assert any("observed (1900 stars)" in s or "observed (" in s for s in labels)
+
+
+def test_distance_posteriors_peak_near_the_quadrature_mode(fit):
+    t = fit.table
+    rows = [int(np.flatnonzero(np.isfinite(t["distance_mode"].value))[0])]
+    fig = plotting.distance_posteriors(t, rows)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "distance r [pc]"
+    curve = ax.get_lines()[0]
+    r, dens = curve.get_xdata(), curve.get_ydata()
+    # the drawn density is p(ln r); the mode of p(r) is the catalogue mode, p(ln r) peaks at r * p(r)'s maximum
+    r_mode = t["distance_mode"].value[rows[0]]
+    peak = r[np.argmax(dens / r)]
+    assert abs(peak / r_mode - 1) < 0.01
+    assert "EDSD" in ax.get_title()
+
+
+def test_distance_posteriors_needs_prior_when_provenance_cannot_rebuild_it(fit):
+    t = fit.table.copy()
+    t.meta["gaia_distances"]["distances"]["prior"] = {"name": "Bailer-Jones 2021 GGD (HEALPix level 5)"}
+    with pytest.raises(ValueError, match="pass prior="):
+        plotting.distance_posteriors(t)
+    assert plotting.distance_posteriors(t, prior=gd.EDSD(1350.0)) is not None
+
+
+def test_fit_plot_kinds(fit):
+    assert len(fit.plot().axes) >= 4
+    for kind in ("corner", "parallax", "cmd", "sky", "distances"):
+        assert fit.plot(kind) is not None
+    with pytest.raises(ValueError, match="kind"):
+        fit.plot("nope")
+
+
+def test_report_links_every_figure(fit, tmp_path):
+    path = fit.report(tmp_path / "rep", truths={"D": 850.0})
+    text = path.read_text()
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == sorted(
+        ["corner.png", "parallax_predictive.png", "colour_magnitude.png", "sky_map.png", "distance_posteriors.png"]
+    )
+    for name in pngs:
+        assert f"]({name})" in text
+    assert "| D |" in text and "R-hat" in text and "divergences" in text
+
+
+def test_report_of_a_plain_distance_table(tmp_path):
+    t = gd.estimate_distances(gd.simulate_field(300, seed=4), zero_point="parallax_zeropoint_true")
+    path = plotting.write_report(t, tmp_path)
+    text = path.read_text()
+    assert "## Distances" in text and "Cluster fit" not in text
+    assert (tmp_path / "colour_magnitude.png").exists() and not (tmp_path / "corner.png").exists()
+
+
+def test_fit_round_trips_through_files(fit, tmp_path):
+    gd.write_table(fit.table, tmp_path / "fit.ecsv")
+    fit.to_netcdf(str(tmp_path / "post.nc"))
+    back = gd.ClusterFit.from_table(gd.load_table(tmp_path / "fit.ecsv"), str(tmp_path / "post.nc"))
+    a, b = fit.summary(), back.summary()
+    assert np.allclose(a["mean"], b["mean"]) and np.allclose(a["r_hat"], b["r_hat"], equal_nan=True)
+    for k, v in fit._unconstrained.items():
+        assert np.allclose(back._unconstrained[k], v, rtol=1e-6, atol=1e-9)
+    assert np.allclose(back._model_args["zero_point"], fit._model_args["zero_point"])
+    assert np.allclose(back._model_args["parallax"], fit._model_args["parallax"])
+    with pytest.raises(gd.GaiaDistancesError, match="provenance"):
+        gd.ClusterFit.from_table(gd.simulate_field(30, seed=1), str(tmp_path / "post.nc"))
