@@ -10,16 +10,15 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.intersphinx",
 ]
 autosummary_generate = True
 napoleon_numpy_docstring = True
-nb_execution_mode = "cache"
-nb_execution_timeout = 600
+# every notebook runs at each build, and an error in a cell fails the build
+nb_execution_mode = "force"
+nb_execution_timeout = 900
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
 html_theme = "sphinx_book_theme"
-exclude_patterns = ["_build"]
-intersphinx_mapping = {
-    "python": ("https://docs.python.org/3", None),
-    "astropy": ("https://docs.astropy.org/en/stable/", None),
-    "numpyro": ("https://num.pyro.ai/en/stable/", None),
-}
+exclude_patterns = ["_build", "jupyter_execute", "build.sh"]
+autodoc_typehints = "description"
+html_title = "gaia_distances"
