@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--nuts-stars", type=int, default=256, help="stars for per-star NUTS")
     ap.add_argument("--chunk-size", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peak-gflops", type=float, default=None, help="hardware float32 peak, for the fraction reached")
+    ap.add_argument("--peak-gbps", type=float, default=None, help="hardware memory bandwidth (GB/s)")
     args = ap.parse_args()
 
     w, s, hp = _field(args.n, args.seed)
@@ -115,6 +117,43 @@ def main() -> None:
         print(f"| {name} | {n:,} | {dt:.3f} | {rate:,.0f} | {note} |")
     quad_rate = rows[0][3]
     print(f"\nQuadrature / NUTS speed-up (EDSD): {quad_rate / rows[-1][3]:,.0f}x")
+    flops, nbytes = _cost_per_star(args.chunk_size)
+    if flops:
+        gflops = flops * quad_rate / 1e9
+        gbps = nbytes * quad_rate / 1e9
+        print(
+            f"XLA cost analysis (EDSD, float32): {flops:,.0f} flop and {nbytes:,.0f} bytes per star; "
+            f"at {quad_rate:,.0f} stars/s that is {gflops:,.1f} GFLOP/s and {gbps:,.2f} GB/s"
+            + (
+                f", {100 * gflops / args.peak_gflops:.1f} % of the {args.peak_gflops:,.0f} GFLOP/s peak"
+                if args.peak_gflops
+                else ""
+            )
+            + (f", {100 * gbps / args.peak_gbps:.2f} % of {args.peak_gbps:,.0f} GB/s" if args.peak_gbps else "")
+        )
+
+
+def _cost_per_star(chunk: int) -> tuple[float, float]:
+    """Flops and bytes per star from XLA's cost analysis of one compiled chunk (0 if unavailable)."""
+    from gaia_distances.core import quadrature as q
+
+    w = jax.numpy.ones(chunk, jax.numpy.float32)
+    prior = EDSDPrior(jax.numpy.full(chunk, 1350.0, jax.numpy.float32))
+    static = dict(
+        quantiles=q.DEFAULT_QUANTILES,
+        n_nodes=128,
+        n_scan=48,
+        k_like=10.0,
+        scan_drop=30.0,
+        log_eps=-34.5,
+        prior_dominated_threshold=0.2,
+    )
+    try:
+        cost = q._kernel_jit.lower(w, 0.1 * w, prior, **static).compile().cost_analysis()
+    except Exception:  # cost analysis is backend-dependent
+        return 0.0, 0.0
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", 0.0)) / chunk, float(cost.get("bytes accessed", 0.0)) / chunk
 
 
 if __name__ == "__main__":

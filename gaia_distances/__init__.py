@@ -39,6 +39,8 @@ _EXPORTS = {
     "estimate_distances": "gaia_distances.estimate",
     "fit_cluster": "gaia_distances.cluster",
     "ClusterFit": "gaia_distances.cluster",
+    "ClusterFits": "gaia_distances.cluster",
+    "fit_clusters": "gaia_distances.cluster",
     "ClusterFlag": "gaia_distances.cluster",
     "ClusterPriors": "gaia_distances.cluster",
     "load_table": "gaia_distances.io",
@@ -92,7 +94,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from gaia_distances.cluster import ClusterFit, ClusterFlag, ClusterPriors, fit_cluster
+    from gaia_distances.cluster import ClusterFit, ClusterFits, ClusterFlag, ClusterPriors, fit_cluster, fit_clusters
     from gaia_distances.core.quadrature import DistanceFlag
     from gaia_distances.errors import (
         GaiaDistancesError,

@@ -38,11 +38,11 @@ from gaia_distances.columns import (
 )
 from gaia_distances.core import cluster as core
 from gaia_distances.core.parallel import usable_cores
-from gaia_distances.core.sampling import aot_call, chain_runner, precompile, run_chains
+from gaia_distances.core.sampling import aot_call, chain_runner, precompile, run_batched_chains, run_chains
 from gaia_distances.errors import GaiaDistancesError
 from gaia_distances.io import as_table
 
-__all__ = ["ClusterFit", "ClusterFlag", "ClusterPriors", "fit_cluster"]
+__all__ = ["ClusterFit", "ClusterFits", "ClusterFlag", "ClusterPriors", "fit_cluster", "fit_clusters"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class ClusterFlag(enum.IntFlag):
     NO_PARALLAX = 1
     #: outside ``parallax_limits``: excluded, results NaN
     OUTSIDE_LIMITS = 2
+    #: (fit_clusters) the row's cluster could not be fitted, or its group key is missing
+    NOT_FITTED = 4
 
 
 @dataclass
@@ -354,30 +356,12 @@ def fit_cluster(
     True
     """
     t_start = time.perf_counter()
-    out = as_table(table)
     priors = core.ClusterPriors() if priors is None else priors
     if method not in ("marginal", "joint"):
         raise ValueError(f"method must be 'marginal' or 'joint'; got {method!r}")
-    plx, zp_source = corrected_parallax(out, zero_point, step="fit_cluster")
-    err = column_values(out, "parallax_error", u.mas)
-    flag = np.zeros(len(out), dtype=np.int16)
-    flag[~(np.isfinite(plx) & np.isfinite(err) & (err > 0))] |= ClusterFlag.NO_PARALLAX
-    raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else None
-    if parallax_limits is not None:
-        lo, hi = parallax_limits
-        cut = raw if raw is not None else plx  # the catalogue parallax, as in the reference cuts
-        inside = (cut > lo) & (cut < hi)
-        flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
-    used = flag == 0
-    n_used = int(used.sum())
-    if n_used < MIN_STARS:
-        raise GaiaDistancesError(
-            f"fit_cluster needs at least {MIN_STARS} stars with a finite parallax and a positive error"
-            f"{' inside parallax_limits' if parallax_limits else ''}; {n_used} of {len(out)} qualify"
-        )
-    w, s = plx[used], err[used]
-    zp_used = raw[used] - w if raw is not None else np.zeros(n_used)
-    zp_used = np.where(np.isfinite(zp_used), zp_used, 0.0)
+    stars = _select_stars(table, zero_point, parallax_limits)
+    w, s, zp_used = stars.w, stars.s, stars.zp_used
+    n_used = w.size
 
     cores = usable_cores()
     if num_chains is None:
@@ -432,7 +416,7 @@ def fit_cluster(
         # Sample in coordinates whitened by the Laplace approximation at the
         # MAP: NumPyro's mass-matrix adaptation shrinks towards 1e-3 * I, which
         # would otherwise swamp parameters as tight as ln D (sd ~ 1e-3).
-        chol = np.linalg.cholesky(cov) if cov is not None else np.diag(np.full(4, 0.05))
+        chol = _whitening(cov)
         x_inits = [jnp.asarray(0.5 * rng.standard_normal(4), dt) for _ in range(num_chains)]
         res = run_chains(
             core.whitened_potential_gen(priors),
@@ -463,7 +447,85 @@ def fit_cluster(
         )
 
     timings["sampling_s"] = time.perf_counter() - t0
+    settings = {"num_warmup": num_warmup, "num_samples": num_samples, "num_chains": num_chains, "seed": seed}
+    return _finish(
+        stars,
+        z,
+        r_draws,
+        res,
+        data,
+        priors=priors,
+        method=method,
+        settings=settings,
+        zero_point=zero_point,
+        parallax_limits=parallax_limits,
+        n_membership_draws=n_membership_draws,
+        n_quantile_draws=n_quantile_draws,
+        t_start=t_start,
+        timings=timings,
+    )
+
+
+@dataclass
+class _Stars:
+    """The rows a cluster fit uses: the output table, flags and the fitted stars' values (mas)."""
+
+    out: QTable
+    flag: np.ndarray
+    used: np.ndarray
+    w: np.ndarray  # corrected parallax of the fitted stars
+    s: np.ndarray  # their errors
+    zp_used: np.ndarray  # their zero points (catalogue parallax - w)
+    zp_source: str
+
+
+def _select_stars(table: Any, zero_point: Any, parallax_limits: tuple[float, float] | None) -> _Stars:
+    out = as_table(table)
+    plx, zp_source = corrected_parallax(out, zero_point, step="fit_cluster")
+    err = column_values(out, "parallax_error", u.mas)
+    flag = np.zeros(len(out), dtype=np.int16)
+    flag[~(np.isfinite(plx) & np.isfinite(err) & (err > 0))] |= ClusterFlag.NO_PARALLAX
+    raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else None
+    if parallax_limits is not None:
+        lo, hi = parallax_limits
+        cut = raw if raw is not None else plx  # the catalogue parallax, as in the reference cuts
+        inside = (cut > lo) & (cut < hi)
+        flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
+    used = flag == 0
+    n_used = int(used.sum())
+    if n_used < MIN_STARS:
+        raise GaiaDistancesError(
+            f"fit_cluster needs at least {MIN_STARS} stars with a finite parallax and a positive error"
+            f"{' inside parallax_limits' if parallax_limits else ''}; {n_used} of {len(out)} qualify"
+        )
+    w, s = plx[used], err[used]
+    zp_used = raw[used] - w if raw is not None else np.zeros(n_used)
+    zp_used = np.where(np.isfinite(zp_used), zp_used, 0.0)
+    return _Stars(out, flag, used, w, s, zp_used, zp_source)
+
+
+def _finish(
+    stars: _Stars,
+    z: np.ndarray,
+    r_draws: np.ndarray | None,
+    res: dict[str, Any],
+    data: core.StarData,
+    *,
+    priors: core.ClusterPriors,
+    method: str,
+    settings: dict[str, Any],
+    zero_point: Any,
+    parallax_limits: tuple[float, float] | None,
+    n_membership_draws: int,
+    n_quantile_draws: int,
+    t_start: float,
+    timings: dict[str, float],
+) -> ClusterFit:
+    """Population draws ``z`` (chains, draws, 4) -> a ClusterFit with per-star columns and diagnostics."""
     t0 = time.perf_counter()
+    out, flag, used, w, s, zp_used = stars.out, stars.flag, stars.used, stars.w, stars.s, stars.zp_used
+    n_used = int(used.sum())
+    dt = data.parallax.dtype
     posterior = _population_draws(z, priors)
     fit = ClusterFit(
         table=out,
@@ -485,13 +547,14 @@ def fit_cluster(
     dist_q = np.full((len(out), 3), np.nan)
     if method == "marginal" or r_draws is None:
         membership, _ = core.per_star_functions(priors, _Q_LEVELS)
-        member[used] = np.asarray(aot_call(membership, jnp.asarray(thin, dt), data))
+        member[used] = np.asarray(aot_call(membership, jnp.asarray(thin, dt), data))[:n_used]
         qd = flat[np.linspace(0, len(flat) - 1, min(len(flat), n_quantile_draws)).astype(int)]
         sig_max = float(np.max(posterior["sigma_log"]))
         grid = core.posterior_distance_grid(
             w, s, float(np.median(np.log(posterior["D"]))), sig_max, data.field.L_range()
         )
-        dist_q[used] = _chunked_quantiles(qd, data, priors, grid)
+        grid = grid[np.minimum(np.arange(data.parallax.shape[0]), n_used - 1)]  # padded data (fit_clusters)
+        dist_q[used] = _chunked_quantiles(qd, data, priors, grid)[:n_used]
     else:
         member[used], dist_q[used] = _joint_per_star(r_draws, z, priors)
 
@@ -519,14 +582,11 @@ def fit_cluster(
         {
             "method": method,
             "priors": dict(priors._asdict()),
-            "zero_point": zp_source,
+            "zero_point": stars.zp_source,
             "zero_point_arg": zero_point_record(zero_point),
             "parallax_limits": list(parallax_limits) if parallax_limits else None,
             "n_stars_fitted": n_used,
-            "num_warmup": num_warmup,
-            "num_samples": num_samples,
-            "num_chains": num_chains,
-            "seed": seed,
+            **settings,
             "summary": {str(r["parameter"]): {"mean": float(r["mean"]), "sd": float(r["sd"])} for r in summ},
             "diagnostics": {k: v for k, v in fit.diagnostics.items() if not k.startswith("_")},
         },
@@ -696,3 +756,253 @@ def _diagnose(fit: ClusterFit, summ: Table, res: dict[str, Any], wall: float, n_
         "_diverging": np.asarray(res["diverging"]),
         "_num_steps": np.asarray(res["num_steps"]),
     }
+
+
+# --------------------------------------------------------------------------- many clusters
+
+
+@dataclass
+class ClusterFits:
+    """The result of :func:`fit_clusters`: one :class:`ClusterFit` per cluster.
+
+    Attributes
+    ----------
+    names
+        The cluster names (group keys, dict keys or list positions).
+    fits
+        One :class:`ClusterFit` per name; ``None`` where the cluster could not
+        be fitted (see :attr:`errors`).
+    errors
+        Why a cluster was not fitted, by name.
+    table
+        For a grouped table: its rows, in order, with the per-star columns of
+        every cluster (``membership_prob``, ``cluster_distance_*``,
+        ``cluster_flag``); ``None`` for a list or dict of tables.
+    diagnostics
+        Wall time and its parts for the whole batch.
+    """
+
+    names: list[Any]
+    fits: list[ClusterFit | None]
+    errors: dict[Any, str]
+    table: QTable | None
+    diagnostics: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.fits)
+
+    def __getitem__(self, name: Any) -> ClusterFit | None:
+        return self.fits[self.names.index(name)]
+
+    def summary(self) -> Table:
+        """One row per cluster: stars fitted, mean and sd of D, sigma (pc), Q, L (pc), diagnostics."""
+        rows = []
+        for name, fit in zip(self.names, self.fits):
+            row: dict[str, Any] = {"cluster": str(name)}
+            if fit is None:
+                row |= {"n_stars": 0, "min_ess_bulk": math.nan, "max_r_hat": math.nan, "divergences": -1}
+                row |= {f"{p}_{k}": math.nan for p in _PARAMS for k in ("mean", "sd")}
+                row["status"] = self.errors.get(name, "not fitted")
+            else:
+                d = fit.diagnostics
+                row["n_stars"] = int(np.sum(np.asarray(fit.table["cluster_flag"]) == 0))
+                for p in _PARAMS:
+                    row[f"{p}_mean"] = float(np.mean(fit.posterior[p]))
+                    row[f"{p}_sd"] = float(np.std(fit.posterior[p]))
+                row |= {
+                    "min_ess_bulk": d["min_ess_bulk"],
+                    "max_r_hat": max(d["r_hat"][p] for p in _PARAMS),
+                    "divergences": d["divergences"],
+                    "status": "; ".join(d["warnings"]) or "ok",
+                }
+            rows.append(row)
+        names = ["cluster", "n_stars"] + [f"{p}_{k}" for p in _PARAMS for k in ("mean", "sd")]
+        names += ["min_ess_bulk", "max_r_hat", "divergences", "status"]
+        t = Table(rows=[[r[n] for n in names] for r in rows], names=names) if rows else Table(names=names)
+        for p in _PARAMS:
+            for k in ("mean", "sd"):
+                t[f"{p}_{k}"].unit = _UNITS[p] if _UNITS[p] is not u.dimensionless_unscaled else None
+        return t
+
+
+def _split_groups(tables: Any, group_by: str | None) -> tuple[list[Any], list[Any], QTable | None, list[np.ndarray]]:
+    """``(names, tables, whole, rows)``: the clusters, and for a grouped table the rows of each."""
+    if isinstance(tables, dict):
+        return list(tables), list(tables.values()), None, []
+    if isinstance(tables, list | tuple):
+        return list(range(len(tables))), list(tables), None, []
+    if group_by is None:
+        raise TypeError("fit_clusters takes a list or dict of tables, or one table with group_by=<column name>")
+    whole = as_table(tables)
+    col = whole[group_by]
+    missing = np.ma.getmaskarray(col) if hasattr(col, "mask") else np.zeros(len(whole), bool)
+    keys = np.asarray(getattr(col, "value", col))
+    if keys.dtype.kind == "f":
+        missing |= ~np.isfinite(keys)
+    names: list[Any] = []
+    for k in keys[~missing]:
+        k = k.item() if hasattr(k, "item") else k
+        if k not in names:
+            names.append(k)
+    rows = [np.flatnonzero((keys == k) & ~missing) for k in names]
+    return names, [whole[r] for r in rows], whole, rows
+
+
+def fit_clusters(
+    tables: Any,
+    *,
+    group_by: str | None = None,
+    priors: core.ClusterPriors | None = None,
+    zero_point: float | str | None = None,
+    parallax_limits: tuple[float, float] | None = None,
+    num_warmup: int = 400,
+    num_samples: int = 1000,
+    num_chains: int = 2,
+    target_accept_prob: float = 0.8,
+    seed: int = 0,
+    progress: bool | None = None,
+    n_quantile_draws: int = 32,
+    n_membership_draws: int = 400,
+) -> ClusterFits:
+    """Fit many independent clusters in one vectorised program (the marginal method).
+
+    Every cluster gets the model of :func:`fit_cluster` (``method="marginal"``)
+    with its own population parameters. The fields are padded to a common size
+    with masked stars, the MAP and Laplace whitening are found per cluster, and
+    NUTS runs for all clusters at once (``vmap`` over clusters; chains in
+    threads on CPU, vectorised on an accelerator), compiled once.
+
+    Parameters
+    ----------
+    tables
+        A list or dict of tables (anything :func:`~gaia_distances.load_table`
+        accepts), or one table with a column naming each row's cluster
+        (``group_by``).
+    group_by
+        The cluster-name column of a single table. Rows with a missing name
+        are kept, flagged ``NOT_FITTED``.
+    priors, zero_point, parallax_limits
+        As in :func:`fit_cluster`, the same for every cluster.
+    num_warmup, num_samples, num_chains, target_accept_prob, seed
+        NUTS settings for every cluster; equal seeds give equal results.
+    progress
+        Show a progress bar over all clusters' iterations (default: more than
+        20 clusters).
+    n_quantile_draws, n_membership_draws
+        As in :func:`fit_cluster`.
+
+    Returns
+    -------
+    ClusterFits
+        ``summary()`` has one row per cluster; ``fits[i]`` is a full
+        :class:`ClusterFit`; ``table`` (grouped input) holds every row with the
+        per-star columns. A cluster with fewer than 20 usable stars is reported
+        in ``errors`` and its rows flagged, without stopping the others.
+
+    Examples
+    --------
+    >>> import gaia_distances as gd
+    >>> fields = [gd.simulate_field(600, n_cluster=200, cluster_distance=d, seed=i)
+    ...           for i, d in enumerate((500.0, 1500.0))]
+    >>> res = gd.fit_clusters(fields, zero_point="parallax_zeropoint_true", num_samples=300)
+    >>> [round(m, -2) for m in res.summary()["D_mean"]]
+    [500.0, 1500.0]
+    """
+    t_start = time.perf_counter()
+    priors = core.ClusterPriors() if priors is None else priors
+    names, parts, whole, rows = _split_groups(tables, group_by)
+    fits: list[ClusterFit | None] = [None] * len(names)
+    errors: dict[Any, str] = {}
+    selected: dict[int, _Stars] = {}
+    for i, (name, part) in enumerate(zip(names, parts)):
+        try:
+            selected[i] = _select_stars(part, zero_point, parallax_limits)
+        except GaiaDistancesError as exc:
+            errors[name] = str(exc)
+            warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
+    timings: dict[str, float] = {}
+    if selected:
+        t0 = time.perf_counter()
+        n_max = max(st.w.size for st in selected.values())
+        n_pad = -(-n_max // 256) * 256  # a multiple of 256, so that similar batches reuse compiled programs
+        data = {i: core.pad_star_data(core.prepare_star_data(st.w, st.s), n_pad) for i, st in selected.items()}
+        timings["prepare_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        maps = {i: core.find_map(d, priors) for i, d in data.items()}
+        timings["map_s"] = time.perf_counter() - t0
+        order = sorted(selected)
+        dt = data[order[0]].parallax.dtype
+        centre = np.stack([maps[i][0] for i in order])
+        chol = np.stack([_whitening(maps[i][2]) for i in order])
+        rng = np.random.default_rng(seed)
+        x0 = 0.5 * rng.standard_normal((len(order), num_chains, 4))
+        t0 = time.perf_counter()
+        res = run_batched_chains(
+            core.whitened_potential_gen(priors),
+            jnp.asarray(x0, dt),
+            (jnp.asarray(centre, dt), jnp.asarray(chol, dt), core.stack_star_data([data[i] for i in order])),
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            seed=seed,
+            target_accept_prob=target_accept_prob,
+            progress=len(order) > 20 if progress is None else progress,
+        )
+        timings["sampling_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x = np.asarray(res["samples"], dtype=float)  # (B, C, draws, 4)
+        settings = {"num_warmup": num_warmup, "num_samples": num_samples, "num_chains": num_chains, "seed": seed}
+        for b, i in enumerate(order):
+            z = centre[b] + x[b] @ chol[b].T
+            one = {"diverging": res["diverging"][b], "num_steps": res["num_steps"][b]}
+            fits[i] = _finish(
+                selected[i],
+                z,
+                None,
+                one,
+                data[i],
+                priors=priors,
+                method="marginal",
+                settings={**settings, "batched_clusters": len(order)},
+                zero_point=zero_point,
+                parallax_limits=parallax_limits,
+                n_membership_draws=n_membership_draws,
+                n_quantile_draws=n_quantile_draws,
+                t_start=t_start,
+                timings={},
+            )
+        timings["per_star_s"] = time.perf_counter() - t0
+    out = _merge_groups(whole, rows, fits) if whole is not None else None
+    diagnostics = {"wall_time_s": time.perf_counter() - t_start, "timings": timings, "n_clusters": len(names)}
+    return ClusterFits(names=names, fits=fits, errors=errors, table=out, diagnostics=diagnostics)
+
+
+def _whitening(cov: np.ndarray | None) -> np.ndarray:
+    """Cholesky factor of the Laplace covariance (a small diagonal when there is none)."""
+    return np.linalg.cholesky(cov) if cov is not None else np.diag(np.full(4, 0.05))
+
+
+def _merge_groups(whole: QTable, rows: list[np.ndarray], fits: list[ClusterFit | None]) -> QTable:
+    """The grouped table with each cluster's per-star columns at its rows; other rows NaN, flagged."""
+    out = whole.copy(copy_data=True)
+    n = len(out)
+    member = np.full(n, np.nan)
+    dist = np.full((n, 3), np.nan)
+    flag = np.full(n, int(ClusterFlag.NOT_FITTED), dtype=np.int16)
+    for r, fit in zip(rows, fits):
+        if fit is None:
+            continue
+        member[r] = np.asarray(fit.table["membership_prob"])
+        for j, name in enumerate(("median", "lo", "hi")):
+            dist[r, j] = fit.table[f"cluster_distance_{name}"].to_value(u.pc)
+        flag[r] = np.asarray(fit.table["cluster_flag"])
+    add_column(out, "membership_prob", member, description="posterior probability of membership of the row's cluster")
+    for j, name in enumerate(("median", "lo", "hi")):
+        add_column(
+            out,
+            f"cluster_distance_{name}",
+            dist[:, j],
+            unit=u.pc,
+            description=f"cluster-model posterior {('50th', '15.866th', '84.134th')[j]} percentile of distance",
+        )
+    add_column(out, "cluster_flag", flag, description="ClusterFlag bits: 1 no parallax, 2 outside limits, 4 not fitted")
+    return out

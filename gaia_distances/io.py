@@ -166,8 +166,8 @@ def check_duplicate_ids(table: Table) -> int:
 
 
 def _is_dataframe(obj: Any) -> bool:
-    mod = type(obj).__module__
-    return mod.startswith("pandas") and type(obj).__name__ == "DataFrame"
+    # subclasses too, such as nested-pandas' NestedFrame from lsdb partitions
+    return any(c.__module__.startswith("pandas") and c.__name__ == "DataFrame" for c in type(obj).__mro__)
 
 
 def as_table(source: Any) -> QTable:

@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -157,7 +157,14 @@ class BailerJones2021Prior:
     _table: Any = field(default=None, repr=False, compare=False)
 
     def table(self) -> Table:
+        """The prior table (read once per process; kept in memory by :meth:`loaded`)."""
+        if self._table is not None:
+            return self._table
         return load_bailer_jones_2021_table(self.path, url=self.url, cache=self.cache)
+
+    def loaded(self) -> BailerJones2021Prior:
+        """A copy that carries its table in memory, to ship to other processes (Dask workers)."""
+        return replace(self, _table=self.table())
 
     def parameters(self, source_id: Any) -> dict[str, np.ndarray]:
         """Prior parameters for each ``source_id`` (NaN where it is missing)."""

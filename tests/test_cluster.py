@@ -279,3 +279,82 @@ def test_joint_reference_settings_reproduce_m67(m67, m67_fit):
     m2 = np.asarray(fit.table["membership_prob"])
     ok = np.isfinite(m1)
     assert np.mean(np.abs(m1[ok] - m2[ok])) < 0.02
+
+
+# --------------------------------------------------------------------------- fit_clusters
+
+
+@pytest.fixture(scope="module")
+def three_fields():
+    return {
+        name: gd.simulate_field(500, n_cluster=150, cluster_distance=d, seed=k)
+        for k, (name, d) in enumerate((("near", 450.0), ("mid", 1100.0), ("far", 2000.0)))
+    }
+
+
+def test_fit_clusters_agrees_with_separate_fits(three_fields):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = gd.fit_clusters(three_fields, zero_point="parallax_zeropoint_true", num_samples=500, seed=4)
+        sep = {
+            k: gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=500, seed=4)
+            for k, t in three_fields.items()
+        }
+    summ = res.summary()
+    assert list(summ["cluster"]) == ["near", "mid", "far"] and summ["D_mean"].unit == u.pc
+    for name, fit in sep.items():
+        got = res[name]
+        for p in ("D", "sigma", "Q", "L"):
+            a, b = got.posterior[p], fit.posterior[p]
+            assert abs(a.mean() - b.mean()) < 0.3 * np.hypot(a.std(), b.std()), (name, p)
+        m1, m2 = np.asarray(got.table["membership_prob"]), np.asarray(fit.table["membership_prob"])
+        assert np.nanmean(np.abs(m1 - m2)) < 0.02
+        assert got.diagnostics["min_ess_bulk"] > 400
+        assert len(got.table) == len(three_fields[name])
+
+
+def test_fit_clusters_on_a_grouped_table_keeps_rows_and_flags_the_unfittable(three_fields):
+    from astropy.table import vstack
+
+    parts = []
+    for name, t in three_fields.items():
+        t = t.copy()
+        t["cluster"] = name
+        parts.append(t)
+    tiny = three_fields["near"][:10].copy()
+    tiny["cluster"] = "tiny"  # too few stars
+    whole = vstack([*parts, tiny])
+    whole = whole[np.random.default_rng(0).permutation(len(whole))]  # groups interleaved
+    with pytest.warns(gd.GaiaDistancesWarning, match="tiny"):
+        res = gd.fit_clusters(whole, group_by="cluster", zero_point="parallax_zeropoint_true", num_samples=300)
+    assert res.names == list(dict.fromkeys(whole["cluster"]))
+    assert res["tiny"] is None and "at least" in res.errors["tiny"]
+    out = res.table
+    assert len(out) == len(whole) and np.array_equal(out["source_id"], whole["source_id"])
+    tiny_rows = np.asarray(out["cluster"]) == "tiny"
+    assert np.all(np.asarray(out["cluster_flag"])[tiny_rows] & gd.ClusterFlag.NOT_FITTED)
+    assert np.all(np.isnan(out["membership_prob"][tiny_rows]))
+    for name in ("near", "mid", "far"):
+        rows = np.asarray(out["cluster"]) == name
+        fit_table = res[name].table
+        np.testing.assert_array_equal(
+            np.asarray(out["membership_prob"])[rows], np.asarray(fit_table["membership_prob"])
+        )
+    row = res.summary()[res.names.index("tiny")]
+    assert row["n_stars"] == 0 and "at least" in row["status"]
+    with pytest.raises(TypeError, match="group_by"):
+        gd.fit_clusters(whole)
+
+
+def test_padding_does_not_change_the_likelihood():
+    t = gd.simulate_field(300, n_cluster=100, seed=8)
+    w = np.asarray(t["parallax"].value - t["parallax_zeropoint_true"].value)
+    s = np.asarray(t["parallax_error"].value)
+    with x64():
+        data = core.prepare_star_data(w, s)
+        padded = core.pad_star_data(data, 512)
+        z = jnp.array([np.log(1200.0), np.log(850.0), np.log(0.02), 0.0])
+        a = float(core.log_posterior(z, data, core.ClusterPriors()))
+        b = float(core.log_posterior(z, padded, core.ClusterPriors()))
+    assert padded.parallax.shape == (512,) and float(padded.weight.sum()) == len(w)
+    assert abs(a - b) < 1e-9 * abs(a)

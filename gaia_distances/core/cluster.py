@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -291,11 +292,16 @@ def field_log_likelihood(log_L: Array, table: FieldTable) -> Array:
 
 
 class StarData(NamedTuple):
-    """What the marginal model needs per star (mas); build with :func:`prepare_star_data`."""
+    """What the marginal model needs per star (mas); build with :func:`prepare_star_data`.
+
+    ``weight`` (optional, 1 or 0 per star) masks padding stars out of the
+    likelihood, so that fields of different sizes share one array shape.
+    """
 
     parallax: Array  # zero-point corrected
     parallax_error: Array
     field: FieldTable
+    weight: Array | None = None
 
 
 def prepare_star_data(
@@ -324,6 +330,24 @@ def prepare_star_data(
         jnp.asarray(s, dt),
         FieldTable(*(jnp.asarray(x, dt) for x in table)),
     )
+
+
+def pad_star_data(data: StarData, n: int) -> StarData:
+    """``data`` padded to ``n`` stars by repeating its last star with weight 0."""
+    m = data.parallax.shape[0]
+    if n < m:
+        raise ValueError(f"cannot pad {m} stars to {n}")
+    idx = np.minimum(np.arange(n), m - 1)
+    weight = (np.arange(n) < m).astype(np.asarray(data.parallax).dtype)
+    if data.weight is not None:
+        weight = weight * np.asarray(data.weight)[idx]
+    field = data.field._replace(value=data.field.value[idx], slope=data.field.slope[idx])
+    return StarData(data.parallax[idx], data.parallax_error[idx], field, jnp.asarray(weight))
+
+
+def stack_star_data(items: Sequence[StarData]) -> StarData:
+    """Stack equally sized :class:`StarData` along a new leading (cluster) axis, for ``vmap``."""
+    return jax.tree_util.tree_map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *items)
 
 
 def rough_length_scale(parallax: np.ndarray, parallax_error: np.ndarray) -> float:
@@ -403,7 +427,10 @@ def marginal_log_likelihood(
     """Total ``ln p(w | log_L, log_D, log_sigma, Q)`` with distances integrated out."""
     log_L, log_D, log_sigma, Q = params
     log_c, log_f = component_log_likelihoods(log_L, log_D, log_sigma, data, n_gh=n_gh, n_newton=n_newton)
-    return jnp.sum(jnp.logaddexp(jnp.log(Q) + log_c, jnp.log1p(-Q) + log_f))
+    terms = jnp.logaddexp(jnp.log(Q) + log_c, jnp.log1p(-Q) + log_f)
+    if data.weight is not None:
+        terms = jnp.where(data.weight > 0, terms, 0.0)
+    return jnp.sum(terms)
 
 
 def marginal_model(data: StarData, priors: ClusterPriors = _REFERENCE, n_gh: int = 10, n_newton: int = 2) -> None:
@@ -554,13 +581,14 @@ def find_map(
     Hessian is not negative definite), which makes a good initial NUTS mass
     matrix.
     """
-    w = np.asarray(data.parallax, float)
-    s = np.asarray(data.parallax_error, float)
+    real = np.ones(data.parallax.shape[0], bool) if data.weight is None else np.asarray(data.weight) > 0
+    w = np.asarray(data.parallax, float)[real]
+    s = np.asarray(data.parallax_error, float)[real]
     good = w / s > 5
     if good.sum() < 10:
         good = w > 0
     # the field-only maximum-likelihood L, read off the tabulated field integrals
-    field_ll = np.sum(np.asarray(data.field.value, float), axis=0)
+    field_ll = np.sum(np.asarray(data.field.value, float)[real], axis=0)
     L0 = math.exp(float(data.field.log_L0) + float(data.field.step) * int(np.argmax(field_ll)))
     peaks: list[float] = []
     if distance_hint is not None:
