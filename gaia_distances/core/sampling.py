@@ -11,6 +11,7 @@ the one device instead.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,7 +27,34 @@ log = logging.getLogger(__name__)
 Array = Any
 
 
-_COMPILED: dict[Any, Any] = {}
+class _CompiledCache(OrderedDict):
+    """Compiled programs by signature, least recently used dropped beyond ``maxsize``.
+
+    Fitting many fields of different sizes one by one compiles a program per
+    size; an unbounded cache would keep every executable (and its memory
+    mappings) alive until the process runs out.
+    """
+
+    def __init__(self, maxsize: int = 48) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+
+_COMPILED: _CompiledCache = _CompiledCache()
 
 #: Iterations between progress reports from inside a compiled chain.
 _REPORT_EVERY = 50
