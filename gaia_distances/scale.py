@@ -191,17 +191,7 @@ def estimate_distances_hats(
     >>> out.write_catalog("gaia_dr3_distances/")  # doctest: +SKIP
     """
     _require("lsdb")
-    cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, zeropoint=bool(zeropoint))
-    shared = _shared_prior(prior, client)
-    return catalog.map_partitions(
-        estimate_partition,
-        shared,
-        zero_point=zero_point,
-        zeropoint=zeropoint,
-        extra_quantiles=tuple(extra_quantiles),
-        prefix=prefix,
-        meta=_meta(catalog.meta, cols),
-    )
+    return _map(catalog, catalog.meta, prior, client, zero_point, zeropoint, extra_quantiles, prefix)
 
 
 def estimate_distances_dask(
@@ -224,14 +214,27 @@ def estimate_distances_dask(
     dd = _require("dask.dataframe")
     if isinstance(frame, str | list | tuple):
         frame = dd.read_parquet(frame)
+    return _map(frame, frame._meta, prior, client, zero_point, zeropoint, extra_quantiles, prefix)
+
+
+def _map(
+    collection: Any,
+    meta: Any,
+    prior: Any,
+    client: Any,
+    zero_point: float | str | None,
+    zeropoint: bool | dict[str, Any],
+    extra_quantiles: Sequence[float],
+    prefix: str,
+) -> Any:
+    """``collection.map_partitions(estimate_partition, ...)`` with the output meta and the shared prior."""
     cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, zeropoint=bool(zeropoint))
-    shared = _shared_prior(prior, client)
-    return frame.map_partitions(
+    return collection.map_partitions(
         estimate_partition,
-        shared,
+        _shared_prior(prior, client),
         zero_point=zero_point,
         zeropoint=zeropoint,
         extra_quantiles=tuple(extra_quantiles),
         prefix=prefix,
-        meta=_meta(frame._meta, cols),
+        meta=_meta(meta, cols),
     )
