@@ -905,7 +905,7 @@ def fit_clusters(
     >>> fields = [gd.simulate_field(600, n_cluster=200, cluster_distance=d, seed=i)
     ...           for i, d in enumerate((500.0, 1500.0))]
     >>> res = gd.fit_clusters(fields, zero_point="parallax_zeropoint_true", num_samples=300)
-    >>> [round(m, -2) for m in res.summary()["D_mean"]]
+    >>> [float(round(m, -2)) for m in res.summary()["D_mean"]]
     [500.0, 1500.0]
     """
     t_start = time.perf_counter()
