@@ -21,7 +21,7 @@ from gaia_distances.columns import (
 from gaia_distances.core.quadrature import DEFAULT_QUANTILES, DistanceFlag, summarize_posteriors
 from gaia_distances.io import as_table
 from gaia_distances.priors import EDSD, resolve_prior
-from gaia_distances.progress import PROGRESS_THRESHOLD, progress_bar
+from gaia_distances.progress import progress_bar, show_progress
 
 __all__ = ["DistanceFlag", "estimate_distances"]
 
@@ -115,8 +115,7 @@ def estimate_distances(
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantiles must lie in (0, 1); got {q}")
 
-    bar = progress_bar(n, progress, "distances")
-    try:
+    with progress_bar(n, progress, "distances") as update:
         res = summarize_posteriors(
             plx,
             err,
@@ -125,11 +124,8 @@ def estimate_distances(
             n_nodes=n_nodes,
             chunk_size=chunk_size,
             prior_dominated_threshold=prior_dominated_threshold,
-            progress=bar.update if bar is not None else None,
+            progress=update,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     quant, mode, flag = res["quantiles"], res["mode"], res["flag"]
 
     nuts_diag: dict[str, Any] = {}
@@ -145,7 +141,7 @@ def estimate_distances(
             num_warmup=num_warmup,
             num_samples=num_samples,
             num_chains=num_chains,
-            progress=bool(progress) or (progress is None and n >= PROGRESS_THRESHOLD),
+            progress=show_progress(n, progress),
         )
     elif method != "quadrature":
         raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")

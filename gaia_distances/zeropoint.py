@@ -178,18 +178,13 @@ def apply_zeropoint(
     idx = np.flatnonzero(ok_inputs)
     if idx.size:
         recipe = _load_recipe()
-        bar = progress_bar(idx.size, progress, "zero points")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for start in range(0, idx.size, _CHUNK):
-                    j = idx[start : start + _CHUNK]
-                    zp[j] = recipe.get_zpt(g[j], nu[j], pc[j], beta[j], sol[j].astype(int), _warnings=True)
-                    if bar is not None:
-                        bar.update(j.size)
-        finally:
-            if bar is not None:
-                bar.close()
+        with progress_bar(idx.size, progress, "zero points") as update, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for start in range(0, idx.size, _CHUNK):
+                j = idx[start : start + _CHUNK]
+                zp[j] = recipe.get_zpt(g[j], nu[j], pc[j], beta[j], sol[j].astype(int), _warnings=True)
+                if update is not None:
+                    update(j.size)
         g_out = ok_inputs & ((g <= _G_RANGE[0]) | (g >= _G_RANGE[1]))
         col_out = ok_inputs & (
             (five & ((nu <= _NU_EFF_RANGE[0]) | (nu >= _NU_EFF_RANGE[1])))
