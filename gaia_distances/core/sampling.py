@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -73,6 +74,46 @@ def _resolve_chain_method(chain_method: str | None) -> str:
     if chain_method is not None:
         return chain_method
     return "threads" if jax.default_backend() == "cpu" else "vectorized"
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, desc: str) -> Iterator[None]:
+    """A bar the compiled chains report to (every ``_REPORT_EVERY`` iterations of each program)."""
+    bar = None
+    if enabled:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="it", leave=False)
+    _PROGRESS["bar"] = bar
+    try:
+        yield
+    finally:
+        _PROGRESS["bar"] = None
+        if bar is not None:
+            bar.close()
+
+
+def _per_chain(run: Callable[[int], Any], n_chains: int, chain_method: str) -> list[Any]:
+    """``run(c)`` for every chain: in a thread pool over the cores, or one after another."""
+    if chain_method == "threads" and n_chains > 1:
+        with ThreadPoolExecutor(max_workers=min(n_chains, usable_cores())) as pool:
+            return list(pool.map(run, range(n_chains)))
+    return [run(c) for c in range(n_chains)]
+
+
+def _compile(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``fn`` (jitted here unless it already is) compiled for ``args``, kept in the shared cache."""
+    compiled = _COMPILED.get(cache_key)
+    if compiled is None:
+        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+        compiled = jitted.lower(*args).compile()  # type: ignore[attr-defined]
+        _COMPILED[cache_key] = compiled
+    return compiled
+
+
+def _nuts_config(**config: Any) -> dict[str, Any]:
+    keys = ("num_warmup", "num_samples", "dense_mass", "target_accept_prob", "max_tree_depth")
+    return {k: config[k] for k in keys}
 
 
 def _signature(tree: Any) -> Any:
@@ -140,12 +181,7 @@ def precompile(fn: Callable[..., Any], *args: Any) -> None:
 
 
 def _aot(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    key = ("aot", fn, _signature(args))
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = fn.lower(*args).compile()  # type: ignore[attr-defined]
-        _COMPILED[key] = compiled
-    return compiled
+    return _compile(("aot", fn, _signature(args)), fn, args)
 
 
 def chain_runner(
@@ -164,7 +200,7 @@ def chain_runner(
 ) -> Any:
     """Compile (or fetch) the program :func:`run_chains` will use; thread-safe to call early."""
     chain_method = _resolve_chain_method(chain_method)
-    config: dict[str, Any] = dict(
+    config = _nuts_config(
         num_warmup=num_warmup,
         num_samples=num_samples,
         dense_mass=dense_mass,
@@ -178,15 +214,10 @@ def chain_runner(
         stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x] * n_chains), example_init)
         args = (keys, stacked, model_args, inverse_mass_matrix)
         cache_key = ("vmap", potential_fn_gen, tuple(config.items()), _signature(args))
-        if cache_key not in _COMPILED:
-            fn = jax.vmap(one_chain, in_axes=(0, 0, None, None))
-            _COMPILED[cache_key] = jax.jit(fn).lower(*args).compile()
-    else:
-        args = (key0, example_init, model_args, inverse_mass_matrix)
-        cache_key = ("one", potential_fn_gen, tuple(config.items()), _signature(args))
-        if cache_key not in _COMPILED:
-            _COMPILED[cache_key] = jax.jit(one_chain).lower(*args).compile()
-    return _COMPILED[cache_key]
+        return _compile(cache_key, jax.vmap(one_chain, in_axes=(0, 0, None, None)), args)
+    args = (key0, example_init, model_args, inverse_mass_matrix)
+    cache_key = ("one", potential_fn_gen, tuple(config.items()), _signature(args))
+    return _compile(cache_key, one_chain, args)
 
 
 def run_chains(
@@ -254,20 +285,10 @@ def run_chains(
         n_chains=n_chains,
         chain_method=chain_method,
     )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=n_chains * (num_warmup + num_samples), desc=f"NUTS ({n_chains} chains)", unit="it", leave=False
-        )
-    _PROGRESS["bar"] = bar
-    try:
+    # vectorised chains share one iteration counter, so one program reports for all of them
+    programs = 1 if chain_method == "vectorized" else n_chains
+    with _progress(progress, programs * (num_warmup + num_samples), f"NUTS ({n_chains} chains)"):
         return _execute(compiled, keys, inits, model_args, inverse_mass_matrix, n_chains, chain_method)
-    finally:
-        _PROGRESS["bar"] = None
-        if bar is not None:
-            bar.close()
 
 
 def _execute(
@@ -287,11 +308,7 @@ def _execute(
         def run(c: int) -> Any:
             return jax.block_until_ready(compiled(keys[c], inits[c], model_args, inverse_mass_matrix))
 
-        if chain_method == "threads" and n_chains > 1:
-            with ThreadPoolExecutor(max_workers=min(n_chains, usable_cores())) as pool:
-                results = list(pool.map(run, range(n_chains)))
-        else:
-            results = [run(c) for c in range(n_chains)]
+        results = _per_chain(run, n_chains, chain_method)
         zs = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[r[0] for r in results])
         div = jnp.stack([r[1] for r in results])
         nsteps = jnp.stack([r[2] for r in results])
@@ -331,7 +348,7 @@ def run_batched_chains(
     inits = jnp.asarray(inits)
     B, C = inits.shape[:2]
     chain_method = _resolve_chain_method(chain_method)
-    config: dict[str, Any] = dict(
+    config = _nuts_config(
         num_warmup=num_warmup,
         num_samples=num_samples,
         dense_mass=dense_mass,
@@ -348,23 +365,9 @@ def run_batched_chains(
         fn = over_problems
         args = (keys[:, 0], inits[:, 0], model_args, None)
     cache_key = ("batched", chain_method, potential_fn_gen, tuple(config.items()), _signature(args))
-    if cache_key not in _COMPILED:
-        _COMPILED[cache_key] = jax.jit(fn).lower(*args).compile()
-    compiled = _COMPILED[cache_key]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        # the iteration counter is shared by the vectorised problems: one report per program and 50 iterations
-        programs = 1 if chain_method == "vectorized" else C
-        bar = tqdm(
-            total=programs * (num_warmup + num_samples),
-            desc=f"NUTS ({B} problems x {C} chains)",
-            unit="it",
-            leave=False,
-        )
-    _PROGRESS["bar"] = bar
-    try:
+    compiled = _compile(cache_key, fn, args)
+    programs = 1 if chain_method == "vectorized" else C  # see run_chains
+    with _progress(progress, programs * (num_warmup + num_samples), f"NUTS ({B} problems x {C} chains)"):
         if chain_method == "vectorized":
             zs, div, nsteps, step = compiled(keys, inits, model_args, None)
         else:
@@ -372,16 +375,8 @@ def run_batched_chains(
             def run(c: int) -> Any:
                 return jax.block_until_ready(compiled(keys[:, c], inits[:, c], model_args, None))
 
-            if chain_method == "threads" and C > 1:
-                with ThreadPoolExecutor(max_workers=min(C, usable_cores())) as pool:
-                    results = list(pool.map(run, range(C)))
-            else:
-                results = [run(c) for c in range(C)]
+            results = _per_chain(run, C, chain_method)
             zs, div, nsteps, step = (jnp.stack([r[i] for r in results], axis=1) for i in range(4))
-    finally:
-        _PROGRESS["bar"] = None
-        if bar is not None:
-            bar.close()
     return {
         "samples": zs,
         "diverging": np.asarray(div),
