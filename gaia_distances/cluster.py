@@ -558,18 +558,14 @@ def _finish(
     else:
         member[used], dist_q[used] = _joint_per_star(r_draws, z, priors)
 
-    add_column(
-        out, "membership_prob", member, description="posterior probability of cluster membership (NaN: not fitted)"
+    _add_star_columns(
+        out,
+        member,
+        dist_q,
+        flag,
+        member_description="posterior probability of cluster membership (NaN: not fitted)",
+        flag_description="ClusterFlag bits: 1 no parallax, 2 outside parallax_limits",
     )
-    for j, name in enumerate(("median", "lo", "hi")):
-        add_column(
-            out,
-            f"cluster_distance_{name}",
-            dist_q[:, j],
-            unit=u.pc,
-            description=f"cluster-model posterior {('50th', '15.866th', '84.134th')[j]} percentile of distance",
-        )
-    add_column(out, "cluster_flag", flag, description="ClusterFlag bits: 1 no parallax, 2 outside parallax_limits")
 
     timings["per_star_s"] = time.perf_counter() - t0
     wall = time.perf_counter() - t_start
@@ -992,17 +988,40 @@ def _merge_groups(whole: QTable, rows: list[np.ndarray], fits: list[ClusterFit |
         if fit is None:
             continue
         member[r] = np.asarray(fit.table["membership_prob"])
-        for j, name in enumerate(("median", "lo", "hi")):
+        for j, name in enumerate(_DISTANCE_LEVELS):
             dist[r, j] = fit.table[f"cluster_distance_{name}"].to_value(u.pc)
         flag[r] = np.asarray(fit.table["cluster_flag"])
-    add_column(out, "membership_prob", member, description="posterior probability of membership of the row's cluster")
-    for j, name in enumerate(("median", "lo", "hi")):
+    _add_star_columns(
+        out,
+        member,
+        dist,
+        flag,
+        member_description="posterior probability of membership of the row's cluster",
+        flag_description="ClusterFlag bits: 1 no parallax, 2 outside limits, 4 not fitted",
+    )
+    return out
+
+
+_DISTANCE_LEVELS = {"median": "50th", "lo": "15.866th", "hi": "84.134th"}  # order of _Q_LEVELS
+
+
+def _add_star_columns(
+    out: QTable,
+    member: np.ndarray,
+    dist: np.ndarray,
+    flag: np.ndarray,
+    *,
+    member_description: str,
+    flag_description: str,
+) -> None:
+    """``membership_prob``, ``cluster_distance_median/lo/hi`` (pc, from ``dist`` (n, 3)) and ``cluster_flag``."""
+    add_column(out, "membership_prob", member, description=member_description)
+    for j, (name, level) in enumerate(_DISTANCE_LEVELS.items()):
         add_column(
             out,
             f"cluster_distance_{name}",
             dist[:, j],
             unit=u.pc,
-            description=f"cluster-model posterior {('50th', '15.866th', '84.134th')[j]} percentile of distance",
+            description=f"cluster-model posterior {level} percentile of distance",
         )
-    add_column(out, "cluster_flag", flag, description="ClusterFlag bits: 1 no parallax, 2 outside limits, 4 not fitted")
-    return out
+    add_column(out, "cluster_flag", flag, description=flag_description)

@@ -417,10 +417,16 @@ def distance_posteriors(
 # --------------------------------------------------------------------------- overview and report
 
 
+def _fit_and_table(table_or_fit: Any) -> tuple[Any, Any]:
+    """``(fit, table)`` for a ClusterFit, ``(None, table)`` for a table."""
+    if hasattr(table_or_fit, "posterior"):
+        return table_or_fit, table_or_fit.table
+    return None, table_or_fit
+
+
 def overview(table_or_fit: Any, *, truths: Mapping[str, float] | None = None) -> Figure:
     """One figure with the CMD, sky map, distance posteriors and (for a fit) the parallax predictive."""
-    fit = table_or_fit if hasattr(table_or_fit, "posterior") else None
-    table = fit.table if fit is not None else table_or_fit
+    fit, table = _fit_and_table(table_or_fit)
     fig, axes = _pyplot().subplots(2, 2, figsize=(12.0, 10.0), layout="constrained")
     colour_magnitude(table, ax=axes[0, 0])
     sky_map(table, ax=axes[0, 1])
@@ -482,8 +488,7 @@ def write_report(
     plt = _pyplot()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    fit = table_or_fit if hasattr(table_or_fit, "posterior") else None
-    table = fit.table if fit is not None else table_or_fit
+    fit, table = _fit_and_table(table_or_fit)
     figures: list[tuple[str, str, Any]] = []
     if fit is not None:
         figures.append(("corner.png", "Population posterior", lambda: corner_plot(fit, truths=truths)))

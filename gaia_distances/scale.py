@@ -95,11 +95,9 @@ def estimate_partition(
     from gaia_distances.zeropoint import apply_zeropoint
 
     cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, zeropoint=bool(zeropoint))
-    out = frame.copy()
     if len(frame) == 0:  # lsdb and Dask infer metadata from empty frames
-        for name, dtype in cols.items():
-            out[name] = np.zeros(0, dtype=dtype)
-        return out
+        return _meta(frame, cols)
+    out = frame.copy()
     table = frame.reset_index(drop=True)
     if zeropoint:
         table = apply_zeropoint(table, progress=False, **(zeropoint if isinstance(zeropoint, dict) else {}))
@@ -142,6 +140,7 @@ def _empty_source_table() -> Any:
 
 
 def _meta(meta: Any, cols: dict[str, np.dtype]) -> Any:
+    """An empty copy of ``meta`` (a zero-row frame) with the new columns appended."""
     out = meta.copy()
     for name, dtype in cols.items():
         out[name] = np.zeros(0, dtype=dtype)
