@@ -238,10 +238,9 @@ class ClusterFit:
         idata = az.from_netcdf(posterior) if isinstance(posterior, str) else posterior
         post = {k: np.asarray(idata.posterior[k]) for k in (*_PARAMS, "sigma_log")}
         priors = core.ClusterPriors(**prov["priors"])
-        used = np.asarray(out["cluster_flag"]) == 0
-        plx, _ = corrected_parallax(out, prov.get("zero_point_arg"), step="ClusterFit.from_table")
-        raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else plx
-        zp = np.where(np.isfinite(raw - plx), raw - plx, 0.0)[used]
+        limits = prov.get("parallax_limits")
+        # the stars the fit used, selected again exactly as fit_cluster did
+        stars = _select_stars(out, prov.get("zero_point_arg"), tuple(limits) if limits else None)
         log_D = np.log(post["D"])
         if priors.depth_prior == "size":
             lo, hi = math.log(priors.size_min_pc), math.log(priors.size_max_pc)
@@ -259,19 +258,14 @@ class ClusterFit:
             diagnostics={},
             method=str(idata.posterior.attrs.get("method", prov.get("method", "marginal"))),
             priors=priors,
-            _model_args={
-                "parallax": raw[used],
-                "parallax_error": column_values(out, "parallax_error", u.mas)[used],
-                "zero_point": zp,
-                "unconstrained": _split(z, priors),
-            },
+            _model_args=_model_args(stars, z, priors),
         )
         saved = prov.get("diagnostics", {})
         res = {"diverging": diverging, "num_steps": steps}
         with warnings.catch_warnings():  # the warnings were issued when the fit ran
             warnings.simplefilter("ignore")
             fit.diagnostics = _diagnose(
-                fit, fit.summary(), res, float(saved.get("wall_time_s", math.nan)), int(used.sum())
+                fit, fit.summary(), res, float(saved.get("wall_time_s", math.nan)), stars.w.size
             )
         return fit
 
@@ -479,6 +473,16 @@ class _Stars:
     zp_source: str
 
 
+def _model_args(stars: _Stars, z: np.ndarray, priors: core.ClusterPriors) -> dict[str, Any]:
+    """What :meth:`ClusterFit.predictive` and the plots need: the fitted stars and the unconstrained draws."""
+    return {
+        "parallax": stars.w + stars.zp_used,  # the catalogue parallax
+        "parallax_error": stars.s,
+        "zero_point": stars.zp_used,
+        "unconstrained": _split(z, priors),
+    }
+
+
 def _select_stars(table: Any, zero_point: Any, parallax_limits: tuple[float, float] | None) -> _Stars:
     out = as_table(table)
     plx, zp_source = corrected_parallax(out, zero_point, step="fit_cluster")
@@ -523,7 +527,7 @@ def _finish(
 ) -> ClusterFit:
     """Population draws ``z`` (chains, draws, 4) -> a ClusterFit with per-star columns and diagnostics."""
     t0 = time.perf_counter()
-    out, flag, used, w, s, zp_used = stars.out, stars.flag, stars.used, stars.w, stars.s, stars.zp_used
+    out, flag, used, w, s = stars.out, stars.flag, stars.used, stars.w, stars.s
     n_used = int(used.sum())
     dt = data.parallax.dtype
     posterior = _population_draws(z, priors)
@@ -533,12 +537,7 @@ def _finish(
         diagnostics={},
         method=method,
         priors=priors,
-        _model_args={
-            "parallax": w + zp_used,
-            "parallax_error": s,
-            "zero_point": zp_used,
-            "unconstrained": _split(z, priors),
-        },
+        _model_args=_model_args(stars, z, priors),
     )
     # per-star results --------------------------------------------------------
     flat = z.reshape(-1, 4)
