@@ -69,7 +69,7 @@ def main() -> None:
     _report(
         "1 % members of 40 000, ClusterPriors.physical()",
         truth,
-        lambda: gd.fit_cluster(small, priors=gd.ClusterPriors.physical(), **kw),
+        lambda: gd.fit_cluster(small, prior=gd.ClusterPriors.physical(), **kw),
     )
     members = gd.simulate_field(0, n_cluster=500, cluster_distance=800.0, cluster_sigma_log=0.01, seed=args.seed)
     truth_m = {"D": 800.0, "sigma": 8.0, "Q": 1.0, "L": float("nan")}

@@ -78,7 +78,7 @@ def main() -> None:
     L, a, b, source = _ggd_parameters(hp, args.seed)
     priors = {
         "EDSD (L = 1350 pc)": EDSDPrior(np.full(args.n, 1350.0)),
-        f"GGD per star ({source})": GGDPrior(L, a, b),
+        f"GGD per star ({source})": GGDPrior(alpha=a, beta=b, length_scale=L),
     }
     rows = []
     for name, prior in priors.items():
@@ -98,12 +98,13 @@ def main() -> None:
     rows.append(("quadrature, EDSD, float64", m, dt64, m / dt64, f"float32 vs float64 max rel diff {maxrel:.1e}"))
 
     # per-star NUTS, vectorised over stars (the validation method)
-    from gaia_distances.core.nuts import sample_log_distances
+    from gaia_distances.core.nuts import per_star_settings, sample_log_distances
 
     k = args.nuts_stars
     pk = EDSDPrior(np.full(k, 1350.0))
     init = np.log(summarize_posteriors(w[:k], s[:k], pk)["quantiles"][:, 1])
-    dt_nuts = _time(lambda: sample_log_distances(w[:k], s[:k], pk, init, num_warmup=500, num_samples=1000))
+    settings = per_star_settings(num_warmup=500, num_samples=1000)
+    dt_nuts = _time(lambda: sample_log_distances(w[:k], s[:k], pk, init, settings=settings))
     rows.append(("NUTS per star (500 warm-up + 1000 draws, 2 chains)", k, dt_nuts, k / dt_nuts, "compile included"))
 
     dev = jax.devices()[0]
@@ -136,11 +137,12 @@ def main() -> None:
 def _cost_per_star(chunk: int) -> tuple[float, float]:
     """Flops and bytes per star from XLA's cost analysis of one compiled chunk (0 if unavailable)."""
     from gaia_distances.core import quadrature as q
+    from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 
     w = jax.numpy.ones(chunk, jax.numpy.float32)
     prior = EDSDPrior(jax.numpy.full(chunk, 1350.0, jax.numpy.float32))
     static = dict(
-        quantiles=q.DEFAULT_QUANTILES,
+        quantiles=ONE_SIGMA_QUANTILES,
         n_nodes=128,
         n_scan=48,
         k_like=10.0,

@@ -43,6 +43,7 @@ _EXPORTS = {
     "fit_clusters": "gaia_distances.cluster",
     "ClusterFlag": "gaia_distances.cluster",
     "ClusterPriors": "gaia_distances.cluster",
+    "FittedStars": "gaia_distances.cluster",
     "load_table": "gaia_distances.io",
     "write_table": "gaia_distances.io",
     "EDSD": "gaia_distances.priors",
@@ -75,7 +76,7 @@ _register_accessor()
 
 
 #: Submodules with optional dependencies, imported on first attribute access.
-_SUBMODULES = ("plotting", "scale")
+_SUBMODULES = ("plotting", "report", "scale")
 
 
 def __getattr__(name: str) -> Any:
@@ -94,7 +95,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from gaia_distances.cluster import ClusterFit, ClusterFits, ClusterFlag, ClusterPriors, fit_cluster, fit_clusters
+    from gaia_distances.cluster import (
+        ClusterFit,
+        ClusterFits,
+        ClusterFlag,
+        ClusterPriors,
+        FittedStars,
+        fit_cluster,
+        fit_clusters,
+    )
     from gaia_distances.core.quadrature import DistanceFlag
     from gaia_distances.errors import (
         GaiaDistancesError,

@@ -181,9 +181,9 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_report(source: Any, directory: Path, **kwargs: Any) -> str:
-    """``plotting.write_report``, or a note when the ``plot`` extra is missing."""
+    """``report.write_report``, or a note when the ``plot`` extra is missing."""
     try:
-        from gaia_distances.plotting import write_report
+        from gaia_distances.report import write_report
 
         return str(write_report(source, directory, **kwargs))
     except ImportError as exc:
@@ -205,7 +205,7 @@ def _parse_truths(items: list[str] | None) -> dict[str, float] | None:
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     import gaia_distances as gd
-    from gaia_distances.plotting import write_report
+    from gaia_distances.report import write_report
 
     t = gd.load_table(args.input)
     source: Any = gd.ClusterFit.from_table(t, args.posterior) if args.posterior else t
@@ -218,12 +218,12 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     import gaia_distances as gd
 
     t, zp = _load_with_zero_point(args)
-    priors = gd.ClusterPriors.physical() if args.physical_priors else gd.ClusterPriors()
+    prior = gd.ClusterPriors.physical() if args.physical_prior else gd.ClusterPriors()
     limits = tuple(args.parallax_limits) if args.parallax_limits else None
     fit = gd.fit_cluster(
         t,
         method=args.method,
-        priors=priors,
+        prior=prior,
         zero_point=zp,
         parallax_limits=limits,
         distance_hint=args.distance_hint,
@@ -260,7 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or printed summary (warnings still show)")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
@@ -338,7 +338,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--distance-hint", type=float, default=None, help="rough cluster distance (pc)")
     c.add_argument(
+        "--physical-prior",
         "--physical-priors",
+        dest="physical_prior",
         action="store_true",
         help="prior on the cluster's size in pc (robust for small clusters in big fields)",
     )
@@ -385,10 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if not args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.quiet:
-        import warnings
-
-        warnings.simplefilter("ignore")
     from gaia_distances.errors import GaiaDistancesError
 
     try:

@@ -8,21 +8,24 @@ returns tables with the archive's canonical lower-case names.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from astropy import units as u
 from astropy.table import Column, MaskedColumn, QTable, Table
 
+from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES, SUMMARY_LEVELS
 from gaia_distances.errors import GaiaDistancesWarning, MissingColumnsError
 
 __all__ = [
     "COLUMN_UNITS",
     "META_KEY",
+    "DistanceColumnNames",
     "add_column",
     "column_values",
     "corrected_parallax",
+    "distance_column_names",
     "find_column",
     "normalise_columns",
     "require_columns",
@@ -76,6 +79,56 @@ _COLUMN_HINTS = {
 }
 
 _INTEGER_COLUMNS = {"source_id", "astrometric_params_solved", "solution_id", "random_index"}
+
+
+class DistanceColumnNames(NamedTuple):
+    """The names of the columns that :func:`~gaia_distances.estimate_distances` appends.
+
+    Attributes
+    ----------
+    quantiles
+        Column name -> index into ``ONE_SIGMA_QUANTILES + extra_quantiles``
+        (the probabilities the posterior is inverted at), in column order:
+        ``<prefix>_median``, ``<prefix>_lo``, ``<prefix>_hi``, then one
+        ``<prefix>_pNN`` per extra quantile.
+    mode, flag
+        ``<prefix>_mode`` and ``<prefix>_flag``.
+    rhat, ess
+        ``<prefix>_rhat`` and ``<prefix>_ess``, added by the NUTS method only.
+    """
+
+    quantiles: dict[str, int]
+    mode: str
+    flag: str
+    rhat: str
+    ess: str
+
+    @property
+    def summary(self) -> list[str]:
+        """The columns every method appends, in order: the quantiles, the mode and the flag."""
+        return [*self.quantiles, self.mode, self.flag]
+
+
+def distance_column_names(prefix: str = "distance", extra_quantiles: Sequence[float] = ()) -> DistanceColumnNames:
+    """The names of the distance columns: the one place they are built.
+
+    The +-1 sigma summary (:data:`~gaia_distances.core.numerics.SUMMARY_LEVELS`)
+    is ``<prefix>_median``, ``<prefix>_lo`` and ``<prefix>_hi``; an extra
+    quantile ``q`` is ``<prefix>_pNN`` with ``NN = round(100 q)``.
+
+    Examples
+    --------
+    >>> names = distance_column_names("distance", (0.05, 0.95))
+    >>> names.quantiles
+    {'distance_median': 1, 'distance_lo': 0, 'distance_hi': 2, 'distance_p05': 3, 'distance_p95': 4}
+    >>> names.summary[-2:]
+    ['distance_mode', 'distance_flag']
+    """
+    quantiles = {f"{prefix}_{level}": j for level, j in SUMMARY_LEVELS.items()}
+    first_extra = len(ONE_SIGMA_QUANTILES)
+    for k, q in enumerate(extra_quantiles):
+        quantiles[f"{prefix}_p{round(100 * float(q)):02d}"] = first_extra + k
+    return DistanceColumnNames(quantiles, f"{prefix}_mode", f"{prefix}_flag", f"{prefix}_rhat", f"{prefix}_ess")
 
 
 def normalise_columns(table: Table | QTable) -> QTable:

@@ -1,10 +1,15 @@
-"""``estimate_distances``: per-star distance posteriors appended to a table."""
+"""``estimate_distances``: per-star distance posteriors appended to a table.
+
+The table edge over the core: columns in, :func:`~gaia_distances.core.quadrature.summarize_posteriors`
+(or the NUTS validation sampler, :mod:`gaia_distances.core.nuts`) on arrays,
+columns with units, flags and provenance out.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from astropy import units as u
@@ -14,11 +19,13 @@ from gaia_distances.columns import (
     add_column,
     column_values,
     corrected_parallax,
+    distance_column_names,
     update_provenance,
     warn,
     zero_point_record,
 )
-from gaia_distances.core.quadrature import DEFAULT_QUANTILES, DistanceFlag, summarize_posteriors
+from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
+from gaia_distances.core.quadrature import DistanceFlag, summarize_posteriors
 from gaia_distances.io import as_table
 from gaia_distances.priors import EDSD, resolve_prior
 from gaia_distances.progress import progress_bar, show_progress
@@ -26,6 +33,29 @@ from gaia_distances.progress import progress_bar, show_progress
 __all__ = ["DistanceFlag", "estimate_distances"]
 
 log = logging.getLogger(__name__)
+
+#: Descriptions of the +-1 sigma summary columns, by index into ONE_SIGMA_QUANTILES.
+_SUMMARY_DESCRIPTIONS = {
+    1: "posterior median distance",
+    0: "posterior 15.866th percentile of distance",
+    2: "posterior 84.134th percentile of distance",
+}
+
+
+class DistanceSummary(NamedTuple):
+    """Per-star results of one method, before they become columns.
+
+    ``quantiles`` (n, levels) and ``mode`` (n,) in pc; ``flag`` (n,)
+    :class:`DistanceFlag` bits; ``r_hat`` and ``ess`` (n,) for NUTS, else
+    ``None``; ``provenance``: the method's entries for ``meta``.
+    """
+
+    quantiles: np.ndarray
+    mode: np.ndarray
+    flag: np.ndarray
+    r_hat: np.ndarray | None
+    ess: np.ndarray | None
+    provenance: dict[str, Any]
 
 
 def estimate_distances(
@@ -41,9 +71,9 @@ def estimate_distances(
     progress: bool | None = None,
     n_nodes: int = 128,
     chunk_size: int = 4096,
-    num_warmup: int = 500,
-    num_samples: int = 1000,
-    num_chains: int = 2,
+    num_warmup: int | None = None,
+    num_samples: int | None = None,
+    num_chains: int | None = None,
 ) -> QTable:
     """Estimate each star's distance from its parallax and a prior.
 
@@ -85,14 +115,20 @@ def estimate_distances(
     n_nodes, chunk_size
         Quadrature nodes per star and stars per compiled chunk.
     num_warmup, num_samples, num_chains
-        NUTS settings.
+        NUTS settings; ``None`` takes the per-star defaults of
+        :data:`~gaia_distances.core.sampling.NUTS_DEFAULTS` (500 warm-up
+        iterations, 1000 draws, 2 chains). The run is trusted when every
+        star passes :func:`~gaia_distances.core.diagnostics.convergence_problems`
+        (R-hat <= 1.01, ESS >= 400, no divergences); otherwise a
+        :class:`~gaia_distances.GaiaDistancesWarning` says what failed.
 
     Returns
     -------
     QTable
         A new table, same rows in the same order, with ``<prefix>_median``,
         ``<prefix>_lo`` (15.87 %), ``<prefix>_hi`` (84.13 %), ``<prefix>_mode``
-        (pc) and ``<prefix>_flag`` (:class:`DistanceFlag` bits). Rows with no
+        (pc) and ``<prefix>_flag`` (:class:`DistanceFlag` bits), named by
+        :func:`~gaia_distances.columns.distance_column_names`. Rows with no
         usable parallax or error get NaN and a flag. Provenance is in
         ``meta["gaia_distances"]["distances"]``.
 
@@ -110,71 +146,41 @@ def estimate_distances(
     err = column_values(out, "parallax_error", u.mas)
     n = len(out)
     core_prior, prior_desc = resolve_prior(prior, out)
-    levels = tuple(DEFAULT_QUANTILES) + tuple(float(q) for q in extra_quantiles)
+    levels = tuple(ONE_SIGMA_QUANTILES) + tuple(float(q) for q in extra_quantiles)
     for q in levels:
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantiles must lie in (0, 1); got {q}")
+    if method not in ("quadrature", "nuts"):
+        raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
 
-    with progress_bar(n, progress, "distances") as update:
-        res = summarize_posteriors(
-            plx,
-            err,
-            core_prior,
-            quantiles=levels,
-            n_nodes=n_nodes,
-            chunk_size=chunk_size,
-            prior_dominated_threshold=prior_dominated_threshold,
-            progress=update,
-        )
-    quant, mode, flag = res["quantiles"], res["mode"], res["flag"]
-
-    nuts_diag: dict[str, Any] = {}
+    result = _quadrature(
+        plx,
+        err,
+        core_prior,
+        levels=levels,
+        n_nodes=n_nodes,
+        chunk_size=chunk_size,
+        prior_dominated_threshold=prior_dominated_threshold,
+        progress=progress,
+    )
     if method == "nuts":
-        quant, mode, nuts_diag, rhat, ess = _nuts(
+        result = _nuts(
             plx,
             err,
             core_prior,
-            quant,
-            flag,
-            levels,
+            result,
+            levels=levels,
             seed=seed,
             num_warmup=num_warmup,
             num_samples=num_samples,
             num_chains=num_chains,
-            progress=show_progress(n, progress),
+            progress=progress,
         )
-    elif method != "quadrature":
-        raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
+    _add_distance_columns(out, result, levels=levels, prefix=prefix, extra_quantiles=extra_quantiles)
 
-    names = ["median", "lo", "hi"] + [f"p{round(100 * q):02d}" for q in levels[3:]]
-    descr = {
-        "median": "posterior median distance",
-        "lo": "posterior 15.866th percentile of distance",
-        "hi": "posterior 84.134th percentile of distance",
-    }
-    order = [1, 0, 2] + list(range(3, len(levels)))
-    for name, j in zip(names, order):
-        add_column(
-            out,
-            f"{prefix}_{name}",
-            quant[:, j],
-            unit=u.pc,
-            description=descr.get(name, f"posterior {100 * levels[j]:g}th percentile of distance"),
-        )
-    add_column(out, f"{prefix}_mode", mode, unit=u.pc, description="posterior mode of distance")
-    add_column(
-        out,
-        f"{prefix}_flag",
-        flag.astype(np.int16),
-        description="DistanceFlag bits: 1 no parallax, 2 bad error, 4 prior-dominated, "
-        "8 multimodal, 16 prior/likelihood conflict, 32 invalid prior",
-    )
-    if method == "nuts":
-        add_column(out, f"{prefix}_rhat", rhat, description="NUTS split R-hat of ln r")
-        add_column(out, f"{prefix}_ess", ess, description="NUTS effective sample size of ln r")
-
+    flag = result.flag
     counts = {f.name: int(np.sum((flag & f) != 0)) for f in DistanceFlag if f.value}
-    nan_rows = int(np.sum(~np.isfinite(quant[:, 1])))
+    nan_rows = int(np.sum(~np.isfinite(result.quantiles[:, 1])))
     if nan_rows:
         warn(
             f"{nan_rows} of {n} rows have no usable parallax, error or prior and get NaN "
@@ -193,73 +199,140 @@ def estimate_distances(
             "n_nodes": n_nodes if method == "quadrature" else None,
             "seed": seed if method == "nuts" else None,
             "flag_counts": counts,
-            **nuts_diag,
+            **result.provenance,
         },
     )
     return out
+
+
+def _quadrature(
+    plx: np.ndarray,
+    err: np.ndarray,
+    core_prior: Any,
+    *,
+    levels: tuple[float, ...],
+    n_nodes: int,
+    chunk_size: int,
+    prior_dominated_threshold: float,
+    progress: bool | None,
+) -> DistanceSummary:
+    """Quantiles, mode and flag of every row by adaptive quadrature."""
+    with progress_bar(len(plx), progress, "distances") as update:
+        res = summarize_posteriors(
+            plx,
+            err,
+            core_prior,
+            quantiles=levels,
+            n_nodes=n_nodes,
+            chunk_size=chunk_size,
+            prior_dominated_threshold=prior_dominated_threshold,
+            progress=update,
+        )
+    return DistanceSummary(res["quantiles"], res["mode"], res["flag"], None, None, {})
+
+
+def _add_distance_columns(
+    out: QTable,
+    result: DistanceSummary,
+    *,
+    levels: tuple[float, ...],
+    prefix: str,
+    extra_quantiles: Sequence[float],
+) -> None:
+    """Append the columns named by :func:`~gaia_distances.columns.distance_column_names`."""
+    names = distance_column_names(prefix, extra_quantiles)
+    for name, j in names.quantiles.items():
+        description = _SUMMARY_DESCRIPTIONS.get(j, f"posterior {100 * levels[j]:g}th percentile of distance")
+        add_column(out, name, result.quantiles[:, j], unit=u.pc, description=description)
+    add_column(out, names.mode, result.mode, unit=u.pc, description="posterior mode of distance")
+    add_column(
+        out,
+        names.flag,
+        result.flag.astype(np.int16),
+        description="DistanceFlag bits: 1 no parallax, 2 bad error, 4 prior-dominated, "
+        "8 multimodal, 16 prior/likelihood conflict, 32 invalid prior",
+    )
+    if result.r_hat is not None and result.ess is not None:
+        add_column(out, names.rhat, result.r_hat, description="NUTS split R-hat of ln r")
+        add_column(out, names.ess, result.ess, description="NUTS effective sample size of ln r")
 
 
 def _nuts(
     plx: np.ndarray,
     err: np.ndarray,
     core_prior: Any,
-    quant: np.ndarray,
-    flag: np.ndarray,
-    levels: tuple[float, ...],
+    quadrature: DistanceSummary,
     *,
+    levels: tuple[float, ...],
     seed: int,
-    num_warmup: int,
-    num_samples: int,
-    num_chains: int,
-    progress: bool,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray, np.ndarray]:
+    num_warmup: int | None,
+    num_samples: int | None,
+    num_chains: int | None,
+    progress: bool | None,
+) -> DistanceSummary:
+    """Quantiles and mode from NUTS draws, started at the quadrature medians; flags from the quadrature.
+
+    Rows the quadrature gives NaN (no usable parallax, error or prior) stay NaN.
+    Warns (one :class:`~gaia_distances.GaiaDistancesWarning`) when the run
+    fails :func:`~gaia_distances.core.diagnostics.convergence_problems`.
+    """
     import jax
 
-    from gaia_distances.core.nuts import histogram_mode, sample_log_distances
+    from gaia_distances.core.diagnostics import convergence_problems
+    from gaia_distances.core.nuts import histogram_mode, per_star_settings, sample_log_distances
+    from gaia_distances.core.sampling import chain_iterations
 
+    settings = per_star_settings(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
     n = len(plx)
-    ok = np.isfinite(quant[:, 1])
-    idx = np.flatnonzero(ok)
-    q_out = np.full_like(quant, np.nan)
+    idx = np.flatnonzero(np.isfinite(quadrature.quantiles[:, 1]))
+    q_out = np.full_like(quadrature.quantiles, np.nan)
     mode = np.full(n, np.nan)
     rhat = np.full(n, np.nan)
     ess = np.full(n, np.nan)
+    provenance: dict[str, Any] = {
+        "nuts_divergences": 0,
+        "nuts_max_rhat": None,
+        "nuts_min_ess": None,
+        "nuts_num_warmup": settings.num_warmup,
+        "nuts_num_samples": settings.num_samples,
+        "nuts_num_chains": settings.num_chains,
+    }
     if idx.size == 0:
-        return q_out, mode, {"nuts_divergences": 0}, rhat, ess
+        return DistanceSummary(q_out, mode, quadrature.flag, rhat, ess, provenance)
     sub = jax.tree_util.tree_map(lambda p: np.broadcast_to(np.asarray(p), (n,))[idx], core_prior)
-    samples, diag = sample_log_distances(
-        plx[idx],
-        err[idx],
-        sub,
-        np.log(quant[idx, 1]),
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        seed=seed,
-        progress_bar=progress,
-    )
+    show = show_progress(n, progress)  # by the number of rows, as for the quadrature
+    with progress_bar(chain_iterations(settings), show, "NUTS distances", unit="iteration") as update:
+        draws = sample_log_distances(
+            plx[idx],
+            err[idx],
+            sub,
+            np.log(quadrature.quantiles[idx, 1]),
+            settings=settings,
+            seed=seed,
+            progress=update,
+        )
+    samples = draws.samples.reshape(-1, draws.samples.shape[-1])
     q_out[idx] = np.exp(np.quantile(samples, levels, axis=0)).T
     mode[idx] = histogram_mode(samples)
-    rhat[idx] = diag["r_hat"]
-    ess[idx] = diag["ess"]
-    ndiv = int(diag["divergences"])
-    bad = [
-        msg
-        for cond, msg in [
-            (num_chains > 1 and np.nanmax(rhat) > 1.01, f"max R-hat {np.nanmax(rhat):.3f} > 1.01"),
-            (np.nanmin(ess) < 100, f"min ESS {np.nanmin(ess):.0f} < 100"),
-            (ndiv > 0, f"{ndiv} divergent transitions"),
-        ]
-        if cond
-    ]
-    if bad:
-        warn("NUTS distance sampling: " + "; ".join(bad) + ". Increase num_warmup/num_samples.")
-    summary = {
-        "nuts_divergences": ndiv,
-        "nuts_max_rhat": float(np.nanmax(rhat)) if num_chains > 1 else None,
-        "nuts_min_ess": float(np.nanmin(ess)),
-        "nuts_num_warmup": num_warmup,
-        "nuts_num_samples": num_samples,
-        "nuts_num_chains": num_chains,
+    rhat[idx] = draws.r_hat
+    ess[idx] = draws.ess
+
+    # the convergence rule applied to the worst star of each diagnostic
+    worst_rhat = _worst_row(rhat, np.nanargmax)
+    worst_ess = _worst_row(ess, np.nanargmin)
+    max_rhat = {f"ln r of row {worst_rhat}": float(rhat[worst_rhat])} if worst_rhat is not None else {}
+    min_ess = {f"ln r of row {worst_ess}": float(ess[worst_ess])} if worst_ess is not None else {"ln r": np.nan}
+    problems = convergence_problems(max_rhat, min_ess, draws.divergences)
+    if problems:
+        warn("NUTS distance sampling: " + "; ".join(problems) + ". Increase num_warmup/num_samples.")
+    provenance |= {
+        "nuts_divergences": draws.divergences,
+        "nuts_max_rhat": next(iter(max_rhat.values()), None),
+        "nuts_min_ess": next(iter(min_ess.values())),
     }
-    return q_out, mode, summary, rhat, ess
+    return DistanceSummary(q_out, mode, quadrature.flag, rhat, ess, provenance)
+
+
+def _worst_row(values: np.ndarray, pick: Any) -> int | None:
+    """The row ``pick`` (``np.nanargmax`` or ``np.nanargmin``) selects, or ``None`` when every value is NaN."""
+    return None if np.all(np.isnan(values)) else int(pick(values))

@@ -16,29 +16,51 @@ package: parallaxes in mas, distances in pc, angles in deg, magnitudes in mag.
 - :func:`distance_posteriors`: per-star distance posteriors with ``1/parallax``
   marked;
 - :func:`sky_map`: positions coloured by membership probability;
-- :func:`overview`: the four table panels in one figure;
-- :func:`write_report`: every figure as a PNG plus ``report.md`` with the
-  summary table and diagnostics.
+- :func:`overview`: the four table panels in one figure.
+
+:func:`gaia_distances.report.write_report` writes every figure as a PNG plus
+``report.md``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from gaia_distances.columns import META_KEY, column_values, corrected_parallax
+from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from gaia_distances.cluster import ClusterFit
+
+class FitLike(Protocol):
+    """What the plots and reports read from a cluster fit (:class:`~gaia_distances.ClusterFit` provides it)."""
+
+    @property
+    def table(self) -> Any: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def posterior(self) -> Mapping[str, np.ndarray]: ...
+
+    @property
+    def diagnostics(self) -> Mapping[str, Any]: ...
+
+    def summary(self) -> Any: ...
+
+    @property
+    def stars(self) -> Any: ...
+
+    def predictive(self, kind: str = "posterior", *, num_samples: int = 100, seed: int = 0) -> np.ndarray: ...
+
 
 __all__ = [
     "colour_magnitude",
@@ -47,7 +69,6 @@ __all__ = [
     "overview",
     "parallax_predictive",
     "sky_map",
-    "write_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +84,7 @@ PARAMETER_LABELS = {
 _MEMBERSHIP_CMAP = "viridis"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -74,18 +95,18 @@ def _pyplot() -> Any:
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.5)) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax  # type: ignore[return-value]
-    fig, new = _pyplot().subplots(figsize=figsize, layout="constrained")
+    fig, new = pyplot().subplots(figsize=figsize, layout="constrained")
     return fig, new
 
 
-def _values(table: Any, name: str, unit: Any = None) -> np.ndarray:
+def values(table: Any, name: str, unit: Any = None) -> np.ndarray:
     return column_values(table, name, unit) if name in table.colnames else np.full(len(table), np.nan)
 
 
 def _membership(table: Any, membership: str | None) -> np.ndarray | None:
     if membership is None or membership not in table.colnames:
         return None
-    return np.asarray(_values(table, membership), dtype=float)
+    return np.asarray(values(table, membership), dtype=float)
 
 
 def _scatter_by_membership(
@@ -128,7 +149,7 @@ def _marker_size(n: int) -> float:
 
 
 def corner_plot(
-    fit: ClusterFit | Mapping[str, np.ndarray],
+    fit: FitLike | Mapping[str, np.ndarray],
     *,
     parameters: Sequence[str] = ("D", "sigma", "Q", "L"),
     truths: Mapping[str, float] | None = None,
@@ -155,7 +176,7 @@ def corner_plot(
         import corner
     except ImportError as exc:  # pragma: no cover - exercised without the extra
         raise ImportError('corner_plot needs corner: pip install "gaia-distances[plot]"') from exc
-    _pyplot()
+    pyplot()
     post = fit.posterior if hasattr(fit, "posterior") else fit
     missing = [p for p in parameters if p not in post]
     if missing:
@@ -163,7 +184,7 @@ def corner_plot(
     samples = np.column_stack([np.asarray(post[p], dtype=float).reshape(-1) for p in parameters])
     kw: dict[str, Any] = dict(
         labels=[PARAMETER_LABELS.get(p, p) for p in parameters],
-        quantiles=[0.158655, 0.5, 0.841345],
+        quantiles=list(ONE_SIGMA_QUANTILES),
         show_titles=True,
         title_fmt=".4g",
         title_kwargs={"fontsize": 10},
@@ -209,9 +230,9 @@ def colour_magnitude(
     where that column exists.
     """
     col = _distance_column(table, distance)
-    r = _values(table, col)
-    g = _values(table, "phot_g_mean_mag")
-    bp_rp = _values(table, "bp_rp")
+    r = values(table, col)
+    g = values(table, "phot_g_mean_mag")
+    bp_rp = values(table, "bp_rp")
     if not np.isfinite(g).any() or not np.isfinite(bp_rp).any():
         raise KeyError("colour_magnitude needs phot_g_mean_mag and bp_rp")
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -233,8 +254,8 @@ def colour_magnitude(
 
 def sky_map(table: Any, *, membership: str | None = "membership_prob", ax: Axes | None = None) -> Figure:
     """Positions (ICRS, deg) coloured by membership probability; RA increases to the left."""
-    ra = _values(table, "ra", "deg")
-    dec = _values(table, "dec", "deg")
+    ra = values(table, "ra", "deg")
+    dec = values(table, "dec", "deg")
     if not np.isfinite(ra).any():
         raise KeyError("sky_map needs ra and dec")
     fig, ax = _axes(ax, (6.0, 5.5))
@@ -261,7 +282,7 @@ def _step_band(ax: Axes, edges: np.ndarray, counts: np.ndarray, colour: str, lab
 
 
 def parallax_predictive(
-    fit: ClusterFit,
+    fit: FitLike,
     *,
     num_samples: int = 200,
     prior: bool = True,
@@ -276,7 +297,7 @@ def parallax_predictive(
     histograms, lines are their medians; the count axis is logarithmic so the
     tails and the cluster peak read together.
     """
-    observed = np.asarray(fit._model_args["parallax"], dtype=float)
+    observed = np.asarray(fit.stars.catalogue_parallax, dtype=float)
     if np.ndim(bins) == 0:
         lo, hi = np.percentile(observed, [0.2, 99.8])
         pad = 0.05 * (hi - lo)
@@ -419,7 +440,7 @@ def distance_posteriors(
 # --------------------------------------------------------------------------- overview and report
 
 
-def _fit_and_table(table_or_fit: Any) -> tuple[Any, Any]:
+def fit_and_table(table_or_fit: Any) -> tuple[Any, Any]:
     """``(fit, table)`` for a ClusterFit, ``(None, table)`` for a table."""
     if hasattr(table_or_fit, "posterior"):
         return table_or_fit, table_or_fit.table
@@ -428,8 +449,8 @@ def _fit_and_table(table_or_fit: Any) -> tuple[Any, Any]:
 
 def overview(table_or_fit: Any, *, truths: Mapping[str, float] | None = None) -> Figure:
     """One figure with the CMD, sky map, distance posteriors and (for a fit) the parallax predictive."""
-    fit, table = _fit_and_table(table_or_fit)
-    fig, axes = _pyplot().subplots(2, 2, figsize=(12.0, 10.0), layout="constrained")
+    fit, table = fit_and_table(table_or_fit)
+    fig, axes = pyplot().subplots(2, 2, figsize=(12.0, 10.0), layout="constrained")
     colour_magnitude(table, ax=axes[0, 0])
     sky_map(table, ax=axes[0, 1])
     distance_posteriors(table, ax=axes[1, 0])
@@ -441,111 +462,9 @@ def overview(table_or_fit: Any, *, truths: Mapping[str, float] | None = None) ->
 
 
 def _parallax_histogram(table: Any, ax: Axes) -> None:
-    w = _values(table, "parallax", "mas")
+    w = values(table, "parallax", "mas")
     w = w[np.isfinite(w)]
     ax.hist(w, bins=80, histtype="step", color="k")
     ax.set_yscale("log")
     ax.set_xlabel(r"catalogue parallax $\varpi$ [mas]")
     ax.set_ylabel("stars per bin")
-
-
-def _markdown_table(table: Any) -> str:
-    cols = list(table.colnames)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in table:
-        cells = []
-        for c in cols:
-            v = row[c]
-            fmt = ".4f" if c == "r_hat" else ".4g"
-            cells.append(format(v, fmt) if isinstance(v, float | np.floating) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_report(
-    table_or_fit: Any,
-    directory: str | Path,
-    *,
-    truths: Mapping[str, float] | None = None,
-    title: str = "gaia_distances report",
-    dpi: int = 120,
-) -> Path:
-    """Write every figure as a PNG and a ``report.md`` that links them.
-
-    Parameters
-    ----------
-    table_or_fit
-        A :class:`~gaia_distances.ClusterFit` (summary, diagnostics, corner
-        plot, predictive checks and table figures) or a table with distances.
-    directory
-        Created if needed; existing report files are overwritten.
-    truths
-        Known population parameters (simulations), drawn on the corner plot.
-
-    Returns
-    -------
-    Path
-        The path of ``report.md``.
-    """
-    plt = _pyplot()
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    fit, table = _fit_and_table(table_or_fit)
-    figures: list[tuple[str, str, Any]] = []
-    if fit is not None:
-        figures.append(("corner.png", "Population posterior", lambda: corner_plot(fit, truths=truths)))
-        figures.append(
-            ("parallax_predictive.png", "Parallaxes against predictive catalogues", lambda: parallax_predictive(fit))
-        )
-    figures += [
-        ("colour_magnitude.png", "Colour-magnitude diagram", lambda: colour_magnitude(table)),
-        ("sky_map.png", "Sky map", lambda: sky_map(table)),
-        ("distance_posteriors.png", "Distance posteriors of single stars", lambda: distance_posteriors(table)),
-    ]
-    lines = [f"# {title}", ""]
-    lines += _report_text(table, fit)
-    lines += ["", "## Figures", ""]
-    for fname, caption, make in figures:
-        try:
-            fig = make()
-        except (KeyError, ValueError) as exc:  # a table without the needed columns
-            lines += [f"- {caption}: not drawn ({exc})"]
-            continue
-        fig.savefig(out / fname, dpi=dpi, bbox_inches="tight")
-        plt.close(fig)
-        lines += [f"### {caption}", "", f"![{caption}]({fname})", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    log.info("report written to %s", path)
-    return path
-
-
-def _report_text(table: Any, fit: ClusterFit | None) -> list[str]:
-    prov = table.meta.get(META_KEY, {})
-    lines = [f"{len(table)} rows; gaia_distances {prov.get('version', '?')}.", ""]
-    if "distance_median" in table.colnames:
-        med = _values(table, "distance_median")
-        flag = np.asarray(table["distance_flag"]) if "distance_flag" in table.colnames else np.zeros(len(table), int)
-        lines += [
-            "## Distances",
-            "",
-            f"- prior: {json.dumps(prov.get('distances', {}).get('prior', {}))}",
-            f"- rows with a distance: {int(np.isfinite(med).sum())} of {len(table)}; "
-            f"median of the medians {np.nanmedian(med) if np.isfinite(med).any() else float('nan'):.1f} pc",
-            f"- flagged rows: {int(np.sum(flag != 0))} (prior-dominated: {int(np.sum((flag & 4) != 0))})",
-            "",
-        ]
-    if fit is not None:
-        d = fit.diagnostics
-        lines += ["## Cluster fit", "", f"Method: {fit.method}; stars fitted: {len(fit._model_args['parallax'])}.", ""]
-        summ = fit.summary()
-        summ.remove_column("description")
-        lines += [_markdown_table(summ), "", "### Diagnostics", ""]
-        lines += [
-            f"- divergences: {d.get('divergences')}",
-            f"- max R-hat: {max(d['r_hat'].values()):.4f}; min bulk ESS: {d['min_ess_bulk']:.0f}",
-            f"- wall time: {d['wall_time_s']:.1f} s ({d['ess_per_s']:.0f} ESS/s)",
-        ]
-        warns = d.get("warnings") or []
-        lines += [f"- **warning**: {w}" for w in warns] or ["- no warnings"]
-    return lines

@@ -97,7 +97,21 @@ class GGD:
     ``P(r) = alpha / (L^(beta+1) Gamma((beta+1)/alpha)) r^beta exp(-(r/L)^alpha)``.
     ``alpha=1, beta=2`` is the EDSD prior.
 
-    Use :meth:`bailer_jones_2021` for the published per-HEALPix parameters.
+    Parameters
+    ----------
+    alpha, beta
+        Shape parameters (dimensionless): scalars, per-star arrays or column names.
+    length_scale
+        ``L`` in pc (scalar, per-star array, Quantity or column name).
+
+    The parameters are in the same order as those of the core
+    :class:`~gaia_distances.core.priors.GGDPrior` it resolves to. Use
+    :meth:`bailer_jones_2021` for the published per-HEALPix parameters.
+
+    Examples
+    --------
+    >>> GGD(alpha=1.3, beta=2.5, length_scale=1800.0)
+    GGD(alpha=1.3, beta=2.5, length_scale=1800.0)
     """
 
     alpha: ParamLike = 1.0
@@ -107,9 +121,9 @@ class GGD:
     def resolve(self, table: Table) -> core.GGDPrior:
         n = len(table)
         return core.GGDPrior(
-            _param(self.length_scale, table, n, "length_scale", u.pc),
-            _param(self.alpha, table, n, "alpha", None),
-            _param(self.beta, table, n, "beta", None),
+            alpha=_param(self.alpha, table, n, "alpha", None),
+            beta=_param(self.beta, table, n, "beta", None),
+            length_scale=_param(self.length_scale, table, n, "length_scale", u.pc),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -190,7 +204,7 @@ class BailerJones2021Prior:
         require_columns(table, ["source_id"], step="the Bailer-Jones 2021 prior")
         p = self.parameters(table["source_id"])
         if self.kind == "GGD":
-            return core.GGDPrior(p["GGDrlen"], p["GGDalpha"], p["GGDbeta"])
+            return core.GGDPrior(alpha=p["GGDalpha"], beta=p["GGDbeta"], length_scale=p["GGDrlen"])
         return core.EDSDPrior(p["EDSDrlen"])
 
     def describe(self) -> dict[str, Any]:

@@ -47,28 +47,40 @@ def _require(module: str) -> Any:
 
 
 def output_columns(
-    *, prefix: str = "distance", extra_quantiles: Sequence[float] = (), zeropoint: bool = False
+    *, prefix: str = "distance", extra_quantiles: Sequence[float] = (), apply_zeropoint: bool = False
 ) -> dict[str, np.dtype]:
-    """Names and dtypes of the columns :func:`estimate_partition` appends, in order."""
+    """Names and dtypes of the columns :func:`estimate_partition` appends, in order.
+
+    The distance columns are named by
+    :func:`~gaia_distances.columns.distance_column_names`, as in
+    :func:`~gaia_distances.estimate_distances`.
+
+    Examples
+    --------
+    >>> list(output_columns(extra_quantiles=(0.05,)))
+    ['distance_median', 'distance_lo', 'distance_hi', 'distance_p05', 'distance_mode', 'distance_flag']
+    """
+    from gaia_distances.columns import distance_column_names
+
     cols: dict[str, np.dtype] = {}
-    if zeropoint:
+    if apply_zeropoint:
         cols |= {
             "parallax_zeropoint": np.dtype("float64"),
             "parallax_corrected": np.dtype("float64"),
             "zeropoint_flag": np.dtype("int32"),
         }
-    names = ["median", "lo", "hi"] + [f"p{round(100 * float(q)):02d}" for q in extra_quantiles]
-    cols |= {f"{prefix}_{n}": np.dtype("float64") for n in names}
-    cols |= {f"{prefix}_mode": np.dtype("float64"), f"{prefix}_flag": np.dtype("int16")}
+    names = distance_column_names(prefix, extra_quantiles)
+    cols |= {name: np.dtype("float64") for name in names.quantiles}
+    cols |= {names.mode: np.dtype("float64"), names.flag: np.dtype("int16")}
     return cols
 
 
 def estimate_partition(
     frame: Any,
-    prior: Any = None,
     *,
+    prior: Any = None,
     zero_point: float | str | None = None,
-    zeropoint: bool | dict[str, Any] = False,
+    apply_zeropoint: bool | dict[str, Any] = False,
     extra_quantiles: Sequence[float] = (),
     prefix: str = "distance",
 ) -> Any:
@@ -81,9 +93,10 @@ def estimate_partition(
         accepted, nulls become NaN and are flagged in ``<prefix>_flag``.
     prior, zero_point, extra_quantiles, prefix
         As in :func:`~gaia_distances.estimate_distances`.
-    zeropoint
+    apply_zeropoint
         Run :func:`~gaia_distances.apply_zeropoint` first (a dict gives its
-        keyword arguments, e.g. ``{"fallback": -0.017}``).
+        keyword arguments, e.g. ``{"fallback": -0.017}``); the CLI's
+        ``--apply-zeropoint``.
 
     Returns
     -------
@@ -91,16 +104,17 @@ def estimate_partition(
         ``frame``'s rows, index and columns, plus the columns of
         :func:`output_columns`. A frame with zero rows gives zero rows.
     """
+    from gaia_distances import zeropoint
     from gaia_distances.estimate import estimate_distances
-    from gaia_distances.zeropoint import apply_zeropoint
 
-    cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, zeropoint=bool(zeropoint))
+    cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, apply_zeropoint=bool(apply_zeropoint))
     if len(frame) == 0:  # lsdb and Dask infer metadata from empty frames
         return _meta(frame, cols)
     out = frame.copy()
     table = frame.reset_index(drop=True)
-    if zeropoint:
-        table = apply_zeropoint(table, progress=False, **(zeropoint if isinstance(zeropoint, dict) else {}))
+    if apply_zeropoint:
+        options = apply_zeropoint if isinstance(apply_zeropoint, dict) else {}
+        table = zeropoint.apply_zeropoint(table, progress=False, **options)
     result = estimate_distances(
         table, prior=prior, zero_point=zero_point, extra_quantiles=extra_quantiles, prefix=prefix, progress=False
     )
@@ -152,7 +166,7 @@ def estimate_distances_hats(
     *,
     prior: Any = None,
     zero_point: float | str | None = None,
-    zeropoint: bool | dict[str, Any] = False,
+    apply_zeropoint: bool | dict[str, Any] = False,
     extra_quantiles: Sequence[float] = (),
     prefix: str = "distance",
     client: Any = None,
@@ -164,10 +178,10 @@ def estimate_distances_hats(
     catalog
         An ``lsdb.Catalog`` with ``parallax`` and ``parallax_error`` (and
         ``source_id`` for the Bailer-Jones 2021 priors; the zero-point inputs
-        with ``zeropoint=True``).
+        with ``apply_zeropoint=True``).
     prior, zero_point, extra_quantiles, prefix
         As in :func:`~gaia_distances.estimate_distances`.
-    zeropoint
+    apply_zeropoint
         Apply the Lindegren et al. (2021) zero points in each partition first
         (a dict gives :func:`~gaia_distances.apply_zeropoint`'s keywords).
     client
@@ -186,11 +200,20 @@ def estimate_distances_hats(
     >>> cat = lsdb.open_catalog("gaia_dr3/", columns=["source_id", "ra", "dec", "parallax",
     ...     "parallax_error", "phot_g_mean_mag", "nu_eff_used_in_astrometry", "pseudocolour",
     ...     "ecl_lat", "astrometric_params_solved"])  # doctest: +SKIP
-    >>> out = estimate_distances_hats(cat, prior="ggd", zeropoint={"fallback": -0.017})  # doctest: +SKIP
+    >>> out = estimate_distances_hats(cat, prior="ggd", apply_zeropoint={"fallback": -0.017})  # doctest: +SKIP
     >>> out.write_catalog("gaia_dr3_distances/")  # doctest: +SKIP
     """
     _require("lsdb")
-    return _map(catalog, catalog.meta, prior, client, zero_point, zeropoint, extra_quantiles, prefix)
+    return _map(
+        catalog,
+        catalog.meta,
+        prior=prior,
+        client=client,
+        zero_point=zero_point,
+        apply_zeropoint=apply_zeropoint,
+        extra_quantiles=extra_quantiles,
+        prefix=prefix,
+    )
 
 
 def estimate_distances_dask(
@@ -198,7 +221,7 @@ def estimate_distances_dask(
     *,
     prior: Any = None,
     zero_point: float | str | None = None,
-    zeropoint: bool | dict[str, Any] = False,
+    apply_zeropoint: bool | dict[str, Any] = False,
     extra_quantiles: Sequence[float] = (),
     prefix: str = "distance",
     client: Any = None,
@@ -213,27 +236,46 @@ def estimate_distances_dask(
     dd = _require("dask.dataframe")
     if isinstance(frame, str | list | tuple):
         frame = dd.read_parquet(frame)
-    return _map(frame, frame._meta, prior, client, zero_point, zeropoint, extra_quantiles, prefix)
+    return _map(
+        frame,
+        frame._meta,
+        prior=prior,
+        client=client,
+        zero_point=zero_point,
+        apply_zeropoint=apply_zeropoint,
+        extra_quantiles=extra_quantiles,
+        prefix=prefix,
+    )
 
 
 def _map(
     collection: Any,
     meta: Any,
+    *,
     prior: Any,
     client: Any,
     zero_point: float | str | None,
-    zeropoint: bool | dict[str, Any],
+    apply_zeropoint: bool | dict[str, Any],
     extra_quantiles: Sequence[float],
     prefix: str,
 ) -> Any:
     """``collection.map_partitions(estimate_partition, ...)`` with the output meta and the shared prior."""
-    cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, zeropoint=bool(zeropoint))
+    cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, apply_zeropoint=bool(apply_zeropoint))
     return collection.map_partitions(
-        estimate_partition,
+        _partition_task,
         _shared_prior(prior, client),
         zero_point=zero_point,
-        zeropoint=zeropoint,
+        apply_zeropoint=apply_zeropoint,
         extra_quantiles=tuple(extra_quantiles),
         prefix=prefix,
         meta=_meta(meta, cols),
     )
+
+
+def _partition_task(frame: Any, prior: Any, **options: Any) -> Any:
+    """:func:`estimate_partition` with the prior as a positional argument of the task.
+
+    The prior may be a Dask ``Future`` (the broadcast prior table); it travels
+    as a task argument that the scheduler resolves on the worker.
+    """
+    return estimate_partition(frame, prior=prior, **options)

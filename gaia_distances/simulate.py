@@ -20,7 +20,7 @@ from astropy.table import QTable
 
 from gaia_distances.columns import add_column, update_provenance
 from gaia_distances.core.astrometry import parallax_error_dr3
-from gaia_distances.zeropoint import _load_recipe, nu_eff_from_bp_rp
+from gaia_distances.zeropoint import load_recipe, nu_eff_from_bp_rp
 
 __all__ = ["parallax_error_dr3", "simulate_field"]
 
@@ -164,7 +164,7 @@ def simulate_field(
     pc_col = np.where(sol == 95, pseudo, np.nan)
     ecl_lat = sky.transform_to(BarycentricTrueEcliptic()).lat.deg
 
-    recipe = _load_recipe()
+    recipe = load_recipe()
     zp = np.full(n, np.nan)
     ok = sol != 3
     with warnings.catch_warnings():

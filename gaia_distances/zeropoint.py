@@ -31,7 +31,7 @@ from gaia_distances.columns import (
 from gaia_distances.io import as_table
 from gaia_distances.progress import progress_bar
 
-__all__ = ["ZeroPointFlag", "apply_zeropoint", "nu_eff_from_bp_rp"]
+__all__ = ["ZeroPointFlag", "apply_zeropoint", "load_recipe", "nu_eff_from_bp_rp"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def nu_eff_from_bp_rp(bp_rp: np.ndarray) -> np.ndarray:
     return np.clip(1.76 - (1.61 / np.pi) * np.arctan(0.531 * c), 1.24, 1.72)
 
 
-def _load_recipe() -> Any:
+def load_recipe() -> Any:
+    """The gaiadr3-zeropoint ``zpt`` module with its coefficient tables loaded (once)."""
     from zero_point import zpt
 
     if getattr(zpt, "j_5", None) is None:
@@ -177,7 +178,7 @@ def apply_zeropoint(
     zp = np.full(n, np.nan)
     idx = np.flatnonzero(ok_inputs)
     if idx.size:
-        recipe = _load_recipe()
+        recipe = load_recipe()
         with progress_bar(idx.size, progress, "zero points") as update, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for start in range(0, idx.size, _CHUNK):

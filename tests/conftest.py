@@ -1,4 +1,7 @@
-"""Shared fixtures: seeded simulations, the shared reference data and a socket guard."""
+"""Shared fixtures: seeded simulations, the shared reference data and a socket guard.
+
+Float64 references and test helpers live in ``test_utils.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_utils import x64
+
+__all__ = ["DATA_ENV", "shared_data_dir", "shared_file", "x64"]  # x64 lives in test_utils; kept here for old imports
 
 #: Environment variable naming the shared reference-data folder.
 DATA_ENV = "GAIA_DISTANCES_TEST_DATA"
@@ -73,11 +79,59 @@ def _bj_prior_env(monkeypatch):
     yield
 
 
-def x64():
-    """Context manager enabling JAX float64 (works across JAX versions)."""
-    import jax
+# --------------------------------------------------------------------------- shared cluster fits (one MCMC run each)
 
-    ctx = getattr(jax, "enable_x64", None)
-    if ctx is None:  # pragma: no cover - older JAX
-        from jax.experimental import enable_x64 as ctx
-    return ctx(True)
+
+def _quiet_call(fn, *args, **kwargs):
+    import warnings
+
+    import gaia_distances as gd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def m67(data_file):
+    """The reference M67 field with zero points (NaN zero points set to 0, as the reference does)."""
+    import gaia_distances as gd
+
+    return _quiet_call(gd.apply_zeropoint, gd.load_table(data_file("m67.fits.gz")), fallback=0.0)
+
+
+@pytest.fixture(scope="session")
+def m67_fit(m67):
+    """The marginal fit of M67 with the reference cuts."""
+    import gaia_distances as gd
+
+    return gd.fit_cluster(m67, parallax_limits=(0.2, 3.0), seed=1)
+
+
+@pytest.fixture(scope="session")
+def cluster_input():
+    """A simulated field with a cluster, after zero points and per-star distances; rows 0-4 have no
+    parallax and rows 5-7 a zero, negative or missing error."""
+    import astropy.units as u
+
+    import gaia_distances as gd
+
+    t = gd.simulate_field(1500, n_cluster=400, seed=21)
+    t = _quiet_call(gd.apply_zeropoint, t, fallback=-0.017)
+    t = _quiet_call(gd.estimate_distances, t, prior=gd.EDSD(1350.0))
+    t["parallax"][:5] = np.nan * u.mas
+    t["parallax_corrected"][:5] = np.nan * u.mas
+    t["parallax_error"][5:8] = [0.0, -1.0, np.nan] * u.mas
+    return t
+
+
+@pytest.fixture(scope="session")
+def cluster_fit(cluster_input):
+    """A quick fit of :func:`cluster_input`, with parallax limits (-1, 50) mas."""
+    import gaia_distances as gd
+
+    before = cluster_input.copy()
+    fit = _quiet_call(gd.fit_cluster, cluster_input, num_samples=300, seed=3, parallax_limits=(-1.0, 50.0))
+    for name in before.colnames:  # the input is never changed
+        assert np.array_equal(np.asarray(before[name]), np.asarray(cluster_input[name]), equal_nan=True), name
+    return fit

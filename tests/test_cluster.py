@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from astropy import units as u
 from astropy.table import QTable
-from conftest import x64
+from test_utils import x64
 
 import gaia_distances as gd
-from gaia_distances.core import cluster as core
+from gaia_distances.cluster.diagnostics import diagnose, warn_problems
+from gaia_distances.core import initialisation, likelihood, population
+from gaia_distances.core.models import marginal_model
+from gaia_distances.core.population import ClusterPriors, Population
 
 #: Published posterior of the reference analysis (../shared/data/README.md).
 REFERENCE = {"L": (469.582, 7.079), "D": (836.914, 0.988), "sigma": (14.580, 1.245), "Q": (0.424, 0.011)}
@@ -22,17 +25,6 @@ def _quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
         return fn(*args, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def m67(data_file):
-    t = gd.load_table(data_file("m67.fits.gz"))
-    return _quiet(gd.apply_zeropoint, t, fallback=0.0)  # the reference sets NaN zero points to 0
-
-
-@pytest.fixture(scope="module")
-def m67_fit(m67):
-    return gd.fit_cluster(m67, parallax_limits=(0.2, 3.0), seed=1)
 
 
 def test_marginal_reproduces_the_reference_m67_posterior(m67_fit):
@@ -72,6 +64,7 @@ def test_summary_inference_data_and_predictive(m67_fit, tmp_path):
     assert pred.shape == (20, 4300)
     # the posterior predictive parallaxes look like the data
     w = m67_fit.table["parallax"].value[np.asarray(m67_fit.table["cluster_flag"]) == 0]
+    np.testing.assert_allclose(m67_fit.stars.catalogue_parallax, w)
     assert np.median(pred) == pytest.approx(np.median(w), rel=0.1)
     prior = m67_fit.predictive("prior", num_samples=5, seed=3)
     assert prior.shape == (5, 4300)
@@ -83,9 +76,9 @@ def test_component_integrals_match_brute_force_quadrature():
     u = np.linspace(np.log(1e-1), np.log(1e6), 2_000_001)
     h = u[1] - u[0]
     with x64():
-        data = core.prepare_star_data(w, s, L_range=(50.0, 10000.0), dtype=jnp.float64)
+        data = likelihood.prepare_star_data(w, s, L_range=(50.0, 10000.0), dtype=jnp.float64)
         for lL, lD, ls in [(np.log(470), np.log(837), np.log(0.0174)), (np.log(300), np.log(900), np.log(0.2))]:
-            lc, lf = core.component_log_likelihoods(lL, lD, ls, data)
+            lc, lf = likelihood.component_log_likelihoods(Population(lL, lD, ls, 0.5), data)
             for i in range(len(w)):
                 ll = -0.5 * ((1000 * np.exp(-u) - w[i]) / s[i]) ** 2 - np.log(s[i]) - 0.5 * np.log(2 * np.pi)
                 c = -0.5 * ((u - lD) / np.exp(ls)) ** 2 - ls - 0.5 * np.log(2 * np.pi)
@@ -102,16 +95,17 @@ def test_numpyro_marginal_model_is_the_sampled_density():
     w = rng.uniform(0.3, 2.0, 50)
     s = rng.uniform(0.02, 0.3, 50)
     for priors in (gd.ClusterPriors(), gd.ClusterPriors.physical()):
-        data = core.prepare_star_data(w, s)
-        names = core.unconstrained_names(priors)
+        data = likelihood.prepare_star_data(w, s)
+        names = population.unconstrained_names(priors)
         for _ in range(3):
             z = np.array([6.0, 6.7, -3.5 if names[2] == "log_sigma" else 2.0, 0.2]) + 0.1 * rng.standard_normal(4)
-            pe = potential_energy(core.marginal_model, (data, priors), {}, dict(zip(names, jnp.asarray(z))))
-            lp = core.log_posterior(jnp.asarray(z, jnp.float32), data, priors)
+            pe = potential_energy(marginal_model, (data, priors), {}, dict(zip(names, jnp.asarray(z))))
+            lp = likelihood.log_posterior(jnp.asarray(z, jnp.float32), data, priors)
             assert float(pe) == pytest.approx(-float(lp), rel=1e-5)
 
 
-def test_recovers_a_simulated_cluster_and_is_reproducible():
+@pytest.mark.slow
+def test_recovers_a_simulated_cluster():
     t = gd.simulate_field(
         3000,
         n_cluster=600,
@@ -122,10 +116,7 @@ def test_recovers_a_simulated_cluster_and_is_reproducible():
         errors_independent_of_distance=True,
         seed=11,
     )
-    kw = dict(zero_point="parallax_zeropoint_true", num_samples=400, seed=2)
-    fit = gd.fit_cluster(t, **kw)
-    again = gd.fit_cluster(t, **kw)
-    np.testing.assert_array_equal(fit.posterior["D"], again.posterior["D"])
+    fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300, seed=2)
     rows = {str(r["parameter"]): r for r in fit.summary()}
     truth = {"D": 1200.0, "L": 900.0, "Q": 600 / 3600, "sigma_log": 0.02}
     for name, value in truth.items():
@@ -150,13 +141,13 @@ def test_joint_and_marginal_agree_on_a_small_field():
     )
     kw = dict(zero_point="parallax_zeropoint_true", seed=4, num_chains=2)
     marg = gd.fit_cluster(t, num_samples=1000, **kw)
-    joint = _quiet(gd.fit_cluster, t, method="joint", num_warmup=600, num_samples=1200, progress=False, **kw)
+    joint = _quiet(gd.fit_cluster, t, method="joint", num_warmup=400, num_samples=800, progress=False, **kw)
     for name in ("D", "sigma", "Q", "L"):
         a, b = marg.posterior[name], joint.posterior[name]
-        sd = np.sqrt(np.var(a) + np.var(b)) / 4  # MC error scale
-        assert abs(a.mean() - b.mean()) < 3 * np.std(a), name
+        # Monte Carlo standard error of the difference of the means, from each run's ESS
+        se = np.sqrt(np.var(a) / marg.diagnostics["ess_bulk"][name] + np.var(b) / joint.diagnostics["ess_bulk"][name])
+        assert abs(a.mean() - b.mean()) < 4 * se + 0.05 * np.std(a), (name, a.mean(), b.mean(), se)
         assert np.std(a) == pytest.approx(np.std(b), rel=0.35), name
-        del sd
     m1 = np.asarray(marg.table["membership_prob"])
     m2 = np.asarray(joint.table["membership_prob"])
     assert np.mean(np.abs(m1 - m2)) < 0.03
@@ -165,22 +156,26 @@ def test_joint_and_marginal_agree_on_a_small_field():
     assert np.median(np.abs(q1 / q2 - 1)) < 0.02
 
 
-def test_bad_rows_are_kept_flagged_and_excluded(sim_field):
-    t = sim_field[:800].copy()
-    t["parallax"][:5] = np.nan * u.mas
-    t["parallax_error"][5:8] = [0.0, -1.0, np.nan] * u.mas
-    before = t.copy()
-    fit = _quiet(gd.fit_cluster, t, zero_point="parallax_zeropoint_true", num_samples=200, parallax_limits=(-1.0, 50.0))
-    out = fit.table
+def test_bad_rows_are_kept_flagged_and_excluded(cluster_input, cluster_fit):
+    t, out = cluster_input, cluster_fit.table
     assert len(out) == len(t)
     np.testing.assert_array_equal(out["source_id"], t["source_id"])
-    assert np.array_equal(t["parallax"], before["parallax"], equal_nan=True)
     flag = np.asarray(out["cluster_flag"])
     assert np.all(flag[:8] & gd.ClusterFlag.NO_PARALLAX)
     assert np.all(np.isnan(out["membership_prob"][:8]))
     assert np.all(np.isnan(out["cluster_distance_median"][:8]))
-    outside = (t["parallax"].value <= -1.0) | (t["parallax"].value >= 50.0)
-    assert np.all(flag[8:][outside[8:]] & gd.ClusterFlag.OUTSIDE_LIMITS)
+    plx = t["parallax"].value
+    outside = (plx <= -1.0) | (plx >= 50.0)
+    assert outside[8:].any() and np.all(flag[8:][outside[8:]] & gd.ClusterFlag.OUTSIDE_LIMITS)
+    assert np.all(np.isfinite(np.asarray(out["membership_prob"])[flag == 0]))
+    assert cluster_fit.stars.n_stars == int(np.sum(flag == 0))
+    # and the cluster is found where it was simulated (850 pc, 400 of 1900 stars)
+    rows = {str(r["parameter"]): r for r in cluster_fit.summary()}
+    assert abs(rows["D"]["mean"] - 850.0) < 4 * rows["D"]["sd"] + 2.0, rows["D"]["mean"]
+    member = np.asarray(out["membership_prob"])
+    is_member = np.asarray(t["is_member"])
+    ok = np.isfinite(member)
+    assert member[ok & is_member].mean() > 3 * member[ok & ~is_member].mean()
 
 
 def test_too_few_stars_is_a_clear_error():
@@ -189,23 +184,19 @@ def test_too_few_stars_is_a_clear_error():
         _quiet(gd.fit_cluster, t)
 
 
-def test_bad_diagnostics_warn_and_name_the_parameters():
-    t = gd.simulate_field(400, n_cluster=100, seed=3)
-    with pytest.warns(gd.GaiaDistancesWarning, match=r"ESS < 400 for .*D"):
-        gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_warmup=30, num_samples=40)
-
-
 def test_members_only_table_says_L_is_unconstrained():
     t = gd.simulate_field(0, n_cluster=400, cluster_distance=500.0, seed=6)
     with pytest.warns(gd.GaiaDistancesWarning, match="members only"):
-        fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=500)
+        fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300)
     assert fit.summary()["mean"][0] == pytest.approx(500.0, rel=0.02)
 
 
 def test_field_without_cluster_says_so():
     t = gd.simulate_field(1500, n_cluster=0, seed=7)
     with pytest.warns(gd.GaiaDistancesWarning, match="no cluster signal"):
-        gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=500)
+        fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300)
+    assert "no cluster signal" in fit.summary().meta["status"]
+    assert "no cluster signal" in fit.diagnostics["status"]
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +215,10 @@ def small_cluster_field():
     )
 
 
+@pytest.mark.slow
 def test_small_cluster_in_a_big_field_is_found_with_physical_priors(small_cluster_field):
     fit = gd.fit_cluster(
-        small_cluster_field, zero_point="parallax_zeropoint_true", priors=gd.ClusterPriors.physical(), seed=3
+        small_cluster_field, zero_point="parallax_zeropoint_true", prior=gd.ClusterPriors.physical(), seed=3
     )
     rows = {str(r["parameter"]): r for r in fit.summary()}
     assert rows["D"]["mean"] == pytest.approx(300.0, abs=4 * rows["D"]["sd"] + 1.0)
@@ -238,6 +230,7 @@ def test_small_cluster_in_a_big_field_is_found_with_physical_priors(small_cluste
     assert member[np.asarray(small_cluster_field["is_member"])].mean() > 0.7
 
 
+@pytest.mark.slow
 def test_small_cluster_with_reference_priors_finds_it_or_says_why_not(small_cluster_field):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", gd.GaiaDistancesWarning)
@@ -251,10 +244,13 @@ def test_small_cluster_with_reference_priors_finds_it_or_says_why_not(small_clus
 def test_parallax_overdensities_locate_a_spike():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(7.5, 0.6, 5000), rng.normal(np.log(300.0), 0.01, 60)])
-    peaks = core.parallax_overdensities(x)
+    peaks = initialisation.parallax_overdensities(x)
     assert any(abs(p - np.log(300.0)) < 0.02 for p in peaks)
-    # a narrow sample (members only) wider kernels than its range: no crash
-    assert isinstance(core.parallax_overdensities(rng.normal(6.7, 0.01, 500)), list)
+    # no spike, no overdensity; members only (narrower than the broad kernel): the members themselves
+    assert initialisation.parallax_overdensities(rng.normal(7.5, 0.6, 5000)) == []
+    members = initialisation.parallax_overdensities(rng.normal(6.7, 0.01, 500))
+    assert members and all(abs(p - 6.7) < 0.02 for p in members)
+    assert initialisation.parallax_overdensities(np.full(10, 6.7)) == []  # too few stars to judge
 
 
 @pytest.mark.slow
@@ -287,11 +283,12 @@ def test_joint_reference_settings_reproduce_m67(m67, m67_fit):
 @pytest.fixture(scope="module")
 def three_fields():
     return {
-        name: gd.simulate_field(500, n_cluster=150, cluster_distance=d, seed=k)
+        name: gd.simulate_field(300, n_cluster=120, cluster_distance=d, seed=k)
         for k, (name, d) in enumerate((("near", 450.0), ("mid", 1100.0), ("far", 2000.0)))
     }
 
 
+@pytest.mark.slow
 def test_fit_clusters_agrees_with_separate_fits(three_fields):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -309,7 +306,8 @@ def test_fit_clusters_agrees_with_separate_fits(three_fields):
             assert abs(a.mean() - b.mean()) < 0.3 * np.hypot(a.std(), b.std()), (name, p)
         m1, m2 = np.asarray(got.table["membership_prob"]), np.asarray(fit.table["membership_prob"])
         assert np.nanmean(np.abs(m1 - m2)) < 0.02
-        assert got.diagnostics["min_ess_bulk"] > 400
+        # batched chains mix as well as separate ones
+        assert got.diagnostics["min_ess_bulk"] > 0.6 * fit.diagnostics["min_ess_bulk"], name
         assert len(got.table) == len(three_fields[name])
 
 
@@ -326,14 +324,20 @@ def test_fit_clusters_on_a_grouped_table_keeps_rows_and_flags_the_unfittable(thr
     whole = vstack([*parts, tiny])
     whole = whole[np.random.default_rng(0).permutation(len(whole))]  # groups interleaved
     with pytest.warns(gd.GaiaDistancesWarning, match="tiny"):
-        res = gd.fit_clusters(whole, group_by="cluster", zero_point="parallax_zeropoint_true", num_samples=300)
-    assert res.names == list(dict.fromkeys(whole["cluster"]))
+        res = gd.fit_clusters(
+            whole, group_by="cluster", zero_point="parallax_zeropoint_true", num_warmup=300, num_samples=300
+        )
+    assert list(res.names) == list(dict.fromkeys(whole["cluster"]))
     assert res["tiny"] is None and "at least" in res.errors["tiny"]
     out = res.table
     assert len(out) == len(whole) and np.array_equal(out["source_id"], whole["source_id"])
     tiny_rows = np.asarray(out["cluster"]) == "tiny"
     assert np.all(np.asarray(out["cluster_flag"])[tiny_rows] & gd.ClusterFlag.NOT_FITTED)
     assert np.all(np.isnan(out["membership_prob"][tiny_rows]))
+    truth = {"near": 450.0, "mid": 1100.0, "far": 2000.0}
+    for row in res.summary():
+        if row["cluster"] in truth:  # each cluster at its own distance
+            assert abs(row["D_mean"] - truth[row["cluster"]]) < 5 * row["D_sd"] + 0.01 * truth[row["cluster"]], row
     for name in ("near", "mid", "far"):
         rows = np.asarray(out["cluster"]) == name
         fit_table = res[name].table
@@ -346,15 +350,138 @@ def test_fit_clusters_on_a_grouped_table_keeps_rows_and_flags_the_unfittable(thr
         gd.fit_clusters(whole)
 
 
+def test_padding_changes_neither_the_start_nor_the_per_star_results(sim_field):
+    """Zero-weight padding stars (fit_cluster pads every field) are invisible to the MAP and per-star steps."""
+    from gaia_distances.core.membership import per_star_results
+
+    w = sim_field["parallax"].value - sim_field["parallax_zeropoint_true"].value
+    s = sim_field["parallax_error"].value
+    rows = np.flatnonzero(np.isfinite(w) & np.isfinite(s))[:257]  # one star more than a padding step
+    data = likelihood.prepare_star_data(w[rows], s[rows])
+    n = data.n_stars
+    padded = likelihood.pad_star_data(data, likelihood.padded_size(n))
+    assert padded.n_stars == 512 and padded.real().sum() == n
+    prior = ClusterPriors()
+    a, b = initialisation.map_candidates(data, prior), initialisation.map_candidates(padded, prior)
+    np.testing.assert_allclose(a.z, b.z)
+    assert a.peaks == b.peaks
+    z = np.array([[[np.log(1200.0), np.log(850.0), np.log(0.02), -1.0]]])
+    one, many = per_star_results(z, data, prior), per_star_results(z, padded, prior)
+    np.testing.assert_allclose(many.membership[:n], one.membership, rtol=1e-5)
+    np.testing.assert_allclose(many.distance_quantiles[:n], one.distance_quantiles, rtol=1e-5)
+
+
 def test_padding_does_not_change_the_likelihood():
     t = gd.simulate_field(300, n_cluster=100, seed=8)
     w = np.asarray(t["parallax"].value - t["parallax_zeropoint_true"].value)
     s = np.asarray(t["parallax_error"].value)
     with x64():
-        data = core.prepare_star_data(w, s)
-        padded = core.pad_star_data(data, 512)
+        data = likelihood.prepare_star_data(w, s)
+        padded = likelihood.pad_star_data(data, 512)
         z = jnp.array([np.log(1200.0), np.log(850.0), np.log(0.02), 0.0])
-        a = float(core.log_posterior(z, data, core.ClusterPriors()))
-        b = float(core.log_posterior(z, padded, core.ClusterPriors()))
+        a = float(likelihood.log_posterior(z, data, ClusterPriors()))
+        b = float(likelihood.log_posterior(z, padded, ClusterPriors()))
     assert padded.parallax.shape == (512,) and float(padded.weight.sum()) == len(w)
     assert abs(a - b) < 1e-9 * abs(a)
+
+
+# --------------------------------------------------------------------------- components of the stack
+
+
+@pytest.mark.parametrize("prior", [ClusterPriors(), ClusterPriors.physical()], ids=["reference", "physical"])
+def test_population_transform_and_its_inverse(prior):
+    rng = np.random.default_rng(1)
+    z = np.column_stack([rng.normal(6, 1, 50), rng.normal(7, 0.5, 50), rng.normal(-2, 1, 50), rng.normal(0, 2, 50)])
+    pop = population.to_population(z, prior, xp=np)
+    np.testing.assert_allclose(population.from_population(pop, prior), z, rtol=1e-9, atol=1e-9)
+    # the JAX and NumPy forms agree, and the physical draws invert to the same population
+    np.testing.assert_allclose(np.asarray(population.to_population(jnp.asarray(z), prior).Q), pop.Q, rtol=1e-5)
+    back = population.population_from_physical(population.physical_draws(z, prior))
+    for a, b in zip(back, pop):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    # a starting point outside the physical size range is pulled inside, not made infinite
+    if prior.depth_prior == "size":
+        wide = Population(6.0, 7.0, np.log(500.0) - 7.0, 0.5)
+        assert np.all(np.isfinite(population.from_population(wide, prior, clip=0.02)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            assert not np.all(np.isfinite(population.from_population(wide, prior)))
+
+
+def test_vectorised_candidate_scores_equal_one_at_a_time(sim_field):
+    t = sim_field[:600]
+    w = t["parallax"].value - t["parallax_zeropoint_true"].value
+    ok = np.isfinite(w) & np.isfinite(t["parallax_error"].value)
+    data = likelihood.prepare_star_data(w[ok], t["parallax_error"].value[ok])
+    prior = ClusterPriors.physical()
+    cand = initialisation.map_candidates(data, prior)
+    assert cand.z.shape[1] == 4 and cand.z.shape[0] >= 48 * 12
+    idx = np.arange(0, cand.z.shape[0], 37)
+    scores = initialisation.score_candidates(cand.z[idx], data, prior)
+    dt = data.parallax.dtype
+    one = [float(likelihood.log_posterior(jnp.asarray(z, dt), data, prior)) for z in cand.z[idx]]
+    np.testing.assert_allclose(scores, one, rtol=1e-5)
+    res = initialisation.find_map(data, prior)
+    assert res.log_posterior >= scores.max() - 1e-3
+    assert res.covariance is not None and np.all(np.linalg.eigvalsh(res.covariance) > 0)
+
+
+def test_fit_is_immutable_and_its_stars_are_a_read_only_view(cluster_fit):
+    import copy
+    import dataclasses
+    import pickle
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cluster_fit.method = "joint"
+    with pytest.raises(TypeError):
+        cluster_fit.posterior["D"] = np.zeros(3)
+    with pytest.raises(ValueError, match="read-only"):
+        cluster_fit.posterior["D"][0, 0] = 1.0
+    with pytest.raises(TypeError):
+        cluster_fit.diagnostics["r_hat"]["D"] = 9.0
+    # it pickles and copies, and the copy is as frozen as the original
+    for back in (pickle.loads(pickle.dumps(cluster_fit)), copy.deepcopy(cluster_fit)):
+        np.testing.assert_array_equal(back.draws, cluster_fit.draws)
+        assert back.diagnostics["r_hat"] == dict(cluster_fit.diagnostics["r_hat"]) and back.prior == cluster_fit.prior
+        with pytest.raises(TypeError):
+            back.posterior["D"] = np.zeros(3)
+    stars = cluster_fit.stars
+    with pytest.raises(ValueError, match="read-only"):
+        stars.parallax[0] = 1.0
+    flag = np.asarray(cluster_fit.table["cluster_flag"])
+    np.testing.assert_array_equal(stars.rows, np.flatnonzero(flag == 0))
+    assert stars.n_stars == int(np.sum(flag == 0))
+    plx = cluster_fit.table["parallax"].value[stars.rows]
+    np.testing.assert_allclose(stars.catalogue_parallax, plx, rtol=1e-12)
+
+
+def test_diagnose_is_pure_and_the_warning_comes_from_one_place():
+    rng = np.random.default_rng(0)
+    post = {k: np.abs(rng.normal(1, 0.1, (2, 50))) for k in ("D", "sigma", "Q", "L", "sigma_log")}
+    post["Q"] = np.full((2, 50), 1e-6)  # no cluster
+    stats = {"diverging": np.zeros((2, 50), bool), "n_steps": np.ones((2, 50))}
+    r_hat = dict.fromkeys(("D", "sigma", "Q", "L"), 1.0)
+    ess = dict.fromkeys(("D", "sigma", "Q", "L"), 50.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = diagnose(post, r_hat, ess, stats, n_stars=1000, wall_time_s=1.0)
+    assert d["warnings"][0] == "bulk ESS < 400 for D, sigma, Q, L"
+    assert any("no cluster signal" in p for p in d["warnings"]) and d["status"].startswith("bulk ESS")
+    with pytest.warns(gd.GaiaDistancesWarning, match="no cluster signal"):
+        warn_problems("marginal", d["warnings"])
+
+
+def test_bad_diagnostics_warn_once_and_a_rebuilt_fit_does_not_warn_again(tmp_path):
+    t = gd.simulate_field(400, n_cluster=100, seed=3)
+    kw = dict(zero_point="parallax_zeropoint_true", num_warmup=30, num_samples=40, seed=5)
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"ESS < 400 for .*D"):
+        fit = gd.fit_cluster(t, **kw)
+    # equal seeds, equal results
+    again = _quiet(gd.fit_cluster, t, **kw)
+    np.testing.assert_array_equal(fit.draws, again.draws)
+    np.testing.assert_array_equal(np.asarray(fit.table["membership_prob"]), np.asarray(again.table["membership_prob"]))
+    fit.to_netcdf(str(tmp_path / "post.nc"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = gd.ClusterFit.from_table(fit.table, str(tmp_path / "post.nc"))
+    assert back.diagnostics["warnings"] == fit.diagnostics["warnings"]
+    assert back.summary().meta["status"] == fit.summary().meta["status"] != "ok"

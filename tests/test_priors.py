@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from astropy import units as u
 from astropy.table import QTable
-from conftest import x64
 from scipy import integrate
+from test_utils import x64
 
 import gaia_distances as gd
 from gaia_distances.core import EDSDPrior, GGDPrior, UniformSpaceDensityPrior
@@ -23,9 +23,9 @@ from gaia_distances.priors import BJ2021_PRIOR_ENV, resolve_prior
     [
         EDSDPrior(np.array(1350.0)),
         EDSDPrior(np.array(30.0)),
-        GGDPrior(np.array(2200.0), np.array(1.4), np.array(2.6)),
-        GGDPrior(np.array(2.5e-6), np.array(0.19), np.array(7.1)),
-        GGDPrior(np.array(600.0), np.array(0.6), np.array(0.3)),
+        GGDPrior(np.array(1.4), np.array(2.6), np.array(2200.0)),
+        GGDPrior(np.array(0.19), np.array(7.1), np.array(2.5e-6)),
+        GGDPrior(np.array(0.6), np.array(0.3), np.array(600.0)),
         UniformSpaceDensityPrior(np.array(5000.0)),
     ],
 )
@@ -50,7 +50,7 @@ def test_log_prob_in_r_matches_closed_form():
     L = 1350.0
     edsd = np.asarray(EDSDPrior(np.array(L)).log_prob(r))
     np.testing.assert_allclose(edsd, np.log(r**2 * np.exp(-r / L) / (2 * L**3)), rtol=1e-6)
-    ggd = np.asarray(GGDPrior(np.array(L), np.array(1.0), np.array(2.0)).log_prob(r))
+    ggd = np.asarray(GGDPrior(alpha=np.array(1.0), beta=np.array(2.0), length_scale=np.array(L)).log_prob(r))
     np.testing.assert_allclose(ggd, edsd, rtol=1e-6)
 
 

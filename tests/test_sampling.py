@@ -1,40 +1,104 @@
-"""The chain runner: threads on CPU, vectorised chains (the accelerator path), reuse."""
+"""The one NUTS runner: threads on CPU, vectorised chains (the accelerator path), reuse, progress per run."""
 
 from __future__ import annotations
+
+import threading
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gaia_distances.core.sampling import run_chains
+from gaia_distances.core.sampling import NutsSettings, chain_iterations, nuts_settings, run_chains
 
 
 def _gaussian_gen(mu, sd):
     return lambda x: 0.5 * jnp.sum(((x - mu) / sd) ** 2)
 
 
+GAUSS = (jnp.array([1.0, -2.0]), jnp.array([0.5, 3.0]))
+#: Short runs; the compiled chain does not depend on the number of chains, so these tests share one program.
+SHORT = NutsSettings(num_warmup=100, num_samples=200, num_chains=2)
+
+
 @pytest.mark.parametrize("method", ["threads", "vectorized", "sequential"])
 def test_chain_methods_sample_a_gaussian(method):
-    mu = jnp.array([1.0, -2.0])
-    sd = jnp.array([0.5, 3.0])
-    inits = [jnp.zeros(2), jnp.ones(2)]
-    res = run_chains(_gaussian_gen, inits, (mu, sd), num_warmup=300, num_samples=1500, seed=3, chain_method=method)
-    x = np.asarray(res["samples"])
+    settings = nuts_settings("per_star", num_warmup=300, num_samples=1500, num_chains=2)
+    res = run_chains(_gaussian_gen, [jnp.zeros(2), jnp.ones(2)], GAUSS, settings, seed=3, chain_method=method)
+    x = np.asarray(res.samples)
     assert x.shape == (2, 1500, 2)
     np.testing.assert_allclose(x.reshape(-1, 2).mean(0), [1.0, -2.0], atol=0.15)
     np.testing.assert_allclose(x.reshape(-1, 2).std(0), [0.5, 3.0], rtol=0.12)
-    assert res["diverging"].shape == (2, 1500) and res["num_steps"].min() >= 1
+    assert res.diverging.shape == (2, 1500) and res.num_steps.min() >= 1
+    assert res.step_size.shape == (2,) and np.all(res.step_size > 0)
 
 
 def test_same_seed_same_draws_and_threads_equal_sequential():
-    args = (jnp.array([0.0]), jnp.array([1.0]))
-    a = run_chains(
-        _gaussian_gen, [jnp.zeros(1)] * 2, args, num_warmup=100, num_samples=200, seed=7, chain_method="threads"
-    )
-    b = run_chains(
-        _gaussian_gen, [jnp.zeros(1)] * 2, args, num_warmup=100, num_samples=200, seed=7, chain_method="sequential"
-    )
-    np.testing.assert_array_equal(np.asarray(a["samples"]), np.asarray(b["samples"]))
+    a = run_chains(_gaussian_gen, [jnp.zeros(2)] * 2, GAUSS, SHORT, seed=7, chain_method="threads")
+    b = run_chains(_gaussian_gen, [jnp.zeros(2)] * 2, GAUSS, SHORT, seed=7, chain_method="sequential")
+    np.testing.assert_array_equal(np.asarray(a.samples), np.asarray(b.samples))
+    with pytest.raises(ValueError, match="starting points"):
+        run_chains(_gaussian_gen, [jnp.zeros(2)] * 3, GAUSS, SHORT, seed=7)
+
+
+def _counter():
+    lock = threading.Lock()
+    calls = []
+
+    def progress(k):
+        with lock:
+            calls.append(k)
+
+    return progress, calls
+
+
+def test_two_runs_in_two_threads_each_report_to_their_own_progress():
+    """Concurrent runs share one compiled program but each advances only its own bar, to its own total."""
+    settings = SHORT
+    other = SHORT._replace(num_chains=3)  # the same program, another total
+    jobs = {"a": settings, "b": settings, "c": other}
+    counters = {name: _counter() for name in jobs}
+    barrier = threading.Barrier(len(jobs))
+    errors = []
+
+    def run(name, seed):
+        try:
+            barrier.wait()
+            run_chains(
+                _gaussian_gen,
+                [jnp.full(2, 0.1 * k) for k in range(jobs[name].num_chains)],
+                GAUSS,
+                jobs[name],
+                seed=seed,
+                chain_method="threads",
+                progress=counters[name][0],
+            )
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name, k)) for k, name in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for name, s in jobs.items():
+        calls = counters[name][1]
+        assert sum(calls) == chain_iterations(s, "threads") == s.num_chains * s.iterations, name
+    assert chain_iterations(other, "threads") != chain_iterations(settings, "threads")
+
+
+def test_vectorized_chains_report_one_counter():
+    """Vectorised chains run as one program: the bar's total is one chain's iterations."""
+    settings = SHORT._replace(num_chains=3)
+    progress, calls = _counter()
+    inits = [jnp.zeros(2), jnp.ones(2), -jnp.ones(2)]
+    res = run_chains(_gaussian_gen, inits, GAUSS, settings, seed=2, chain_method="vectorized", progress=progress)
+    assert np.asarray(res.samples).shape == (3, 200, 2)
+    assert chain_iterations(settings, "vectorized") == settings.iterations == 300
+    assert sum(calls) == 300
+    progress, calls = _counter()
+    run_chains(_gaussian_gen, inits, GAUSS, settings, seed=2, chain_method="sequential", progress=progress)
+    assert sum(calls) == chain_iterations(settings, "sequential") == 900
 
 
 @pytest.mark.gpu

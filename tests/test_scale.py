@@ -135,6 +135,7 @@ def test_dask_dataframe_over_parquet(sky_frame, expected, tmp_path, client):
     _compare(out.compute(), expected["edsd"])
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(hats_catalog, expected, client):
     out = scale.estimate_distances_hats(hats_catalog, prior=gd.EDSD(1350.0), zero_point=ZP)
     futures = client.compute(out.to_delayed())
@@ -151,11 +152,11 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(hats_catalog, expect
 
 def test_partition_with_zero_rows_and_meta_inference(hats_catalog):
     empty = hats_catalog.meta
-    res = scale.estimate_partition(empty, gd.EDSD(1000.0), zero_point=ZP)
+    res = scale.estimate_partition(empty, prior=gd.EDSD(1000.0), zero_point=ZP)
     assert len(res) == 0 and list(res.columns[-len(RESULT) :]) == RESULT
     assert res["distance_flag"].dtype == np.int16
     # lsdb may infer meta by calling the function on an empty frame
-    inferred = hats_catalog.map_partitions(scale.estimate_partition, gd.EDSD(1000.0), zero_point=ZP)
+    inferred = hats_catalog.map_partitions(scale.estimate_partition, prior=gd.EDSD(1000.0), zero_point=ZP)
     assert list(inferred.columns[-len(RESULT) :]) == RESULT
 
 
@@ -172,7 +173,7 @@ def test_pyarrow_nulls_become_nan_and_flags():
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = scale.estimate_partition(frame, gd.EDSD(1000.0), zero_point=0.0)
+        res = scale.estimate_partition(frame, prior=gd.EDSD(1000.0), zero_point=0.0)
     assert list(res.index) == [10, 11, 12, 13]  # index and order kept
     assert np.isfinite(res["distance_median"].to_numpy()).tolist() == [True, False, False, True]
     flag = res["distance_flag"].to_numpy()
@@ -184,7 +185,7 @@ def test_partition_applies_zero_points_on_request(sky_frame):
     part = sky_frame.iloc[:200]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = scale.estimate_partition(part, gd.EDSD(1350.0), zeropoint={"fallback": -0.017})
+        res = scale.estimate_partition(part, prior=gd.EDSD(1350.0), apply_zeropoint={"fallback": -0.017})
         want = gd.estimate_distances(gd.apply_zeropoint(part, fallback=-0.017), prior=gd.EDSD(1350.0))
     assert "parallax_corrected" in res.columns
     np.testing.assert_array_equal(res["distance_median"].to_numpy(), np.asarray(want["distance_median"].value))
@@ -196,3 +197,16 @@ def test_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "lsdb", None)  # as if not installed
     with pytest.raises(ImportError, match=r"gaia-distances\[scale\]"):
         scale.estimate_distances_hats(None)
+
+
+def test_output_columns_are_those_estimate_distances_appends(sky_frame):
+    part = sky_frame.iloc[:50]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = scale.estimate_partition(part, prior=gd.EDSD(1350.0), apply_zeropoint=True, extra_quantiles=(0.05, 0.95))
+        want = gd.estimate_distances(gd.apply_zeropoint(part), prior=gd.EDSD(1350.0), extra_quantiles=(0.05, 0.95))
+    cols = scale.output_columns(extra_quantiles=(0.05, 0.95), apply_zeropoint=True)
+    assert list(res.columns[-len(cols) :]) == list(cols)
+    assert [c for c in want.colnames if c not in part.columns] == list(cols)
+    with pytest.raises(TypeError):
+        scale.estimate_partition(part, gd.EDSD(1350.0))  # the prior is keyword-only

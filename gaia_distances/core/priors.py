@@ -19,7 +19,17 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-Array = Any
+from gaia_distances.core.numerics import Array
+
+__all__ = [
+    "GLOBAL_LOG_R_MAX",
+    "GLOBAL_LOG_R_MIN",
+    "DistributionPrior",
+    "EDSDPrior",
+    "GGDPrior",
+    "UniformSpaceDensityPrior",
+    "check_positive_support",
+]
 
 #: Lower and upper limits (ln pc) used when a prior gives no finite support.
 GLOBAL_LOG_R_MIN = math.log(1e-3)
@@ -45,6 +55,13 @@ class EDSDPrior(NamedTuple):
     ----------
     length_scale
         ``L`` in pc, one value per star.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prior = EDSDPrior(np.array([1350.0]))
+    >>> float(np.exp(prior.log_prob(np.array([1350.0])))[0]) * 1350.0  # doctest: +ELLIPSIS
+    0.1839...
     """
 
     length_scale: Array
@@ -56,57 +73,59 @@ class EDSDPrior(NamedTuple):
         return jnp.where(r > 0, lp, -jnp.inf)
 
     def log_prob_logr(self, u: Array) -> Array:
+        """``ln p(r) + u`` at ``u = ln(r / pc)``: the log density of ``u``."""
         L = self.length_scale
         return -math.log(2.0) + 3.0 * (u - jnp.log(L)) - jnp.exp(u) / L
 
     def log_support(self, log_eps: float) -> tuple[Array, Array]:
+        """``(u_lo, u_hi)`` in ``ln pc`` holding all but about ``2 exp(log_eps)`` of the mass."""
         lo, hi = _gamma_log_support(jnp.asarray(3.0), log_eps)
         logL = jnp.log(self.length_scale)
         return logL + lo, logL + hi
-
-    def mode_cubic(self, parallax: Array, error: Array) -> Array:
-        """Analytic posterior mode (pc) under a Gaussian parallax likelihood.
-
-        The real root of ``r^3/L - 2 r^2 + (w/s^2) r - 1/s^2 = 0`` with ``w``
-        and ``s`` in arcsec (Bailer-Jones 2015, eq. 19), chosen as the
-        root in ``r > 0`` with the highest posterior. Used as a reference.
-        """
-        import numpy as np
-
-        L = np.asarray(self.length_scale, float)
-        w = np.asarray(parallax, float) / 1e3
-        s = np.asarray(error, float) / 1e3
-        L, w, s = np.broadcast_arrays(L, w, s)
-        out = np.empty(L.shape)
-        for i in np.ndindex(L.shape):
-            roots = np.roots(np.array([1.0 / L[i], -2.0, w[i] / s[i] ** 2, -1.0 / s[i] ** 2]))
-            real = roots[np.abs(roots.imag) < 1e-9 * np.abs(roots)].real
-            real = real[real > 0]
-            logp = 2 * np.log(real) - real / L[i] - 0.5 * ((1.0 / real - w[i]) / s[i]) ** 2
-            out[i] = real[np.argmax(logp)]
-        return out
 
 
 class GGDPrior(NamedTuple):
     """Generalized gamma distance prior (Bailer-Jones et al. 2021).
 
     ``P(r) = alpha / (L^(beta+1) Gamma((beta+1)/alpha)) r^beta exp(-(r/L)^alpha)``.
+
+    Parameters
+    ----------
+    alpha, beta
+        The shape parameters (dimensionless), one value per star.
+        ``alpha = 1, beta = 2`` is the EDSD prior.
+    length_scale
+        ``L`` in pc, one value per star.
+
+    The fields are in the order of the user-level
+    :class:`~gaia_distances.GGD` ``(alpha, beta, length_scale)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ggd = GGDPrior(alpha=np.array(1.0), beta=np.array(2.0), length_scale=np.array(1350.0))
+    >>> edsd = EDSDPrior(np.array(1350.0))
+    >>> bool(np.isclose(ggd.log_prob(np.array(800.0)), edsd.log_prob(np.array(800.0))))
+    True
     """
 
-    length_scale: Array
     alpha: Array
     beta: Array
+    length_scale: Array
 
     def log_prob(self, r: Array) -> Array:
+        """Log density in pc^-1 at distance ``r`` (pc)."""
         u = jnp.log(r)
         return jnp.where(r > 0, self.log_prob_logr(u) - u, -jnp.inf)
 
     def log_prob_logr(self, u: Array) -> Array:
+        """``ln p(r) + u`` at ``u = ln(r / pc)``: the log density of ``u``."""
         a, b = self.alpha, self.beta
         x = u - jnp.log(self.length_scale)
         return jnp.log(a) - gammaln((b + 1.0) / a) + (b + 1.0) * x - jnp.exp(a * x)
 
     def log_support(self, log_eps: float) -> tuple[Array, Array]:
+        """``(u_lo, u_hi)`` in ``ln pc`` holding all but about ``2 exp(log_eps)`` of the mass."""
         a = self.alpha
         lo, hi = _gamma_log_support((self.beta + 1.0) / a, log_eps)
         logL = jnp.log(self.length_scale)

@@ -5,26 +5,30 @@ in pc and the parallax ``w`` and its error ``s`` in mas. Work is done in
 ``u = ln r``:
 
 1. *Bracket.* The likelihood holds all but ``exp(-k^2/2)`` of its peak inside a
-   closed-form parallax interval, and the prior holds all but ``~1e-15`` of its
-   mass inside a closed-form interval. Their intersection (their union when they
-   conflict) bounds the posterior.
+   closed-form parallax interval
+   (:func:`~gaia_distances.core.numerics.likelihood_bracket`), and the prior
+   holds all but ``~1e-15`` of its mass inside a closed-form interval. Their
+   intersection (their union when they conflict) bounds the posterior.
 2. *Scan.* ``n_scan`` nodes over that bracket find where ``ln p`` is within
    ``scan_drop`` of its maximum; the fine grid spans that region plus one scan
    step on each side.
 3. *Integrate.* ``n_nodes`` nodes on the fine grid. The cumulative integral uses
    the trapezoid rule with the Euler-Maclaurin end correction (error ``O(h^4)``;
    the density's derivative comes from forward-mode autodiff), and quantiles
-   invert the cubic Hermite interpolant of the CDF (also ``O(h^4)``).
+   invert the cubic Hermite interpolant of the CDF (also ``O(h^4)``;
+   :func:`~gaia_distances.core.numerics.invert_cdf`).
 4. *Mode.* The grid maximum of ``ln p(r)`` is polished by Newton's method.
 
-Everything is vectorised over stars and jit-compiled once per chunk shape.
+Everything is vectorised over stars and jit-compiled once per chunk shape
+(:func:`~gaia_distances.core.numerics.padded_chunks`). The log density is
+:func:`log_posterior_logr`, the one function the NUTS sampler and the plots
+evaluate too.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -34,13 +38,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.numerics import (
+    ONE_SIGMA_QUANTILES,
+    Array,
+    Chunk,
+    invert_cdf,
+    likelihood_bracket,
+    padded_chunks,
+)
 from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.priors import GLOBAL_LOG_R_MAX, GLOBAL_LOG_R_MIN
 
-Array = Any
-
-#: Default percentiles: the median and the +-1 sigma equivalents of a Gaussian.
-DEFAULT_QUANTILES = (0.158655, 0.5, 0.841345)
+__all__ = ["DistanceFlag", "log_posterior_logr", "summarize_posteriors", "x64_context"]
 
 
 class DistanceFlag(enum.IntFlag):
@@ -61,21 +70,28 @@ class DistanceFlag(enum.IntFlag):
     INVALID_PRIOR = 32
 
 
-def _log_post(u: Array, w: Array, s: Array, prior: Any) -> Array:
-    """``ln p(u | w)`` up to a constant, for ``u`` of shape ``(n, K)``."""
-    inv_r = 1000.0 * jnp.exp(-u)
-    z = (inv_r - w) / s
-    return -0.5 * z * z + prior.log_prob_logr(u)
-
-
 def log_posterior_logr(log_r: Array, parallax: Array, parallax_error: Array, prior: Any) -> Array:
     """``ln p(ln r | w)`` up to a constant per star, at nodes ``log_r`` of shape ``(n, K)``.
 
     ``parallax`` and ``parallax_error`` (mas) and the prior's leaves have shape
     ``(n, 1)`` or broadcast against ``log_r``; ``r`` is in pc. The density is in
     ``ln r`` (it includes the Jacobian ``r``); divide by ``r`` for ``p(r | w)``.
+    The likelihood's normalisation ``-ln(s sqrt(2 pi))``, constant per star, is
+    left out. The quadrature, the per-star NUTS sampler and the posterior plots
+    all evaluate this one function.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gaia_distances.core import EDSDPrior
+    >>> lp = log_posterior_logr(np.log([[500.0, 1000.0, 2000.0]]), np.array([[1.0]]),
+    ...                         np.array([[0.1]]), EDSDPrior(np.array([[1350.0]])))
+    >>> int(np.argmax(lp))
+    1
     """
-    return _log_post(log_r, parallax, parallax_error, prior)
+    inv_r = 1000.0 * jnp.exp(-log_r)
+    z = (inv_r - parallax) / parallax_error
+    return -0.5 * z * z + prior.log_prob_logr(log_r)
 
 
 def _kernel(
@@ -99,10 +115,7 @@ def _kernel(
     s = jnp.where(invalid, 0.1, s)
 
     # 1. bracket ---------------------------------------------------------
-    d = jnp.sqrt(jnp.square(jnp.maximum(w, 0.0) - w) + jnp.square(k_like * s))
-    ulo_l = jnp.log(1000.0 / (w + d))
-    wl = w - d
-    uhi_l = jnp.where(wl > 0, jnp.log(1000.0 / jnp.where(wl > 0, wl, 1.0)), jnp.inf)
+    ulo_l, uhi_l = likelihood_bracket(w, s, k_like)
     ulo_p, uhi_p = prior.log_support(log_eps)
     ulo_p = jnp.broadcast_to(ulo_p, w.shape).astype(dtype)
     uhi_p = jnp.broadcast_to(uhi_p, w.shape).astype(dtype)
@@ -120,7 +133,7 @@ def _kernel(
 
     pb = jax.tree_util.tree_map(lambda p: jnp.asarray(p)[:, None], prior)
     wb, sb = w[:, None], s[:, None]
-    logpost = partial(_log_post, w=wb, s=sb, prior=pb)
+    logpost = partial(log_posterior_logr, parallax=wb, parallax_error=sb, prior=pb)
 
     # 2. scan --------------------------------------------------------------
     tc = jnp.linspace(0.0, 1.0, n_scan, dtype=dtype)
@@ -153,18 +166,8 @@ def _kernel(
 
     qs = []
     for q in quantiles:
-        i = jnp.clip(jnp.sum(cdf < q, axis=1) - 1, 0, n_nodes - 2)[:, None]
-        c0 = jnp.take_along_axis(cdf, i, axis=1)[:, 0]
-        c1 = jnp.take_along_axis(cdf, i + 1, axis=1)[:, 0]
-        m0 = jnp.take_along_axis(dens, i, axis=1)[:, 0]
-        m1 = jnp.take_along_axis(dens, i + 1, axis=1)[:, 0]
-        t = jnp.clip((q - c0) / jnp.where(c1 > c0, c1 - c0, 1.0), 0.0, 1.0)
-        for _ in range(4):
-            t2, t3 = t * t, t * t * t
-            val = (2 * t3 - 3 * t2 + 1) * c0 + (t3 - 2 * t2 + t) * m0 + (-2 * t3 + 3 * t2) * c1 + (t3 - t2) * m1
-            der = (6 * t2 - 6 * t) * c0 + (3 * t2 - 4 * t + 1) * m0 + (-6 * t2 + 6 * t) * c1 + (3 * t2 - 2 * t) * m1
-            t = jnp.clip(t - (val - q) / jnp.maximum(der, 1e-30), 0.0, 1.0)
-        qs.append(jnp.exp(ua + (i[:, 0] + t) * h))
+        i, t = invert_cdf(cdf, q, dens)
+        qs.append(jnp.exp(ua + (i + t) * h))
     qarr = jnp.stack(qs, axis=1)
 
     # 4. mode of p(r) = p(u) / r ---------------------------------------------
@@ -231,7 +234,7 @@ def summarize_posteriors(
     parallax_error: Array,
     prior: Any,
     *,
-    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    quantiles: Sequence[float] = ONE_SIGMA_QUANTILES,
     n_nodes: int = 128,
     n_scan: int = 48,
     chunk_size: int = 65536,
@@ -254,7 +257,9 @@ def summarize_posteriors(
         A prior from :mod:`gaia_distances.core.priors` whose parameter leaves
         have shape ``(n,)``.
     quantiles
-        Probabilities at which to invert the posterior CDF.
+        Probabilities at which to invert the posterior CDF; by default the
+        15.866th, 50th and 84.134th percentiles
+        (:data:`~gaia_distances.core.numerics.ONE_SIGMA_QUANTILES`).
     n_nodes, n_scan
         Fine-grid and scan-grid sizes per star.
     chunk_size
@@ -299,10 +304,6 @@ def summarize_posteriors(
 
     leaves, treedef = jax.tree_util.tree_flatten(prior)
     leaves = [np.broadcast_to(np.asarray(x, dtype=np.float64), (n,)) for x in leaves]
-    chunk = int(min(chunk_size, max(n, 1)))
-    # round small tables up to a power of two so that repeated calls reuse
-    # compiled kernels
-    chunk = min(chunk_size, 1 << max(4, (chunk - 1).bit_length()))
     static = dict(
         quantiles=quantiles,
         n_nodes=int(n_nodes),
@@ -312,34 +313,28 @@ def summarize_posteriors(
         log_eps=float(log_eps),
         prior_dominated_threshold=float(prior_dominated_threshold),
     )
-
     use_x64 = np.dtype(dtype) == np.float64
 
-    def run(start: int) -> tuple[int, int, Any]:
+    def run(chunk: Chunk) -> tuple[Chunk, Any]:
+        idx = chunk.rows
         with x64_context(use_x64):
-            return _run(start)
+            wc = jnp.asarray(w[idx], dtype=dtype)
+            sc = jnp.asarray(s[idx], dtype=dtype)
+            pc = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x[idx], dtype=dtype) for x in leaves])
+            return chunk, jax.block_until_ready(_kernel_jit(wc, sc, pc, **static))
 
-    def _run(start: int) -> tuple[int, int, Any]:
-        stop = min(start + chunk, n)
-        idx = np.minimum(np.arange(start, start + chunk), n - 1)
-        wc = jnp.asarray(w[idx], dtype=dtype)
-        sc = jnp.asarray(s[idx], dtype=dtype)
-        pc = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x[idx], dtype=dtype) for x in leaves])
-        res = _kernel_jit(wc, sc, pc, **static)
-        res = jax.block_until_ready(res)
-        return start, stop, res
-
-    starts = list(range(0, n, chunk))
+    chunks = list(padded_chunks(n, chunk_size))
     threads = n_threads or usable_cores()
-    if threads > 1 and len(starts) > 1:
-        first = run(starts[0])  # compiles once before fanning out
+    if threads > 1 and len(chunks) > 1:
+        first = run(chunks[0])  # compiles once before fanning out
         pool = ThreadPoolExecutor(max_workers=threads)
-        results: Iterator[tuple[int, int, Any]] = itertools.chain([first], pool.map(run, starts[1:]))
+        results: Iterator[tuple[Chunk, Any]] = itertools.chain([first], pool.map(run, chunks[1:]))
     else:
         pool = None
-        results = map(run, starts)
+        results = map(run, chunks)
     try:
-        for start, stop, (q, mode, flag) in results:
+        for chunk, (q, mode, flag) in results:
+            start, stop = chunk.start, chunk.stop
             m = stop - start
             out_q[start:stop] = np.asarray(q)[:m]
             out_mode[start:stop] = np.asarray(mode)[:m]
@@ -350,29 +345,3 @@ def summarize_posteriors(
         if pool is not None:
             pool.shutdown()
     return {"quantiles": out_q, "mode": out_mode, "flag": out_flag}
-
-
-def reference_quantiles(
-    parallax: float,
-    parallax_error: float,
-    log_prior_r: Callable[[np.ndarray], np.ndarray],
-    quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    *,
-    r_min: float = 1e-3,
-    r_max: float = 1e7,
-    n: int = 400_001,
-) -> np.ndarray:
-    """Brute-force float64 quantiles on a very fine global ``ln r`` grid (NumPy).
-
-    A slow but simple reference for tests: Simpson-free trapezoid on
-    ``n`` nodes over ``[r_min, r_max]`` with linear CDF inversion.
-    """
-    u = np.linspace(math.log(r_min), math.log(r_max), n)
-    r = np.exp(u)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        lp = log_prior_r(r) + u - 0.5 * ((1000.0 / r - parallax) / parallax_error) ** 2
-    lp = np.where(np.isfinite(lp), lp, -np.inf)
-    f = np.exp(lp - lp.max())
-    c = np.concatenate([[0.0], np.cumsum(0.5 * (f[1:] + f[:-1]))])
-    c /= c[-1]
-    return np.exp(np.interp(np.asarray(quantiles), c, u))

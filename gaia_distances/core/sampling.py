@@ -1,31 +1,129 @@
-"""NUTS chains run side by side on the CPU cores, without touching XLA flags.
+"""The one NUTS runner: whole chains as compiled programs, run side by side on the CPU cores.
 
 NumPyro runs several chains in parallel only across XLA devices, and a CPU
 has one device unless ``XLA_FLAGS`` is set before JAX starts. Here a whole
-chain is one compiled program, compiled once in the calling thread; the chains
-then run in a thread pool, and since XLA releases the GIL while it computes,
-``k`` chains use ``k`` cores. On an accelerator the chains are vectorised on
-the one device instead.
+chain (warm-up and draws) is one compiled program built from NumPyro's
+functional ``hmc`` kernels, compiled once in the calling thread and kept in a
+bounded cache; the chains then run in a thread pool, and since XLA releases
+the GIL while it computes, ``k`` chains use ``k`` cores. On an accelerator the
+chains are vectorised on the one device instead.
+
+- :class:`NutsSettings` and :func:`nuts_settings`: the sampler's settings, with
+  the defaults of every method in one table (:data:`NUTS_DEFAULTS`);
+- :func:`run_chains`: independent chains of one problem;
+- :func:`run_batched_chains`: many independent problems in one program;
+- both return a :class:`ChainResult`.
+
+Progress: a run reports to the ``progress`` callable it is given (for example
+a tqdm bar's ``update``). The compiled program calls back with a token passed
+as an argument, so concurrent runs in different threads, which share compiled
+programs, each report to their own callable.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.numerics import Array
 from gaia_distances.core.parallel import usable_cores
+
+__all__ = [
+    "NUTS_DEFAULTS",
+    "ChainResult",
+    "NutsSettings",
+    "aot_call",
+    "chain_iterations",
+    "compile_chains",
+    "nuts_settings",
+    "precompile",
+    "run_batched_chains",
+    "run_chains",
+]
 
 log = logging.getLogger(__name__)
 
-Array = Any
+PotentialGen = Callable[..., Callable[[Any], Array]]
+Progress = Callable[[int], None]
+
+
+class NutsSettings(NamedTuple):
+    """Settings of a NUTS run (see :func:`nuts_settings` for each method's defaults)."""
+
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    target_accept_prob: float = 0.8
+    max_tree_depth: int = 10
+    dense_mass: bool = True
+
+    @property
+    def iterations(self) -> int:
+        """Warm-up plus draws, per chain."""
+        return self.num_warmup + self.num_samples
+
+
+#: Defaults by method: ``(num_warmup, num_samples, num_chains)``. The number
+#: of chains never depends on the machine, so a seed gives the same draws
+#: everywhere; the cores only decide how the chains run.
+NUTS_DEFAULTS: dict[str, tuple[int, int, int]] = {
+    "marginal": (400, 1000, 2),  # fit_cluster, fit_clusters: four parameters, whitened
+    "joint": (2000, 4000, 2),  # fit_cluster(method="joint"): the reference analysis's settings
+    "per_star": (500, 1000, 2),  # estimate_distances(method="nuts"): validation
+}
+
+
+def nuts_settings(
+    method: str,
+    *,
+    num_warmup: int | None = None,
+    num_samples: int | None = None,
+    num_chains: int | None = None,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    dense_mass: bool = True,
+) -> NutsSettings:
+    """The settings for ``method`` (a key of :data:`NUTS_DEFAULTS`), with ``None`` taken from its defaults."""
+    try:
+        warmup, samples, chains = NUTS_DEFAULTS[method]
+    except KeyError:
+        raise ValueError(f"no NUTS defaults for {method!r}; expected one of {sorted(NUTS_DEFAULTS)}") from None
+    out = NutsSettings(
+        num_warmup=warmup if num_warmup is None else int(num_warmup),
+        num_samples=samples if num_samples is None else int(num_samples),
+        num_chains=chains if num_chains is None else int(num_chains),
+        target_accept_prob=float(target_accept_prob),
+        max_tree_depth=int(max_tree_depth),
+        dense_mass=bool(dense_mass),
+    )
+    if out.num_warmup < 0 or out.num_samples < 1 or out.num_chains < 1:
+        raise ValueError(f"NUTS needs num_warmup >= 0, num_samples >= 1 and num_chains >= 1; got {out}")
+    if not 0.0 < out.target_accept_prob < 1.0:
+        raise ValueError(f"target_accept_prob must lie in (0, 1); got {out.target_accept_prob}")
+    return out
+
+
+class ChainResult(NamedTuple):
+    """Draws and sampler statistics of :func:`run_chains` (leading axes ``(chains, draws)``)
+    or :func:`run_batched_chains` (``(problems, chains, draws)``)."""
+
+    samples: Any  # pytree of arrays
+    diverging: np.ndarray
+    num_steps: np.ndarray
+    step_size: np.ndarray
+
+
+# --------------------------------------------------------------------------- compiled programs
 
 
 class _CompiledCache(OrderedDict):
@@ -39,58 +137,157 @@ class _CompiledCache(OrderedDict):
     def __init__(self, maxsize: int = 48) -> None:
         super().__init__()
         self.maxsize = maxsize
+        self.lock = threading.RLock()
 
-    def __getitem__(self, key: Any) -> Any:
-        value = super().__getitem__(key)
-        self.move_to_end(key)
+    def get_or_compile(self, key: Any, build: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return super().__getitem__(key)
+        value = build()  # outside the lock: compiles of different programs overlap
+        with self.lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.maxsize:
+                self.popitem(last=False)
         return value
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else default
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.maxsize:
-            self.popitem(last=False)
+_COMPILED = _CompiledCache()
 
 
-_COMPILED: _CompiledCache = _CompiledCache()
+def _compile(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``fn`` (jitted here unless it already is) compiled for ``args``, kept in the shared cache."""
+
+    def build() -> Any:
+        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+        return jitted.lower(*args).compile()  # type: ignore[attr-defined]
+
+    return _COMPILED.get_or_compile(cache_key, build)
+
+
+def _signature(tree: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
+
+
+def aot_call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call jitted ``fn`` through the ahead-of-time compile cache that :func:`precompile` fills."""
+    return _aot(fn, args)(*args)
+
+
+def precompile(fn: Callable[..., Any], *args: Any) -> None:
+    """Compile jitted ``fn`` for the shapes of ``args`` (values are not used), e.g. in another thread."""
+    _aot(fn, args)
+
+
+def _aot(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return _compile(("aot", fn, _signature(args)), fn, args)
+
+
+# --------------------------------------------------------------------------- progress
+
 
 #: Iterations between progress reports from inside a compiled chain.
-_REPORT_EVERY = 50
-#: The progress bar the running chains report to (None: reports are ignored).
-_PROGRESS: dict[str, Any] = {"bar": None}
+REPORT_EVERY = 50
 
 
-def _report(n: Any) -> None:
-    bar = _PROGRESS["bar"]
-    if bar is not None:
-        bar.update(int(np.sum(n)))
+class _ProgressRoutes:
+    """Token -> the ``progress`` callable of the run that holds it.
+
+    Compiled programs are shared between runs, so the callable cannot be baked
+    into them: each run passes its token as an argument instead, and the host
+    callback looks the callable up here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._routes: dict[int, Progress] = {}
+        self._tokens = itertools.count(1)
+
+    @contextmanager
+    def open(self, progress: Progress | None) -> Iterator[np.int32]:
+        token = next(self._tokens) % (2**31 - 1) if progress is not None else 0
+        if progress is not None:
+            with self._lock:
+                self._routes[token] = progress
+        try:
+            yield np.int32(token)
+        finally:
+            with self._lock:
+                self._routes.pop(token, None)
+
+    def report(self, token: Any, n: Any) -> None:
+        with self._lock:
+            fn = self._routes.get(int(np.ravel(token)[0]))
+        if fn is not None:
+            fn(int(np.ravel(n)[0]))
+
+
+_ROUTES = _ProgressRoutes()
+
+
+# --------------------------------------------------------------------------- the chain program
 
 
 def _resolve_chain_method(chain_method: str | None) -> str:
     """Threads over CPU cores, or vectorised chains on an accelerator, unless told."""
-    if chain_method is not None:
-        return chain_method
-    return "threads" if jax.default_backend() == "cpu" else "vectorized"
+    if chain_method is None:
+        return "threads" if jax.default_backend() == "cpu" else "vectorized"
+    if chain_method not in ("threads", "vectorized", "sequential"):
+        raise ValueError(f"chain_method must be 'threads', 'vectorized' or 'sequential'; got {chain_method!r}")
+    return chain_method
 
 
-@contextmanager
-def _progress(enabled: bool, total: int, desc: str) -> Iterator[None]:
-    """A bar the compiled chains report to (every ``_REPORT_EVERY`` iterations of each program)."""
-    bar = None
-    if enabled:
-        from tqdm.auto import tqdm
+def _program_config(settings: NutsSettings) -> tuple[Any, ...]:
+    """The settings a compiled chain depends on (not the number of chains)."""
+    return (
+        settings.num_warmup,
+        settings.num_samples,
+        settings.dense_mass,
+        settings.target_accept_prob,
+        settings.max_tree_depth,
+    )
 
-        bar = tqdm(total=total, desc=desc, unit="it", leave=False)
-    _PROGRESS["bar"] = bar
-    try:
-        yield
-    finally:
-        _PROGRESS["bar"] = None
-        if bar is not None:
-            bar.close()
+
+def _chain_program(potential_fn_gen: PotentialGen, settings: NutsSettings) -> Callable[..., Any]:
+    """One whole NUTS chain (warm-up + draws) as a function of ``(key, z0, args, imm, token)``."""
+    from numpyro.infer.hmc import hmc
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
+    total = settings.iterations
+
+    def one_chain(key: Array, z0: Any, model_args: tuple[Any, ...], imm: Any, token: Array) -> Any:
+        state = init_kernel(
+            z0,
+            settings.num_warmup,
+            inverse_mass_matrix=imm,
+            dense_mass=settings.dense_mass,
+            target_accept_prob=settings.target_accept_prob,
+            max_tree_depth=settings.max_tree_depth,
+            model_args=model_args,
+            rng_key=key,
+        )
+
+        def step(st: Any, i: Array) -> tuple[Any, tuple[Any, Array, Array]]:
+            st = sample_kernel(st, model_args=model_args)
+            jax.lax.cond(
+                (token > 0) & ((i + 1) % REPORT_EVERY == 0),
+                lambda: jax.debug.callback(_ROUTES.report, token, REPORT_EVERY),
+                lambda: None,
+            )
+            return st, (st.z, st.diverging, st.num_steps)
+
+        state, (zs, div, nsteps) = jax.lax.scan(step, state, jnp.arange(total))
+        if total % REPORT_EVERY:  # the iterations after the last report
+            jax.lax.cond(
+                token > 0, lambda: jax.debug.callback(_ROUTES.report, token, total % REPORT_EVERY), lambda: None
+            )
+        keep = slice(settings.num_warmup, total)
+        zs = jax.tree_util.tree_map(lambda a: a[keep], zs)
+        return zs, div[keep], nsteps[keep], state.adapt_state.step_size
+
+    return one_chain
 
 
 def _per_chain(run: Callable[[int], Any], n_chains: int, chain_method: str) -> list[Any]:
@@ -101,285 +298,149 @@ def _per_chain(run: Callable[[int], Any], n_chains: int, chain_method: str) -> l
     return [run(c) for c in range(n_chains)]
 
 
-def _compile(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """``fn`` (jitted here unless it already is) compiled for ``args``, kept in the shared cache."""
-    compiled = _COMPILED.get(cache_key)
-    if compiled is None:
-        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-        compiled = jitted.lower(*args).compile()  # type: ignore[attr-defined]
-        _COMPILED[cache_key] = compiled
-    return compiled
+def _stack(results: list[Any], axis: int) -> tuple[Any, ...]:
+    return tuple(jax.tree_util.tree_map(lambda *x: jnp.stack(x, axis=axis), *[r[i] for r in results]) for i in range(4))
 
 
-def _nuts_config(**config: Any) -> dict[str, Any]:
-    keys = ("num_warmup", "num_samples", "dense_mass", "target_accept_prob", "max_tree_depth")
-    return {k: config[k] for k in keys}
+def _as_result(zs: Any, div: Any, nsteps: Any, step: Any) -> ChainResult:
+    return ChainResult(zs, np.asarray(div), np.asarray(nsteps), np.atleast_1d(np.asarray(step)))
 
 
-def _signature(tree: Any) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
-
-
-def _chain_program(
-    potential_fn_gen: Callable[..., Callable[[Any], Array]],
-    *,
-    num_warmup: int,
-    num_samples: int,
-    dense_mass: bool,
-    target_accept_prob: float,
-    max_tree_depth: int,
-) -> Callable[..., Any]:
-    """One whole NUTS chain (warm-up + draws) as a function of (key, z0, args, imm)."""
-    from numpyro.infer.hmc import hmc
-
-    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
-    total = num_warmup + num_samples
-
-    def one_chain(key: Array, z0: Any, model_args: tuple[Any, ...], imm: Any) -> Any:
-        state = init_kernel(
-            z0,
-            num_warmup,
-            inverse_mass_matrix=imm,
-            dense_mass=dense_mass,
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-            model_args=model_args,
-            rng_key=key,
-        )
-
-        def step(st: Any, i: Array) -> tuple[Any, tuple[Any, Array, Array]]:
-            st = sample_kernel(st, model_args=model_args)
-            # a host callback every _REPORT_EVERY iterations drives the progress bar
-            jax.lax.cond(
-                (i + 1) % _REPORT_EVERY == 0,
-                lambda: jax.debug.callback(_report, _REPORT_EVERY),
-                lambda: None,
-            )
-            return st, (st.z, st.diverging, st.num_steps)
-
-        state, (zs, div, nsteps) = jax.lax.scan(step, state, jnp.arange(total))
-        keep = slice(num_warmup, total)
-        zs = jax.tree_util.tree_map(lambda a: a[keep], zs)
-        return zs, div[keep], nsteps[keep], state.adapt_state.step_size
-
-    return one_chain
-
-
-def aot_call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call jitted ``fn`` through an explicit ahead-of-time compile cache.
-
-    :func:`precompile` fills the same cache from another thread, so that a
-    program can compile while other work (or another compile) goes on.
-    """
-    return _aot(fn, args)(*args)
-
-
-def precompile(fn: Callable[..., Any], *args: Any) -> None:
-    """Compile jitted ``fn`` for the shapes of ``args`` (values are not used)."""
-    _aot(fn, args)
-
-
-def _aot(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    return _compile(("aot", fn, _signature(args)), fn, args)
-
-
-def chain_runner(
-    potential_fn_gen: Callable[..., Callable[[Any], Array]],
+def compile_chains(
+    potential_fn_gen: PotentialGen,
     example_init: Any,
-    model_args: tuple[Any, ...] = (),
+    model_args: tuple[Any, ...],
+    settings: NutsSettings,
     *,
-    num_warmup: int,
-    num_samples: int,
-    dense_mass: bool = True,
-    target_accept_prob: float = 0.8,
-    max_tree_depth: int = 10,
     inverse_mass_matrix: Any = None,
-    n_chains: int = 1,
     chain_method: str | None = None,
 ) -> Any:
-    """Compile (or fetch) the program :func:`run_chains` will use; thread-safe to call early."""
+    """Compile (or fetch) the program :func:`run_chains` will use; thread-safe, so it can run early."""
     chain_method = _resolve_chain_method(chain_method)
-    config = _nuts_config(
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        dense_mass=dense_mass,
-        target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth,
-    )
-    one_chain = _chain_program(potential_fn_gen, **config)
+    one_chain = _chain_program(potential_fn_gen, settings)
     key0 = jax.random.PRNGKey(0)
+    token = np.int32(0)
+    config = _program_config(settings)
     if chain_method == "vectorized":
-        keys = jnp.stack([key0] * n_chains)
-        stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x] * n_chains), example_init)
-        args = (keys, stacked, model_args, inverse_mass_matrix)
-        cache_key = ("vmap", potential_fn_gen, tuple(config.items()), _signature(args))
-        return _compile(cache_key, jax.vmap(one_chain, in_axes=(0, 0, None, None)), args)
-    args = (key0, example_init, model_args, inverse_mass_matrix)
-    cache_key = ("one", potential_fn_gen, tuple(config.items()), _signature(args))
-    return _compile(cache_key, one_chain, args)
+        n = settings.num_chains
+        keys = jnp.stack([key0] * n)
+        stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), example_init)
+        args = (keys, stacked, model_args, inverse_mass_matrix, token)
+        cache_key = ("vmap", potential_fn_gen, config, _signature(args))
+        return _compile(cache_key, jax.vmap(one_chain, in_axes=(0, 0, None, None, None)), args)
+    args = (key0, example_init, model_args, inverse_mass_matrix, token)
+    return _compile(("one", potential_fn_gen, config, _signature(args)), one_chain, args)
 
 
 def run_chains(
-    potential_fn_gen: Callable[..., Callable[[Any], Array]],
+    potential_fn_gen: PotentialGen,
     inits: Sequence[Any],
-    model_args: tuple[Any, ...] = (),
+    model_args: tuple[Any, ...],
+    settings: NutsSettings,
     *,
-    num_warmup: int,
-    num_samples: int,
     seed: int,
-    dense_mass: bool = True,
-    target_accept_prob: float = 0.8,
-    max_tree_depth: int = 10,
-    progress: bool = False,
-    chain_method: str | None = None,
     inverse_mass_matrix: Any = None,
-) -> dict[str, Any]:
-    """Run ``len(inits)`` NUTS chains from the given unconstrained starting points.
+    chain_method: str | None = None,
+    progress: Progress | None = None,
+) -> ChainResult:
+    """Run one NUTS chain from each of ``inits`` (``settings.num_chains`` of them).
 
-    One chain (warm-up with step-size and mass-matrix adaptation, then
-    sampling) is a single compiled program built from NumPyro's functional
-    ``hmc`` kernels. The data enter as ``model_args`` (arguments, not constants
-    baked into the program), so the program is compiled once per input shape
-    and reused by later fits. The chains run in a thread pool on CPU, or are
-    vectorised with ``vmap`` on an accelerator.
+    The data enter as ``model_args`` (arguments, not constants baked into the
+    program), so the program is compiled once per input shape and reused by
+    later runs.
 
     Parameters
     ----------
     potential_fn_gen
         ``potential_fn_gen(*model_args)`` returns the negative log density of
         the unconstrained parameters. Pass the same (module-level) function
-        object for every fit so that compiled programs are reused.
+        object for every run so that compiled programs are reused.
     inits
         One starting point (array or pytree of arrays) per chain.
     model_args
-        Arrays passed to ``potential_fn_gen``.
+        Arrays (pytrees) passed to ``potential_fn_gen``.
+    settings
+        :class:`NutsSettings`; ``num_chains`` must equal ``len(inits)``.
+    seed
+        Equal seeds give equal draws, whatever the chain method.
+    inverse_mass_matrix
+        Starting inverse mass matrix; it is still adapted during warm-up.
     chain_method
         ``"threads"`` (CPU default), ``"vectorized"`` (accelerator default) or
         ``"sequential"``.
-    inverse_mass_matrix
-        Starting inverse mass matrix; it is still adapted during warm-up.
     progress
-        Show a progress bar over all chains' iterations (updated from inside
-        the compiled loop every 50 iterations).
-
-    Returns
-    -------
-    dict
-        ``samples`` (pytree with leading axes (chains, draws)), ``diverging``
-        and ``num_steps`` (chains, draws), ``step_size`` per chain.
+        Called with the number of iterations done, every 50 iterations of each
+        chain program (one program for vectorised chains).
     """
     n_chains = len(inits)
+    if n_chains != settings.num_chains:
+        raise ValueError(f"{n_chains} starting points for {settings.num_chains} chains")
     chain_method = _resolve_chain_method(chain_method)
     keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
-    compiled = chain_runner(
+    compiled = compile_chains(
         potential_fn_gen,
         inits[0],
         model_args,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        dense_mass=dense_mass,
-        target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth,
+        settings,
         inverse_mass_matrix=inverse_mass_matrix,
-        n_chains=n_chains,
         chain_method=chain_method,
     )
-    # vectorised chains share one iteration counter, so one program reports for all of them
-    programs = 1 if chain_method == "vectorized" else n_chains
-    with _progress(progress, programs * (num_warmup + num_samples), f"NUTS ({n_chains} chains)"):
-        return _execute(compiled, keys, inits, model_args, inverse_mass_matrix, n_chains, chain_method)
-
-
-def _execute(
-    compiled: Any,
-    keys: Array,
-    inits: Sequence[Any],
-    model_args: tuple[Any, ...],
-    inverse_mass_matrix: Any,
-    n_chains: int,
-    chain_method: str,
-) -> dict[str, Any]:
-    if chain_method == "vectorized":
-        stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *inits)
-        zs, div, nsteps, step = compiled(keys, stacked, model_args, inverse_mass_matrix)
-    else:
+    with _ROUTES.open(progress) as token:
+        if chain_method == "vectorized":
+            stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *inits)
+            return _as_result(*compiled(keys, stacked, model_args, inverse_mass_matrix, token))
 
         def run(c: int) -> Any:
-            return jax.block_until_ready(compiled(keys[c], inits[c], model_args, inverse_mass_matrix))
+            return jax.block_until_ready(compiled(keys[c], inits[c], model_args, inverse_mass_matrix, token))
 
-        results = _per_chain(run, n_chains, chain_method)
-        zs = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[r[0] for r in results])
-        div = jnp.stack([r[1] for r in results])
-        nsteps = jnp.stack([r[2] for r in results])
-        step = jnp.stack([r[3] for r in results])
-    return {
-        "samples": zs,
-        "diverging": np.asarray(div),
-        "num_steps": np.asarray(nsteps),
-        "step_size": np.atleast_1d(np.asarray(step)),
-    }
+        return _as_result(*_stack(_per_chain(run, n_chains, chain_method), axis=0))
 
 
 def run_batched_chains(
-    potential_fn_gen: Callable[..., Callable[[Any], Array]],
+    potential_fn_gen: PotentialGen,
     inits: Array,
     model_args: tuple[Any, ...],
+    settings: NutsSettings,
     *,
-    num_warmup: int,
-    num_samples: int,
     seed: int,
-    dense_mass: bool = True,
-    target_accept_prob: float = 0.8,
-    max_tree_depth: int = 10,
-    progress: bool = False,
     chain_method: str | None = None,
-) -> dict[str, Any]:
+    progress: Progress | None = None,
+) -> ChainResult:
     """NUTS for ``B`` independent problems at once, ``C`` chains each, in one compiled program.
 
-    ``inits`` has shape ``(B, C, d)``; every leaf of ``model_args`` has a
-    leading axis of length ``B`` (problem ``b`` gets ``model_args[..][b]``).
-    The problems are vectorised with ``vmap``; on CPU the ``C`` chains run in a
-    thread pool (one vectorised program per chain), on an accelerator they are
-    vectorised too. Each problem adapts its own step size and mass matrix.
-
-    Returns the dict of :func:`run_chains` with leading axes ``(B, C, draws)``.
+    ``inits`` has shape ``(B, C, d)`` with ``C == settings.num_chains``; every
+    leaf of ``model_args`` has a leading axis of length ``B``. The problems are
+    vectorised with ``vmap``; on CPU the ``C`` chains run in a thread pool (one
+    vectorised program per chain), on an accelerator they are vectorised too.
+    Each problem adapts its own step size and mass matrix.
     """
     inits = jnp.asarray(inits)
     B, C = inits.shape[:2]
+    if C != settings.num_chains:
+        raise ValueError(f"{C} starting points per problem for {settings.num_chains} chains")
     chain_method = _resolve_chain_method(chain_method)
-    config = _nuts_config(
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        dense_mass=dense_mass,
-        target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth,
-    )
-    one_chain = _chain_program(potential_fn_gen, **config)
-    over_problems = jax.vmap(one_chain, in_axes=(0, 0, 0, None))
+    over_problems = jax.vmap(_chain_program(potential_fn_gen, settings), in_axes=(0, 0, 0, None, None))
     keys = jax.random.split(jax.random.PRNGKey(seed), B * C).reshape(B, C, -1)
+    token = np.int32(0)
     if chain_method == "vectorized":
-        fn = jax.vmap(over_problems, in_axes=(1, 1, None, None), out_axes=1)
-        args: tuple[Any, ...] = (keys, inits, model_args, None)
+        fn = jax.vmap(over_problems, in_axes=(1, 1, None, None, None), out_axes=1)
+        args: tuple[Any, ...] = (keys, inits, model_args, None, token)
     else:
         fn = over_problems
-        args = (keys[:, 0], inits[:, 0], model_args, None)
-    cache_key = ("batched", chain_method, potential_fn_gen, tuple(config.items()), _signature(args))
+        args = (keys[:, 0], inits[:, 0], model_args, None, token)
+    cache_key = ("batched", chain_method, potential_fn_gen, _program_config(settings), _signature(args))
     compiled = _compile(cache_key, fn, args)
-    programs = 1 if chain_method == "vectorized" else C  # see run_chains
-    with _progress(progress, programs * (num_warmup + num_samples), f"NUTS ({B} problems x {C} chains)"):
+    with _ROUTES.open(progress) as token:
         if chain_method == "vectorized":
-            zs, div, nsteps, step = compiled(keys, inits, model_args, None)
-        else:
+            return _as_result(*compiled(keys, inits, model_args, None, token))
 
-            def run(c: int) -> Any:
-                return jax.block_until_ready(compiled(keys[:, c], inits[:, c], model_args, None))
+        def run(c: int) -> Any:
+            return jax.block_until_ready(compiled(keys[:, c], inits[:, c], model_args, None, token))
 
-            results = _per_chain(run, C, chain_method)
-            zs, div, nsteps, step = (jnp.stack([r[i] for r in results], axis=1) for i in range(4))
-    return {
-        "samples": zs,
-        "diverging": np.asarray(div),
-        "num_steps": np.asarray(nsteps),
-        "step_size": np.asarray(step),
-    }
+        return _as_result(*_stack(_per_chain(run, C, chain_method), axis=1))
+
+
+def chain_iterations(settings: NutsSettings, chain_method: str | None = None) -> int:
+    """Iterations a run reports in all (vectorised chains share one counter): the total of a progress bar."""
+    programs = 1 if _resolve_chain_method(chain_method) == "vectorized" else settings.num_chains
+    return programs * settings.iterations

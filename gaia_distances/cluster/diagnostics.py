@@ -1,0 +1,96 @@
+"""What can be wrong with a cluster fit: pure checks, and the one place that warns.
+
+:func:`diagnose` lists the problems (convergence by the package's one rule,
+:func:`~gaia_distances.core.diagnostics.convergence_problems`, plus the
+cluster-specific ones: chains in different modes, no cluster signal, a
+members-only table) and summarises the run. :func:`warn_problems` issues them
+as :class:`~gaia_distances.GaiaDistancesWarning`; only a fit that has just run
+calls it, so rebuilding a saved fit is silent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gaia_distances.columns import warn
+from gaia_distances.core.diagnostics import RHAT_MAX, convergence_problems
+
+__all__ = ["PARAMETERS", "cluster_problems", "diagnose", "status", "warn_problems"]
+
+#: The population parameters checked and reported, in order.
+PARAMETERS = ("D", "sigma", "Q", "L")
+
+
+def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, float], n_stars: int) -> list[str]:
+    """Problems of the model fit itself (not of the sampler), from the population draws (chains, draws)."""
+    problems = []
+    log_d = np.log(posterior["D"])
+    d_chain = log_d.mean(axis=1)
+    if len(d_chain) > 1 and np.ptp(d_chain) > 5 * max(float(log_d.std()), 1e-12) and r_hat["D"] > RHAT_MAX:
+        problems.append(
+            "the chains disagree on D (chain means "
+            + ", ".join(f"{math.exp(x):.0f}" for x in d_chain)
+            + " pc): the posterior is multimodal; pass distance_hint= or ClusterPriors.physical()"
+        )
+    q = posterior["Q"]
+    if np.percentile(q, 84) * n_stars < 3:
+        problems.append(
+            f"no cluster signal: Q piles at 0 (84th percentile {np.percentile(q, 84):.2g}, "
+            f"fewer than 3 expected members among {n_stars} stars)"
+        )
+    sig = float(np.median(posterior["sigma_log"]))
+    if sig > 0.25:
+        problems.append(
+            f"no cluster signal: the cluster component is as broad as a field (sigma = {sig:.2f} in ln r, "
+            f"i.e. {100 * sig:.0f} % of D), so it models field structure rather than a cluster; "
+            "try ClusterPriors.physical() or distance_hint="
+        )
+    if np.percentile(q, 16) > 0.97:
+        problems.append(
+            "Q piles at 1: the table looks like cluster members only, so the field length scale L "
+            "is constrained by its prior alone; read L with care"
+        )
+    return problems
+
+
+def status(problems: list[str]) -> str:
+    """``"ok"``, or the problems joined by ``"; "``."""
+    return "; ".join(problems) or "ok"
+
+
+def diagnose(
+    posterior: Mapping[str, np.ndarray],
+    r_hat: Mapping[str, float],
+    ess_bulk: Mapping[str, float],
+    sample_stats: Mapping[str, np.ndarray],
+    *,
+    n_stars: int,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """The fit's diagnostics (pure: nothing is warned): sampler statistics, problems and status."""
+    r_hat = {k: float(r_hat[k]) for k in PARAMETERS}
+    ess = {k: float(ess_bulk[k]) for k in PARAMETERS}
+    div = int(np.sum(sample_stats["diverging"]))
+    problems = convergence_problems(r_hat, ess, div) + cluster_problems(posterior, r_hat, n_stars)
+    min_ess = float(min(ess.values()))
+    return {
+        "divergences": div,
+        "r_hat": r_hat,
+        "ess_bulk": ess,
+        "min_ess_bulk": min_ess,
+        "wall_time_s": wall_time_s,
+        "ess_per_s": min_ess / wall_time_s if wall_time_s > 0 else math.nan,
+        "mean_steps_per_draw": float(np.mean(sample_stats["n_steps"])),
+        "warnings": problems,
+        "status": status(problems),
+    }
+
+
+def warn_problems(method: str, problems: list[str]) -> None:
+    """Warn once per problem (:class:`~gaia_distances.GaiaDistancesWarning`)."""
+    for p in problems:
+        warn(f"fit_cluster ({method}): {p}.")

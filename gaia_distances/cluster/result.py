@@ -1,0 +1,324 @@
+"""The results of a cluster fit: :class:`ClusterFit` (one cluster) and :class:`ClusterFits` (many)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from astropy import units as u
+from astropy.table import QTable, Table
+
+from gaia_distances.cluster.diagnostics import PARAMETERS, diagnose
+from gaia_distances.cluster.stars import FittedStars, select_stars
+from gaia_distances.columns import META_KEY
+from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
+from gaia_distances.core.population import (
+    ClusterPriors,
+    from_population,
+    population_from_physical,
+)
+from gaia_distances.errors import GaiaDistancesError
+from gaia_distances.io import as_table
+
+__all__ = ["ClusterFit", "ClusterFits", "parameter_summary"]
+
+#: Every reported population quantity: the checked parameters and the width in ln r.
+REPORTED = (*PARAMETERS, "sigma_log")
+UNITS = {"D": u.pc, "sigma": u.pc, "Q": u.dimensionless_unscaled, "L": u.pc, "sigma_log": u.dimensionless_unscaled}
+DESCRIPTIONS = {
+    "D": "cluster distance exp(log_D)",
+    "sigma": "cluster depth exp(log_sigma + log_D) (the reference's approx_size)",
+    "Q": "cluster fraction",
+    "L": "field EDSD length scale",
+    "sigma_log": "cluster width in ln r, exp(log_sigma)",
+}
+
+
+def _read_only(x: Any) -> np.ndarray:
+    x = np.array(x)
+    x.flags.writeable = False
+    return x
+
+
+def _freeze(obj: Any) -> Any:
+    """A read-only deep copy: mappings become ``MappingProxyType``, lists tuples, arrays read-only."""
+    if isinstance(obj, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in obj.items()})
+    if isinstance(obj, list | tuple):
+        return tuple(_freeze(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return _read_only(obj)
+    return obj
+
+
+def _thaw(obj: Any) -> Any:
+    """The plain (picklable) form of :func:`_freeze`'s output."""
+    if isinstance(obj, Mapping):
+        return {k: _thaw(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [_thaw(v) for v in obj]
+    return obj
+
+
+def _ess_rhat(x: np.ndarray) -> tuple[float, float, float]:
+    """Bulk ESS, tail ESS and rank-normalised split R-hat of draws (chains, draws)."""
+    import arviz as az
+
+    if x.shape[1] <= 3:
+        return math.nan, math.nan, math.nan
+    rhat = float(az.rhat(x)) if x.shape[0] > 1 else math.nan
+    return float(az.ess(x, method="bulk")), float(az.ess(x, method="tail")), rhat
+
+
+def parameter_summary(posterior: Mapping[str, np.ndarray], *, method: str = "", status: str = "") -> Table:
+    """One row per reported parameter: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat, unit, description."""
+    rows = []
+    for name in REPORTED:
+        x = np.asarray(posterior[name])
+        ess_b, ess_t, rhat = _ess_rhat(x)
+        p16, p50, p84 = np.quantile(x, ONE_SIGMA_QUANTILES)
+        row = (name, float(np.mean(x)), float(np.std(x)), p16, p50, p84, ess_b, ess_t, rhat)
+        rows.append((*row, str(UNITS[name]), DESCRIPTIONS[name]))
+    names = ("parameter", "mean", "sd", "p16", "p50", "p84", "ess_bulk", "ess_tail", "r_hat", "unit", "description")
+    t = Table(rows=rows, names=names)
+    for c in ("mean", "sd", "p16", "p50", "p84", "ess_bulk", "ess_tail"):
+        t[c].format = ".4g"
+    t["r_hat"].format = ".4f"
+    t.meta["method"] = method
+    t.meta["status"] = status
+    return t
+
+
+@dataclass(frozen=True)
+class ClusterFit:
+    """The result of :func:`~gaia_distances.fit_cluster` (immutable).
+
+    Attributes
+    ----------
+    table
+        The input rows, in order, with ``membership_prob``,
+        ``cluster_distance_median``/``_lo``/``_hi`` (pc) and ``cluster_flag``:
+        a new table, the caller's to use (the fit reads only :attr:`stars`).
+    posterior
+        Draws of ``D``, ``sigma`` (pc), ``sigma_log``, ``Q`` and ``L`` (pc),
+        each of shape (chains, draws), read-only.
+    diagnostics
+        Divergences, R-hat, bulk ESS, wall time, the problems found
+        (``warnings``) and ``status`` (``"ok"`` or the problems).
+    method
+        ``"marginal"`` or ``"joint"``.
+    prior
+        The :class:`~gaia_distances.ClusterPriors` of the fit.
+    stars
+        The fitted stars (:class:`~gaia_distances.cluster.FittedStars`): their
+        rows in :attr:`table`, parallaxes, errors and zero points (mas).
+    draws
+        The unconstrained population draws (chains, draws, 4) the sampler
+        returned, in the order of ``unconstrained_names(prior)``.
+    sample_stats
+        Per draw: ``diverging`` and ``n_steps`` (chains, draws).
+    """
+
+    table: QTable
+    posterior: Mapping[str, np.ndarray]
+    diagnostics: Mapping[str, Any]
+    method: str
+    prior: ClusterPriors
+    stars: FittedStars
+    draws: np.ndarray
+    sample_stats: Mapping[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        for name in ("posterior", "sample_stats", "diagnostics"):
+            object.__setattr__(self, name, _freeze(getattr(self, name)))
+        object.__setattr__(self, "draws", _read_only(self.draws))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and deep-copy) through the constructor, which freezes again."""
+        fields = (self.posterior, self.diagnostics, self.sample_stats)
+        post, diag, stats = (_thaw(x) for x in fields)
+        return (type(self), (self.table, post, diag, self.method, self.prior, self.stars, self.draws, stats))
+
+    def summary(self) -> Table:
+        """D, sigma (pc), Q, L (pc), sigma_log: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat.
+
+        ``meta["status"]`` is ``"ok"`` or the problems the fit found.
+        """
+        return parameter_summary(self.posterior, method=self.method, status=self.diagnostics.get("status", ""))
+
+    @property
+    def inference_data(self) -> Any:
+        """The posterior as an arviz ``InferenceData`` (with sampler statistics)."""
+        import arviz as az
+
+        return az.from_dict(
+            posterior=dict(self.posterior),
+            sample_stats=dict(self.sample_stats),
+            attrs={"method": self.method, "package": "gaia_distances"},
+        )
+
+    def to_netcdf(self, path: str) -> str:
+        """Write :attr:`inference_data` to a netCDF file; returns the path."""
+        return str(self.inference_data.to_netcdf(path))
+
+    def predictive(self, kind: str = "posterior", *, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        """Simulated catalogue parallaxes (mas), shape (num_samples, fitted stars).
+
+        ``kind="posterior"`` draws population parameters from the posterior,
+        ``"prior"`` from the prior; distances and parallaxes follow the model
+        with each fitted star's own error and zero point.
+        """
+        from gaia_distances.core.models import prior_draws, simulate_parallaxes
+
+        if kind == "prior":
+            z = prior_draws(seed, num_samples, self.prior)
+        elif kind == "posterior":
+            flat = self.draws.reshape(-1, self.draws.shape[-1])
+            z = flat[np.random.default_rng(seed).choice(len(flat), size=num_samples, replace=True)]
+        else:
+            raise ValueError(f"kind must be 'posterior' or 'prior'; got {kind!r}")
+        return simulate_parallaxes(seed, z, self.stars.parallax_error, self.stars.zero_point, self.prior)
+
+    def plot(self, kind: str = "overview", **kwargs: Any) -> Any:
+        """A figure of this fit; needs the ``plot`` extra.
+
+        ``kind``: ``"overview"`` (CMD, sky map, distance posteriors and the
+        parallax predictive check), ``"corner"``, ``"parallax"``, ``"cmd"``,
+        ``"sky"`` or ``"distances"``. ``kwargs`` go to the function in
+        :mod:`gaia_distances.plotting`.
+        """
+        from gaia_distances import plotting
+
+        makers = {
+            "overview": lambda: plotting.overview(self, **kwargs),
+            "corner": lambda: plotting.corner_plot(self, **kwargs),
+            "parallax": lambda: plotting.parallax_predictive(self, **kwargs),
+            "cmd": lambda: plotting.colour_magnitude(self.table, **kwargs),
+            "sky": lambda: plotting.sky_map(self.table, **kwargs),
+            "distances": lambda: plotting.distance_posteriors(self.table, **kwargs),
+        }
+        if kind not in makers:
+            raise ValueError(f"kind must be one of {sorted(makers)}; got {kind!r}")
+        return makers[kind]()
+
+    def report(self, directory: str, **kwargs: Any) -> Any:
+        """Write PNGs and ``report.md`` (summary, diagnostics, figures); returns its path.
+
+        See :func:`gaia_distances.report.write_report`.
+        """
+        from gaia_distances.report import write_report
+
+        return write_report(self, directory, **kwargs)
+
+    @classmethod
+    def from_table(cls, table: Any, posterior: str | Any) -> ClusterFit:
+        """Rebuild a fit from the table :func:`~gaia_distances.fit_cluster` returned and its saved posterior.
+
+        ``table`` must keep its ``meta["gaia_distances"]["cluster"]`` provenance
+        (ECSV, FITS and the other formats of :func:`~gaia_distances.write_table`
+        do); ``posterior`` is the netCDF file of :meth:`to_netcdf` or an arviz
+        ``InferenceData``. The rebuilt fit supports :meth:`summary`,
+        :meth:`predictive`, :meth:`plot` and :meth:`report`; its diagnostics
+        are recomputed without warning again.
+        """
+        import arviz as az
+
+        out = as_table(table)
+        prov = out.meta.get(META_KEY, {}).get("cluster")
+        if not prov or "cluster_flag" not in out.colnames:
+            raise GaiaDistancesError("the table has no fit_cluster provenance or cluster_flag column")
+        idata = az.from_netcdf(posterior) if isinstance(posterior, str) else posterior
+        post = {k: np.asarray(idata.posterior[k]) for k in REPORTED}
+        prior = ClusterPriors(**prov.get("prior", prov.get("priors", {})))
+        limits = prov.get("parallax_limits")
+        # the stars the fit used, selected again exactly as fit_cluster did
+        sel = select_stars(
+            out, zero_point=prov.get("zero_point_arg"), parallax_limits=tuple(limits) if limits else None
+        )
+        z = from_population(population_from_physical(post), prior, clip=1e-12)
+        stats = getattr(idata, "sample_stats", None)
+        shape = post["D"].shape
+        sample_stats = {
+            "diverging": np.asarray(stats["diverging"]) if stats is not None else np.zeros(shape, bool),
+            "n_steps": np.asarray(stats["n_steps"]) if stats is not None else np.ones(shape),
+        }
+        summ = parameter_summary(post)
+        saved = prov.get("diagnostics", {})
+        diagnostics = diagnose(
+            post,
+            {str(r["parameter"]): float(r["r_hat"]) for r in summ},
+            {str(r["parameter"]): float(r["ess_bulk"]) for r in summ},
+            sample_stats,
+            n_stars=sel.stars.n_stars,
+            wall_time_s=float(saved.get("wall_time_s", math.nan)),
+        )
+        method = str(idata.posterior.attrs.get("method", prov.get("method", "marginal")))
+        return cls(out, post, diagnostics, method, prior, sel.stars, z, sample_stats)
+
+
+@dataclass(frozen=True)
+class ClusterFits:
+    """The result of :func:`~gaia_distances.fit_clusters`: one :class:`ClusterFit` per cluster.
+
+    Attributes
+    ----------
+    names
+        The cluster names (group keys, dict keys or list positions).
+    fits
+        One :class:`ClusterFit` per name; ``None`` where the cluster could not
+        be fitted (see :attr:`errors`).
+    errors
+        Why a cluster was not fitted, by name.
+    table
+        For a grouped table: its rows, in order, with the per-star columns of
+        every cluster (``membership_prob``, ``cluster_distance_*``,
+        ``cluster_flag``); ``None`` for a list or dict of tables.
+    diagnostics
+        Wall time and its parts for the whole batch.
+    """
+
+    names: tuple[Any, ...]
+    fits: tuple[ClusterFit | None, ...]
+    errors: Mapping[Any, str]
+    table: QTable | None
+    diagnostics: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "fits", tuple(self.fits))
+        object.__setattr__(self, "errors", MappingProxyType(dict(self.errors)))
+        object.__setattr__(self, "diagnostics", _freeze(self.diagnostics))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = (self.names, self.fits, dict(self.errors), self.table, _thaw(self.diagnostics))
+        return (type(self), state)
+
+    def __len__(self) -> int:
+        return len(self.fits)
+
+    def __getitem__(self, name: Any) -> ClusterFit | None:
+        return self.fits[self.names.index(name)]
+
+    def summary(self) -> Table:
+        """One row per cluster: stars fitted, mean and sd of D, sigma (pc), Q, L (pc), diagnostics, status."""
+        stats = [f"{p}_{k}" for p in PARAMETERS for k in ("mean", "sd")]
+        names = ["cluster", "n_stars", *stats, "min_ess_bulk", "max_r_hat", "divergences", "status"]
+        rows = []
+        for name, fit in zip(self.names, self.fits):
+            if fit is None:
+                values = [0, *[math.nan] * len(stats), math.nan, math.nan, -1, self.errors.get(name, "not fitted")]
+            else:
+                d = fit.diagnostics
+                moments = [f(fit.posterior[p]) for p in PARAMETERS for f in (np.mean, np.std)]
+                values = [fit.stars.n_stars, *moments, d["min_ess_bulk"], max(d["r_hat"].values())]
+                values += [d["divergences"], d["status"]]
+            rows.append([str(name), *values])
+        t = Table(rows=rows, names=names) if rows else Table(names=names)
+        for p in PARAMETERS:
+            for k in ("mean", "sd"):
+                t[f"{p}_{k}"].unit = UNITS[p] if UNITS[p] is not u.dimensionless_unscaled else None
+        return t

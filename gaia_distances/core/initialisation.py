@@ -1,0 +1,264 @@
+"""Where the sampler starts: the maximum a posteriori of the marginal model, robust to multimodality.
+
+1. :func:`map_candidates`: a grid of cluster distances spanning the stars'
+   inverse parallaxes (or around a hint), plus the narrow overdensities among
+   them (:func:`parallax_overdensities`), times a few sizes and fractions;
+2. :func:`score_candidates`: the log posterior of every candidate in a few
+   vectorised calls;
+3. :func:`select_starts`: the best candidate at each overdensity and at the
+   best-scoring distinct distances;
+4. :func:`polish`: damped Newton steps from each start;
+5. :func:`laplace_covariance`: the posterior covariance of the Laplace
+   approximation at the best, which whitens NUTS.
+
+:func:`find_map` runs them in order and returns a :class:`MapResult`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaia_distances.core.likelihood import StarData, log_posterior
+from gaia_distances.core.population import N_PARAMS, ClusterPriors, Population, from_population
+
+__all__ = [
+    "Candidates",
+    "MapResult",
+    "find_map",
+    "laplace_covariance",
+    "map_candidates",
+    "parallax_overdensities",
+    "polish",
+    "score_candidates",
+    "select_starts",
+]
+
+#: Candidate cluster sizes (pc) and logit(Q) values of the grid.
+_SIZES_PC = (2.0, 8.0, 30.0)
+_LOGIT_Q = (-5.0, -2.5, -0.5, 2.0)
+#: Most candidates scored per vectorised call, and the most candidate-star pairs per call (memory).
+_SCORE_BATCH = 32
+_SCORE_PAIRS = 1 << 21
+
+
+class Candidates(NamedTuple):
+    """Starting points for the MAP search."""
+
+    z: np.ndarray  # (m, 4) unconstrained
+    peaks: tuple[float, ...]  # ln D of the overdensities among the stars' inverse parallaxes
+
+
+class MapResult(NamedTuple):
+    """The MAP: unconstrained ``z``, its log posterior and the Laplace covariance (``None`` if not definite)."""
+
+    z: np.ndarray
+    log_posterior: float
+    covariance: np.ndarray | None
+
+
+def parallax_overdensities(log_inv_parallax: np.ndarray, *, n_peaks: int = 3) -> list[float]:
+    """``ln D`` of the strongest narrow overdensities among stars' ``ln(1000 / w)``.
+
+    The density with a narrow kernel (0.02 in ln r) is divided by a broad one
+    (0.3); the highest local maxima of that ratio, among those holding at
+    least 10 stars, are returned.
+    """
+    x = np.asarray(log_inv_parallax, float)
+    if x.size < 20:
+        return []
+    grid = np.linspace(x.min(), x.max(), 800)
+    step = grid[1] - grid[0]
+    hist, _ = np.histogram(x, bins=np.append(grid - 0.5 * step, grid[-1] + 0.5 * step))
+
+    def smooth(width: float) -> np.ndarray:
+        k = np.arange(-int(4 * width / step) - 1, int(4 * width / step) + 2) * step
+        kern = np.exp(-0.5 * (k / width) ** 2)
+        full = np.convolve(hist, kern / kern.sum(), mode="full")
+        start = (kern.size - 1) // 2
+        return full[start : start + hist.size]
+
+    narrow, broad = smooth(0.02), smooth(0.3)
+    ratio = narrow / np.maximum(broad, 1e-12)
+    counts = narrow * (0.02 * np.sqrt(2 * np.pi) / step)
+    is_peak = (ratio[1:-1] > ratio[:-2]) & (ratio[1:-1] >= ratio[2:]) & (counts[1:-1] >= 10)
+    idx = np.flatnonzero(is_peak) + 1
+    idx = idx[np.argsort(ratio[idx])[::-1]][:n_peaks]
+    return [float(grid[i]) for i in idx if ratio[i] > 1.5]
+
+
+def _field_only_log_L(data: StarData) -> float:
+    """The field-only maximum-likelihood ``ln L``, read off the tabulated field integrals."""
+    field_ll = np.sum(np.asarray(data.field.value, float)[data.real()], axis=0)
+    return float(data.field.log_L0) + float(data.field.step) * int(np.argmax(field_ll))
+
+
+def map_candidates(
+    data: StarData, priors: ClusterPriors, *, distance_hint: float | None = None, n_candidates: int = 48
+) -> Candidates:
+    """Candidate starting points: distances x sizes (pc) x fractions, at the field-only ``L``."""
+    real = data.real()
+    w = np.asarray(data.parallax, float)[real]
+    s = np.asarray(data.parallax_error, float)[real]
+    good = w / s > 5
+    if good.sum() < 10:
+        good = w > 0
+    peaks: list[float] = []
+    if distance_hint is not None:
+        log_D = math.log(distance_hint) + np.linspace(-0.15, 0.15, 13)
+    else:
+        inv = np.log(1000.0 / w[good]) if good.any() else np.array([math.log(1000.0)])
+        lo, hi = np.quantile(inv, [0.002, 0.998])
+        peaks = parallax_overdensities(inv)
+        log_D = np.concatenate([np.linspace(lo, hi, n_candidates), peaks])
+    log_L = _field_only_log_L(data)
+    # every combination, distance slowest and fraction fastest
+    ld, ls, lq = np.meshgrid(log_D, np.log(_SIZES_PC), np.asarray(_LOGIT_Q), indexing="ij")
+    depth = from_population(Population(log_L, ld, ls - ld, 0.5), priors, clip=0.02)[..., 2]
+    z = np.stack([np.full(ld.shape, log_L), ld, depth, lq], axis=-1).reshape(-1, N_PARAMS)
+    return Candidates(z, tuple(peaks))
+
+
+@functools.lru_cache(maxsize=16)
+def _value_and_grad(priors: ClusterPriors) -> Any:
+    return jax.jit(jax.value_and_grad(lambda z, data: log_posterior(z, data, priors)))
+
+
+@functools.lru_cache(maxsize=16)
+def _batched_value(priors: ClusterPriors) -> Any:
+    return jax.jit(jax.vmap(lambda z, data: log_posterior(z, data, priors), in_axes=(0, None)))
+
+
+def score_candidates(z: np.ndarray, data: StarData, priors: ClusterPriors) -> np.ndarray:
+    """The log posterior of every row of ``z`` (``-inf`` where not finite).
+
+    Candidates are scored in fixed-size batches (up to 32, fewer for big
+    fields so that a batch holds at most about 2 million candidate-star pairs).
+    """
+    fn = _batched_value(priors)
+    dtype = data.parallax.dtype
+    m = z.shape[0]
+    batch = int(np.clip(_SCORE_PAIRS // max(data.n_stars, 1), 1, _SCORE_BATCH))
+    out = np.empty(m)
+    for start in range(0, m, batch):
+        idx = np.minimum(np.arange(start, start + batch), m - 1)  # fixed shape: one compile
+        stop = min(start + batch, m)
+        out[start:stop] = np.asarray(fn(jnp.asarray(z[idx], dtype), data), float)[: stop - start]
+    return np.where(np.isfinite(out), out, -np.inf)
+
+
+def select_starts(cand: Candidates, scores: np.ndarray, *, n_best: int = 4) -> list[int]:
+    """Candidates to polish: the best at each overdensity, then the best at ``n_best`` distinct distances.
+
+    Distances count as distinct when their ``ln D`` differ by more than 0.2.
+    """
+    by_d = cand.z[:, 1]
+    order: list[int] = []
+    for p in cand.peaks:
+        near = np.flatnonzero(np.abs(by_d - p) < 1e-9)
+        if near.size:
+            order.append(int(near[np.argmax(scores[near])]))
+    n_total = n_best + len(order)
+    for i in np.argsort(scores)[::-1]:
+        if all(abs(by_d[i] - by_d[j]) > 0.2 for j in order):
+            order.append(int(i))
+        if len(order) == n_total:
+            break
+    return order
+
+
+def _hessian(z: np.ndarray, data: StarData, priors: ClusterPriors) -> np.ndarray:
+    """Finite-difference Hessian of the log posterior from its gradients (symmetrised)."""
+    vg = _value_and_grad(priors)
+    dtype = data.parallax.dtype
+    h = 1e-3 * np.maximum(1.0, np.abs(z)) * (1e-1 if dtype == jnp.float64 else 1.0)
+    rows = []
+    for i in range(N_PARAMS):
+        e = np.zeros(N_PARAMS)
+        e[i] = h[i]
+        gp = np.asarray(vg(jnp.asarray(z + e, dtype), data)[1], float)
+        gm = np.asarray(vg(jnp.asarray(z - e, dtype), data)[1], float)
+        rows.append((gp - gm) / (2 * h[i]))
+    H = np.array(rows)
+    return 0.5 * (H + H.T)
+
+
+def polish(z0: np.ndarray, data: StarData, priors: ClusterPriors, *, max_iter: int = 50) -> tuple[np.ndarray, float]:
+    """Damped Newton ascent of the log posterior from ``z0``; returns the end point and its value."""
+    vg = _value_and_grad(priors)
+    dtype = data.parallax.dtype
+
+    def f(x: np.ndarray) -> float:
+        return float(vg(jnp.asarray(x, dtype), data)[0])
+
+    x = np.asarray(z0, float)
+    fx = f(x)
+    for _ in range(max_iter):
+        g = np.asarray(vg(jnp.asarray(x, dtype), data)[1], float)
+        try:
+            evals, evecs = np.linalg.eigh(-_hessian(x, data, priors))
+            step = evecs @ ((evecs.T @ g) / np.maximum(evals, 1e-3 * max(evals.max(), 1e-12) + 1e-6))
+        except np.linalg.LinAlgError:
+            step = g * 1e-3
+        norm = np.linalg.norm(step)
+        if norm > 1.0:
+            step = step / norm
+        t = 1.0
+        while t > 1e-4:
+            fn = f(x + t * step)
+            if np.isfinite(fn) and fn >= fx - 1e-6:
+                break
+            t *= 0.5
+        else:
+            break
+        x, converged = x + t * step, abs(fn - fx) < 1e-4 and t * norm < 1e-4
+        fx = fn
+        if converged:
+            break
+    return x, fx
+
+
+def laplace_covariance(z: np.ndarray, data: StarData, priors: ClusterPriors) -> np.ndarray | None:
+    """``(-H)^-1`` at ``z``; ``None`` when the Hessian is not negative definite."""
+    try:
+        H = _hessian(z, data, priors)
+        if np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(-H) > 0):
+            return np.linalg.inv(-H)
+    except np.linalg.LinAlgError:
+        pass
+    return None
+
+
+def find_map(
+    data: StarData,
+    priors: ClusterPriors,
+    *,
+    distance_hint: float | None = None,
+    n_candidates: int = 48,
+    n_polish: int = 4,
+    max_iter: int = 50,
+) -> MapResult:
+    """The MAP of the marginal model: candidates scored, the best few polished, the Laplace covariance there.
+
+    ``distance_hint`` (pc) restricts the candidate distances to within 15 %
+    of it.
+    """
+    cand = map_candidates(data, priors, distance_hint=distance_hint, n_candidates=n_candidates)
+    scores = score_candidates(cand.z, data, priors)
+    starts = select_starts(cand, scores, n_best=n_polish)
+    best, best_val = cand.z[starts[0]].copy(), float(scores[starts[0]])
+    for k in starts:
+        x, fx = polish(cand.z[k], data, priors, max_iter=max_iter)
+        if fx > best_val:
+            best, best_val = x, fx
+    return MapResult(best, best_val, laplace_covariance(best, data, priors))
+
+
+def whitening(cov: np.ndarray | None) -> np.ndarray:
+    """Cholesky factor of the Laplace covariance (a small diagonal when there is none)."""
+    return np.linalg.cholesky(cov) if cov is not None else np.diag(np.full(N_PARAMS, 0.05))

@@ -1,0 +1,183 @@
+"""Per-star results of a cluster fit: membership probabilities and cluster-model distance quantiles.
+
+Both are Rao-Blackwellised: for each posterior draw of the population the
+per-star quantity is exact (the membership odds from the component
+likelihoods; the distance posterior on a per-star grid in ``ln r``), and the
+draws are averaged. From the joint model's latent distances the same
+quantities follow directly (:func:`joint_per_star`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaia_distances.core.components import mixture_log_prior_u
+from gaia_distances.core.field_table import precompute_field_nodes
+from gaia_distances.core.likelihood import StarData, log_evidence_per_star, membership_log_odds
+from gaia_distances.core.numerics import (
+    ONE_SIGMA_QUANTILES,
+    Array,
+    invert_cdf,
+    log_likelihood_u,
+    padded_chunks,
+)
+from gaia_distances.core.population import N_PARAMS, ClusterPriors, to_population
+from gaia_distances.core.sampling import aot_call, precompile
+
+__all__ = [
+    "PerStarResults",
+    "cluster_model_quantiles",
+    "joint_per_star",
+    "per_star_results",
+    "posterior_distance_grid",
+    "precompile_per_star",
+]
+
+#: Stars per compiled call of the quantile computation.
+CHUNK = 4096
+#: Nodes per star of :func:`posterior_distance_grid`: field, cluster, likelihood.
+_GRID_FIELD, _GRID_CLUSTER, _GRID_LIKE = 64, 48, 32
+GRID_WIDTH = _GRID_FIELD + _GRID_CLUSTER + _GRID_LIKE
+
+
+class PerStarResults(NamedTuple):
+    """Membership probability ``(n,)`` and distance quantiles ``(n, 3)`` in pc at :data:`ONE_SIGMA_QUANTILES`."""
+
+    membership: np.ndarray
+    distance_quantiles: np.ndarray
+
+
+def posterior_distance_grid(
+    parallax: np.ndarray,
+    parallax_error: np.ndarray,
+    log_D_centre: float,
+    sigma_max: float,
+    L_range: tuple[float, float],
+) -> np.ndarray:
+    """Per-star sorted nodes in ``ln r`` resolving the field, the cluster and the likelihood."""
+    w = np.asarray(parallax, float)
+    s = np.asarray(parallax_error, float)
+    field = precompute_field_nodes(w, s, n_nodes=_GRID_FIELD, L_range=L_range).u
+    cl = log_D_centre + sigma_max * np.linspace(-8.0, 8.0, _GRID_CLUSTER)
+    snr_ok = w / s > 2
+    centre = np.log(1000.0 / np.where(snr_ok, w, 1.0))
+    tau = np.where(snr_ok, s / np.where(snr_ok, w, 1.0), 0.1)
+    like_nodes = centre[:, None] + tau[:, None] * np.linspace(-8.0, 8.0, _GRID_LIKE)
+    like = np.where(snr_ok[:, None], like_nodes, field[:, :_GRID_LIKE])
+    grid = np.concatenate([field, np.broadcast_to(cl, (w.size, cl.size)), like], axis=1)
+    return np.sort(grid, axis=1)
+
+
+def cluster_model_quantiles(
+    z_draws: Array, data: StarData, priors: ClusterPriors, grid: Array, quantiles: tuple[float, ...]
+) -> Array:
+    """Quantiles (pc) of each star's distance under the fitted mixture prior.
+
+    The posterior of ``ln r`` given each draw of the population is evaluated
+    exactly on ``grid`` (from :func:`posterior_distance_grid`), normalised
+    with the same integrals the likelihood uses, averaged over the draws, and
+    inverted.
+    """
+    like = log_likelihood_u(grid, data.parallax[:, None], data.parallax_error[:, None])
+
+    def one(z: Array) -> Array:
+        pop = to_population(z, priors)
+        log_prior_u = jnp.logaddexp(*mixture_log_prior_u(grid, pop))
+        return jnp.exp(log_prior_u + like - log_evidence_per_star(pop, data)[:, None])
+
+    dens = jax.lax.map(one, z_draws).mean(axis=0)
+    dx = jnp.diff(grid, axis=1)
+    steps = jnp.cumsum(0.5 * (dens[:, 1:] + dens[:, :-1]) * dx, axis=1)
+    cdf = jnp.concatenate([jnp.zeros_like(grid[:, :1]), steps], axis=1)
+    cdf = cdf / cdf[:, -1:]
+    out = []
+    for q in quantiles:
+        i, t = invert_cdf(cdf, q)
+        u0 = jnp.take_along_axis(grid, i[:, None], 1)[:, 0]
+        u1 = jnp.take_along_axis(grid, i[:, None] + 1, 1)[:, 0]
+        out.append(jnp.exp(u0 + t * (u1 - u0)))
+    return jnp.stack(out, axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _per_star_functions(priors: ClusterPriors) -> tuple[Any, Any]:
+    """Jitted ``membership(z_draws, data)`` (mean probability) and ``quantiles(z_draws, data, grid)``."""
+
+    def membership(zs: Array, data: StarData) -> Array:
+        def one(z: Array) -> Array:
+            return jax.nn.sigmoid(membership_log_odds(to_population(z, priors), data))
+
+        return jax.lax.map(one, zs).mean(axis=0)
+
+    def quant(zs: Array, data: StarData, grid: Array) -> Array:
+        return cluster_model_quantiles(zs, data, priors, grid, ONE_SIGMA_QUANTILES)
+
+    return jax.jit(membership), jax.jit(quant)
+
+
+def _chunk_data(data: StarData, index: np.ndarray) -> StarData:
+    n = data.n_stars
+    return jax.tree_util.tree_map(lambda x: x[index] if np.ndim(x) and np.shape(x)[0] == n else x, data)
+
+
+def precompile_per_star(data: StarData, priors: ClusterPriors, *, n_member: int, n_quant: int) -> None:
+    """Compile the per-star programs for ``data``'s shapes (e.g. while the sampler runs elsewhere)."""
+    membership, quant = _per_star_functions(priors)
+    dt = data.parallax.dtype
+    precompile(membership, jnp.zeros((n_member, N_PARAMS), dt), data)
+    chunk = next(padded_chunks(data.n_stars, CHUNK))
+    sub = _chunk_data(data, chunk.rows)
+    precompile(quant, jnp.zeros((n_quant, N_PARAMS), dt), sub, jnp.zeros((chunk.rows.size, GRID_WIDTH), dt))
+
+
+def _thin(z: np.ndarray, n: int) -> np.ndarray:
+    """``n`` draws evenly spaced through ``z`` (all of them when there are fewer)."""
+    return z[np.linspace(0, len(z) - 1, min(len(z), n)).astype(int)]
+
+
+def per_star_results(
+    z_draws: np.ndarray, data: StarData, priors: ClusterPriors, *, n_member: int = 400, n_quant: int = 32
+) -> PerStarResults:
+    """Membership and distance quantiles for every star in ``data`` (padding included) from population draws.
+
+    ``z_draws`` has shape ``(..., 4)``; ``n_member`` and ``n_quant`` evenly
+    thinned draws are averaged for the membership and the quantiles.
+    """
+    flat = np.asarray(z_draws, float).reshape(-1, N_PARAMS)
+    membership, quant = _per_star_functions(priors)
+    dt = data.parallax.dtype
+    member = np.asarray(aot_call(membership, jnp.asarray(_thin(flat, n_member), dt), data), float)
+    log_D, log_sigma = (np.asarray(x) for x in to_population(flat, priors, xp=np)[1:3])
+    grid = posterior_distance_grid(
+        np.asarray(data.parallax, float),
+        np.asarray(data.parallax_error, float),
+        float(np.median(log_D)),
+        float(np.max(np.exp(log_sigma))),
+        data.field.L_range(),
+    )
+    zq = jnp.asarray(_thin(flat, n_quant), dt)
+    dist = np.empty((data.n_stars, len(ONE_SIGMA_QUANTILES)))
+    for chunk in padded_chunks(data.n_stars, CHUNK):
+        q = aot_call(quant, zq, _chunk_data(data, chunk.rows), jnp.asarray(grid[chunk.rows], dt))
+        dist[chunk.start : chunk.stop] = np.asarray(q)[: chunk.stop - chunk.start]
+    return PerStarResults(member, dist)
+
+
+def joint_per_star(r_draws: np.ndarray, z_draws: np.ndarray, priors: ClusterPriors) -> PerStarResults:
+    """Membership and distance quantiles from the joint model's latent distances ``r`` (pc).
+
+    ``r_draws`` has shape ``(..., n)`` and ``z_draws`` ``(..., 4)`` with the
+    same leading axes.
+    """
+    flat_r = r_draws.reshape(-1, r_draws.shape[-1])
+    pop = to_population(z_draws.reshape(-1, N_PARAMS), priors, xp=np)
+    pop = type(pop)(*(np.asarray(x)[:, None] for x in pop))
+    log_cl, log_fd = (np.asarray(x) for x in mixture_log_prior_u(np.log(flat_r), pop))
+    member = np.mean(np.exp(log_cl - np.logaddexp(log_cl, log_fd)), axis=0)
+    q = np.quantile(flat_r, ONE_SIGMA_QUANTILES, axis=0).T
+    return PerStarResults(member, q)

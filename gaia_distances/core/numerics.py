@@ -1,0 +1,140 @@
+"""Shared numerical conventions of the core: one definition of each.
+
+- :data:`Array`, the type of JAX/NumPy arrays in signatures;
+- :data:`ONE_SIGMA_QUANTILES`, the median and the +-1 sigma percentiles every
+  summary reports, and :data:`SUMMARY_LEVELS` (their names, in column order);
+- :func:`normal_log_pdf` and :func:`log_likelihood_u`, the parallax likelihood
+  in ``u = ln(r / pc)``;
+- :func:`likelihood_bracket`, the ``ln r`` interval holding a star's likelihood;
+- :func:`hermite` and :func:`hermite_derivative`, the cubic Hermite step on the
+  unit interval, and :func:`invert_cdf`, which inverts a tabulated CDF with it;
+- :func:`padded_chunks`, fixed-size chunks so that one compiled program serves
+  a whole table.
+
+Pure JAX/NumPy: ``xp`` selects the array module where both are supported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "LOG_SQRT_2PI",
+    "ONE_SIGMA_QUANTILES",
+    "SUMMARY_LEVELS",
+    "Array",
+    "Chunk",
+    "chunk_length",
+    "hermite",
+    "hermite_derivative",
+    "invert_cdf",
+    "likelihood_bracket",
+    "log_likelihood_u",
+    "normal_log_pdf",
+    "padded_chunks",
+]
+
+#: JAX or NumPy array (a pytree leaf) in signatures.
+Array = Any
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+#: The 15.866th, 50th and 84.134th percentiles: the median and the +-1 sigma
+#: equivalents of a Gaussian, in ascending order.
+ONE_SIGMA_QUANTILES = (0.158655, 0.5, 0.841345)
+
+#: Column suffix -> index into :data:`ONE_SIGMA_QUANTILES`, in the order the
+#: columns are written (``*_median``, ``*_lo``, ``*_hi``).
+SUMMARY_LEVELS = {"median": 1, "lo": 0, "hi": 2}
+
+
+def normal_log_pdf(x: Array, mu: Array, sd: Array, xp: Any = jnp) -> Array:
+    """``ln N(x | mu, sd)``, normalised."""
+    z = (x - mu) / sd
+    return -0.5 * z * z - xp.log(sd) - LOG_SQRT_2PI
+
+
+def log_likelihood_u(u: Array, parallax: Array, parallax_error: Array, xp: Any = jnp) -> Array:
+    """``ln N(w | 1000 e^-u, s)`` of a parallax ``w`` (mas) at ``u = ln(r / pc)``, normalised."""
+    return normal_log_pdf(1000.0 * xp.exp(-u), parallax, parallax_error, xp)
+
+
+def likelihood_bracket(parallax: Array, parallax_error: Array, k: float, xp: Any = jnp) -> tuple[Array, Array]:
+    """``(u_lo, u_hi)``: the ``ln r`` interval outside which the likelihood is below ``exp(-k^2/2)`` of its peak.
+
+    The parallax interval is ``w +- d`` with ``d = sqrt(max(-w, 0)^2 + (k s)^2)``
+    (wider for negative parallaxes, whose likelihood peaks at infinite
+    distance). ``u_hi`` is ``inf`` when the interval reaches zero parallax.
+    """
+    w, s = parallax, parallax_error
+    d = xp.sqrt(xp.square(xp.maximum(w, 0.0) - w) + xp.square(k * s))
+    u_lo = xp.log(1000.0 / (w + d))
+    wl = w - d
+    positive = wl > 0
+    u_hi = xp.where(positive, xp.log(1000.0 / xp.where(positive, wl, 1.0)), xp.inf)
+    return u_lo, u_hi
+
+
+def hermite(t: Array, v0: Array, m0: Array, v1: Array, m1: Array) -> Array:
+    """Cubic Hermite interpolant on ``t`` in [0, 1] with end values ``v`` and slopes ``m`` (per unit ``t``)."""
+    t2 = t * t
+    t3 = t2 * t
+    return (2 * t3 - 3 * t2 + 1) * v0 + (t3 - 2 * t2 + t) * m0 + (-2 * t3 + 3 * t2) * v1 + (t3 - t2) * m1
+
+
+def hermite_derivative(t: Array, v0: Array, m0: Array, v1: Array, m1: Array) -> Array:
+    """``d/dt`` of :func:`hermite`."""
+    t2 = t * t
+    return (6 * t2 - 6 * t) * v0 + (3 * t2 - 4 * t + 1) * m0 + (-6 * t2 + 6 * t) * v1 + (3 * t2 - 2 * t) * m1
+
+
+def invert_cdf(cdf: Array, q: float, slope: Array | None = None, *, n_newton: int = 4) -> tuple[Array, Array]:
+    """Where a tabulated CDF reaches ``q``: ``(i, t)`` with the crossing at node ``i + t``.
+
+    ``cdf`` has shape ``(n, K)``, non-decreasing along its last axis. Without
+    ``slope`` the CDF is interpolated linearly between nodes; with ``slope``
+    (``dC/dt`` per node interval, shape ``(n, K)``) the cubic Hermite
+    interpolant is inverted by ``n_newton`` Newton steps (error ``O(h^4)``).
+    """
+    K = cdf.shape[1]
+    i = jnp.clip(jnp.sum(cdf < q, axis=1) - 1, 0, K - 2)[:, None]
+    c0 = jnp.take_along_axis(cdf, i, axis=1)[:, 0]
+    c1 = jnp.take_along_axis(cdf, i + 1, axis=1)[:, 0]
+    t = jnp.clip((q - c0) / jnp.where(c1 > c0, c1 - c0, 1.0), 0.0, 1.0)
+    if slope is not None:
+        m0 = jnp.take_along_axis(slope, i, axis=1)[:, 0]
+        m1 = jnp.take_along_axis(slope, i + 1, axis=1)[:, 0]
+        for _ in range(n_newton):
+            val = hermite(t, c0, m0, c1, m1)
+            der = hermite_derivative(t, c0, m0, c1, m1)
+            t = jnp.clip(t - (val - q) / jnp.maximum(der, 1e-30), 0.0, 1.0)
+    return i[:, 0], t
+
+
+class Chunk(NamedTuple):
+    """One fixed-size chunk of ``n`` rows: output rows ``[start, stop)`` and the padded row indices."""
+
+    start: int
+    stop: int
+    rows: np.ndarray  # (size,): rows start..start+size-1, the last real row repeated as padding
+
+
+def chunk_length(n: int, chunk_size: int) -> int:
+    """Rows per chunk: ``chunk_size``, or the next power of two (at least 16) above ``n`` when smaller.
+
+    Rounding small tables up to a power of two lets repeated calls on tables
+    of similar size reuse one compiled program.
+    """
+    return int(min(chunk_size, 1 << max(4, (max(n, 1) - 1).bit_length())))
+
+
+def padded_chunks(n: int, chunk_size: int) -> Iterator[Chunk]:
+    """Equal-size chunks covering ``n`` rows; the last is padded by repeating row ``n - 1``."""
+    size = chunk_length(n, chunk_size)
+    for start in range(0, n, size):
+        yield Chunk(start, min(start + size, n), np.minimum(np.arange(start, start + size), n - 1))
