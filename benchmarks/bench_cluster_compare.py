@@ -22,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import json, os, sys, time, warnings
 from pathlib import Path
 import numpy as np
 import gaia_distances as gd
-data = Path(os.environ.get("GAIA_DISTANCES_TEST_DATA", Path.cwd().parent / "shared" / "data"))
+data = Path(os.environ["GAIA_DISTANCES_TEST_DATA"])
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
     t = gd.apply_zeropoint(gd.load_table(data / "m67.fits.gz"), fallback=0.0)
@@ -55,15 +56,20 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _run(tree: Path, seed: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    res = subprocess.run(
-        [sys.executable, "-c", CHILD, str(seed)], cwd=HERE, env=env, capture_output=True, text=True, check=False
-    )
+def _run(tree: Path, seed: int, data: Path) -> dict:
+    # run outside both trees (python -c puts the working directory first on sys.path)
+    env = {**os.environ, "PYTHONPATH": str(tree), "GAIA_DISTANCES_TEST_DATA": str(data)}
+    with tempfile.TemporaryDirectory() as cwd:
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, str(seed)], cwd=cwd, env=env, capture_output=True, text=True, check=False
+        )
     line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
     if res.returncode or not line:
         raise SystemExit(f"{tree}: failed\n{res.stderr[-3000:]}")
-    return json.loads(line[-1][7:])
+    out = json.loads(line[-1][7:])
+    if not Path(out["file"]).resolve().is_relative_to(tree):
+        raise SystemExit(f"{tree}: imported gaia_distances from {out['file']}")
+    return out
 
 
 def main() -> None:
@@ -72,7 +78,8 @@ def main() -> None:
     ap.add_argument("--new", type=Path, default=HERE, help="the tree under test (default: this one)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    runs = {"base": _run(args.base.resolve(), args.seed), "new": _run(args.new.resolve(), args.seed)}
+    data = Path(os.environ.get("GAIA_DISTANCES_TEST_DATA", HERE.parent / "shared" / "data")).resolve()
+    runs = {name: _run(getattr(args, name).resolve(), args.seed, data) for name in ("base", "new")}
     print(f"\n### M67 marginal fit, two trees, {date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs\n")
     print("| tree | call | wall [s] | min ESS | ESS/s | max R-hat | div | D [pc] | sigma [pc] | Q | L [pc] |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

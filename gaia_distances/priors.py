@@ -95,7 +95,10 @@ class GGD:
     """Generalized gamma prior of Bailer-Jones et al. (2021).
 
     ``P(r) = alpha / (L^(beta+1) Gamma((beta+1)/alpha)) r^beta exp(-(r/L)^alpha)``.
-    ``alpha=1, beta=2`` is the EDSD prior.
+    ``alpha=1, beta=2`` is the EDSD prior. The parameters are in the same
+    order as those of the core :class:`~gaia_distances.core.priors.GGDPrior`
+    it resolves to. Use :meth:`bailer_jones_2021` for the published
+    per-HEALPix parameters.
 
     Parameters
     ----------
@@ -103,10 +106,6 @@ class GGD:
         Shape parameters (dimensionless): scalars, per-star arrays or column names.
     length_scale
         ``L`` in pc (scalar, per-star array, Quantity or column name).
-
-    The parameters are in the same order as those of the core
-    :class:`~gaia_distances.core.priors.GGDPrior` it resolves to. Use
-    :meth:`bailer_jones_2021` for the published per-HEALPix parameters.
 
     Examples
     --------

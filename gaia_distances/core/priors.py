@@ -88,6 +88,8 @@ class GGDPrior(NamedTuple):
     """Generalized gamma distance prior (Bailer-Jones et al. 2021).
 
     ``P(r) = alpha / (L^(beta+1) Gamma((beta+1)/alpha)) r^beta exp(-(r/L)^alpha)``.
+    The fields are in the order of the user-level :class:`~gaia_distances.GGD`
+    ``(alpha, beta, length_scale)``.
 
     Parameters
     ----------
@@ -96,9 +98,6 @@ class GGDPrior(NamedTuple):
         ``alpha = 1, beta = 2`` is the EDSD prior.
     length_scale
         ``L`` in pc, one value per star.
-
-    The fields are in the order of the user-level
-    :class:`~gaia_distances.GGD` ``(alpha, beta, length_scale)``.
 
     Examples
     --------
