@@ -5,7 +5,8 @@ Subcommands:
 - ``query --name M67 --radius 0.5 -o m67.fits``: a Gaia DR3 cone (cached);
 - ``zeropoint IN -o OUT``: add Lindegren et al. (2021) zero points;
 - ``estimate IN -o OUT --prior edsd|ggd|uniform``: per-star distances;
-- ``cluster IN -o OUT [--method marginal|joint]``: fit a cluster over a field;
+- ``cluster IN -o OUT [--method marginal|joint] [--kinematics auto|on|off] [--field flexible|edsd]``:
+  fit a cluster over a field, with proper motions where the table has them;
 - ``report IN -o DIR [--posterior post.nc]``: figures and report.md for a table;
 - ``demo``: simulate a Gaia field and run the whole pipeline, offline.
 
@@ -31,6 +32,9 @@ from gaia_distances.io import write_table
 __all__ = ["main"]
 
 log = logging.getLogger("gaia_distances")
+
+#: ``cluster --kinematics`` -> ``fit_cluster(kinematics=...)``.
+KINEMATICS_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
 
 
 def _summary(table: Any, prefix: str = "distance") -> dict[str, Any]:
@@ -223,6 +227,8 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     fit = gd.fit_cluster(
         t,
         method=args.method,
+        kinematics=KINEMATICS_CHOICES[args.kinematics],
+        field=args.field,
         prior=prior,
         zero_point=zp,
         parallax_limits=limits,
@@ -242,6 +248,8 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     diag = {k: v for k, v in fit.diagnostics.items() if not k.startswith("_")}
     return {
         "method": args.method,
+        "kinematics": bool(fit.diagnostics.get("kinematics", False)),
+        "field": args.field,
         "stars_fitted": int(np.sum(np.asarray(fit.table["cluster_flag"]) == 0)),
         **{f"{r['parameter']}_mean": float(r["mean"]) for r in summ},
         **{f"{r['parameter']}_sd": float(r["sd"]) for r in summ},
@@ -315,7 +323,13 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="random seed (method nuts)")
     e.set_defaults(func=_cmd_estimate)
 
-    c = sub.add_parser("cluster", help="fit a cluster (Gaussian in ln r) over an EDSD field")
+    c = sub.add_parser(
+        "cluster",
+        help="fit a cluster (Gaussian in ln r, with proper motions where present) over a field",
+        description="Fit a cluster, Gaussian in ln r, over a field population: distances from the parallaxes "
+        "and, with --kinematics, the cluster's mean proper motion and velocity dispersion against a mixture "
+        "of field proper motions. Writes membership_prob and cluster_distance_* per row.",
+    )
     c.add_argument("input", help="input table (format from extension)")
     c.add_argument("-o", "--output", required=True, help="output table with membership_prob, cluster_distance_*")
     c.add_argument(
@@ -323,6 +337,20 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["marginal", "joint"],
         default="marginal",
         help="marginal: distances integrated out (fast); joint: one latent distance per star",
+    )
+    c.add_argument(
+        "--kinematics",
+        choices=list(KINEMATICS_CHOICES),
+        default="auto",
+        help="fit proper motions too: auto (default) when pmra, pmdec, pmra_error and pmdec_error are in the "
+        "table; on: require them; off: parallaxes only",
+    )
+    c.add_argument(
+        "--field",
+        choices=["flexible", "edsd"],
+        default="flexible",
+        help="field distance model: flexible (default), a smooth mixture of log-normal distance bins; edsd, "
+        "the exponentially decreasing space density (reference model, one length scale L)",
     )
     c.add_argument("--save-posterior", default=None, help="write the posterior (arviz netCDF) here")
     c.add_argument("--zero-point", default=None, help="zero point in mas or a column name")

@@ -16,6 +16,7 @@ package: parallaxes in mas, distances in pc, angles in deg, magnitudes in mag.
 - :func:`distance_posteriors`: per-star distance posteriors with ``1/parallax``
   marked;
 - :func:`sky_map`: positions coloured by membership probability;
+- :func:`proper_motion_diagram`, :func:`proper_motion_predictive`: fits with proper motions;
 - :func:`overview`: the four table panels in one figure.
 
 :func:`gaia_distances.report.write_report` writes every figure as a PNG plus
@@ -68,6 +69,8 @@ __all__ = [
     "distance_posteriors",
     "overview",
     "parallax_predictive",
+    "proper_motion_diagram",
+    "proper_motion_predictive",
     "sky_map",
 ]
 
@@ -151,7 +154,7 @@ def _marker_size(n: int) -> float:
 def corner_plot(
     fit: FitLike | Mapping[str, np.ndarray],
     *,
-    parameters: Sequence[str] = ("D", "sigma", "Q", "L"),
+    parameters: Sequence[str] | None = None,
     truths: Mapping[str, float] | None = None,
     fig: Figure | None = None,
     **corner_kwargs: Any,
@@ -164,7 +167,7 @@ def corner_plot(
         A :class:`~gaia_distances.ClusterFit`, or a mapping from parameter
         name to draws (any shape; flattened).
     parameters
-        Which of ``D``, ``sigma`` (pc), ``sigma_log``, ``Q``, ``L`` (pc) to show.
+        Names to show (``sigma_log``, ...); default: those of ``D``, ``sigma`` (pc), ``Q``, ``L`` (pc) it has.
     truths
         Known values by name (e.g. from a simulation), drawn as lines.
     fig
@@ -178,6 +181,7 @@ def corner_plot(
         raise ImportError('corner_plot needs corner: pip install "gaia-distances[plot]"') from exc
     pyplot()
     post = fit.posterior if hasattr(fit, "posterior") else fit
+    parameters = [p for p in ("D", "sigma", "Q", "L") if p in post] if parameters is None else parameters
     missing = [p for p in parameters if p not in post]
     if missing:
         raise KeyError(f"no draws for {missing}; available: {sorted(post)}")
@@ -272,13 +276,46 @@ def sky_map(table: Any, *, membership: str | None = "membership_prob", ax: Axes 
     return fig
 
 
+def proper_motion_diagram(fit: FitLike, *, ax: Axes | None = None) -> Figure:
+    """Vector-point diagram (pmra, pmdec in mas/yr) of the fitted stars, by membership, with the fitted populations.
+
+    As :func:`gaia_distances.pm_plots.draw_proper_motion_model` draws them; ``ValueError`` without proper motions.
+    """
+    from gaia_distances import pm_plots
+
+    obs = pm_plots.observed_proper_motions(fit)
+    fig, ax = _axes(ax, (6.5, 5.5))
+    prob = obs.membership if np.isfinite(obs.membership).any() else None
+    x, y = obs.pm.T
+    _membership_colorbar(fig, ax, _scatter_by_membership(ax, x, y, prob, size=_marker_size(len(x)), label="stars"))
+    pm_plots.draw_proper_motion_model(ax, pm_plots.proper_motion_model(fit), obs.pm)
+    return fig
+
+
 # --------------------------------------------------------------------------- predictive
 
 
-def _step_band(ax: Axes, edges: np.ndarray, counts: np.ndarray, colour: str, label: str, alpha: float) -> None:
+def _step_band(ax: Axes, edges: np.ndarray, sims: np.ndarray, colour: str, label: str, alpha: float) -> None:
+    counts = np.stack([np.histogram(x, edges)[0] for x in sims])
     lo, med, hi = np.percentile(counts, [5.0, 50.0, 95.0], axis=0)
     ax.fill_between(edges, np.append(lo, lo[-1]), np.append(hi, hi[-1]), step="post", color=colour, alpha=alpha, lw=0)
     ax.stairs(med, edges, color=colour, lw=1.2, label=label)
+
+
+def _histogram_edges(x: np.ndarray, bins: int | np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """``bins`` as given, or ``bins`` bins over the ``percentiles`` range of ``x`` padded by 5 % each side."""
+    if np.ndim(bins) > 0:
+        return np.asarray(bins, dtype=float)
+    lo, hi = np.percentile(x, percentiles)
+    pad = 0.05 * (hi - lo)
+    return np.linspace(lo - pad, hi + pad, int(bins) + 1)
+
+
+def _observed_over_bands(ax: Axes, edges: np.ndarray, observed: np.ndarray, unit: str) -> None:
+    """The observed histogram over predictive bands, on a logarithmic count axis."""
+    ax.stairs(np.histogram(observed, edges)[0], edges, color="k", lw=1.5, label=f"observed ({observed.size} stars)")
+    ax.set(yscale="log", xlim=(edges[0], edges[-1]), ylabel=f"stars per {edges[1] - edges[0]:.3g} {unit} bin")
+    ax.set_ylim(bottom=0.5)
 
 
 def parallax_predictive(
@@ -298,27 +335,39 @@ def parallax_predictive(
     tails and the cluster peak read together.
     """
     observed = np.asarray(fit.stars.catalogue_parallax, dtype=float)
-    if np.ndim(bins) == 0:
-        lo, hi = np.percentile(observed, [0.2, 99.8])
-        pad = 0.05 * (hi - lo)
-        edges = np.linspace(lo - pad, hi + pad, int(bins) + 1)
-    else:
-        edges = np.asarray(bins, dtype=float)
+    edges = _histogram_edges(observed, bins, (0.2, 99.8))
     fig, ax = _axes(ax, (7.0, 4.5))
     if prior:
         sims = fit.predictive("prior", num_samples=num_samples, seed=seed)
-        counts = np.stack([np.histogram(x, edges)[0] for x in sims])
-        _step_band(ax, edges, counts, "0.55", "prior predictive (median, 90 %)", 0.25)
+        _step_band(ax, edges, sims, "0.55", "prior predictive (median, 90 %)", 0.25)
     sims = fit.predictive("posterior", num_samples=num_samples, seed=seed)
-    counts = np.stack([np.histogram(x, edges)[0] for x in sims])
-    _step_band(ax, edges, counts, "C0", "posterior predictive (median, 90 %)", 0.35)
-    ax.stairs(np.histogram(observed, edges)[0], edges, color="k", lw=1.5, label=f"observed ({observed.size} stars)")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=0.5)
-    ax.set_xlim(edges[0], edges[-1])
+    _step_band(ax, edges, sims, "C0", "posterior predictive (median, 90 %)", 0.35)
+    _observed_over_bands(ax, edges, observed, "mas")
     ax.set_xlabel(r"catalogue parallax $\varpi$ [mas]")
-    ax.set_ylabel(f"stars per {edges[1] - edges[0]:.3g} mas bin")
     ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def proper_motion_predictive(
+    fit: FitLike, *, num_samples: int = 200, bins: int | np.ndarray = 60, seed: int = 0, fig: Figure | None = None
+) -> Figure:
+    """Observed pmra and pmdec histograms (two panels) against posterior predictive catalogues.
+
+    A check at each star's observed parallax (:func:`gaia_distances.pm_plots.simulate_proper_motions`);
+    ``ValueError`` for a fit without proper motions.
+    """
+    from gaia_distances import pm_plots
+
+    obs = pm_plots.observed_proper_motions(fit)
+    sims = pm_plots.simulate_proper_motions(fit, num_samples=num_samples, seed=seed)
+    fig = pyplot().figure(figsize=(11.0, 4.2), layout="constrained") if fig is None else fig
+    for k, ax in enumerate(fig.subplots(1, 2)):
+        ok = np.isfinite(obs.pm[:, k])
+        edges = _histogram_edges(obs.pm[ok, k], bins, (0.5, 99.5))
+        _step_band(ax, edges, sims[:, ok, k], "C0", "posterior predictive (median, 90 %)", 0.35)
+        _observed_over_bands(ax, edges, obs.pm[ok, k], "mas/yr")
+        ax.set_xlabel(pm_plots.PM_LABELS[k])
+    fig.axes[0].legend(fontsize=8, loc="upper left")
     return fig
 
 

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 #: The ESA Gaia archive (TAP service at ``<server>tap-server/tap``).
 DEFAULT_SERVER = "https://gea.esac.esa.int/"
 
-#: Columns every later step needs.
+#: Columns every later step needs: the zero point, distances, and the cluster fit with proper motions
+#: (which reads the proper motions, their errors and the parallax-proper-motion correlations).
 PIPELINE_COLUMNS = (
     "source_id",
     "ra",
@@ -46,6 +47,11 @@ PIPELINE_COLUMNS = (
     "parallax_error",
     "pmra",
     "pmdec",
+    "pmra_error",
+    "pmdec_error",
+    "parallax_pmra_corr",
+    "parallax_pmdec_corr",
+    "pmra_pmdec_corr",
     "ruwe",
     "phot_g_mean_mag",
     "bp_rp",

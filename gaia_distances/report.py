@@ -21,10 +21,13 @@ from gaia_distances.plotting import (
     distance_posteriors,
     fit_and_table,
     parallax_predictive,
+    proper_motion_diagram,
+    proper_motion_predictive,
     pyplot,
     sky_map,
     values,
 )
+from gaia_distances.pm_plots import PM_LABELS, is_kinematic
 
 __all__ = ["write_report"]
 
@@ -58,7 +61,10 @@ def write_report(
     ----------
     table_or_fit
         A :class:`~gaia_distances.ClusterFit` (summary, diagnostics, corner
-        plot, predictive checks and table figures) or a table with distances.
+        plot, predictive checks and table figures; for a fit with proper
+        motions also the corner plot of ``pmra``, ``pmdec`` and ``sigma_v``,
+        the vector-point diagram and the proper-motion predictive check) or
+        a table with distances.
     directory
         Created if needed; existing report files are overwritten.
     truths
@@ -79,6 +85,22 @@ def write_report(
         figures.append(
             ("parallax_predictive.png", "Parallaxes against predictive catalogues", lambda: parallax_predictive(fit))
         )
+    if fit is not None and is_kinematic(fit):
+        kin = ("pmra", "pmdec", "sigma_v")
+        labels = [*PM_LABELS, r"$\sigma_v$ [km/s]"]
+        figures += [
+            (
+                "corner_kinematics.png",
+                "Cluster proper motion and internal velocity dispersion",
+                lambda: corner_plot(fit, parameters=kin, truths=truths, labels=labels),
+            ),
+            ("proper_motions.png", "Proper motions (vector-point diagram)", lambda: proper_motion_diagram(fit)),
+            (
+                "proper_motion_predictive.png",
+                "Proper motions against predictive catalogues (at each star's observed parallax)",
+                lambda: proper_motion_predictive(fit),
+            ),
+        ]
     figures += [
         ("colour_magnitude.png", "Colour-magnitude diagram", lambda: colour_magnitude(table)),
         ("sky_map.png", "Sky map", lambda: sky_map(table)),
@@ -119,7 +141,8 @@ def _report_text(table: Any, fit: FitLike | None) -> list[str]:
         ]
     if fit is not None:
         d = fit.diagnostics
-        lines += ["## Cluster fit", "", f"Method: {fit.method}; stars fitted: {fit.stars.n_stars}.", ""]
+        pm = "with proper motions" if is_kinematic(fit) else "parallaxes only"
+        lines += ["## Cluster fit", "", f"Method: {fit.method} ({pm}); stars fitted: {fit.stars.n_stars}.", ""]
         summ = fit.summary()
         summ.remove_column("description")
         lines += [_markdown_table(summ), "", "### Diagnostics", ""]

@@ -6,6 +6,12 @@ dwarf/giant luminosity function with extinction; parallax errors follow the
 Gaia DR3 relation between G and parallax precision; the columns the
 Lindegren et al. (2021) zero-point recipe reads are filled in, and the true zero
 point is added to the simulated parallaxes.
+
+Proper motions: members share one space velocity plus an isotropic internal
+dispersion; field stars move in a simple disc model (flat rotation curve,
+asymmetric drift, velocity dispersions, Schönrich et al. 2010 solar motion),
+seen from the Sun. The observed parallax and proper motions are drawn jointly
+with Gaia-like errors and correlations.
 """
 
 from __future__ import annotations
@@ -15,14 +21,41 @@ from typing import Any
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import BarycentricTrueEcliptic, SkyCoord
+from astropy.coordinates import (
+    ICRS,
+    BarycentricTrueEcliptic,
+    CartesianDifferential,
+    CartesianRepresentation,
+    Galactocentric,
+    SkyCoord,
+)
 from astropy.table import QTable
 
 from gaia_distances.columns import add_column, update_provenance
-from gaia_distances.core.astrometry import parallax_error_dr3
+from gaia_distances.core.astrometry import (
+    PM_ERROR_FACTORS_DR3,
+    correlated_astrometric_noise,
+    parallax_error_dr3,
+    positive_definite_correlations,
+    proper_motion_from_velocity,
+)
+from gaia_distances.core.kinematics import A_V
 from gaia_distances.zeropoint import load_recipe, nu_eff_from_bp_rp
 
 __all__ = ["parallax_error_dr3", "simulate_field"]
+
+#: Barycentric ICRS Cartesian velocity (km/s) that gives M67's motion (pmra -10.97, pmdec -2.94
+#: mas/yr, radial velocity 34 km/s) at its position and 850 pc: the default ``cluster_velocity``.
+M67_VELOCITY_KMS = (8.13, 56.24, -4.63)
+
+#: Field kinematics: flat rotation curve (km/s), solar motion (U, V, W) relative to the local standard
+#: of rest (km/s; Schönrich, Binney & Dehnen 2010) and the astropy v4.0 Galactocentric geometry.
+V_CIRC_KMS = 236.0
+SOLAR_MOTION_KMS = (11.1, 12.24, 7.25)
+R0_KPC, Z_SUN_PC = 8.122, 20.8
+#: Disc populations: (fraction, (sigma_R, sigma_phi, sigma_z) in km/s); each lags the circular
+#: velocity by the asymmetric drift sigma_R^2 / (80 km/s) (Strömberg relation, Dehnen & Binney 1998).
+DISC_POPULATIONS = ((0.9, (35.0, 25.0, 18.0)), (0.1, (60.0, 45.0, 40.0)))
 
 
 def _draw_distances(rng: np.random.Generator, n: int, prior: Any) -> np.ndarray:
@@ -49,6 +82,36 @@ def _sky_positions(
     return centre.directional_offset_by(pa, sep)
 
 
+def _galactocentric_frame() -> Galactocentric:
+    """The astropy v4.0 Galactocentric frame with the Sun moving at ``V_CIRC_KMS`` + ``SOLAR_MOTION_KMS``."""
+    u_sun, v_sun, w_sun = SOLAR_MOTION_KMS
+    return Galactocentric(
+        galcen_coord=ICRS(ra=266.4051 * u.deg, dec=-28.936175 * u.deg),
+        galcen_distance=R0_KPC * u.kpc,
+        galcen_v_sun=CartesianDifferential([u_sun, V_CIRC_KMS + v_sun, w_sun] * (u.km / u.s)),
+        z_sun=Z_SUN_PC * u.pc,
+        roll=0 * u.deg,
+    )
+
+
+def _field_proper_motions(
+    rng: np.random.Generator, ra: np.ndarray, dec: np.ndarray, r: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """True (pmra, pmdec) in mas/yr of disc stars at (ra, dec) [deg] and r [pc], seen from the Sun."""
+    frame = _galactocentric_frame()
+    xyz = SkyCoord(ra * u.deg, dec * u.deg, distance=r * u.pc).transform_to(frame).cartesian.xyz.to_value(u.kpc)
+    big_r = np.hypot(xyz[0], xyz[1])
+    e_r = xyz[:2] / big_r
+    e_phi = np.stack([e_r[1], -e_r[0]])  # direction of Galactic rotation (+y at the Sun)
+    frac = np.array([f for f, _ in DISC_POPULATIONS])
+    sig = np.array([s for _, s in DISC_POPULATIONS])[rng.choice(len(frac), size=r.size, p=frac / frac.sum())]
+    dv = sig * rng.standard_normal((r.size, 3))
+    v_r, v_phi = dv[:, 0], V_CIRC_KMS - sig[:, 0] ** 2 / 80.0 + dv[:, 1]
+    vel = CartesianDifferential(np.concatenate([v_r * e_r + v_phi * e_phi, dv[None, :, 2]]) * (u.km / u.s))
+    moving = SkyCoord(CartesianRepresentation(xyz * u.kpc, differentials=vel), frame=frame).transform_to(ICRS())
+    return moving.pm_ra_cosdec.to_value(u.mas / u.yr), moving.pm_dec.to_value(u.mas / u.yr)
+
+
 def simulate_field(
     n_field: int = 5000,
     *,
@@ -63,6 +126,8 @@ def simulate_field(
     frac_6p: float = 0.1,
     frac_2p: float = 0.0,
     errors_independent_of_distance: bool = False,
+    cluster_velocity: tuple[float, float, float] | u.Quantity = M67_VELOCITY_KMS,
+    cluster_velocity_dispersion: float = 0.7,
     seed: int = 0,
 ) -> QTable:
     """Simulate a Gaia DR3 field, optionally with a cluster, with known truth.
@@ -86,12 +151,24 @@ def simulate_field(
         ``None`` keeps every star, so the true distances follow
         ``field_prior`` exactly: use it for calibration studies.
     frac_6p, frac_2p
-        Fractions of 6-parameter and 2-parameter (no parallax) solutions.
+        Fractions of 6-parameter and 2-parameter (no parallax, no proper
+        motion) solutions.
     errors_independent_of_distance
-        Shuffle the parallax errors across stars before drawing the parallaxes.
+        Shuffle the parallax errors across stars before drawing the parallaxes
+        (the proper-motion errors follow each star's parallax error).
         Real errors grow with G and hence with distance, so the error itself
         carries information about r that a model conditioning on it ignores;
         calibration and recovery studies of such models need this ``True``.
+    cluster_velocity
+        The members' common space velocity, barycentric ICRS Cartesian
+        ``(v_x, v_y, v_z)`` in km/s (or a Quantity). Each member's proper
+        motion is this velocity plus its internal motion, projected at its own
+        position and distance. The default, :data:`M67_VELOCITY_KMS`, gives
+        M67's pmra = -10.97, pmdec = -2.94 mas/yr (and 34 km/s radial velocity)
+        at the default centre and 850 pc.
+    cluster_velocity_dispersion
+        Isotropic internal velocity dispersion of the members, km/s per
+        component (default 0.7).
     seed
         Random seed; equal seeds give equal tables.
 
@@ -99,9 +176,40 @@ def simulate_field(
     -------
     QTable
         Gaia columns (source_id, ra, dec, parallax, parallax_error, pmra, pmdec,
-        phot_g_mean_mag, bp_rp, nu_eff_used_in_astrometry, pseudocolour, ecl_lat,
-        astrometric_params_solved, ruwe) and the truth: ``r_true`` [pc],
-        ``is_member`` and ``parallax_zeropoint_true`` [mas].
+        pmra_error, pmdec_error, parallax_pmra_corr, parallax_pmdec_corr,
+        pmra_pmdec_corr, phot_g_mean_mag, bp_rp, nu_eff_used_in_astrometry,
+        pseudocolour, ecl_lat, astrometric_params_solved, ruwe) and the truth:
+        ``r_true`` [pc], ``is_member``, ``parallax_zeropoint_true`` [mas],
+        ``pmra_true`` and ``pmdec_true`` [mas/yr]. ``table.meta`` records the
+        inputs and the cluster's true mean proper motion at ``centre`` and
+        ``cluster_distance`` (``cluster_pmra``, ``cluster_pmdec``, mas/yr) and
+        internal dispersion (``cluster_sigma_v`` in km/s, ``cluster_sigma_pm``
+        in mas/yr at ``cluster_distance``).
+
+    Notes
+    -----
+    The observed ``(parallax, pmra, pmdec)`` are the truth plus one draw from
+    a 3-D Gaussian. The proper-motion errors are the star's parallax error
+    times the Gaia (E)DR3 factors 1.03 (pmra) and 0.89 (pmdec) mas/yr per mas
+    (:func:`~gaia_distances.core.astrometry.proper_motion_error_dr3`: 0.07
+    mas/yr at G = 17, 0.5 at G = 20, 1.4 at G = 21; 6-parameter solutions are
+    inflated by the same 1.3), with 5 % scatter of their own. The three
+    correlations, set by the scanning law, have one value per field drawn
+    from ``U(-0.4, 0.4)`` plus a per-star scatter of 0.05 (G < 13) to 0.15
+    (G > 21), clipped to +-0.95 and shrunk until each 3x3 correlation matrix
+    has eigenvalues >= 0.05. 2-parameter rows have NaN for all of these (their
+    true proper motions are still given).
+
+    Field stars move in a Galactic disc: a flat rotation curve
+    (:data:`V_CIRC_KMS` = 236 km/s, ``R0`` = 8.122 kpc, ``z_sun`` = 20.8 pc,
+    astropy's v4.0 Galactocentric geometry), 90 % thin disc with
+    ``(sigma_R, sigma_phi, sigma_z)`` = (35, 25, 18) km/s and 10 % thick disc
+    with (60, 45, 40) km/s, each lagging rotation by the asymmetric drift
+    ``sigma_R^2 / 80 km/s`` (15 and 45 km/s). Each star's velocity at its true
+    3-D position is seen from the Sun, which moves at ``V_CIRC_KMS`` plus the
+    Schönrich et al. (2010) solar motion (U, V, W) = (11.1, 12.24, 7.25) km/s:
+    the mean proper motion carries the solar reflex (~1/r) and differential
+    rotation, the dispersion falls as 1/r.
 
     Examples
     --------
@@ -153,6 +261,7 @@ def simulate_field(
         dec = np.where(member, 0.0, sky.dec.deg)
         ra[member], dec[member] = sky_c.ra.deg, sky_c.dec.deg
         sky = SkyCoord(ra * u.deg, dec * u.deg)
+    ra, dec = sky.ra.deg, sky.dec.deg
 
     bp_rp = np.where(giant, rng.normal(1.25, 0.15, n), 0.15 + 0.19 * mg + rng.normal(0, 0.08, n))
     bp_rp = np.clip(bp_rp + 0.35 * np.minimum(r, 4000.0) / 1000.0, -0.3, 4.5)
@@ -173,13 +282,28 @@ def simulate_field(
     err = parallax_error_dr3(g) * np.exp(rng.normal(0, 0.12, n)) * np.where(sol == 95, 1.3, 1.0)
     if errors_independent_of_distance:
         err = rng.permutation(err)
-    plx = 1000.0 / r + zp + err * rng.standard_normal(n)
-    plx[~ok] = np.nan
-    err[~ok] = np.nan
-
-    pm_field = rng.normal(0, 6, (2, n))
-    pm_cl = np.array([-11.0, -2.9])[:, None] + rng.normal(0, 0.15, (2, n))
-    pm = np.where(member, pm_cl, pm_field)
+    # (parallax, pmra, pmdec) errors are one joint Gaussian draw whose parallax part is err * z[0], as before
+    # proper motions were simulated; z takes as many main-stream draws as the old columns did and the other
+    # kinematic draws come from a stream of their own, so every other column keeps its values for a seed
+    z = rng.standard_normal((5, n))
+    kin = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    # proper_motion_error_dr3(G) / parallax_error_dr3(G) times the star's own (scattered, 6p-inflated) error
+    pm_err = np.array(PM_ERROR_FACTORS_DR3)[:, None] * err * np.exp(0.05 * z[3:])
+    spread = 0.05 + 0.1 * np.clip((g - 13.0) / 8.0, 0.0, 1.0)  # per-star scatter about the field's values
+    corr = kin.uniform(-0.4, 0.4, 3) + spread[:, None] * kin.standard_normal((n, 3))
+    corr = positive_definite_correlations(np.clip(corr, -0.95, 0.95))
+    noise = correlated_astrometric_noise(z[:3].T, np.stack([err, *pm_err], axis=1), corr)
+    plx = 1000.0 / r + zp + noise[:, 0]
+    plx[~ok] = err[~ok] = pm_err[:, ~ok] = corr[~ok] = np.nan
+    pm_true = np.empty((2, n))
+    v_cl = u.Quantity(cluster_velocity, u.km / u.s).to_value()
+    if n_cluster:
+        v = kin.normal(v_cl, cluster_velocity_dispersion, (int(member.sum()), 3))
+        pm_true[:, member] = proper_motion_from_velocity(ra[member], dec[member], 1000.0 / r[member], v)
+    if n_field:
+        pm_true[:, ~member] = _field_proper_motions(kin, ra[~member], dec[~member], r[~member])
+    pm = pm_true + noise[:, 1:].T
+    pm[:, ~ok] = np.nan
 
     source_id = _source_ids(rng, sky)
     t = QTable(meta={"description": "simulated Gaia DR3 field (gaia_distances.simulate_field)"})
@@ -190,6 +314,10 @@ def simulate_field(
     add_column(t, "parallax_error", err, unit=u.mas, description="Parallax standard error")
     add_column(t, "pmra", pm[0], unit=u.mas / u.yr, description="Proper motion in RA*cos(dec)")
     add_column(t, "pmdec", pm[1], unit=u.mas / u.yr, description="Proper motion in Dec")
+    add_column(t, "pmra_error", pm_err[0], unit=u.mas / u.yr, description="Standard error of pmra")
+    add_column(t, "pmdec_error", pm_err[1], unit=u.mas / u.yr, description="Standard error of pmdec")
+    for k, name in enumerate(("parallax_pmra_corr", "parallax_pmdec_corr", "pmra_pmdec_corr")):
+        add_column(t, name, corr[:, k], description=f"Correlation between {name[:-5].replace('_', ' and ')}")
     add_column(t, "phot_g_mean_mag", g, unit=u.mag, description="G magnitude")
     add_column(t, "bp_rp", bp_rp, unit=u.mag, description="BP-RP colour")
     add_column(t, "nu_eff_used_in_astrometry", nu_col, unit=u.um**-1, description="Effective wavenumber (5p)")
@@ -200,7 +328,10 @@ def simulate_field(
     add_column(t, "r_true", r, unit=u.pc, description="True distance (simulation)")
     t["is_member"] = member
     add_column(t, "parallax_zeropoint_true", zp, unit=u.mas, description="True zero point added (simulation)")
+    add_column(t, "pmra_true", pm_true[0], unit=u.mas / u.yr, description="True pmra (simulation)")
+    add_column(t, "pmdec_true", pm_true[1], unit=u.mas / u.yr, description="True pmdec (simulation)")
     order = rng.permutation(n)
+    pm_cl = proper_motion_from_velocity(centre.ra.deg, centre.dec.deg, 1000.0 / cluster_distance, v_cl)
     t = t[order]
     update_provenance(
         t,
@@ -212,6 +343,18 @@ def simulate_field(
             "cluster_distance_pc": cluster_distance,
             "cluster_sigma_log": cluster_sigma_log,
             "magnitude_limit": magnitude_limit,
+            "cluster_velocity_kms": [float(x) for x in v_cl],
+            "cluster_pmra": float(pm_cl.pmra),
+            "cluster_pmdec": float(pm_cl.pmdec),
+            "cluster_sigma_v": float(cluster_velocity_dispersion),
+            "cluster_sigma_pm": float(cluster_velocity_dispersion * 1000.0 / cluster_distance / A_V),
+            "field_kinematics": {
+                "v_circ_kms": V_CIRC_KMS,
+                "solar_motion_kms": list(SOLAR_MOTION_KMS),
+                "r0_kpc": R0_KPC,
+                "z_sun_pc": Z_SUN_PC,
+                "populations": [{"fraction": f, "sigma_kms": list(sd)} for f, sd in DISC_POPULATIONS],
+            },
             "seed": seed,
         },
     )

@@ -105,7 +105,7 @@ def m67_fit(m67):
     """The marginal fit of M67 with the reference cuts."""
     import gaia_distances as gd
 
-    return gd.fit_cluster(m67, parallax_limits=(0.2, 3.0), seed=1)
+    return gd.fit_cluster(m67, kinematics=False, field="edsd", parallax_limits=(0.2, 3.0), seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +131,15 @@ def cluster_fit(cluster_input):
     import gaia_distances as gd
 
     before = cluster_input.copy()
-    fit = _quiet_call(gd.fit_cluster, cluster_input, num_samples=300, seed=3, parallax_limits=(-1.0, 50.0))
+    fit = _quiet_call(
+        gd.fit_cluster,
+        cluster_input,
+        kinematics=False,
+        field="edsd",
+        num_samples=300,
+        seed=3,
+        parallax_limits=(-1.0, 50.0),
+    )
     for name in before.colnames:  # the input is never changed
         assert np.array_equal(np.asarray(before[name]), np.asarray(cluster_input[name]), equal_nan=True), name
     return fit

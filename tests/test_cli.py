@@ -125,6 +125,11 @@ def test_cluster_subcommand(tmp_path, capsys):
             "--save-posterior",
             str(post),
             "--physical-prior",
+            # the parallax-only path here; the demo test runs the kinematic one through the CLI
+            "--kinematics",
+            "off",
+            "--field",
+            "edsd",
         ]
     )
     assert code == 0
@@ -149,3 +154,66 @@ def test_cluster_subcommand(tmp_path, capsys):
     bad.write_text("parallax,parallax_error\n1.0,0.1\n")
     assert main(["cluster", str(bad), "-o", str(tmp_path / "x.fits"), "--zero-point", "0"]) == 2
     assert "at least" in capsys.readouterr().err
+
+
+class _RecordedFit:
+    """What the cluster subcommand reads from a fit, for a fit_cluster stand-in that records its keywords."""
+
+    def __init__(self, table, kinematic):
+        self.table = table.copy()
+        self.table["cluster_flag"] = np.zeros(len(table), dtype=np.int16)
+        self.table["membership_prob"] = np.full(len(table), 0.5)
+        self.diagnostics = {
+            "kinematics": kinematic,
+            "min_ess_bulk": 400.0,
+            "r_hat": {"D": 1.001},
+            "divergences": 0,
+            "wall_time_s": 0.1,
+            "warnings": [],
+        }
+
+    def summary(self):
+        from astropy.table import Table
+
+        return Table({"parameter": ["D"], "mean": [850.0], "sd": [4.0]})
+
+
+@pytest.mark.parametrize(
+    ("options", "kinematics", "field"),
+    [
+        ([], "auto", "flexible"),
+        (["--kinematics", "on", "--field", "edsd"], True, "edsd"),
+        (["--kinematics", "off", "--field", "flexible"], False, "flexible"),
+        (["--kinematics", "auto"], "auto", "flexible"),
+    ],
+)
+def test_cluster_passes_kinematics_and_field(tmp_path, field_file, monkeypatch, capsys, options, kinematics, field):
+    calls = []
+
+    def fake_fit_cluster(table, **kwargs):
+        calls.append(kwargs)
+        return _RecordedFit(table, kinematic=kwargs["kinematics"] is True)
+
+    monkeypatch.setattr(gd, "fit_cluster", fake_fit_cluster)
+    out = tmp_path / "fit.ecsv"
+    argv = ["--json", "cluster", str(field_file), "-o", str(out), "--zero-point", "0", *options]
+    assert main(argv) == 0
+    assert len(calls) == 1
+    got = calls[0]["kinematics"]
+    assert got == kinematics and type(got) is type(kinematics)  # True/False, not 1/0 or "on"/"off"
+    assert calls[0]["field"] == field
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["field"] == field and summary["kinematics"] is (kinematics is True)
+    assert out.exists()
+
+
+def test_cluster_rejects_unknown_kinematics_and_field(tmp_path, field_file, capsys):
+    for bad in (["--kinematics", "yes"], ["--field", "ggd"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["cluster", str(field_file), "-o", str(tmp_path / "x.fits"), *bad])
+        assert exc.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["cluster", "--help"])
+    text = capsys.readouterr().out
+    assert "--kinematics {auto,on,off}" in text and "--field {flexible,edsd}" in text

@@ -116,7 +116,9 @@ def test_recovers_a_simulated_cluster():
         errors_independent_of_distance=True,
         seed=11,
     )
-    fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300, seed=2)
+    fit = gd.fit_cluster(
+        t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", num_samples=300, seed=2
+    )
     rows = {str(r["parameter"]): r for r in fit.summary()}
     truth = {"D": 1200.0, "L": 900.0, "Q": 600 / 3600, "sigma_log": 0.02}
     for name, value in truth.items():
@@ -140,8 +142,18 @@ def test_joint_and_marginal_agree_on_a_small_field():
         seed=8,
     )
     kw = dict(zero_point="parallax_zeropoint_true", seed=4, num_chains=2)
-    marg = gd.fit_cluster(t, num_samples=1000, **kw)
-    joint = _quiet(gd.fit_cluster, t, method="joint", num_warmup=400, num_samples=800, progress=False, **kw)
+    marg = gd.fit_cluster(t, kinematics=False, field="edsd", num_samples=1000, **kw)
+    joint = _quiet(
+        gd.fit_cluster,
+        t,
+        kinematics=False,
+        field="edsd",
+        method="joint",
+        num_warmup=400,
+        num_samples=800,
+        progress=False,
+        **kw,
+    )
     for name in ("D", "sigma", "Q", "L"):
         a, b = marg.posterior[name], joint.posterior[name]
         # Monte Carlo standard error of the difference of the means, from each run's ESS
@@ -187,14 +199,14 @@ def test_too_few_stars_is_a_clear_error():
 def test_members_only_table_says_L_is_unconstrained():
     t = gd.simulate_field(0, n_cluster=400, cluster_distance=500.0, seed=6)
     with pytest.warns(gd.GaiaDistancesWarning, match="members only"):
-        fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300)
+        fit = gd.fit_cluster(t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", num_samples=300)
     assert fit.summary()["mean"][0] == pytest.approx(500.0, rel=0.02)
 
 
 def test_field_without_cluster_says_so():
     t = gd.simulate_field(1500, n_cluster=0, seed=7)
     with pytest.warns(gd.GaiaDistancesWarning, match="no cluster signal"):
-        fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300)
+        fit = gd.fit_cluster(t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", num_samples=300)
     assert "no cluster signal" in fit.summary().meta["status"]
     assert "no cluster signal" in fit.diagnostics["status"]
 
@@ -218,7 +230,12 @@ def small_cluster_field():
 @pytest.mark.slow
 def test_small_cluster_in_a_big_field_is_found_with_physical_priors(small_cluster_field):
     fit = gd.fit_cluster(
-        small_cluster_field, zero_point="parallax_zeropoint_true", prior=gd.ClusterPriors.physical(), seed=3
+        small_cluster_field,
+        kinematics=False,
+        field="edsd",
+        zero_point="parallax_zeropoint_true",
+        prior=gd.ClusterPriors.physical(),
+        seed=3,
     )
     rows = {str(r["parameter"]): r for r in fit.summary()}
     assert rows["D"]["mean"] == pytest.approx(300.0, abs=4 * rows["D"]["sd"] + 1.0)
@@ -234,7 +251,9 @@ def test_small_cluster_in_a_big_field_is_found_with_physical_priors(small_cluste
 def test_small_cluster_with_reference_priors_finds_it_or_says_why_not(small_cluster_field):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", gd.GaiaDistancesWarning)
-        fit = gd.fit_cluster(small_cluster_field, zero_point="parallax_zeropoint_true", seed=3)
+        fit = gd.fit_cluster(
+            small_cluster_field, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", seed=3
+        )
     D = float(fit.summary()["mean"][0])
     found = abs(D - 300.0) < 5.0
     said = any("no cluster signal" in str(w.message) for w in caught)
@@ -259,6 +278,8 @@ def test_joint_reference_settings_reproduce_m67(m67, m67_fit):
     fit = _quiet(
         gd.fit_cluster,
         m67,
+        kinematics=False,
+        field="edsd",
         parallax_limits=(0.2, 3.0),
         method="joint",
         num_warmup=2000,
@@ -292,9 +313,13 @@ def three_fields():
 def test_fit_clusters_agrees_with_separate_fits(three_fields):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = gd.fit_clusters(three_fields, zero_point="parallax_zeropoint_true", num_samples=500, seed=4)
+        res = gd.fit_clusters(
+            three_fields, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", num_samples=500, seed=4
+        )
         sep = {
-            k: gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=500, seed=4)
+            k: gd.fit_cluster(
+                t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", num_samples=500, seed=4
+            )
             for k, t in three_fields.items()
         }
     summ = res.summary()
@@ -325,7 +350,13 @@ def test_fit_clusters_on_a_grouped_table_keeps_rows_and_flags_the_unfittable(thr
     whole = whole[np.random.default_rng(0).permutation(len(whole))]  # groups interleaved
     with pytest.warns(gd.GaiaDistancesWarning, match="tiny"):
         res = gd.fit_clusters(
-            whole, group_by="cluster", zero_point="parallax_zeropoint_true", num_warmup=300, num_samples=300
+            whole,
+            kinematics=False,
+            field="edsd",
+            group_by="cluster",
+            zero_point="parallax_zeropoint_true",
+            num_warmup=300,
+            num_samples=300,
         )
     assert list(res.names) == list(dict.fromkeys(whole["cluster"]))
     assert res["tiny"] is None and "at least" in res.errors["tiny"]
@@ -347,7 +378,7 @@ def test_fit_clusters_on_a_grouped_table_keeps_rows_and_flags_the_unfittable(thr
     row = res.summary()[res.names.index("tiny")]
     assert row["n_stars"] == 0 and "at least" in row["status"]
     with pytest.raises(TypeError, match="group_by"):
-        gd.fit_clusters(whole)
+        gd.fit_clusters(whole, kinematics=False, field="edsd")
 
 
 def test_padding_changes_neither_the_start_nor_the_per_star_results(sim_field):
@@ -397,7 +428,7 @@ def test_population_transform_and_its_inverse(prior):
     # the JAX and NumPy forms agree, and the physical draws invert to the same population
     np.testing.assert_allclose(np.asarray(population.to_population(jnp.asarray(z), prior).Q), pop.Q, rtol=1e-5)
     back = population.population_from_physical(population.physical_draws(z, prior))
-    for a, b in zip(back, pop):
+    for a, b in zip(back[:4], pop[:4]):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
     # a starting point outside the physical size range is pulled inside, not made infinite
     if prior.depth_prior == "size":
@@ -474,9 +505,9 @@ def test_bad_diagnostics_warn_once_and_a_rebuilt_fit_does_not_warn_again(tmp_pat
     t = gd.simulate_field(400, n_cluster=100, seed=3)
     kw = dict(zero_point="parallax_zeropoint_true", num_warmup=30, num_samples=40, seed=5)
     with pytest.warns(gd.GaiaDistancesWarning, match=r"ESS < 400 for .*D"):
-        fit = gd.fit_cluster(t, **kw)
+        fit = gd.fit_cluster(t, kinematics=False, field="edsd", **kw)
     # equal seeds, equal results
-    again = _quiet(gd.fit_cluster, t, **kw)
+    again = _quiet(gd.fit_cluster, t, kinematics=False, field="edsd", **kw)
     np.testing.assert_array_equal(fit.draws, again.draws)
     np.testing.assert_array_equal(np.asarray(fit.table["membership_prob"]), np.asarray(again.table["membership_prob"]))
     fit.to_netcdf(str(tmp_path / "post.nc"))

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 pytest.importorskip("corner", reason="the plot extra (corner) is not installed")
 plt = pytest.importorskip("matplotlib.pyplot")
 plotting = gd.plotting
+from gaia_distances.pm_plots import is_kinematic  # noqa: E402  (after the Agg backend is chosen)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,15 @@ def test_corner_plot_from_plain_draws():
     rng = np.random.default_rng(0)
     fig = plotting.corner_plot({"D": rng.normal(800, 1, 500), "L": rng.normal(400, 5, 500)}, parameters=("D", "L"))
     assert len(fig.axes) == 4
+
+
+def test_corner_plot_defaults_to_the_population_parameters_present():
+    """A flexible field has no L: the default shows D, sigma and Q, not a KeyError."""
+    rng = np.random.default_rng(1)
+    draws = {k: rng.normal(v, 1.0, 400) for k, v in {"D": 800.0, "sigma": 12.0, "Q": 0.2, "pmra": -11.0}.items()}
+    fig = plotting.corner_plot(draws)
+    assert len(fig.axes) == 9
+    assert [ax.get_xlabel() for ax in fig.axes[-3:]] == [r"$D$ [pc]", r"$\sigma$ [pc]", r"$Q$"]
 
 
 def test_colour_magnitude_uses_posterior_distance_and_membership(fit):
@@ -132,15 +142,27 @@ def test_fit_plot_kinds(fit):
     assert "[mag]" in fit.plot("cmd").axes[0].get_ylabel()
     with pytest.raises(ValueError, match="kind"):
         fit.plot("nope")
+    if is_kinematic(fit):
+        assert "mas/yr" in fit.plot("proper_motions").axes[0].get_xlabel()
+    else:
+        with pytest.raises(ValueError, match="proper motions"):
+            fit.plot("proper_motions")
 
 
 def test_report_links_every_figure(fit, tmp_path):
     path = fit.report(tmp_path / "rep", truths={"D": 850.0})
     text = path.read_text()
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
-    assert pngs == sorted(
-        ["corner.png", "parallax_predictive.png", "colour_magnitude.png", "sky_map.png", "distance_posteriors.png"]
-    )
+    expected = [
+        "corner.png",
+        "parallax_predictive.png",
+        "colour_magnitude.png",
+        "sky_map.png",
+        "distance_posteriors.png",
+    ]
+    if is_kinematic(fit):
+        expected += ["corner_kinematics.png", "proper_motions.png", "proper_motion_predictive.png"]
+    assert pngs == sorted(expected)
     for name in pngs:
         assert f"]({name})" in text
     assert "| D |" in text and "R-hat" in text and "divergences" in text

@@ -150,6 +150,42 @@ def test_cluster_name_resolution_is_injectable(server, tmp_path):
         query.query_cluster("M67", 0.2 * u.deg, resolver=fail, **_kw(tmp_path, server))
 
 
+#: What fit_cluster's proper-motion model reads (besides parallax and parallax_error).
+KINEMATIC_COLUMNS = (
+    "pmra",
+    "pmdec",
+    "pmra_error",
+    "pmdec_error",
+    "parallax_pmra_corr",
+    "parallax_pmdec_corr",
+    "pmra_pmdec_corr",
+)
+
+
+def test_queries_select_every_column_of_the_kinematic_model(server, tmp_path):
+    """The ADQL's select list names each column exactly (not as a prefix of another), once."""
+    t = query.query_cluster(
+        "M67", 0.2 * u.deg, resolver=lambda name: SkyCoord(132.846, 11.814, unit="deg"), **_kw(tmp_path, server)
+    )
+    adql = server.state.queries[-1]
+    assert adql.startswith("SELECT ")
+    selected = [c.strip() for c in adql[len("SELECT ") : adql.index(" FROM ")].split(",")]
+    assert len(selected) == len(set(selected))
+    assert selected == list(query.PIPELINE_COLUMNS)
+    for col in (*KINEMATIC_COLUMNS, "ruwe", "parallax", "parallax_error", "source_id"):
+        assert col in selected, col
+    # the archive's answer carries them, with units where Gaia has them
+    assert set(KINEMATIC_COLUMNS) <= set(t.colnames)
+    assert t["pmra_error"].unit == u.mas / u.yr and t["pmdec"].unit == u.mas / u.yr
+    # extra columns come after the pipeline's, without repeating one
+    query.query_field(
+        SkyCoord(1.0, 2.0, unit="deg"), 0.1 * u.deg, extra_columns=["pmra", "radial_velocity"], **_kw(tmp_path, server)
+    )
+    again = server.state.queries[-1]
+    selected = [c.strip() for c in again[len("SELECT ") : again.index(" FROM ")].split(",")]
+    assert selected == [*query.PIPELINE_COLUMNS, "radial_velocity"]
+
+
 def test_cli_query_writes_a_table_the_pipeline_accepts(m67_votable, data_file, tmp_path):
     srv = TapServer(m67_votable)
     try:

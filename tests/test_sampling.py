@@ -121,5 +121,5 @@ def test_quadrature_and_cluster_fit_on_gpu():
         ref = summarize_posteriors(w[:1000], s[:1000], EDSDPrior(np.full(1000, 1350.0)))
     np.testing.assert_allclose(out["quantiles"][:1000], ref["quantiles"], rtol=1e-4)
     t = gd.simulate_field(2000, n_cluster=500, seed=1)
-    fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true")
+    fit = gd.fit_cluster(t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true")
     assert abs(fit.summary()["mean"][0] - 850.0) < 20.0

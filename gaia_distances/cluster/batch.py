@@ -8,21 +8,22 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable
 
-from gaia_distances.cluster.fit import Stopwatch, assemble_fit
+from gaia_distances.cluster.fit import Stopwatch, assemble_fit, find_start
 from gaia_distances.cluster.result import ClusterFit, ClusterFits
 from gaia_distances.cluster.stars import (
     CLUSTER_DISTANCE_COLUMNS,
     ClusterFlag,
     Selection,
+    prepare_data,
+    resolve_kinematics,
     select_stars,
     write_star_columns,
 )
 from gaia_distances.columns import warn, zero_point_record
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
-from gaia_distances.core.initialisation import find_map
-from gaia_distances.core.likelihood import pad_star_data, padded_size, prepare_star_data
+from gaia_distances.core.likelihood import pad_star_data, padded_size
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
-from gaia_distances.core.population import ClusterPriors
+from gaia_distances.core.population import FIELDS, ClusterModel, ClusterPriors
 from gaia_distances.core.sampling import chain_iterations, nuts_settings
 from gaia_distances.errors import GaiaDistancesError
 from gaia_distances.io import as_table
@@ -84,6 +85,8 @@ def fit_clusters(
     *,
     group_by: str | None = None,
     prior: ClusterPriors | None = None,
+    kinematics: bool | str = "auto",
+    field: str = "flexible",
     zero_point: float | str | None = None,
     parallax_limits: tuple[float, float] | None = None,
     num_warmup: int | None = None,
@@ -113,8 +116,10 @@ def fit_clusters(
     group_by
         The cluster-name column of a single table. Rows with a missing name
         are kept, flagged ``NOT_FITTED``.
-    prior, zero_point, parallax_limits
-        As in :func:`~gaia_distances.fit_cluster`, the same for every cluster.
+    prior, kinematics, field, zero_point, parallax_limits
+        As in :func:`~gaia_distances.fit_cluster`, the same for every
+        cluster; under ``kinematics="auto"`` proper motions are used only when
+        every table has them.
     num_warmup, num_samples, num_chains, target_accept_prob, seed
         NUTS settings for every cluster, with the defaults of
         :func:`~gaia_distances.fit_cluster`'s marginal method; equal seeds give
@@ -139,26 +144,35 @@ def fit_clusters(
     >>> import gaia_distances as gd
     >>> fields = [gd.simulate_field(300, n_cluster=150, cluster_distance=d, seed=i)
     ...           for i, d in enumerate((500.0, 1500.0))]
-    >>> res = gd.fit_clusters(fields, zero_point="parallax_zeropoint_true", num_warmup=300, num_samples=300)
+    >>> res = gd.fit_clusters(fields, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true",
+    ...                       num_warmup=300, num_samples=300)
     >>> [float(round(m, -2)) for m in res.summary()["D_mean"]]
     [500.0, 1500.0]
     """
     clock = Stopwatch()
     prior = ClusterPriors() if prior is None else prior
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+    names, parts, whole, rows = _split_groups(tables, group_by)
+    use_pm = all(resolve_kinematics(as_table(p), kinematics, step="fit_clusters") for p in parts) if parts else False
+    model = ClusterModel(prior, field, use_pm)
+    spec: ClusterModel | ClusterPriors = model.priors if model.is_reference else model
     settings = nuts_settings(
-        "marginal",
+        "marginal" if model.is_reference else "extended",
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
         target_accept_prob=target_accept_prob,
+        dense_mass=model.is_reference,
     )
-    names, parts, whole, rows = _split_groups(tables, group_by)
     fits: list[ClusterFit | None] = [None] * len(names)
     errors: dict[Any, str] = {}
     selected: dict[int, Selection] = {}
     for i, (name, part) in enumerate(zip(names, parts)):
         try:
-            selected[i] = select_stars(part, zero_point=zero_point, parallax_limits=parallax_limits)
+            selected[i] = select_stars(
+                part, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=use_pm, step="fit_clusters"
+            )
         except GaiaDistancesError as exc:
             errors[name] = str(exc)
             warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
@@ -166,17 +180,14 @@ def fit_clusters(
         order = sorted(selected)
         with clock.step("prepare"):
             n_pad = padded_size(max(sel.stars.n_stars for sel in selected.values()))
-            data = {
-                i: pad_star_data(prepare_star_data(sel.stars.parallax, sel.stars.parallax_error), n_pad)
-                for i, sel in selected.items()
-            }
+            data = {i: pad_star_data(prepare_data(sel.stars, model), n_pad) for i, sel in selected.items()}
         with clock.step("map"):
-            starts = {i: find_map(d, prior) for i, d in data.items()}
+            starts = {i: find_start(d, model) for i, d in data.items()}
         show = len(order) > 20 if progress is None else bool(progress)
         desc = f"NUTS ({len(order)} clusters)"
         with clock.step("sampling"), progress_bar(chain_iterations(settings), show, desc, unit="it") as update:
             draws = sample_marginal_batch(
-                [data[i] for i in order], prior, [starts[i] for i in order], settings, seed=seed, progress=update
+                [data[i] for i in order], spec, [starts[i] for i in order], settings, seed=seed, progress=update
             )
         record = {
             "zero_point_arg": zero_point_record(zero_point),
@@ -188,9 +199,10 @@ def fit_clusters(
                 selected[i],
                 draws[b],
                 data[i],
-                prior=prior,
+                prior=spec,
                 method="marginal",
                 record=record,
+                search_problems=starts[i].problems,
                 settings=settings,
                 seed=seed,
                 n_per_star=(n_membership_draws, n_quantile_draws),

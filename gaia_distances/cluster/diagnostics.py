@@ -19,10 +19,17 @@ import numpy as np
 from gaia_distances.columns import warn
 from gaia_distances.core.diagnostics import RHAT_MAX, convergence_problems
 
-__all__ = ["PARAMETERS", "cluster_problems", "diagnose", "status", "warn_problems"]
+__all__ = ["CHECKED", "PARAMETERS", "checked_parameters", "cluster_problems", "diagnose", "status", "warn_problems"]
 
-#: The population parameters checked and reported, in order.
+#: The reference model's population parameters, checked and reported, in order.
 PARAMETERS = ("D", "sigma", "Q", "L")
+#: Every parameter whose convergence is checked when the fit has it, in order.
+CHECKED = ("D", "sigma", "Q", "L", "field_median", "pmra", "pmdec", "sigma_v")
+
+
+def checked_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:
+    """The parameters of :data:`CHECKED` that ``posterior`` has."""
+    return tuple(k for k in CHECKED if k in posterior)
 
 
 def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, float], n_stars: int) -> list[str]:
@@ -70,12 +77,19 @@ def diagnose(
     *,
     n_stars: int,
     wall_time_s: float,
+    extra_problems: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
-    """The fit's diagnostics (pure: nothing is warned): sampler statistics, problems and status."""
-    r_hat = {k: float(r_hat[k]) for k in PARAMETERS}
-    ess = {k: float(ess_bulk[k]) for k in PARAMETERS}
+    """The fit's diagnostics (pure: nothing is warned): sampler statistics, problems and status.
+
+    ``extra_problems`` (those of the MAP search) are listed first.
+    """
+    names = checked_parameters(posterior)
+    r_hat = {k: float(r_hat[k]) for k in names}
+    ess = {k: float(ess_bulk[k]) for k in names}
     div = int(np.sum(sample_stats["diverging"]))
-    problems = convergence_problems(r_hat, ess, div) + cluster_problems(posterior, r_hat, n_stars)
+    problems = (
+        list(extra_problems) + convergence_problems(r_hat, ess, div) + cluster_problems(posterior, r_hat, n_stars)
+    )
     min_ess = float(min(ess.values()))
     return {
         "divergences": div,

@@ -21,7 +21,7 @@ import numpy as np
 
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
-from gaia_distances.cluster.stars import Selection, select_stars, write_star_columns
+from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
 from gaia_distances.columns import update_provenance, zero_point_record
 from gaia_distances.core.cluster_sampling import (
     Draws,
@@ -30,14 +30,15 @@ from gaia_distances.core.cluster_sampling import (
     sample_marginal,
 )
 from gaia_distances.core.initialisation import MapResult, find_map
-from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size, prepare_star_data
+from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size
 from gaia_distances.core.membership import PerStarResults, joint_per_star, per_star_results, precompile_per_star
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
-from gaia_distances.core.population import ClusterPriors, physical_draws
+from gaia_distances.core.population import FIELDS, ClusterModel, ClusterPriors, as_model, physical_draws
 from gaia_distances.core.sampling import NutsSettings, chain_iterations, nuts_settings
+from gaia_distances.core.search import find_map_extended
 from gaia_distances.progress import progress_bar
 
-__all__ = ["Stopwatch", "assemble_fit", "fit_cluster"]
+__all__ = ["Stopwatch", "assemble_fit", "find_start", "fit_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def fit_cluster(
     *,
     method: str = "marginal",
     prior: ClusterPriors | None = None,
+    kinematics: bool | str = "auto",
+    field: str = "flexible",
     zero_point: float | str | None = None,
     parallax_limits: tuple[float, float] | None = None,
     distance_hint: float | None = None,
@@ -96,6 +99,22 @@ def fit_cluster(
         analysis. ``ClusterPriors.physical()`` puts the depth prior on the
         cluster's size in pc, which keeps a small cluster from swallowing a
         big field.
+    kinematics
+        ``"auto"`` (default): use proper motions when the table has
+        ``pmra``, ``pmdec``, ``pmra_error`` and ``pmdec_error`` (with the
+        correlations ``parallax_pmra_corr``, ``parallax_pmdec_corr``,
+        ``pmra_pmdec_corr`` when present, else 0 with a warning); a table
+        with proper motions but no errors gets a warning and a parallax-only
+        fit. ``True`` requires those columns
+        (:class:`~gaia_distances.MissingColumnsError`); ``False`` fits the
+        parallaxes alone. A star without a usable proper motion is fitted
+        with its parallax alone and flagged.
+    field
+        The field's distance model: ``"flexible"`` (default), a smooth
+        mixture of log-normal distance bins that fits magnitude-limited
+        cones, or ``"edsd"``, the reference analysis's exponentially
+        decreasing space density (``kinematics=False, field="edsd"`` is the
+        reference model).
     zero_point
         As in :func:`~gaia_distances.estimate_distances`.
     parallax_limits
@@ -106,9 +125,10 @@ def fit_cluster(
         A rough cluster distance (pc) to start the sampler near.
     num_warmup, num_samples, num_chains
         Defaults (:data:`~gaia_distances.core.sampling.NUTS_DEFAULTS`):
-        marginal 400 / 1000 / 2; joint 2000 / 4000 / 2 (the reference
-        settings). The chains run in parallel on the CPU cores (vectorised on
-        an accelerator); their number never depends on the machine.
+        marginal 400 / 1000 / 2 (400 / 500 / 2 with the flexible field or
+        proper motions); joint 2000 / 4000 / 2 (the reference settings).
+        The chains run in parallel on the CPU cores (vectorised on an
+        accelerator); their number never depends on the machine.
     target_accept_prob, seed
         NUTS settings; equal seeds give equal results.
     progress
@@ -133,38 +153,48 @@ def fit_cluster(
     prior = ClusterPriors() if prior is None else prior
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+    show = method == "joint" if progress is None else bool(progress)
+    sel = select_stars(table, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=kinematics)
+    model = ClusterModel(prior, field, sel.stars.kinematic)
     settings = nuts_settings(
-        method,
+        method if method == "joint" or model.is_reference else "extended",
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
         target_accept_prob=target_accept_prob,
-        dense_mass=method == "marginal",  # the joint model has thousands of parameters
+        # a dense mass matrix for the four whitened reference parameters; the
+        # extended models' tens are whitened too, and a dense adaptation of
+        # them from a few hundred warm-up draws costs more steps than it saves
+        dense_mass=method == "marginal" and model.is_reference,
     )
-    show = method == "joint" if progress is None else bool(progress)
-    sel = select_stars(table, zero_point=zero_point, parallax_limits=parallax_limits)
+    # the reference structure keeps its prior set as the key of its compiled programs
+    spec: ClusterModel | ClusterPriors = model.priors if model.is_reference else model
     with clock.step("prepare"):
         # padded with zero-weight stars, so that fields of similar size share compiled programs
-        data = prepare_star_data(sel.stars.parallax, sel.stars.parallax_error)
+        data = prepare_data(sel.stars, model)
         data = pad_star_data(data, padded_size(sel.stars.n_stars))
     with clock.step("map"):
         n_draws = settings.num_chains * settings.num_samples
         n_per_star = (min(n_draws, n_membership_draws), min(n_draws, n_quantile_draws))
-        start = _find_start(data, prior, settings, method, distance_hint=distance_hint, n_per_star=n_per_star)
-    log.info("fit_cluster: %d stars, MAP D = %.1f pc", sel.stars.n_stars, math.exp(start.z[1]))
+        start = _find_start(data, model, settings, method, distance_hint=distance_hint, n_per_star=n_per_star)
+    log.info("fit_cluster: %d stars, MAP D = %.1f pc", sel.stars.n_stars, math.exp(start.z[model.position("log_D")]))
     with clock.step("sampling"), _nuts_progress(settings, show) as update:
         if method == "marginal":
-            draws = sample_marginal(data, prior, start, settings, seed=seed, progress=update)
+            draws = sample_marginal(data, spec, start, settings, seed=seed, progress=update)
         else:
             stars = sel.stars
             args = (stars.parallax, stars.parallax_error, stars.zero_point)
-            draws = sample_joint(*args, prior, start, settings, seed=seed, progress=update)
+            kin = kinematic_data(stars) if model.kinematics else None
+            draws = sample_joint(*args, model, start, settings, seed=seed, progress=update, kin=kin)
     return assemble_fit(
         sel,
         draws,
         data,
-        prior=prior,
+        prior=spec,
         method=method,
+        search_problems=start.problems,
         record={"zero_point_arg": zero_point_record(zero_point), "parallax_limits": parallax_limits},
         settings=settings,
         seed=seed,
@@ -173,9 +203,16 @@ def fit_cluster(
     )
 
 
+def find_start(data: StarData, model: ClusterModel, *, distance_hint: float | None = None) -> MapResult:
+    """The MAP: the reference model's grid search, or the staged search of the extended models."""
+    if model.is_reference:
+        return find_map(data, model.priors, distance_hint=distance_hint)
+    return find_map_extended(data, model, distance_hint=distance_hint)
+
+
 def _find_start(
     data: StarData,
-    prior: ClusterPriors,
+    model: ClusterModel,
     settings: NutsSettings,
     method: str,
     *,
@@ -183,11 +220,12 @@ def _find_start(
     n_per_star: tuple[int, int],
 ) -> MapResult:
     """The MAP; for the marginal method the sampler and the per-star programs compile meanwhile."""
+    prior: ClusterModel | ClusterPriors = model.priors if model.is_reference else model
     if method != "marginal":
-        return find_map(data, prior, distance_hint=distance_hint)
+        return find_start(data, model, distance_hint=distance_hint)
     with ThreadPoolExecutor(max_workers=1) as pool:
         compiling = pool.submit(compile_marginal, data, prior, settings)
-        start = find_map(data, prior, distance_hint=distance_hint)
+        start = find_start(data, model, distance_hint=distance_hint)
         precompile_per_star(data, prior, n_member=n_per_star[0], n_quant=n_per_star[1])
         compiling.result()
     return start
@@ -205,9 +243,10 @@ def assemble_fit(
     draws: Draws,
     data: StarData,
     *,
-    prior: ClusterPriors,
+    prior: ClusterModel | ClusterPriors,
     method: str,
     record: dict[str, Any],
+    search_problems: tuple[str, ...] = (),
     settings: NutsSettings,
     seed: int,
     n_per_star: tuple[int, int],
@@ -216,15 +255,24 @@ def assemble_fit(
     """Draws -> a :class:`ClusterFit`: per-star columns, diagnostics (warned once) and provenance.
 
     ``data`` may be padded beyond the fitted stars (``fit_clusters``);
-    ``n_per_star`` is ``(membership draws, quantile draws)``.
+    ``n_per_star`` is ``(membership draws, quantile draws)``;
+    ``search_problems`` are those the MAP search found (they join the
+    diagnostics' warnings).
     """
+    model = as_model(prior)
     with clock.step("per_star"):
         n = sel.stars.n_stars
         if draws.r is None:
             res = per_star_results(draws.z, data, prior, n_member=n_per_star[0], n_quant=n_per_star[1])
             res = PerStarResults(res.membership[:n], res.distance_quantiles[:n])
         else:
-            res = joint_per_star(draws.r, draws.z, prior)
+            st = sel.stars
+            kin = (
+                (st.parallax_error, st.catalogue_parallax, st.zero_point, kinematic_data(st))
+                if model.kinematics
+                else None
+            )
+            res = joint_per_star(draws.r, draws.z, prior, kin)
         out = sel.table
         member = np.full(len(out), np.nan)
         dist = np.full((len(out), len(ONE_SIGMA_QUANTILES)), np.nan)
@@ -236,7 +284,9 @@ def assemble_fit(
             dist,
             sel.flag,
             member_description="posterior probability of cluster membership (NaN: not fitted)",
-            flag_description="ClusterFlag bits: 1 no parallax, 2 outside parallax_limits",
+            flag_description=(
+                "ClusterFlag bits: 1 no parallax, 2 outside parallax_limits, 8 no proper motion (parallax only)"
+            ),
         )
     posterior = physical_draws(draws.z, prior)
     summ = parameter_summary(posterior, method=method)
@@ -247,7 +297,10 @@ def assemble_fit(
         draws.sample_stats,
         n_stars=n,
         wall_time_s=clock.total(),
+        extra_problems=search_problems,
     )
+    diagnostics["kinematics"] = model.kinematics
+    diagnostics["field"] = model.field
     warn_problems(method, diagnostics["warnings"])
     diagnostics["timings"] = dict(clock.steps)
     limits = record.get("parallax_limits")
@@ -256,7 +309,10 @@ def assemble_fit(
         "cluster",
         {
             "method": method,
-            "prior": dict(prior._asdict()),
+            "prior": dict(model.priors._asdict()),
+            "kinematics": model.kinematics,
+            "field": model.field,
+            "n_field_pm": model.n_field_pm,
             "zero_point": sel.zero_point_source,
             "zero_point_arg": record.get("zero_point_arg"),
             "parallax_limits": list(limits) if limits else None,
@@ -270,4 +326,6 @@ def assemble_fit(
             "diagnostics": diagnostics,
         },
     )
-    return ClusterFit(out, posterior, diagnostics, method, prior, sel.stars, draws.z, draws.sample_stats)
+    return ClusterFit(
+        out, posterior, diagnostics, method, model.priors, sel.stars, draws.z, draws.sample_stats, model=model
+    )

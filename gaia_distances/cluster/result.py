@@ -12,11 +12,12 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable, Table
 
-from gaia_distances.cluster.diagnostics import PARAMETERS, diagnose
+from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
 from gaia_distances.cluster.stars import FittedStars, select_stars
 from gaia_distances.columns import META_KEY
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import (
+    ClusterModel,
     ClusterPriors,
     from_population,
     population_from_physical,
@@ -26,16 +27,61 @@ from gaia_distances.io import as_table
 
 __all__ = ["ClusterFit", "ClusterFits", "parameter_summary"]
 
-#: Every reported population quantity: the checked parameters and the width in ln r.
-REPORTED = (*PARAMETERS, "sigma_log")
-UNITS = {"D": u.pc, "sigma": u.pc, "Q": u.dimensionless_unscaled, "L": u.pc, "sigma_log": u.dimensionless_unscaled}
+#: The reference model's reported population quantities, in order.
+REPORTED = ("D", "sigma", "Q", "L", "sigma_log")
+_MASYR = u.mas / u.yr
+UNITS: dict[str, Any] = {
+    "D": u.pc,
+    "sigma": u.pc,
+    "Q": u.dimensionless_unscaled,
+    "L": u.pc,
+    "sigma_log": u.dimensionless_unscaled,
+    "field_median": u.pc,
+    "pmra": _MASYR,
+    "pmdec": _MASYR,
+    "sigma_v": u.km / u.s,
+    "field_pmra": _MASYR,
+    "field_pmdec": _MASYR,
+    "field_pm_sd_ra": _MASYR,
+    "field_pm_sd_dec": _MASYR,
+    "field_pm_corr": u.dimensionless_unscaled,
+    "field_sigma_v": u.km / u.s,
+    "field_pm_weight": u.dimensionless_unscaled,
+    "field_pm_trend_ra": "mas / yr per mas",  # astropy would simplify it to 1 / yr
+    "field_pm_trend_dec": "mas / yr per mas",
+}
 DESCRIPTIONS = {
     "D": "cluster distance exp(log_D)",
     "sigma": "cluster depth exp(log_sigma + log_D) (the reference's approx_size)",
     "Q": "cluster fraction",
     "L": "field EDSD length scale",
     "sigma_log": "cluster width in ln r, exp(log_sigma)",
+    "field_median": "median distance of the flexible field",
+    "pmra": "cluster mean proper motion in right ascension (mu_alpha*)",
+    "pmdec": "cluster mean proper motion in declination",
+    "sigma_v": "cluster internal velocity dispersion (per proper-motion component)",
+    "field_pmra": "field proper-motion component's mean pmra at zero parallax",
+    "field_pmdec": "field proper-motion component's mean pmdec at zero parallax",
+    "field_pm_sd_ra": "field component's constant pmra dispersion",
+    "field_pm_sd_dec": "field component's constant pmdec dispersion",
+    "field_pm_corr": "field component's pmra-pmdec correlation",
+    "field_sigma_v": "field component's velocity dispersion (proper-motion spread sigma_v w / 4.74)",
+    "field_pm_weight": "field component's weight",
+    "field_pm_trend_ra": "change of the field's mean pmra per mas of true parallax (solar reflex)",
+    "field_pm_trend_dec": "change of the field's mean pmdec per mas of true parallax (solar reflex)",
 }
+
+
+def _base(name: str) -> str:
+    """``field_pmra_2`` -> ``field_pmra`` (the key of :data:`UNITS`)."""
+    head, _, tail = name.rpartition("_")
+    return head if tail.isdigit() else name
+
+
+def reported_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:
+    """The posterior's quantities in report order: the reference ones, then the others as stored."""
+    first = [k for k in (*REPORTED, "field_median", "pmra", "pmdec", "sigma_v") if k in posterior]
+    return (*first, *(k for k in posterior if k not in first))
 
 
 def _read_only(x: Any) -> np.ndarray:
@@ -77,12 +123,13 @@ def _ess_rhat(x: np.ndarray) -> tuple[float, float, float]:
 def parameter_summary(posterior: Mapping[str, np.ndarray], *, method: str = "", status: str = "") -> Table:
     """One row per reported parameter: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat, unit, description."""
     rows = []
-    for name in REPORTED:
+    for name in reported_parameters(posterior):
         x = np.asarray(posterior[name])
         ess_b, ess_t, rhat = _ess_rhat(x)
         p16, p50, p84 = np.quantile(x, ONE_SIGMA_QUANTILES)
         row = (name, float(np.mean(x)), float(np.std(x)), p16, p50, p84, ess_b, ess_t, rhat)
-        rows.append((*row, str(UNITS[name]), DESCRIPTIONS[name]))
+        key = _base(name)
+        rows.append((*row, str(UNITS[key]), DESCRIPTIONS[key]))
     names = ("parameter", "mean", "sd", "p16", "p50", "p84", "ess_bulk", "ess_tail", "r_hat", "unit", "description")
     t = Table(rows=rows, names=names)
     for c in ("mean", "sd", "p16", "p50", "p84", "ess_bulk", "ess_tail"):
@@ -131,17 +178,26 @@ class ClusterFit:
     stars: FittedStars
     draws: np.ndarray
     sample_stats: Mapping[str, np.ndarray]
+    model: ClusterModel | None = None
 
     def __post_init__(self) -> None:
         for name in ("posterior", "sample_stats", "diagnostics"):
             object.__setattr__(self, name, _freeze(getattr(self, name)))
         object.__setattr__(self, "draws", _read_only(self.draws))
+        if self.model is None:
+            object.__setattr__(self, "model", ClusterModel(self.prior))
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (and deep-copy) through the constructor, which freezes again."""
         fields = (self.posterior, self.diagnostics, self.sample_stats)
         post, diag, stats = (_thaw(x) for x in fields)
-        return (type(self), (self.table, post, diag, self.method, self.prior, self.stars, self.draws, stats))
+        args = (self.table, post, diag, self.method, self.prior, self.stars, self.draws, stats, self.model)
+        return (type(self), args)
+
+    @property
+    def _spec(self) -> ClusterModel | ClusterPriors:
+        model = self.model or ClusterModel(self.prior)
+        return model.priors if model.is_reference else model
 
     def summary(self) -> Table:
         """D, sigma (pc), Q, L (pc), sigma_log: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat.
@@ -155,8 +211,11 @@ class ClusterFit:
         """The posterior as an arviz ``InferenceData`` (with sampler statistics)."""
         import arviz as az
 
+        posterior = dict(self.posterior)
+        if self.model is not None and not self.model.is_reference:
+            posterior["unconstrained"] = np.asarray(self.draws)  # what from_table rebuilds the fit from
         return az.from_dict(
-            posterior=dict(self.posterior),
+            posterior=posterior,
             sample_stats=dict(self.sample_stats),
             attrs={"method": self.method, "package": "gaia_distances"},
         )
@@ -175,20 +234,45 @@ class ClusterFit:
         from gaia_distances.core.models import prior_draws, simulate_parallaxes
 
         if kind == "prior":
-            z = prior_draws(seed, num_samples, self.prior)
+            z = prior_draws(seed, num_samples, self._spec)
         elif kind == "posterior":
             flat = self.draws.reshape(-1, self.draws.shape[-1])
             z = flat[np.random.default_rng(seed).choice(len(flat), size=num_samples, replace=True)]
         else:
             raise ValueError(f"kind must be 'posterior' or 'prior'; got {kind!r}")
-        return simulate_parallaxes(seed, z, self.stars.parallax_error, self.stars.zero_point, self.prior)
+        return simulate_parallaxes(seed, z, self.stars.parallax_error, self.stars.zero_point, self._spec)
+
+    def predictive_proper_motions(self, *, num_samples: int = 100, seed: int = 0) -> np.ndarray:
+        """Posterior predictive ``(pmra, pmdec)`` (mas/yr) of the fitted stars: ``(num_samples, stars, 2)``.
+
+        For each posterior draw every star's component is drawn from its
+        parallax alone, its true parallax from that component's distance
+        posterior and its proper motion from the component's model with the
+        star's Gaia errors (:mod:`~gaia_distances.core.predictive`). Stars
+        without a proper motion are NaN. Needs a kinematic fit.
+        """
+        from gaia_distances.cluster.stars import prepare_data
+        from gaia_distances.core.predictive import simulate_proper_motions
+
+        model = self.model or ClusterModel(self.prior)
+        pmra, pmdec = self.stars.pmra, self.stars.pmdec
+        if not model.kinematics or pmra is None or pmdec is None:
+            raise ValueError("predictive_proper_motions needs a fit with proper motions (kinematics=True)")
+        flat = self.draws.reshape(-1, self.draws.shape[-1])
+        z = flat[np.random.default_rng(seed).choice(len(flat), size=num_samples, replace=True)]
+        sim = simulate_proper_motions(seed, z, prepare_data(self.stars, model), model)
+        ok = np.isfinite(pmra) & np.isfinite(pmdec)
+        sim[:, ~ok] = np.nan
+        return sim
 
     def plot(self, kind: str = "overview", **kwargs: Any) -> Any:
         """A figure of this fit; needs the ``plot`` extra.
 
         ``kind``: ``"overview"`` (CMD, sky map, distance posteriors and the
         parallax predictive check), ``"corner"``, ``"parallax"``, ``"cmd"``,
-        ``"sky"`` or ``"distances"``. ``kwargs`` go to the function in
+        ``"sky"``, ``"distances"``, ``"proper_motions"`` (the vector-point
+        diagram of a kinematic fit) or ``"pm_predictive"`` (its proper-motion
+        predictive check). ``kwargs`` go to the function in
         :mod:`gaia_distances.plotting`.
         """
         from gaia_distances import plotting
@@ -200,6 +284,8 @@ class ClusterFit:
             "cmd": lambda: plotting.colour_magnitude(self.table, **kwargs),
             "sky": lambda: plotting.sky_map(self.table, **kwargs),
             "distances": lambda: plotting.distance_posteriors(self.table, **kwargs),
+            "proper_motions": lambda: plotting.proper_motion_diagram(self, **kwargs),
+            "pm_predictive": lambda: plotting.proper_motion_predictive(self, **kwargs),
         }
         if kind not in makers:
             raise ValueError(f"kind must be one of {sorted(makers)}; got {kind!r}")
@@ -232,14 +318,24 @@ class ClusterFit:
         if not prov or "cluster_flag" not in out.colnames:
             raise GaiaDistancesError("the table has no fit_cluster provenance or cluster_flag column")
         idata = az.from_netcdf(posterior) if isinstance(posterior, str) else posterior
-        post = {k: np.asarray(idata.posterior[k]) for k in REPORTED}
         prior = ClusterPriors(**prov.get("prior", prov.get("priors", {})))
+        model = ClusterModel(
+            prior, prov.get("field", "edsd"), bool(prov.get("kinematics", False)), int(prov.get("n_field_pm", 2))
+        )
+        names = [k for k in idata.posterior.data_vars if k != "unconstrained"]
+        post = {k: np.asarray(idata.posterior[k]) for k in (REPORTED if model.is_reference else names)}
         limits = prov.get("parallax_limits")
         # the stars the fit used, selected again exactly as fit_cluster did
         sel = select_stars(
-            out, zero_point=prov.get("zero_point_arg"), parallax_limits=tuple(limits) if limits else None
+            out,
+            zero_point=prov.get("zero_point_arg"),
+            parallax_limits=tuple(limits) if limits else None,
+            kinematics=model.kinematics,
         )
-        z = from_population(population_from_physical(post), prior, clip=1e-12)
+        if model.is_reference:
+            z = from_population(population_from_physical(post), prior, clip=1e-12)
+        else:
+            z = np.asarray(idata.posterior["unconstrained"])
         stats = getattr(idata, "sample_stats", None)
         shape = post["D"].shape
         sample_stats = {
@@ -257,7 +353,7 @@ class ClusterFit:
             wall_time_s=float(saved.get("wall_time_s", math.nan)),
         )
         method = str(idata.posterior.attrs.get("method", prov.get("method", "marginal")))
-        return cls(out, post, diagnostics, method, prior, sel.stars, z, sample_stats)
+        return cls(out, post, diagnostics, method, prior, sel.stars, z, sample_stats, model)
 
 
 @dataclass(frozen=True)
@@ -305,7 +401,9 @@ class ClusterFits:
 
     def summary(self) -> Table:
         """One row per cluster: stars fitted, mean and sd of D, sigma (pc), Q, L (pc), diagnostics, status."""
-        stats = [f"{p}_{k}" for p in PARAMETERS for k in ("mean", "sd")]
+        fitted = [f for f in self.fits if f is not None]
+        params = checked_parameters(fitted[0].posterior) if fitted else ("D", "sigma", "Q", "L")
+        stats = [f"{p}_{k}" for p in params for k in ("mean", "sd")]
         names = ["cluster", "n_stars", *stats, "min_ess_bulk", "max_r_hat", "divergences", "status"]
         rows = []
         for name, fit in zip(self.names, self.fits):
@@ -313,12 +411,12 @@ class ClusterFits:
                 values = [0, *[math.nan] * len(stats), math.nan, math.nan, -1, self.errors.get(name, "not fitted")]
             else:
                 d = fit.diagnostics
-                moments = [f(fit.posterior[p]) for p in PARAMETERS for f in (np.mean, np.std)]
+                moments = [f(fit.posterior[p]) for p in params for f in (np.mean, np.std)]
                 values = [fit.stars.n_stars, *moments, d["min_ess_bulk"], max(d["r_hat"].values())]
                 values += [d["divergences"], d["status"]]
             rows.append([str(name), *values])
         t = Table(rows=rows, names=names) if rows else Table(names=names)
-        for p in PARAMETERS:
+        for p in params:
             for k in ("mean", "sd"):
                 t[f"{p}_{k}"].unit = UNITS[p] if UNITS[p] is not u.dimensionless_unscaled else None
         return t

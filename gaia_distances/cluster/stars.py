@@ -9,17 +9,25 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable
 
-from gaia_distances.columns import add_column, column_values, corrected_parallax, distance_column_names
+from gaia_distances.columns import add_column, column_values, corrected_parallax, distance_column_names, warn
+from gaia_distances.core.kinematics import KinematicData, prepare_kinematic_data
+from gaia_distances.core.likelihood import StarData, prepare_star_data
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
-from gaia_distances.errors import GaiaDistancesError
+from gaia_distances.core.population import ClusterModel
+from gaia_distances.errors import GaiaDistancesError, MissingColumnsError
 from gaia_distances.io import as_table
 
 __all__ = [
     "CLUSTER_DISTANCE_COLUMNS",
     "MIN_STARS",
+    "PM_COLUMNS",
+    "PM_CORRELATIONS",
     "ClusterFlag",
     "FittedStars",
+    "kinematic_data",
+    "prepare_data",
     "Selection",
+    "resolve_kinematics",
     "select_stars",
     "write_star_columns",
 ]
@@ -40,6 +48,13 @@ class ClusterFlag(enum.IntFlag):
     OUTSIDE_LIMITS = 2
     #: (fit_clusters) the row's cluster could not be fitted, or its group key is missing
     NOT_FITTED = 4
+    #: (kinematic fits) no usable proper motion: fitted with its parallax alone
+    NO_PROPER_MOTION = 8
+
+
+#: The columns a kinematic fit needs, and the correlations it reads when present (0 otherwise).
+PM_COLUMNS = ("pmra", "pmdec", "pmra_error", "pmdec_error")
+PM_CORRELATIONS = ("parallax_pmra_corr", "parallax_pmdec_corr", "pmra_pmdec_corr")
 
 
 class FittedStars(NamedTuple):
@@ -52,6 +67,18 @@ class FittedStars(NamedTuple):
     parallax: np.ndarray  # zero-point corrected
     parallax_error: np.ndarray
     zero_point: np.ndarray  # catalogue parallax - corrected parallax (0 without a catalogue parallax)
+    pmra: np.ndarray | None = None  # mas/yr (kinematic fits; NaN: no proper motion)
+    pmdec: np.ndarray | None = None
+    pmra_error: np.ndarray | None = None
+    pmdec_error: np.ndarray | None = None
+    parallax_pmra_corr: np.ndarray | None = None  # 0 where the table has none
+    parallax_pmdec_corr: np.ndarray | None = None
+    pmra_pmdec_corr: np.ndarray | None = None
+
+    @property
+    def kinematic(self) -> bool:
+        """Whether the stars carry proper motions (a kinematic fit)."""
+        return self.pmra is not None
 
     @property
     def catalogue_parallax(self) -> np.ndarray:
@@ -79,14 +106,61 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def resolve_kinematics(table: Any, kinematics: bool | str, *, step: str = "fit_cluster") -> bool:
+    """Whether a fit uses proper motions: ``kinematics`` is ``True``, ``False`` or ``"auto"``.
+
+    ``True`` with a column of :data:`PM_COLUMNS` missing raises
+    :class:`~gaia_distances.MissingColumnsError` naming them; ``"auto"`` uses
+    proper motions when all are present, and warns (then fits parallaxes
+    alone) when the table has proper motions but not their errors.
+    """
+    if kinematics not in (True, False, "auto"):
+        raise ValueError(f"kinematics must be True, False or 'auto'; got {kinematics!r}")
+    missing = [c for c in PM_COLUMNS if c not in table.colnames]
+    if kinematics is True and missing:
+        raise MissingColumnsError(f"{step}(kinematics=True) needs the columns {', '.join(missing)}")
+    if kinematics == "auto":
+        if missing and any(c in table.colnames for c in ("pmra", "pmdec")):
+            warn(
+                f"{step}: the table has proper motions but not {', '.join(missing)}; "
+                "fitting the parallaxes alone (kinematics=False)"
+            )
+        return not missing
+    return bool(kinematics)
+
+
+def _proper_motions(out: QTable, used: np.ndarray, flag: np.ndarray, step: str) -> dict[str, np.ndarray]:
+    """The fitted rows' proper motions, errors and correlations; flags rows without a usable one."""
+    cols = {c: column_values(out, c, u.mas / u.yr)[used] for c in PM_COLUMNS}
+    absent = [c for c in PM_CORRELATIONS if c not in out.colnames]
+    if absent:
+        warn(f"{step}: no {', '.join(absent)} column; those correlations count as 0")
+    for c in PM_CORRELATIONS:
+        cols[c] = column_values(out, c)[used] if c in out.colnames else np.zeros(used.size)
+        cols[c] = np.where(np.isfinite(cols[c]), cols[c], 0.0)
+    errs = np.stack([cols["pmra_error"], cols["pmdec_error"]])
+    vals = np.stack([cols["pmra"], cols["pmdec"]])
+    ok = np.all(np.isfinite(vals), axis=0) & np.all(np.isfinite(errs) & (errs > 0), axis=0)
+    flag[used[~ok]] |= ClusterFlag.NO_PROPER_MOTION
+    return cols
+
+
 def select_stars(
-    table: Any, *, zero_point: Any = None, parallax_limits: tuple[float, float] | None = None, step: str = "fit_cluster"
+    table: Any,
+    *,
+    zero_point: Any = None,
+    parallax_limits: tuple[float, float] | None = None,
+    kinematics: bool | str = False,
+    step: str = "fit_cluster",
 ) -> Selection:
     """The rows with a finite parallax and a positive error, inside ``parallax_limits`` (mas) if given.
 
     The limits apply to the catalogue ``parallax`` when the table has it, as
     in the reference cuts. Raises :class:`~gaia_distances.GaiaDistancesError`
-    when fewer than :data:`MIN_STARS` qualify.
+    when fewer than :data:`MIN_STARS` qualify. With ``kinematics``
+    (:func:`resolve_kinematics`) the stars carry their proper motions; a
+    fitted star without a usable one is flagged
+    :attr:`ClusterFlag.NO_PROPER_MOTION` and fitted with its parallax alone.
     """
     out = as_table(table)
     plx, zp_source = corrected_parallax(out, zero_point, step=step)
@@ -99,6 +173,7 @@ def select_stars(
         cut = raw if raw is not None else plx
         inside = (cut > lo) & (cut < hi)
         flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
+    use_pm = resolve_kinematics(out, kinematics, step=step)
     used = np.flatnonzero(flag == 0)
     if used.size < MIN_STARS:
         raise GaiaDistancesError(
@@ -108,7 +183,8 @@ def select_stars(
     w, s = plx[used], err[used]
     zp = raw[used] - w if raw is not None else np.zeros(used.size)
     zp = np.where(np.isfinite(zp), zp, 0.0)
-    stars = FittedStars(*(_read_only(x) for x in (used, w, s, zp)))
+    pm = _proper_motions(out, used, flag, step) if use_pm else {}
+    stars = FittedStars(*(_read_only(x) for x in (used, w, s, zp)), **{k: _read_only(v) for k, v in pm.items()})
     return Selection(out, flag, stars, zp_source)
 
 
@@ -136,3 +212,24 @@ def write_star_columns(
             description=f"cluster-model posterior {100 * ONE_SIGMA_QUANTILES[j]:g}th percentile of distance",
         )
     add_column(out, "cluster_flag", flag, description=flag_description)
+
+
+def kinematic_data(stars: FittedStars) -> KinematicData:
+    """The conditional proper-motion error model of the fitted stars."""
+    cols = (
+        stars.parallax_error,
+        stars.pmra,
+        stars.pmdec,
+        stars.pmra_error,
+        stars.pmdec_error,
+        stars.parallax_pmra_corr,
+        stars.parallax_pmdec_corr,
+        stars.pmra_pmdec_corr,
+    )
+    return prepare_kinematic_data(*(np.asarray(c, float) for c in cols))
+
+
+def prepare_data(stars: FittedStars, model: ClusterModel) -> StarData:
+    """The likelihood's per-star data for ``model`` (its field, and the proper motions if kinematic)."""
+    kin = kinematic_data(stars) if model.kinematics else None
+    return prepare_star_data(stars.parallax, stars.parallax_error, field=model.field, kinematics=kin)

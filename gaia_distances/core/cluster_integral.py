@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,15 @@ def cluster_log_likelihood(
     *,
     n_gh: int = 10,
     n_newton: int = 2,
+    node_log_term: Callable[[Array], Array] | None = None,
 ) -> Array:
-    """``ln p(w_i | cluster)`` for every star (mas in, one value per star out)."""
+    """``ln p(w_i | cluster)`` for every star (mas in, one value per star out).
+
+    ``node_log_term(u)`` (``u`` of shape ``(n, K)``), if given, is another
+    factor of the integrand evaluated at the nodes (the proper-motion term);
+    it should vary slowly over the cluster's depth, since the nodes are
+    placed on the parallax integrand alone.
+    """
     w, s = parallax, parallax_error
     sigma = jnp.exp(log_sigma)
     x, log_wx = _gauss_hermite(n_gh)
@@ -75,6 +83,8 @@ def cluster_log_likelihood(
     u = mu[:, None] + sd[:, None] * x[None, :]
     log_prop = normal_log_pdf(u, mu[:, None], sd[:, None])
     terms = log_wx[None, :] + log_integrand_nodes(u, w, s, log_D, log_sigma) - log_prop
+    if node_log_term is not None:
+        terms = terms + node_log_term(u)
     return jax.nn.logsumexp(terms, axis=1)
 
 

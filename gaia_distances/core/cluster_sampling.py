@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.initialisation import MapResult, whitening
+from gaia_distances.core.kinematics import KinematicData
 from gaia_distances.core.likelihood import StarData, stack_star_data
 from gaia_distances.core.models import joint_potential_gen, whitened_potential_gen
-from gaia_distances.core.population import N_PARAMS, ClusterPriors, unconstrained_names
+from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model
 from gaia_distances.core.sampling import (
     NutsSettings,
     Progress,
@@ -41,36 +42,38 @@ class Draws(NamedTuple):
     sample_stats: dict[str, np.ndarray]
 
 
-def compile_marginal(data: StarData, prior: ClusterPriors, settings: NutsSettings) -> None:
+def compile_marginal(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
     """Compile the marginal sampler for ``data``'s shapes (thread-safe: run it beside the MAP search)."""
     dt = data.parallax.dtype
-    example = (jnp.zeros(N_PARAMS, dt), jnp.eye(N_PARAMS, dtype=dt), data)
-    compile_chains(whitened_potential_gen(prior), jnp.zeros(N_PARAMS, dt), example, settings)
+    n = as_model(prior).n_params
+    example = (jnp.zeros(n, dt), jnp.eye(n, dtype=dt), data)
+    compile_chains(whitened_potential_gen(prior), jnp.zeros(n, dt), example, settings)
 
 
 def sample_marginal(
     data: StarData,
-    prior: ClusterPriors,
+    prior: ClusterModel | ClusterPriors,
     start: MapResult,
     settings: NutsSettings,
     *,
     seed: int,
     progress: Progress | None = None,
 ) -> Draws:
-    """NUTS over the four population parameters of one field, whitened at the MAP."""
+    """NUTS over the population parameters of one field, whitened at the MAP."""
     rng = np.random.default_rng(seed)
-    chol = whitening(start.covariance)
+    n = as_model(prior).n_params
+    chol = whitening(start.covariance, n)
     dt = data.parallax.dtype
-    inits = [jnp.asarray(0.5 * rng.standard_normal(N_PARAMS), dt) for _ in range(settings.num_chains)]
+    inits = [jnp.asarray(0.5 * rng.standard_normal(n), dt) for _ in range(settings.num_chains)]
     args = (jnp.asarray(start.z, dt), jnp.asarray(chol, dt), data)
     res = run_chains(whitened_potential_gen(prior), inits, args, settings, seed=seed, progress=progress)
-    x = np.asarray(res.samples, dtype=float)  # (chains, draws, 4)
+    x = np.asarray(res.samples, dtype=float)  # (chains, draws, n_params)
     return Draws(start.z + x @ chol.T, None, {"diverging": res.diverging, "n_steps": res.num_steps})
 
 
 def sample_marginal_batch(
     data: Sequence[StarData],
-    prior: ClusterPriors,
+    prior: ClusterModel | ClusterPriors,
     starts: Sequence[MapResult],
     settings: NutsSettings,
     *,
@@ -79,14 +82,15 @@ def sample_marginal_batch(
 ) -> list[Draws]:
     """NUTS for many equally padded fields at once (one compiled program); one :class:`Draws` per field."""
     dt = data[0].parallax.dtype
+    n = as_model(prior).n_params
     centre = np.stack([s.z for s in starts])
-    chol = np.stack([whitening(s.covariance) for s in starts])
-    x0 = 0.5 * np.random.default_rng(seed).standard_normal((len(data), settings.num_chains, N_PARAMS))
+    chol = np.stack([whitening(s.covariance, n) for s in starts])
+    x0 = 0.5 * np.random.default_rng(seed).standard_normal((len(data), settings.num_chains, n))
     args = (jnp.asarray(centre, dt), jnp.asarray(chol, dt), stack_star_data(list(data)))
     res = run_batched_chains(
         whitened_potential_gen(prior), jnp.asarray(x0, dt), args, settings, seed=seed, progress=progress
     )
-    x = np.asarray(res.samples, dtype=float)  # (fields, chains, draws, 4)
+    x = np.asarray(res.samples, dtype=float)  # (fields, chains, draws, n_params)
     return [
         Draws(centre[b] + x[b] @ chol[b].T, None, {"diverging": res.diverging[b], "n_steps": res.num_steps[b]})
         for b in range(len(data))
@@ -97,37 +101,45 @@ def sample_joint(
     parallax: np.ndarray,
     parallax_error: np.ndarray,
     zero_point: np.ndarray,
-    prior: ClusterPriors,
+    prior: ClusterModel | ClusterPriors,
     start: MapResult,
     settings: NutsSettings,
     *,
     seed: int,
     progress: Progress | None = None,
+    kin: KinematicData | None = None,
 ) -> Draws:
     """NUTS over the population and one latent distance per star (the reference model), from the MAP.
 
     ``parallax`` is zero-point corrected (mas); the model sees the catalogue
-    parallax ``parallax + zero_point``.
+    parallax ``parallax + zero_point``. Extended models
+    (:func:`~gaia_distances.core.models.joint_model_extended`) also take the
+    stars' proper motions ``kin``.
     """
     from gaia_distances.core.priors import EDSDPrior
     from gaia_distances.core.quadrature import summarize_posteriors
 
+    model = as_model(prior)
+    n = model.n_params
     rng = np.random.default_rng(seed)
     cov = start.covariance
-    scale = np.sqrt(np.diag(cov)) if cov is not None else np.full(N_PARAMS, 0.01)
-    inits = [start.z + 0.5 * scale * rng.standard_normal(N_PARAMS) for _ in range(settings.num_chains)]
-    names = unconstrained_names(prior)
-    # each distance starts at its EDSD median at the MAP length scale
-    L_map = np.full(len(parallax), math.exp(start.z[0]))
-    r0 = summarize_posteriors(parallax, parallax_error, EDSDPrior(L_map))["quantiles"][:, 1]
+    scale = np.sqrt(np.diag(cov)) if cov is not None else np.full(n, 0.01)
+    inits = [start.z + 0.5 * scale * rng.standard_normal(n) for _ in range(settings.num_chains)]
+    names = model.names
+    # each distance starts at its EDSD median at the MAP length scale (the median distance, flexible field)
+    length = math.exp(start.z[0]) if model.field == "edsd" else 1000.0 / 2.674
+    r0 = summarize_posteriors(parallax, parallax_error, EDSDPrior(np.full(len(parallax), length)))["quantiles"][:, 1]
     log_r0 = jnp.asarray(np.log(np.where(np.isfinite(r0), r0, 1000.0)))
+    site = "r" if model.is_reference else "u"
 
     def as_sites(z: np.ndarray) -> dict[str, Any]:
-        return {**{name: jnp.asarray(z[i]) for i, name in enumerate(names)}, "r": log_r0}
+        return {**{name: jnp.asarray(z[i]) for i, name in enumerate(names)}, site: log_r0}
 
-    args = tuple(jnp.asarray(x) for x in (parallax_error, parallax + zero_point, zero_point))
+    args: tuple[Any, ...] = tuple(jnp.asarray(x) for x in (parallax_error, parallax + zero_point, zero_point))
+    if not model.is_reference:
+        args = (*args, kin)
     sites = [as_sites(z) for z in inits]
-    res = run_chains(joint_potential_gen(prior), sites, args, settings, seed=seed, progress=progress)
+    res = run_chains(joint_potential_gen(model), sites, args, settings, seed=seed, progress=progress)
     z = np.stack([np.asarray(res.samples[name], float) for name in names], axis=-1)
-    r = np.exp(np.asarray(res.samples["r"], float))  # unconstrained ln r -> pc
+    r = np.exp(np.asarray(res.samples[site], float))  # unconstrained ln r -> pc
     return Draws(z, r, {"diverging": res.diverging, "n_steps": res.num_steps})

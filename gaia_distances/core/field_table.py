@@ -18,9 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.components import field_log_density_u
-from gaia_distances.core.numerics import Array, hermite, likelihood_bracket, log_likelihood_u, padded_chunks
+from gaia_distances.core.numerics import Array, hermite, likelihood_bracket, padded_chunks, trapezoid_nodes
 
-__all__ = ["FieldNodes", "FieldTable", "field_log_likelihood", "precompute_field_nodes", "precompute_field_table"]
+__all__ = [
+    "FieldNodes",
+    "FieldTable",
+    "field_log_likelihood",
+    "field_moments",
+    "precompute_field_nodes",
+    "precompute_field_table",
+]
 
 
 class FieldNodes(NamedTuple):
@@ -52,19 +59,7 @@ def precompute_field_nodes(
     # EDSD mass below x L is < x^3 / 6; above 2 (3 + t) L is < e^-t
     u_lo_prior = math.log(L_range[0]) + (math.log(6.0) - 30.0) / 3.0
     u_hi_prior = math.log(L_range[1]) + math.log(2.0 * (3.0 + 30.0))
-    a = np.maximum(u_lo_like, u_lo_prior)
-    b = np.minimum(u_hi_like, u_hi_prior)
-    bad = ~(b > a)
-    a = np.asarray(np.where(bad, u_lo_like, a))
-    b = np.asarray(np.where(bad, np.minimum(u_hi_like, u_hi_prior + 5), b))
-    t = np.linspace(0.0, 1.0, n_nodes)
-    u = a[:, None] + (b - a)[:, None] * t
-    h = (b - a) / (n_nodes - 1)
-    trap = np.full(n_nodes, 1.0)
-    trap[[0, -1]] = 0.5
-    loglike = log_likelihood_u(u, w[:, None], s[:, None], xp=np)
-    log_weight = np.log(h)[:, None] + np.log(trap)[None, :] + loglike
-    return FieldNodes(u=u, log_weight=log_weight)
+    return FieldNodes(*trapezoid_nodes(w, s, u_lo_like, u_hi_like, u_lo_prior, u_hi_prior, n_nodes=n_nodes))
 
 
 class FieldTable(NamedTuple):
@@ -74,6 +69,8 @@ class FieldTable(NamedTuple):
     step: Array  # scalar: grid spacing in ln L
     value: Array  # (n, J)
     slope: Array  # (n, J): d value / d ln L
+    mean: Array | None = None  # (n, J): E[w_t] under the field posterior (kinematic models only)
+    second: Array | None = None  # (n, J): E[w_t^2]
 
     def L_range(self) -> tuple[float, float]:
         """The range of ``L`` (pc) the table covers."""
@@ -86,8 +83,8 @@ class FieldTable(NamedTuple):
 
 
 @jax.jit
-def _field_integrals(u: Array, log_weight: Array, log_L: Array) -> tuple[Array, Array]:
-    """``ln ∫ EDSD_u(u; L) like du`` and its ``d/d ln L`` for every star and ``L``."""
+def _field_integrals(u: Array, log_weight: Array, log_L: Array) -> tuple[Array, Array, Array, Array]:
+    """``ln ∫ EDSD_u(u; L) like du``, its ``d/d ln L``, and ``E[w_t]``, ``E[w_t^2]`` for every star and ``L``."""
     uu = u[:, None, :]
     ll = log_L[None, :, None]
     log_terms = log_weight[:, None, :] + field_log_density_u(uu, ll)
@@ -95,7 +92,8 @@ def _field_integrals(u: Array, log_weight: Array, log_L: Array) -> tuple[Array, 
     post = jnp.exp(log_terms - value[..., None])
     # d/d ln L of the EDSD in u: r / L - 3
     slope = jnp.sum(post * (jnp.exp(uu - ll) - 3.0), axis=2)
-    return value, slope
+    w_t = 1000.0 * jnp.exp(-uu)
+    return value, slope, jnp.sum(post * w_t, axis=2), jnp.sum(post * w_t * w_t, axis=2)
 
 
 def precompute_field_table(
@@ -106,23 +104,28 @@ def precompute_field_table(
     n_L: int = 96,
     n_nodes: int = 160,
     chunk_size: int = 2048,
+    moments: bool = False,
 ) -> FieldTable:
-    """Tabulate each star's field likelihood over ``ln L`` in ``L_range`` (pc)."""
+    """Tabulate each star's field likelihood over ``ln L`` in ``L_range`` (pc).
+
+    With ``moments`` the table also holds the first two moments of the star's
+    true parallax under the field (what the proper-motion term needs).
+    """
     grid = np.linspace(math.log(L_range[0]), math.log(L_range[1]), n_L)
     nodes = precompute_field_nodes(parallax, parallax_error, n_nodes=n_nodes, L_range=L_range)
     n = len(parallax)
-    value = np.zeros((n, n_L))
-    slope = np.zeros((n, n_L))
+    value, slope, mean, second = (np.zeros((n, n_L)) for _ in range(4))
     dtype = jnp.asarray(0.0).dtype
     g = jnp.asarray(grid, dtype)
     for chunk in padded_chunks(n, chunk_size):
-        v, d = _field_integrals(
+        out = _field_integrals(
             jnp.asarray(nodes.u[chunk.rows], dtype), jnp.asarray(nodes.log_weight[chunk.rows], dtype), g
         )
         m = chunk.stop - chunk.start
-        value[chunk.start : chunk.stop] = np.asarray(v)[:m]
-        slope[chunk.start : chunk.stop] = np.asarray(d)[:m]
-    return FieldTable(np.asarray(grid[0]), np.asarray(grid[1] - grid[0]), value, slope)
+        for dest, x in zip((value, slope, mean, second), out, strict=True):
+            dest[chunk.start : chunk.stop] = np.asarray(x)[:m]
+    extra = (mean, second) if moments else (None, None)
+    return FieldTable(np.asarray(grid[0]), np.asarray(grid[1] - grid[0]), value, slope, *extra)
 
 
 def field_log_likelihood(log_L: Array, table: FieldTable) -> Array:
@@ -143,3 +146,20 @@ def field_log_likelihood(log_L: Array, table: FieldTable) -> Array:
     inner = hermite(jnp.clip(x, 0.0, 1.0), v0, m0, v1, m1)
     # linear extension beyond the ends
     return inner + jnp.where(x < 0, x * m0, 0.0) + jnp.where(x > 1, (x - 1) * m1, 0.0)
+
+
+def field_moments(log_L: Array, table: FieldTable) -> tuple[Array, Array]:
+    """``E[w_t]`` and ``E[w_t^2]`` (mas, mas^2) per star under the field at ``ln L``: linear interpolation."""
+    if table.mean is None or table.second is None:
+        raise ValueError("the field table was computed without moments (precompute_field_table(moments=True))")
+    J = table.value.shape[1]
+    t = jnp.clip((log_L - table.log_L0) / table.step, 0.0, J - 1.0)
+    i = jnp.clip(jnp.floor(t), 0, J - 2).astype(jnp.int32)
+    x = t - i
+
+    def lerp(a: Array) -> Array:
+        a0 = jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)
+        a1 = jax.lax.dynamic_index_in_dim(a, i + 1, axis=1, keepdims=False)
+        return a0 + x * (a1 - a0)
+
+    return lerp(table.mean), lerp(table.second)

@@ -25,18 +25,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.likelihood import StarData, log_posterior
-from gaia_distances.core.population import N_PARAMS, ClusterPriors, Population, from_population
+from gaia_distances.core.population import N_PARAMS, ClusterModel, ClusterPriors, Population, from_population
 
 __all__ = [
     "Candidates",
+    "candidate_distances",
     "MapResult",
     "find_map",
+    "hessian",
     "laplace_covariance",
     "map_candidates",
     "parallax_overdensities",
     "polish",
     "score_candidates",
     "select_starts",
+    "value_and_grad",
+    "whitening",
 ]
 
 #: Candidate cluster sizes (pc) and logit(Q) values of the grid.
@@ -55,11 +59,19 @@ class Candidates(NamedTuple):
 
 
 class MapResult(NamedTuple):
-    """The MAP: unconstrained ``z``, its log posterior and the Laplace covariance (``None`` if not definite)."""
+    """The MAP: unconstrained ``z``, its log posterior and the Laplace covariance (``None`` if not definite).
+
+    For the extended models (:mod:`~gaia_distances.core.search`) also the
+    problems the search found (``problems``: starts that disagree, no
+    cluster) and ``evidence``: the log-likelihood gain of the best cluster
+    over the field alone.
+    """
 
     z: np.ndarray
     log_posterior: float
     covariance: np.ndarray | None
+    problems: tuple[str, ...] = ()
+    evidence: float = math.nan
 
 
 def parallax_overdensities(log_inv_parallax: np.ndarray, *, n_peaks: int = 3) -> list[float]:
@@ -94,28 +106,40 @@ def parallax_overdensities(log_inv_parallax: np.ndarray, *, n_peaks: int = 3) ->
 
 def _field_only_log_L(data: StarData) -> float:
     """The field-only maximum-likelihood ``ln L``, read off the tabulated field integrals."""
+    assert data.field is not None, "the reference model's star data has a field table"
     field_ll = np.sum(np.asarray(data.field.value, float)[data.real()], axis=0)
     return float(data.field.log_L0) + float(data.field.step) * int(np.argmax(field_ll))
 
 
-def map_candidates(
-    data: StarData, priors: ClusterPriors, *, distance_hint: float | None = None, n_candidates: int = 48
-) -> Candidates:
-    """Candidate starting points: distances x sizes (pc) x fractions, at the field-only ``L``."""
+def candidate_distances(
+    data: StarData, *, distance_hint: float | None = None, n_grid: int = 48, n_hint: int = 13
+) -> tuple[np.ndarray, list[float]]:
+    """Candidate ``ln D``: ``n_grid`` spanning the stars' inverse parallaxes plus their overdensities.
+
+    The stars with parallax S/N above 5 are used (all positive parallaxes
+    when fewer than 10 have it). With ``distance_hint`` (pc), ``n_hint``
+    distances within 15 % of it instead. Returns the distances and the
+    overdensities among them.
+    """
     real = data.real()
     w = np.asarray(data.parallax, float)[real]
     s = np.asarray(data.parallax_error, float)[real]
     good = w / s > 5
     if good.sum() < 10:
         good = w > 0
-    peaks: list[float] = []
     if distance_hint is not None:
-        log_D = math.log(distance_hint) + np.linspace(-0.15, 0.15, 13)
-    else:
-        inv = np.log(1000.0 / w[good]) if good.any() else np.array([math.log(1000.0)])
-        lo, hi = np.quantile(inv, [0.002, 0.998])
-        peaks = parallax_overdensities(inv)
-        log_D = np.concatenate([np.linspace(lo, hi, n_candidates), peaks])
+        return math.log(distance_hint) + np.linspace(-0.15, 0.15, n_hint), []
+    inv = np.log(1000.0 / w[good]) if good.any() else np.array([math.log(1000.0)])
+    lo, hi = np.quantile(inv, [0.002, 0.998])
+    peaks = parallax_overdensities(inv)
+    return np.concatenate([np.linspace(lo, hi, n_grid), peaks]), peaks
+
+
+def map_candidates(
+    data: StarData, priors: ClusterPriors, *, distance_hint: float | None = None, n_candidates: int = 48
+) -> Candidates:
+    """Candidate starting points: distances x sizes (pc) x fractions, at the field-only ``L``."""
+    log_D, peaks = candidate_distances(data, distance_hint=distance_hint, n_grid=n_candidates)
     log_L = _field_only_log_L(data)
     # every combination, distance slowest and fraction fastest
     ld, ls, lq = np.meshgrid(log_D, np.log(_SIZES_PC), np.asarray(_LOGIT_Q), indexing="ij")
@@ -125,7 +149,8 @@ def map_candidates(
 
 
 @functools.lru_cache(maxsize=16)
-def _value_and_grad(priors: ClusterPriors) -> Any:
+def value_and_grad(priors: ClusterModel | ClusterPriors) -> Any:
+    """The jitted ``(z, data) -> (log posterior, gradient)`` of a model (compiled once per model and shape)."""
     return jax.jit(jax.value_and_grad(lambda z, data: log_posterior(z, data, priors)))
 
 
@@ -172,14 +197,15 @@ def select_starts(cand: Candidates, scores: np.ndarray, *, n_best: int = 4) -> l
     return order
 
 
-def _hessian(z: np.ndarray, data: StarData, priors: ClusterPriors) -> np.ndarray:
+def hessian(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
     """Finite-difference Hessian of the log posterior from its gradients (symmetrised)."""
-    vg = _value_and_grad(priors)
+    vg = value_and_grad(priors)
     dtype = data.parallax.dtype
     h = 1e-3 * np.maximum(1.0, np.abs(z)) * (1e-1 if dtype == jnp.float64 else 1.0)
     rows = []
-    for i in range(N_PARAMS):
-        e = np.zeros(N_PARAMS)
+    n = len(z)
+    for i in range(n):
+        e = np.zeros(n)
         e[i] = h[i]
         gp = np.asarray(vg(jnp.asarray(z + e, dtype), data)[1], float)
         gm = np.asarray(vg(jnp.asarray(z - e, dtype), data)[1], float)
@@ -188,9 +214,11 @@ def _hessian(z: np.ndarray, data: StarData, priors: ClusterPriors) -> np.ndarray
     return 0.5 * (H + H.T)
 
 
-def polish(z0: np.ndarray, data: StarData, priors: ClusterPriors, *, max_iter: int = 50) -> tuple[np.ndarray, float]:
+def polish(
+    z0: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors, *, max_iter: int = 50
+) -> tuple[np.ndarray, float]:
     """Damped Newton ascent of the log posterior from ``z0``; returns the end point and its value."""
-    vg = _value_and_grad(priors)
+    vg = value_and_grad(priors)
     dtype = data.parallax.dtype
 
     def f(x: np.ndarray) -> float:
@@ -201,7 +229,7 @@ def polish(z0: np.ndarray, data: StarData, priors: ClusterPriors, *, max_iter: i
     for _ in range(max_iter):
         g = np.asarray(vg(jnp.asarray(x, dtype), data)[1], float)
         try:
-            evals, evecs = np.linalg.eigh(-_hessian(x, data, priors))
+            evals, evecs = np.linalg.eigh(-hessian(x, data, priors))
             step = evecs @ ((evecs.T @ g) / np.maximum(evals, 1e-3 * max(evals.max(), 1e-12) + 1e-6))
         except np.linalg.LinAlgError:
             step = g * 1e-3
@@ -223,10 +251,10 @@ def polish(z0: np.ndarray, data: StarData, priors: ClusterPriors, *, max_iter: i
     return x, fx
 
 
-def laplace_covariance(z: np.ndarray, data: StarData, priors: ClusterPriors) -> np.ndarray | None:
+def laplace_covariance(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray | None:
     """``(-H)^-1`` at ``z``; ``None`` when the Hessian is not negative definite."""
     try:
-        H = _hessian(z, data, priors)
+        H = hessian(z, data, priors)
         if np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(-H) > 0):
             return np.linalg.inv(-H)
     except np.linalg.LinAlgError:
@@ -259,6 +287,6 @@ def find_map(
     return MapResult(best, best_val, laplace_covariance(best, data, priors))
 
 
-def whitening(cov: np.ndarray | None) -> np.ndarray:
-    """Cholesky factor of the Laplace covariance (a small diagonal when there is none)."""
-    return np.linalg.cholesky(cov) if cov is not None else np.diag(np.full(N_PARAMS, 0.05))
+def whitening(cov: np.ndarray | None, n: int = N_PARAMS) -> np.ndarray:
+    """Cholesky factor of the Laplace covariance (a small ``n x n`` diagonal when there is none)."""
+    return np.linalg.cholesky(cov) if cov is not None else np.diag(np.full(n, 0.05))

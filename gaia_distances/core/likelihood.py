@@ -28,9 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.cluster_integral import cluster_log_likelihood
-from gaia_distances.core.field_table import FieldTable, field_log_likelihood, precompute_field_table
+from gaia_distances.core.field_bins import FieldBins, field_bins_log_likelihood, precompute_field_bins
+from gaia_distances.core.field_table import FieldTable, field_log_likelihood, field_moments, precompute_field_table
+from gaia_distances.core.kinematics import KinematicData, cluster_pm_log_term, field_pm_log_term
 from gaia_distances.core.numerics import Array
-from gaia_distances.core.population import ClusterPriors, Population, log_prior, to_population
+from gaia_distances.core.population import ClusterModel, ClusterPriors, Population, log_prior, to_population
 
 __all__ = [
     "ComponentLikelihoods",
@@ -41,6 +43,8 @@ __all__ = [
     "membership_log_odds",
     "pad_star_data",
     "padded_size",
+    "parallax_component_log_likelihoods",
+    "per_star_map",
     "prepare_star_data",
     "rough_length_scale",
     "stack_star_data",
@@ -52,12 +56,16 @@ class StarData(NamedTuple):
 
     ``weight`` (optional, 1 or 0 per star) masks padding stars out of the
     likelihood, so that fields of different sizes share one array shape.
+    ``field`` or ``bins`` is set, as the model's field needs; ``kin`` only
+    for a kinematic model.
     """
 
     parallax: Array  # zero-point corrected
     parallax_error: Array
-    field: FieldTable
+    field: FieldTable | None  # the EDSD field's table (None for the flexible field)
     weight: Array | None = None
+    bins: FieldBins | None = None  # the flexible field's bin integrals
+    kin: KinematicData | None = None  # proper motions (kinematic models)
 
     @property
     def n_stars(self) -> int:
@@ -95,17 +103,37 @@ def prepare_star_data(
     L_range: tuple[float, float] | None = None,
     n_L: int = 96,
     dtype: Any = None,
+    field: str = "edsd",
+    kinematics: KinematicData | None = None,
 ) -> StarData:
-    """Precompute what the marginal likelihood needs; ``L_range`` (pc) defaults to 1/20 to 20 times
-    :func:`rough_length_scale`."""
+    """Precompute what the marginal likelihood needs.
+
+    ``field="edsd"`` tabulates the EDSD field over ``L_range`` (pc; default
+    1/20 to 20 times :func:`rough_length_scale`), with the parallax moments
+    when ``kinematics`` is given; ``field="flexible"`` computes the bin
+    integrals instead. ``kinematics`` (from
+    :func:`~gaia_distances.core.kinematics.prepare_kinematic_data`) adds the
+    proper motions.
+    """
     w = np.asarray(parallax, float)
     s = np.asarray(parallax_error, float)
-    if L_range is None:
-        L0 = rough_length_scale(w, s)
-        L_range = (L0 / 20.0, L0 * 20.0)
-    table = precompute_field_table(w, s, L_range, n_L=n_L)
     dt = dtype or jnp.asarray(0.0).dtype
-    return StarData(jnp.asarray(w, dt), jnp.asarray(s, dt), FieldTable(*(jnp.asarray(x, dt) for x in table)))
+
+    def cast(tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dt), tree)
+
+    table = bins = None
+    if field == "edsd":
+        if L_range is None:
+            L0 = rough_length_scale(w, s)
+            L_range = (L0 / 20.0, L0 * 20.0)
+        table = cast(precompute_field_table(w, s, L_range, n_L=n_L, moments=kinematics is not None))
+    elif field == "flexible":
+        bins = cast(precompute_field_bins(w, s))
+    else:
+        raise ValueError(f"field must be 'edsd' or 'flexible'; got {field!r}")
+    kin = cast(kinematics) if kinematics is not None else None
+    return StarData(jnp.asarray(w, dt), jnp.asarray(s, dt), table, None, bins, kin)
 
 
 def padded_size(n: int) -> int:
@@ -127,8 +155,22 @@ def pad_star_data(data: StarData, n: int) -> StarData:
     weight = (np.arange(n) < m).astype(np.asarray(data.parallax).dtype)
     if data.weight is not None:
         weight = weight * np.asarray(data.weight)[idx]
-    field = data.field._replace(value=data.field.value[idx], slope=data.field.slope[idx])
-    return StarData(data.parallax[idx], data.parallax_error[idx], field, jnp.asarray(weight))
+    padded = per_star_map(lambda x: x[idx], data)
+    return padded._replace(weight=jnp.asarray(weight))
+
+
+def per_star_map(fn: Any, data: StarData) -> StarData:
+    """``fn`` applied to every per-star array of ``data`` (leading axis of length ``n_stars``)."""
+    n = data.n_stars
+
+    def one(x: Any) -> Any:
+        return fn(x) if np.ndim(x) and np.shape(x)[0] == n else x
+
+    table = data.field
+    if table is not None:  # its grid scalars are not per star, its columns are
+        table = table._replace(**{k: one(v) for k, v in table._asdict().items() if k not in ("log_L0", "step")})
+    rest = jax.tree_util.tree_map(one, data._replace(field=None))
+    return rest._replace(field=table)
 
 
 def stack_star_data(items: Sequence[StarData]) -> StarData:
@@ -146,12 +188,44 @@ class ComponentLikelihoods(NamedTuple):
 def component_log_likelihoods(
     pop: Population, data: StarData, *, n_gh: int = 10, n_newton: int = 2
 ) -> ComponentLikelihoods:
-    """Each component's per-star log likelihood at one population."""
+    """Each component's per-star log likelihood at one population.
+
+    The field's term is the EDSD table's or the flexible bins'; with
+    proper motions each component's proper-motion term is added: the
+    cluster's at each node of its distance integral, the field's over its
+    distance posterior (:mod:`~gaia_distances.core.kinematics`).
+    """
+    kin, obs = pop.kin, data.kin
+    node_term = None
+    if kin is not None and obs is not None:
+
+        def node_term(u: Array) -> Array:
+            return cluster_pm_log_term(u, data.parallax, kin, obs)
+
     cluster = cluster_log_likelihood(
-        data.parallax, data.parallax_error, pop.log_D, pop.log_sigma, n_gh=n_gh, n_newton=n_newton
+        data.parallax,
+        data.parallax_error,
+        pop.log_D,
+        pop.log_sigma,
+        n_gh=n_gh,
+        n_newton=n_newton,
+        node_log_term=node_term,
     )
-    field = field_log_likelihood(pop.log_L, data.field)
+    if pop.field_log_w is not None and data.bins is not None:
+        field, mean_w, second_w = field_bins_log_likelihood(pop.field_log_w, data.bins)
+    elif data.field is not None:
+        field = field_log_likelihood(pop.log_L, data.field)
+        mean_w, second_w = field_moments(pop.log_L, data.field) if kin is not None else (None, None)
+    else:
+        raise ValueError("the star data does not match the model's field")
+    if kin is not None and obs is not None:
+        field = field + field_pm_log_term(mean_w, second_w, data.parallax, kin, obs)
     return ComponentLikelihoods(cluster, field)
+
+
+def parallax_component_log_likelihoods(pop: Population, data: StarData) -> ComponentLikelihoods:
+    """Each component's per-star log likelihood of the parallax alone (proper motions left out)."""
+    return component_log_likelihoods(pop._replace(kin=None), data)
 
 
 def _weighted(pop: Population, comp: ComponentLikelihoods) -> tuple[Array, Array]:
@@ -178,6 +252,6 @@ def log_evidence_per_star(pop: Population, data: StarData) -> Array:
     return jnp.logaddexp(*_weighted(pop, component_log_likelihoods(pop, data)))
 
 
-def log_posterior(z: Array, data: StarData, priors: ClusterPriors) -> Array:
+def log_posterior(z: Array, data: StarData, model: ClusterModel | ClusterPriors) -> Array:
     """Unnormalised log posterior of the marginal model at unconstrained ``z``."""
-    return log_prior(z, priors) + marginal_log_likelihood(to_population(z, priors), data)
+    return log_prior(z, model) + marginal_log_likelihood(to_population(z, model), data)

@@ -18,7 +18,13 @@ import numpy as np
 
 from gaia_distances.core.components import mixture_log_prior_u
 from gaia_distances.core.field_table import precompute_field_nodes
-from gaia_distances.core.likelihood import StarData, log_evidence_per_star, membership_log_odds
+from gaia_distances.core.likelihood import (
+    StarData,
+    log_evidence_per_star,
+    membership_log_odds,
+    parallax_component_log_likelihoods,
+    per_star_map,
+)
 from gaia_distances.core.numerics import (
     ONE_SIGMA_QUANTILES,
     Array,
@@ -26,7 +32,7 @@ from gaia_distances.core.numerics import (
     log_likelihood_u,
     padded_chunks,
 )
-from gaia_distances.core.population import N_PARAMS, ClusterPriors, to_population
+from gaia_distances.core.population import ClusterModel, ClusterPriors, Population, as_model, to_population
 from gaia_distances.core.sampling import aot_call, precompile
 
 __all__ = [
@@ -38,6 +44,8 @@ __all__ = [
     "precompile_per_star",
 ]
 
+#: The EDSD length scales (pc) whose support the flexible field's grid nodes cover.
+FIELD_BINS_L_RANGE = (10.0, 15000.0)
 #: Stars per compiled call of the quantile computation.
 CHUNK = 4096
 #: Nodes per star of :func:`posterior_distance_grid`: field, cluster, likelihood.
@@ -74,21 +82,31 @@ def posterior_distance_grid(
 
 
 def cluster_model_quantiles(
-    z_draws: Array, data: StarData, priors: ClusterPriors, grid: Array, quantiles: tuple[float, ...]
+    z_draws: Array, data: StarData, priors: ClusterModel | ClusterPriors, grid: Array, quantiles: tuple[float, ...]
 ) -> Array:
     """Quantiles (pc) of each star's distance under the fitted mixture prior.
 
     The posterior of ``ln r`` given each draw of the population is evaluated
     exactly on ``grid`` (from :func:`posterior_distance_grid`), normalised
     with the same integrals the likelihood uses, averaged over the draws, and
-    inverted.
+    inverted. With proper motions it is each component's parallax-only
+    posterior weighted by the star's membership probability (the proper
+    motions' pull on the distance within a component is left out).
     """
     like = log_likelihood_u(grid, data.parallax[:, None], data.parallax_error[:, None])
 
     def one(z: Array) -> Array:
         pop = to_population(z, priors)
-        log_prior_u = jnp.logaddexp(*mixture_log_prior_u(grid, pop))
-        return jnp.exp(log_prior_u + like - log_evidence_per_star(pop, data)[:, None])
+        log_c, log_f = mixture_log_prior_u(grid, pop)
+        if pop.kin is None:
+            return jnp.exp(jnp.logaddexp(log_c, log_f) + like - log_evidence_per_star(pop, data)[:, None])
+        # with proper motions: each component's parallax-only distance posterior,
+        # weighted by the membership the proper motions give
+        p_member = jax.nn.sigmoid(membership_log_odds(pop, data))[:, None]
+        plx = parallax_component_log_likelihoods(pop, data)
+        post_c = jnp.exp(log_c - jnp.log(pop.Q) + like - plx.cluster[:, None])
+        post_f = jnp.exp(log_f - jnp.log1p(-pop.Q) + like - plx.field[:, None])
+        return p_member * post_c + (1.0 - p_member) * post_f
 
     dens = jax.lax.map(one, z_draws).mean(axis=0)
     dx = jnp.diff(grid, axis=1)
@@ -105,7 +123,7 @@ def cluster_model_quantiles(
 
 
 @functools.lru_cache(maxsize=16)
-def _per_star_functions(priors: ClusterPriors) -> tuple[Any, Any]:
+def _per_star_functions(priors: ClusterModel | ClusterPriors) -> tuple[Any, Any]:
     """Jitted ``membership(z_draws, data)`` (mean probability) and ``quantiles(z_draws, data, grid)``."""
 
     def membership(zs: Array, data: StarData) -> Array:
@@ -121,18 +139,18 @@ def _per_star_functions(priors: ClusterPriors) -> tuple[Any, Any]:
 
 
 def _chunk_data(data: StarData, index: np.ndarray) -> StarData:
-    n = data.n_stars
-    return jax.tree_util.tree_map(lambda x: x[index] if np.ndim(x) and np.shape(x)[0] == n else x, data)
+    return per_star_map(lambda x: x[index], data)
 
 
-def precompile_per_star(data: StarData, priors: ClusterPriors, *, n_member: int, n_quant: int) -> None:
+def precompile_per_star(data: StarData, priors: ClusterModel | ClusterPriors, *, n_member: int, n_quant: int) -> None:
     """Compile the per-star programs for ``data``'s shapes (e.g. while the sampler runs elsewhere)."""
     membership, quant = _per_star_functions(priors)
     dt = data.parallax.dtype
-    precompile(membership, jnp.zeros((n_member, N_PARAMS), dt), data)
+    n = as_model(priors).n_params
+    precompile(membership, jnp.zeros((n_member, n), dt), data)
     chunk = next(padded_chunks(data.n_stars, CHUNK))
     sub = _chunk_data(data, chunk.rows)
-    precompile(quant, jnp.zeros((n_quant, N_PARAMS), dt), sub, jnp.zeros((chunk.rows.size, GRID_WIDTH), dt))
+    precompile(quant, jnp.zeros((n_quant, n), dt), sub, jnp.zeros((chunk.rows.size, GRID_WIDTH), dt))
 
 
 def _thin(z: np.ndarray, n: int) -> np.ndarray:
@@ -141,14 +159,15 @@ def _thin(z: np.ndarray, n: int) -> np.ndarray:
 
 
 def per_star_results(
-    z_draws: np.ndarray, data: StarData, priors: ClusterPriors, *, n_member: int = 400, n_quant: int = 32
+    z_draws: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors, *, n_member: int = 400, n_quant: int = 32
 ) -> PerStarResults:
     """Membership and distance quantiles for every star in ``data`` (padding included) from population draws.
 
     ``z_draws`` has shape ``(..., 4)``; ``n_member`` and ``n_quant`` evenly
     thinned draws are averaged for the membership and the quantiles.
     """
-    flat = np.asarray(z_draws, float).reshape(-1, N_PARAMS)
+    model = as_model(priors)
+    flat = np.asarray(z_draws, float).reshape(-1, model.n_params)
     membership, quant = _per_star_functions(priors)
     dt = data.parallax.dtype
     member = np.asarray(aot_call(membership, jnp.asarray(_thin(flat, n_member), dt), data), float)
@@ -158,7 +177,7 @@ def per_star_results(
         np.asarray(data.parallax_error, float),
         float(np.median(log_D)),
         float(np.max(np.exp(log_sigma))),
-        data.field.L_range(),
+        data.field.L_range() if data.field is not None else FIELD_BINS_L_RANGE,
     )
     zq = jnp.asarray(_thin(flat, n_quant), dt)
     dist = np.empty((data.n_stars, len(ONE_SIGMA_QUANTILES)))
@@ -168,16 +187,33 @@ def per_star_results(
     return PerStarResults(member, dist)
 
 
-def joint_per_star(r_draws: np.ndarray, z_draws: np.ndarray, priors: ClusterPriors) -> PerStarResults:
+def joint_per_star(
+    r_draws: np.ndarray,
+    z_draws: np.ndarray,
+    priors: ClusterModel | ClusterPriors,
+    stars: Any = None,
+) -> PerStarResults:
     """Membership and distance quantiles from the joint model's latent distances ``r`` (pc).
 
-    ``r_draws`` has shape ``(..., n)`` and ``z_draws`` ``(..., 4)`` with the
-    same leading axes.
+    ``r_draws`` has shape ``(..., n)`` and ``z_draws`` ``(..., n_params)``
+    with the same leading axes. For a kinematic model ``stars`` is
+    ``(parallax_error, catalogue parallax, zero point, KinematicData)``.
     """
+    from gaia_distances.core.models import component_log_terms_at
+
+    model = as_model(priors)
     flat_r = r_draws.reshape(-1, r_draws.shape[-1])
-    pop = to_population(z_draws.reshape(-1, N_PARAMS), priors, xp=np)
-    pop = type(pop)(*(np.asarray(x)[:, None] for x in pop))
-    log_cl, log_fd = (np.asarray(x) for x in mixture_log_prior_u(np.log(flat_r), pop))
+    flat_z = z_draws.reshape(-1, model.n_params)
+    if model.kinematics and stars is not None:
+        err, plx, zp, kin = stars
+        fn = jax.jit(jax.vmap(lambda u, z: component_log_terms_at(u, err, plx, zp, kin, to_population(z, model))))
+        log_cl, log_fd = (np.asarray(x) for x in fn(jnp.asarray(np.log(flat_r)), jnp.asarray(flat_z)))
+    else:
+        full = to_population(flat_z, model, xp=np)
+        log_w = None if full.field_log_w is None else np.asarray(full.field_log_w)[:, None]
+        log_L, log_D, log_sigma, Q = (np.asarray(x)[:, None] for x in full[:4])
+        pop = Population(log_L, log_D, log_sigma, Q, field_log_w=log_w)
+        log_cl, log_fd = (np.asarray(x) for x in mixture_log_prior_u(np.log(flat_r), pop))
     member = np.mean(np.exp(log_cl - np.logaddexp(log_cl, log_fd)), axis=0)
     q = np.quantile(flat_r, ONE_SIGMA_QUANTILES, axis=0).T
     return PerStarResults(member, q)

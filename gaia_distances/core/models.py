@@ -22,13 +22,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaia_distances.core.components import mixture_distribution
+from gaia_distances.core.components import mixture_distribution, mixture_log_prior_u
+from gaia_distances.core.kinematics import KinematicData, cluster_pm_log_term, field_pm_log_term_at
 from gaia_distances.core.likelihood import StarData, log_posterior, marginal_log_likelihood
 from gaia_distances.core.numerics import Array
-from gaia_distances.core.population import ClusterPriors, sample_population, to_population, unconstrained_names
+from gaia_distances.core.population import (
+    ClusterModel,
+    ClusterPriors,
+    Population,
+    as_model,
+    sample_population,
+    to_population,
+    unconstrained_names,
+)
 
 __all__ = [
+    "component_log_terms_at",
     "joint_model",
+    "joint_model_extended",
     "joint_potential_gen",
     "marginal_model",
     "prior_draws",
@@ -55,7 +66,44 @@ def joint_model(
         numpyro.sample("parallax", dist.Normal(1000.0 / r + zero_point, parallax_error), obs=parallax)
 
 
-def marginal_model(data: StarData, priors: ClusterPriors = _REFERENCE) -> None:
+def joint_model_extended(
+    parallax_error: Array,
+    parallax: Array | None,
+    zero_point: Array | float,
+    kin: KinematicData | None,
+    model: ClusterModel,
+) -> None:
+    """The joint model of an extended model: one latent ``u = ln(r / pc)`` per star.
+
+    Each star's distance prior is the population's mixture and, with
+    proper motions, each component's proper-motion term at that distance is
+    exact (no moments): this is the reference the marginal model is checked
+    against.
+    """
+    import numpyro
+    import numpyro.distributions as dist
+
+    pop = sample_population(model)
+    with numpyro.plate("stars", parallax_error.shape[0]):
+        u = numpyro.sample("u", dist.ImproperUniform(dist.constraints.real, (), ()))
+        log_c, log_f = component_log_terms_at(u, parallax_error, parallax, zero_point, kin, pop)
+        numpyro.factor("distance_prior", jnp.logaddexp(log_c, log_f))
+        numpyro.sample("parallax", dist.Normal(1000.0 * jnp.exp(-u) + zero_point, parallax_error), obs=parallax)
+
+
+def component_log_terms_at(
+    u: Array, parallax_error: Array, parallax: Array | None, zero_point: Array | float, kin: Any, pop: Population
+) -> tuple[Array, Array]:
+    """``ln Q p_c(u) p_c(pm | u)`` and the field's, per star, at known distances ``u`` (mixture weights included)."""
+    log_c, log_f = mixture_log_prior_u(u, pop)
+    if kin is not None and pop.kin is not None and parallax is not None:
+        w = parallax - zero_point
+        log_c = log_c + cluster_pm_log_term(u[:, None], w, pop.kin, kin)[:, 0]
+        log_f = log_f + field_pm_log_term_at(u, w, pop.kin, kin)
+    return log_c, log_f
+
+
+def marginal_model(data: StarData, priors: ClusterModel | ClusterPriors = _REFERENCE) -> None:
     """The population parameters only; each star's distance is integrated out."""
     import numpyro
 
@@ -63,7 +111,7 @@ def marginal_model(data: StarData, priors: ClusterPriors = _REFERENCE) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def whitened_potential_gen(priors: ClusterPriors) -> Any:
+def whitened_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
     """``gen(centre, chol, data)`` -> the marginal model's potential of ``x``, with ``z = centre + chol @ x``.
 
     NUTS samples ``x``, the population parameters whitened by the Laplace
@@ -79,18 +127,30 @@ def whitened_potential_gen(priors: ClusterPriors) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def joint_potential_gen(priors: ClusterPriors) -> Any:
-    """``gen(parallax_error, parallax, zero_point)`` -> the joint model's potential of its unconstrained sites."""
+def joint_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
+    """``gen(parallax_error, parallax, zero_point[, kin])`` -> the joint model's potential of its unconstrained sites.
+
+    The reference structure samples ``r`` (:func:`joint_model`); extended
+    models sample ``u`` (:func:`joint_model_extended`).
+    """
     from numpyro.infer.util import potential_energy
 
-    def gen(err: Array, plx: Array, zp: Array) -> Any:
-        return lambda p: potential_energy(joint_model, (err, plx, zp, priors), {}, p)
+    model = as_model(priors)
+    if model.is_reference:
 
-    return gen
+        def gen(err: Array, plx: Array, zp: Array) -> Any:
+            return lambda p: potential_energy(joint_model, (err, plx, zp, model.priors), {}, p)
+
+        return gen
+
+    def gen_ext(err: Array, plx: Array, zp: Array, kin: Any = None) -> Any:
+        return lambda p: potential_energy(joint_model_extended, (err, plx, zp, kin, model), {}, p)
+
+    return gen_ext
 
 
 @functools.lru_cache(maxsize=16)
-def _simulator(priors: ClusterPriors) -> Any:
+def _simulator(priors: ClusterModel | ClusterPriors) -> Any:
     import numpyro.distributions as dist
 
     def one(key: Array, z: Array, err: Array, zp: Array) -> Array:
@@ -106,7 +166,11 @@ def _simulator(priors: ClusterPriors) -> Any:
 
 
 def simulate_parallaxes(
-    seed: int, z_draws: np.ndarray, parallax_error: np.ndarray, zero_point: np.ndarray, priors: ClusterPriors
+    seed: int,
+    z_draws: np.ndarray,
+    parallax_error: np.ndarray,
+    zero_point: np.ndarray,
+    priors: ClusterModel | ClusterPriors,
 ) -> np.ndarray:
     """Catalogue parallaxes (mas) simulated by the model, one catalogue per population draw.
 
@@ -120,7 +184,7 @@ def simulate_parallaxes(
 
 
 @functools.lru_cache(maxsize=16)
-def _prior_sampler(priors: ClusterPriors) -> Any:
+def _prior_sampler(priors: ClusterModel | ClusterPriors) -> Any:
     from numpyro import handlers
 
     names = unconstrained_names(priors)
@@ -132,7 +196,7 @@ def _prior_sampler(priors: ClusterPriors) -> Any:
     return jax.jit(jax.vmap(one))
 
 
-def prior_draws(seed: int, num_samples: int, priors: ClusterPriors) -> np.ndarray:
+def prior_draws(seed: int, num_samples: int, priors: ClusterModel | ClusterPriors) -> np.ndarray:
     """Unconstrained population draws ``(num_samples, 4)`` from the prior (:func:`sample_population`)."""
     keys = jax.random.split(jax.random.PRNGKey(seed), num_samples)
     return np.asarray(_prior_sampler(priors)(keys))

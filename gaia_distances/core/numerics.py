@@ -37,6 +37,7 @@ __all__ = [
     "log_likelihood_u",
     "normal_log_pdf",
     "padded_chunks",
+    "trapezoid_nodes",
 ]
 
 #: JAX or NumPy array (a pytree leaf) in signatures.
@@ -138,3 +139,35 @@ def padded_chunks(n: int, chunk_size: int) -> Iterator[Chunk]:
     size = chunk_length(n, chunk_size)
     for start in range(0, n, size):
         yield Chunk(start, min(start + size, n), np.minimum(np.arange(start, start + size), n - 1))
+
+
+def trapezoid_nodes(
+    parallax: np.ndarray,
+    parallax_error: np.ndarray,
+    u_lo_like: np.ndarray,
+    u_hi_like: np.ndarray,
+    u_lo_prior: float,
+    u_hi_prior: float,
+    *,
+    n_nodes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform trapezoid nodes in ``u`` on the likelihood's bracket intersected with a prior's support.
+
+    Returns the nodes ``(n, K)`` and ``ln(trapezoid weight) + ln N(w | 1000 e^-u, s)``
+    at them. Where the two do not overlap the likelihood's bracket is used (capped 5
+    above the prior's end).
+    """
+    w, s = parallax, parallax_error
+    a = np.maximum(u_lo_like, u_lo_prior)
+    b = np.minimum(u_hi_like, u_hi_prior)
+    bad = ~(b > a)
+    a = np.asarray(np.where(bad, u_lo_like, a))
+    b = np.asarray(np.where(bad, np.minimum(u_hi_like, u_hi_prior + 5), b))
+    t = np.linspace(0.0, 1.0, n_nodes)
+    u = a[:, None] + (b - a)[:, None] * t
+    h = (b - a) / (n_nodes - 1)
+    trap = np.full(n_nodes, 1.0)
+    trap[[0, -1]] = 0.5
+    loglike = log_likelihood_u(u, w[:, None], s[:, None], xp=np)
+    log_weight = np.log(h)[:, None] + np.log(trap)[None, :] + loglike
+    return u, log_weight

@@ -21,11 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.field_bins import N_BINS, bin_centres
+from gaia_distances.core.kinematics import Kinematics
 from gaia_distances.core.numerics import Array, normal_log_pdf
 
 __all__ = [
+    "FIELDS",
+    "FIELD_PM_PRIORS",
+    "ClusterModel",
     "ClusterPriors",
     "Population",
+    "as_model",
+    "field_distance_quantile",
     "from_population",
     "log_prior",
     "physical_draws",
@@ -47,6 +54,14 @@ class ClusterPriors(NamedTuple):
     With ``depth_prior="size"`` the depth prior is on the cluster's
     line-of-sight size ``sigma * D`` in pc instead: log-uniform between
     ``size_min_pc`` and ``size_max_pc`` (see :meth:`physical`).
+
+    With proper motions the cluster's mean proper motion has a
+    ``N(0, pm_sd)`` prior per component (mas/yr) and its velocity dispersion
+    ``sigma_v`` a log-normal one with median ``sigma_v_median`` (km/s) and
+    ``sigma_v_log_sd``. ``field_smoothness`` is the random-walk scale of the
+    flexible field's log weights between neighbouring bins
+    (:mod:`~gaia_distances.core.field_bins`). The field's proper-motion
+    priors are fixed and broad (:data:`FIELD_PM_PRIORS`).
     """
 
     log_L_mu: float = math.log(370.0)
@@ -60,6 +75,10 @@ class ClusterPriors(NamedTuple):
     depth_prior: str = "log_sigma"
     size_min_pc: float = 0.3
     size_max_pc: float = 40.0
+    pm_sd: float = 50.0
+    sigma_v_median: float = 1.0
+    sigma_v_log_sd: float = 1.5
+    field_smoothness: float = 1.0
 
     @classmethod
     def reference(cls) -> ClusterPriors:
@@ -84,18 +103,154 @@ class ClusterPriors(NamedTuple):
 
 
 class Population(NamedTuple):
-    """The population parameters (scalars, or arrays of draws)."""
+    """The population parameters (scalars, or arrays of draws).
+
+    ``field_log_w`` (the flexible field's normalised log bin weights, last
+    axis) is ``None`` for the EDSD field, whose length scale is ``log_L``
+    (otherwise unused); ``kin`` holds the proper-motion parameters of a
+    kinematic model.
+    """
 
     log_L: Array
     log_D: Array
     log_sigma: Array
     Q: Array
+    field_log_w: Array | None = None
+    kin: Kinematics | None = None
 
 
-def unconstrained_names(priors: ClusterPriors) -> tuple[str, str, str, str]:
+#: The field distance models: the reference EDSD, or the flexible mixture of distance bins.
+FIELDS = ("edsd", "flexible")
+
+#: ``(mu, sd)`` of the Normal priors on the field's proper-motion parameters, by name prefix
+#: (mas/yr, ln mas/yr, ln km/s, mas/yr per mas).
+FIELD_PM_PRIORS = {
+    "field_pmra": (0.0, 30.0),
+    "field_pmdec": (0.0, 30.0),
+    "field_log_sd_ra": (math.log(2.0), 2.0),
+    "field_log_sd_dec": (math.log(2.0), 2.0),
+    "field_atanh_corr": (0.0, 1.0),
+    "field_log_sigma_v": (math.log(20.0), 1.5),
+    "field_pm_trend": (0.0, 10.0),
+    "field_logit_w": (0.0, 2.0),
+}
+
+
+class ClusterModel(NamedTuple):
+    """What is fitted: the priors, the field's distance model and whether proper motions enter.
+
+    The unconstrained vector ``z`` is the field's distance block (``log_L``
+    for the EDSD; the flexible field's random-walk steps), then
+    ``(log_D, depth, logit_Q)``, then, with kinematics, the cluster's
+    ``(pmra, pmdec, log_sigma_v)`` and the field's proper-motion mixture of
+    ``n_field_pm`` components (:attr:`names`).
+    """
+
+    priors: ClusterPriors = ClusterPriors()
+    field: str = "edsd"
+    kinematics: bool = False
+    n_field_pm: int = 2
+
+    @property
+    def is_reference(self) -> bool:
+        """The reference model's structure: EDSD field, parallaxes only (``z`` of length 4)."""
+        return self.field == "edsd" and not self.kinematics
+
+    @property
+    def n_field(self) -> int:
+        """Length of the field's distance block of ``z``."""
+        return 1 if self.field == "edsd" else N_BINS - 1
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the entries of ``z``, in order."""
+        depth = "logit_size" if self.priors.depth_prior == "size" else "log_sigma"
+        field = ("log_L",) if self.field == "edsd" else tuple(f"field_step_{j}" for j in range(1, N_BINS))
+        out = (*field, "log_D", depth, "logit_Q")
+        if self.kinematics:
+            m = range(1, self.n_field_pm + 1)
+            comp = [
+                f"{p}_{k}"
+                for k in m
+                for p in (
+                    "field_pmra",
+                    "field_pmdec",
+                    "field_log_sd_ra",
+                    "field_log_sd_dec",
+                    "field_atanh_corr",
+                    "field_log_sigma_v",
+                )
+            ]
+            weights = [f"field_logit_w_{k}" for k in range(2, self.n_field_pm + 1)]
+            out = (*out, "pmra", "pmdec", "log_sigma_v", *comp, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
+        return out
+
+    @property
+    def n_params(self) -> int:
+        """Length of ``z``."""
+        return len(self.names)
+
+    def position(self, name: str) -> int:
+        """Position of ``name`` in ``z``."""
+        return self.names.index(name)
+
+    def extra_priors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mu, sd)`` of the independent Normal priors on ``z`` beyond ``(log_D, depth, logit_Q)`` and ``log_L``."""
+        p = self.priors
+        mus, sds = [], []
+        for name in self.names:
+            if name.startswith("field_step_"):
+                mu, sd = 0.0, 1.0
+            elif name in ("pmra", "pmdec"):
+                mu, sd = 0.0, p.pm_sd
+            elif name == "log_sigma_v":
+                mu, sd = math.log(p.sigma_v_median), p.sigma_v_log_sd
+            elif name.startswith("field_"):
+                mu, sd = FIELD_PM_PRIORS[name.rsplit("_", 1)[0]]
+            else:
+                continue
+            mus.append(mu)
+            sds.append(sd)
+        return np.asarray(mus), np.asarray(sds)
+
+
+def as_model(model: ClusterModel | ClusterPriors) -> ClusterModel:
+    """``model``, or the reference-structure model of a prior set."""
+    return ClusterModel(model) if isinstance(model, ClusterPriors) else model
+
+
+def unconstrained_names(model: ClusterModel | ClusterPriors) -> tuple[str, ...]:
     """Names of the sampled sites, in the order of the unconstrained vector ``z``."""
-    depth = "logit_size" if priors.depth_prior == "size" else "log_sigma"
-    return ("log_L", "log_D", depth, "logit_Q")
+    return as_model(model).names
+
+
+def _log_softmax(x: Array, xp: Any) -> Array:
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - xp.log(xp.sum(xp.exp(x - m), axis=-1, keepdims=True))
+
+
+def _field_log_w(steps: Array, model: ClusterModel, xp: Any) -> Array:
+    theta = xp.cumsum(model.priors.field_smoothness * steps, axis=-1)
+    theta = xp.concatenate([xp.zeros_like(theta[..., :1]), theta], axis=-1)
+    return _log_softmax(theta, xp)
+
+
+def _kinematics(k: Array, model: ClusterModel, xp: Any) -> Kinematics:
+    M = model.n_field_pm
+    comp = k[..., 3 : 3 + 6 * M].reshape(*k.shape[:-1], M, 6)
+    trend = k[..., 3 + 6 * M : 5 + 6 * M]
+    logits = k[..., 5 + 6 * M :]
+    logits = xp.concatenate([xp.zeros_like(trend[..., :1]), logits], axis=-1)
+    return Kinematics(
+        pm=k[..., 0:2],
+        log_sigma_v=k[..., 2],
+        field_mean=comp[..., 0:2],
+        field_trend=trend,
+        field_log_sd=comp[..., 2:4],
+        field_corr=xp.tanh(comp[..., 4]),
+        field_log_sigma_v=comp[..., 5],
+        field_log_w=_log_softmax(logits, xp),
+    )
 
 
 def _sigmoid(x: Array, xp: Any) -> Array:
@@ -106,15 +261,26 @@ def _logit(p: Array, xp: Any) -> Array:
     return xp.log(p) - xp.log1p(-p)
 
 
-def to_population(z: Array, priors: ClusterPriors, xp: Any = jnp) -> Population:
-    """The population at unconstrained ``z`` (last axis of length 4; ``xp``: ``jnp`` or ``np``)."""
-    log_L, log_D, depth, logit_Q = z[..., 0], z[..., 1], z[..., 2], z[..., 3]
+def to_population(z: Array, model: ClusterModel | ClusterPriors, xp: Any = jnp) -> Population:
+    """The population at unconstrained ``z`` (last axis: ``model``'s :attr:`~ClusterModel.names`).
+
+    ``xp`` is ``jnp`` or ``np``.
+    """
+    model = as_model(model)
+    priors = model.priors
+    nf = model.n_field
+    log_D, depth, logit_Q = z[..., nf], z[..., nf + 1], z[..., nf + 2]
     if priors.depth_prior == "size":
         lo, hi = priors.log_size_range
         log_sigma = lo + (hi - lo) * _sigmoid(depth, xp) - log_D
     else:
         log_sigma = depth
-    return Population(log_L, log_D, log_sigma, _sigmoid(logit_Q, xp))
+    if model.field == "edsd":
+        log_L, field_log_w = z[..., 0], None
+    else:
+        log_L, field_log_w = xp.zeros_like(log_D), _field_log_w(z[..., :nf], model, xp)
+    kin = _kinematics(z[..., nf + 3 :], model, xp) if model.kinematics else None
+    return Population(log_L, log_D, log_sigma, _sigmoid(logit_Q, xp), field_log_w, kin)
 
 
 def from_population(pop: Population, priors: ClusterPriors, *, xp: Any = np, clip: float = 0.0) -> Array:
@@ -124,7 +290,7 @@ def from_population(pop: Population, priors: ClusterPriors, *, xp: Any = np, cli
     ``clip`` (> 0) pulls the size fraction and ``Q`` into ``[clip, 1 - clip]``
     first (for starting points); with ``clip=0`` such sizes give infinities.
     """
-    log_L, log_D, log_sigma, Q = (xp.asarray(x) for x in pop)
+    log_L, log_D, log_sigma, Q = (xp.asarray(x) for x in pop[:4])
     if priors.depth_prior == "size":
         lo, hi = priors.log_size_range
         frac = (log_sigma + log_D - lo) / (hi - lo)
@@ -139,9 +305,7 @@ def from_population(pop: Population, priors: ClusterPriors, *, xp: Any = np, cli
     return xp.stack([xp.broadcast_to(x, shape) for x in (log_L, log_D, depth, _logit(Q, xp))], axis=-1)
 
 
-def log_prior(z: Array, priors: ClusterPriors) -> Array:
-    """Log prior density of the unconstrained vector ``z`` (the density :func:`sample_population` defines)."""
-    log_L, log_D, depth, logit_Q = z[..., 0], z[..., 1], z[..., 2], z[..., 3]
+def _base_log_prior(log_D: Array, depth: Array, logit_Q: Array, priors: ClusterPriors) -> Array:
     # Beta(a, b) on Q, pushed to logit(Q): Q^a (1-Q)^b / B(a, b)
     gammaln = jax.scipy.special.gammaln
     lbeta = gammaln(priors.Q_a) + gammaln(priors.Q_b) - gammaln(priors.Q_a + priors.Q_b)
@@ -150,47 +314,122 @@ def log_prior(z: Array, priors: ClusterPriors) -> Array:
         lp_depth = jax.nn.log_sigmoid(depth) + jax.nn.log_sigmoid(-depth)  # Logistic(0, 1)
     else:
         lp_depth = normal_log_pdf(depth, priors.log_sigma_mu, priors.log_sigma_sd)
-    lp_L = normal_log_pdf(log_L, priors.log_L_mu, priors.log_L_sd)
-    lp_D = normal_log_pdf(log_D, priors.log_D_mu, priors.log_D_sd)
-    return lp_L + lp_D + lp_depth + lq
+    return normal_log_pdf(log_D, priors.log_D_mu, priors.log_D_sd) + lp_depth + lq
 
 
-def sample_population(priors: ClusterPriors) -> Population:
+def log_prior(z: Array, model: ClusterModel | ClusterPriors) -> Array:
+    """Log prior density of the unconstrained vector ``z`` (the density :func:`sample_population` defines)."""
+    model = as_model(model)
+    priors = model.priors
+    if model.is_reference:
+        log_L, log_D, depth, logit_Q = z[..., 0], z[..., 1], z[..., 2], z[..., 3]
+        lp_L = normal_log_pdf(log_L, priors.log_L_mu, priors.log_L_sd)
+        return lp_L + _base_log_prior(log_D, depth, logit_Q, priors)
+    nf = model.n_field
+    out = _base_log_prior(z[..., nf], z[..., nf + 1], z[..., nf + 2], priors)
+    if model.field == "edsd":
+        out = out + normal_log_pdf(z[..., 0], priors.log_L_mu, priors.log_L_sd)
+    mu, sd = model.extra_priors()
+    extra = jnp.concatenate([z[..., :nf], z[..., nf + 3 :]], axis=-1) if model.field != "edsd" else z[..., 4:]
+    return out + jnp.sum(normal_log_pdf(extra, jnp.asarray(mu, z.dtype), jnp.asarray(sd, z.dtype)), axis=-1)
+
+
+def sample_population(model: ClusterModel | ClusterPriors) -> Population:
     """The population as numpyro sample sites (named by :func:`unconstrained_names`) and deterministics."""
     import numpyro
     import numpyro.distributions as dist
 
-    log_L = numpyro.sample("log_L", dist.Normal(priors.log_L_mu, priors.log_L_sd))
-    log_D = numpyro.sample("log_D", dist.Normal(priors.log_D_mu, priors.log_D_sd))
+    model = as_model(model)
+    priors = model.priors
+    mu, sd = model.extra_priors()
+    extra_names = [n for n in model.names if n not in ("log_L", "log_D", "log_sigma", "logit_size", "logit_Q")]
+    extra = dict(zip(extra_names, zip(mu, sd, strict=True), strict=True))
+    sites = {}
+    for name in model.names:
+        if name == "log_L":
+            sites[name] = numpyro.sample("log_L", dist.Normal(priors.log_L_mu, priors.log_L_sd))
+        elif name == "log_D":
+            sites[name] = numpyro.sample("log_D", dist.Normal(priors.log_D_mu, priors.log_D_sd))
+        elif name == "logit_size":
+            # physical: the size sigma * D is log-uniform in [size_min_pc, size_max_pc]
+            sites[name] = numpyro.sample("logit_size", dist.Logistic(0.0, 1.0))
+        elif name == "log_sigma":
+            sites[name] = numpyro.sample("log_sigma", dist.Normal(priors.log_sigma_mu, priors.log_sigma_sd))
+        elif name == "logit_Q":
+            # Q is sampled as logit(Q) so that every site is unconstrained; its prior
+            # is exactly Beta(Q_a, Q_b) (Uniform(0, 1) by default)
+            beta = dist.Beta(priors.Q_a, priors.Q_b)
+            inv = dist.transforms.SigmoidTransform().inv
+            sites[name] = numpyro.sample("logit_Q", dist.TransformedDistribution(beta, inv))
+        else:
+            sites[name] = numpyro.sample(name, dist.Normal(*extra[name]))
+    z = jnp.stack([jnp.asarray(sites[name]) for name in model.names], axis=-1)
+    pop = to_population(z, model)
+    numpyro.deterministic("Q", pop.Q)
     if priors.depth_prior == "size":
-        # physical: the size sigma * D is log-uniform in [size_min_pc, size_max_pc]
-        y = numpyro.sample("logit_size", dist.Logistic(0.0, 1.0))
-        lo, hi = priors.log_size_range
-        log_sigma = numpyro.deterministic("log_sigma", lo + (hi - lo) * jax.nn.sigmoid(y) - log_D)
-    else:
-        log_sigma = numpyro.sample("log_sigma", dist.Normal(priors.log_sigma_mu, priors.log_sigma_sd))
-    # Q is sampled as logit(Q) so that every site is unconstrained; its prior
-    # is exactly Beta(Q_a, Q_b) (Uniform(0, 1) by default)
-    beta = dist.Beta(priors.Q_a, priors.Q_b)
-    logit_Q = numpyro.sample("logit_Q", dist.TransformedDistribution(beta, dist.transforms.SigmoidTransform().inv))
-    Q = numpyro.deterministic("Q", jax.nn.sigmoid(logit_Q))
-    numpyro.deterministic("L", jnp.exp(log_L))
-    numpyro.deterministic("D", jnp.exp(log_D))
-    numpyro.deterministic("sigma", jnp.exp(log_sigma))
-    numpyro.deterministic("approx_size", jnp.exp(log_sigma + log_D))
-    return Population(log_L, log_D, log_sigma, Q)
+        numpyro.deterministic("log_sigma", pop.log_sigma)
+    if model.field == "edsd":
+        numpyro.deterministic("L", jnp.exp(pop.log_L))
+    numpyro.deterministic("D", jnp.exp(pop.log_D))
+    numpyro.deterministic("sigma", jnp.exp(pop.log_sigma))
+    numpyro.deterministic("approx_size", jnp.exp(pop.log_sigma + pop.log_D))
+    return pop
 
 
-def physical_draws(z: np.ndarray, priors: ClusterPriors) -> dict[str, np.ndarray]:
-    """``D``, ``sigma`` (depth, pc), ``sigma_log``, ``Q`` and ``L`` (pc) from unconstrained draws (NumPy)."""
-    log_L, log_D, log_sigma, Q = to_population(np.asarray(z, float), priors, xp=np)
-    return {
-        "D": np.exp(log_D),
-        "sigma": np.exp(log_sigma + log_D),
-        "sigma_log": np.exp(log_sigma),
-        "Q": Q,
-        "L": np.exp(log_L),
+def field_distance_quantile(field_log_w: np.ndarray, q: float) -> np.ndarray:
+    """The ``q`` quantile (pc) of the flexible field's distance distribution, per draw (last axis: bins)."""
+    from scipy.special import ndtr
+
+    from gaia_distances.core.field_bins import SPACING
+
+    centres = bin_centres()
+    grid = np.linspace(centres[0] - 5 * SPACING, centres[-1] + 5 * SPACING, 2048)
+    w = np.exp(np.asarray(field_log_w, float))
+    cdf = np.tensordot(w, ndtr((grid[:, None] - centres[None, :]) / SPACING), axes=([-1], [1]))
+    flat = cdf.reshape(-1, grid.size)
+    out = np.array([np.interp(q, row, grid) for row in flat])
+    return np.exp(out).reshape(cdf.shape[:-1])
+
+
+def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[str, np.ndarray]:
+    """Physical draws from unconstrained ones (NumPy).
+
+    ``D``, ``sigma`` (depth, pc), ``sigma_log``, ``Q``; the field's ``L``
+    (pc; EDSD) or ``field_median`` (pc; the flexible field's median
+    distance); with kinematics the cluster's ``pmra``, ``pmdec`` (mas/yr)
+    and ``sigma_v`` (km/s) and the field's proper-motion mixture
+    (``field_pmra_m``, ``field_pmdec_m``, ``field_pm_sd_ra_m``,
+    ``field_pm_sd_dec_m``, ``field_pm_corr_m``, ``field_sigma_v_m``,
+    ``field_pm_weight_m`` for ``m = 1..M``, and ``field_pm_trend_ra``,
+    ``field_pm_trend_dec``).
+    """
+    model = as_model(model)
+    pop = to_population(np.asarray(z, float), model, xp=np)
+    out = {
+        "D": np.exp(pop.log_D),
+        "sigma": np.exp(pop.log_sigma + pop.log_D),
+        "sigma_log": np.exp(pop.log_sigma),
+        "Q": pop.Q,
     }
+    if pop.field_log_w is None:
+        out["L"] = np.exp(pop.log_L)
+    else:
+        out["field_median"] = field_distance_quantile(pop.field_log_w, 0.5)
+    kin = pop.kin
+    if kin is not None:
+        out["pmra"], out["pmdec"] = kin.pm[..., 0], kin.pm[..., 1]
+        out["sigma_v"] = np.exp(kin.log_sigma_v)
+        for m in range(model.n_field_pm):
+            k = m + 1
+            out[f"field_pmra_{k}"] = kin.field_mean[..., m, 0]
+            out[f"field_pmdec_{k}"] = kin.field_mean[..., m, 1]
+            out[f"field_pm_sd_ra_{k}"] = np.exp(kin.field_log_sd[..., m, 0])
+            out[f"field_pm_sd_dec_{k}"] = np.exp(kin.field_log_sd[..., m, 1])
+            out[f"field_pm_corr_{k}"] = kin.field_corr[..., m]
+            out[f"field_sigma_v_{k}"] = np.exp(kin.field_log_sigma_v[..., m])
+            out[f"field_pm_weight_{k}"] = np.exp(kin.field_log_w[..., m])
+        out["field_pm_trend_ra"], out["field_pm_trend_dec"] = kin.field_trend[..., 0], kin.field_trend[..., 1]
+    return out
 
 
 def population_from_physical(draws: dict[str, np.ndarray]) -> Population:

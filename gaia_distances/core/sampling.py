@@ -78,6 +78,7 @@ class NutsSettings(NamedTuple):
 #: everywhere; the cores only decide how the chains run.
 NUTS_DEFAULTS: dict[str, tuple[int, int, int]] = {
     "marginal": (400, 1000, 2),  # fit_cluster, fit_clusters: four parameters, whitened
+    "extended": (400, 500, 2),  # the same with the flexible field or proper motions: tens of parameters
     "joint": (2000, 4000, 2),  # fit_cluster(method="joint"): the reference analysis's settings
     "per_star": (500, 1000, 2),  # estimate_distances(method="nuts"): validation
 }

@@ -1,0 +1,185 @@
+"""Proper motions in the cluster model: the per-star observations and each component's likelihood term.
+
+A star's observed ``(w, mu_a*, mu_d)`` has Gaia's full 3x3 covariance. Given
+its true parallax ``w_t``, the proper motion's error conditional on the
+parallax error ``w - w_t`` is Gaussian with mean ``b (w - w_t)`` and
+covariance ``C'`` (:func:`prepare_kinematic_data`), so the proper-motion term
+can be evaluated at any distance node and multiplied into the distance
+integral: the cost stays ``O(stars x nodes)``.
+
+- **Cluster**: a common mean proper motion ``(mu_a*, mu_d)`` plus an internal
+  velocity dispersion ``sigma_v`` (km/s), which at distance ``r`` is a
+  proper-motion dispersion ``sigma_v w_t / A_v`` (``w_t = 1000 pc / r`` in
+  mas; :data:`A_V` = 4.740470446 converts km/s at 1 kpc to mas/yr);
+  :func:`cluster_pm_log_term` at each node of the cluster integral.
+- **Field**: a mixture of ``M`` Gaussians whose means move linearly with the
+  true parallax (``a_m + k w_t``: the solar reflex motion scales with ``w_t``,
+  differential Galactic rotation is nearly independent of distance for the
+  distances in a cone) and whose covariances are a constant ``T_m`` plus a
+  velocity dispersion ``sigma_m w_t / A_v``.
+  :func:`field_pm_log_term` integrates it over the field's distance posterior
+  of each star by a three-point Gauss-Hermite rule on that posterior's first
+  two moments in ``w_t``.
+
+Stars without a proper motion (``has_pm = 0``) get a term of 0: a parallax-only
+likelihood, the same for every component.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaia_distances.core.numerics import LOG_SQRT_2PI, Array
+
+__all__ = [
+    "A_V",
+    "KinematicData",
+    "Kinematics",
+    "cluster_pm_log_term",
+    "field_pm_log_term",
+    "field_pm_log_term_at",
+    "gaussian2_log_pdf",
+    "prepare_kinematic_data",
+]
+
+#: km/s per (mas/yr x kpc): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr.
+A_V = 4.740470446
+
+
+class KinematicData(NamedTuple):
+    """Per-star proper motions and their covariance conditional on the parallax (mas/yr, mas)."""
+
+    pm: Array  # (n, 2) observed (pmra, pmdec); 0 where missing
+    cond_cov: Array  # (n, 3): (c11, c12, c22) of C' = C_mm - C_mw C_wm / C_ww
+    slope: Array  # (n, 2): b = C_mw / C_ww, the pm error per unit parallax error
+    has_pm: Array  # (n,) 1.0 where the star has a proper motion, else 0.0
+
+
+class Kinematics(NamedTuple):
+    """The proper-motion parameters of the population (physical, mas/yr and km/s)."""
+
+    pm: Array  # (..., 2) cluster mean proper motion
+    log_sigma_v: Array  # cluster velocity dispersion, ln(km/s)
+    field_mean: Array  # (..., M, 2) field component means at w_t = 0
+    field_trend: Array  # (..., 2) d(mean)/d(w_t), mas/yr per mas
+    field_log_sd: Array  # (..., M, 2) ln of the constant part's sd in pmra, pmdec
+    field_corr: Array  # (..., M) its correlation
+    field_log_sigma_v: Array  # (..., M) ln of the velocity dispersion (km/s)
+    field_log_w: Array  # (..., M) normalised log weights
+
+
+def prepare_kinematic_data(
+    parallax_error: np.ndarray,
+    pmra: np.ndarray,
+    pmdec: np.ndarray,
+    pmra_error: np.ndarray,
+    pmdec_error: np.ndarray,
+    parallax_pmra_corr: np.ndarray,
+    parallax_pmdec_corr: np.ndarray,
+    pmra_pmdec_corr: np.ndarray,
+) -> KinematicData:
+    """The conditional proper-motion error model of each star (NumPy, float64).
+
+    Stars with a non-finite proper motion or error, or a non-positive error,
+    get ``has_pm = 0`` (and harmless placeholder values). Non-finite
+    correlations count as 0 (the caller warns). A correlation matrix that is
+    not positive definite is shrunk towards the identity until it is.
+    """
+    s_w = np.asarray(parallax_error, float)
+    s_a, s_d = np.asarray(pmra_error, float), np.asarray(pmdec_error, float)
+    pm = np.stack([np.asarray(pmra, float), np.asarray(pmdec, float)], axis=1)
+    rho = [np.nan_to_num(np.asarray(c, float)) for c in (parallax_pmra_corr, parallax_pmdec_corr, pmra_pmdec_corr)]
+    r_wa, r_wd, r_ad = (np.clip(c, -0.999, 0.999) for c in rho)
+    # shrink (r_wa, r_wd, r_ad) until the 3x3 correlation matrix is positive definite
+    det = 1 + 2 * r_wa * r_wd * r_ad - r_wa**2 - r_wd**2 - r_ad**2
+    shrink = np.ones_like(det)
+    for _ in range(30):
+        bad = det <= 1e-6
+        if not bad.any():
+            break
+        shrink = np.where(bad, shrink * 0.9, shrink)
+        a, b, c = r_wa * shrink, r_wd * shrink, r_ad * shrink
+        det = 1 + 2 * a * b * c - a**2 - b**2 - c**2
+    r_wa, r_wd, r_ad = r_wa * shrink, r_wd * shrink, r_ad * shrink
+    ok = np.all(np.isfinite(pm), axis=1) & np.isfinite(s_a) & np.isfinite(s_d) & (s_a > 0) & (s_d > 0)
+    ok &= np.isfinite(s_w) & (s_w > 0)
+    s_a, s_d, s_w1 = np.where(ok, s_a, 1.0), np.where(ok, s_d, 1.0), np.where(ok, s_w, 1.0)
+    b = np.stack([r_wa * s_a / s_w1, r_wd * s_d / s_w1], axis=1)
+    c11 = s_a**2 * (1 - r_wa**2)
+    c22 = s_d**2 * (1 - r_wd**2)
+    c12 = s_a * s_d * (r_ad - r_wa * r_wd)
+    cond = np.stack([c11, c12, c22], axis=1)
+    pm = np.where(ok[:, None], pm, 0.0)
+    return KinematicData(pm, np.where(ok[:, None], cond, [1.0, 0.0, 1.0]), np.where(ok[:, None], b, 0.0), ok * 1.0)
+
+
+def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array) -> Array:
+    """``ln N((dx, dy) | 0, [[c11, c12], [c12, c22]])``, elementwise."""
+    det = c11 * c22 - c12 * c12
+    quad = (c22 * dx * dx - 2.0 * c12 * dx * dy + c11 * dy * dy) / det
+    return -0.5 * quad - 0.5 * jnp.log(det) - 2.0 * LOG_SQRT_2PI
+
+
+def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
+    """The cluster's proper-motion log likelihood at distance nodes ``u = ln(r / pc)`` of shape ``(n, K)``.
+
+    ``parallax`` is the observed (corrected) parallax per star.
+    """
+    w_t = 1000.0 * jnp.exp(-u)
+    resid_w = parallax[:, None] - w_t
+    dx = data.pm[:, None, 0] - kin.pm[0] - data.slope[:, None, 0] * resid_w
+    dy = data.pm[:, None, 1] - kin.pm[1] - data.slope[:, None, 1] * resid_w
+    var_int = jnp.square(jnp.exp(kin.log_sigma_v) * w_t / A_V)
+    c = data.cond_cov
+    term = gaussian2_log_pdf(dx, dy, c[:, None, 0] + var_int, c[:, None, 1], c[:, None, 2] + var_int)
+    return jnp.where(data.has_pm[:, None] > 0, term, 0.0)
+
+
+def field_pm_log_term_at(u: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
+    """The field's proper-motion log likelihood per star at a known distance ``u = ln(r / pc)`` (shape ``(n,)``).
+
+    The exact term that :func:`field_pm_log_term` integrates over the
+    distance; the joint model (one latent distance per star) uses it.
+    """
+    return _field_pm_at_parallax(1000.0 * jnp.exp(-u), parallax, kin, data)
+
+
+def _field_pm_at_parallax(w_t: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
+    """The field's proper-motion mixture at true parallax ``w_t`` (any shape broadcasting with the stars)."""
+    g = kin.field_trend[None, :] - data.slope  # (n, 2): how the pm residual moves with w_t
+    shift = data.slope * parallax[:, None]
+    mx = kin.field_mean[:, 0] + (shift[:, 0] + g[:, 0] * w_t)[:, None]
+    my = kin.field_mean[:, 1] + (shift[:, 1] + g[:, 1] * w_t)[:, None]
+    sd = jnp.exp(kin.field_log_sd)  # (M, 2)
+    disp = jnp.square(jnp.exp(kin.field_log_sigma_v) / A_V) * jnp.square(w_t)[:, None]  # (n, M)
+    c = data.cond_cov
+    c11 = c[:, 0:1] + sd[:, 0] ** 2 + disp
+    c22 = c[:, 2:3] + sd[:, 1] ** 2 + disp
+    c12 = c[:, 1:2] + kin.field_corr * sd[:, 0] * sd[:, 1]
+    terms = kin.field_log_w + gaussian2_log_pdf(data.pm[:, 0:1] - mx, data.pm[:, 1:2] - my, c11, c12, c22)
+    return jnp.where(data.has_pm > 0, jax.nn.logsumexp(terms, axis=1), 0.0)
+
+
+#: Three-point Gauss-Hermite rule for ``N(0, 1)``: nodes and weights.
+_GH3_X = (-math.sqrt(3.0), 0.0, math.sqrt(3.0))
+_GH3_LOG_W = (math.log(1.0 / 6.0), math.log(2.0 / 3.0), math.log(1.0 / 6.0))
+
+
+def field_pm_log_term(mean_w: Array, second_w: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
+    """The field's proper-motion log likelihood per star, integrated over its true parallax.
+
+    ``mean_w`` and ``second_w`` are ``E[w_t]`` and ``E[w_t^2]`` under the
+    field's distance posterior of the star (from its parallax alone); the
+    integral is the three-point Gauss-Hermite rule of the Gaussian with
+    those moments: exact for stars with parallax S/N above about 5, within
+    a few hundredths in log likelihood at S/N 2 to 5 and about 0.1 below
+    (tested against exact integration over distance).
+    """
+    sd = jnp.sqrt(jnp.maximum(second_w - mean_w * mean_w, 0.0))
+    terms = [lw + _field_pm_at_parallax(mean_w + sd * x, parallax, kin, data) for x, lw in zip(_GH3_X, _GH3_LOG_W)]
+    return jax.nn.logsumexp(jnp.stack(terms, axis=1), axis=1)

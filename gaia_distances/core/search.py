@@ -1,0 +1,283 @@
+"""Where the sampler starts for the extended models (flexible field, proper motions).
+
+The reference model's four parameters are searched on a grid
+(:mod:`~gaia_distances.core.initialisation`); the extended models have tens,
+so the search works in stages:
+
+1. :func:`field_start`: the field alone (``Q`` near 0) fitted by L-BFGS,
+   from robust statistics of the stars;
+2. :func:`cluster_candidates`: cluster distances from a grid over the
+   stars' inverse parallaxes and the narrow overdensities among them, each
+   with the densest proper-motion clump among the stars whose parallaxes
+   are compatible with it (the cluster is found in joint parallax-proper
+   motion space), times a few sizes and fractions; all scored with the
+   full log posterior;
+3. the best few distinct candidates polished by L-BFGS from the field's
+   optimum (:func:`polish_lbfgs`);
+4. :func:`compare_starts`: the starts must agree. When two distinct
+   solutions score within :data:`AGREE_LOG_POST` of each other, or the best
+   cluster gains less than :data:`MIN_EVIDENCE` in log likelihood over the
+   field alone, the problem is reported (and warned by the fit).
+
+:func:`find_map_extended` runs them and returns a
+:class:`~gaia_distances.core.initialisation.MapResult` with the Laplace
+covariance at the best.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import minimize
+
+from gaia_distances.core.initialisation import (
+    MapResult,
+    candidate_distances,
+    hessian,
+    polish,
+    value_and_grad,
+)
+from gaia_distances.core.likelihood import StarData
+from gaia_distances.core.population import ClusterModel, log_prior
+
+__all__ = [
+    "AGREE_LOG_POST",
+    "MIN_EVIDENCE",
+    "cluster_candidates",
+    "compare_starts",
+    "field_start",
+    "find_map_extended",
+    "polish_lbfgs",
+    "soft_laplace_covariance",
+]
+
+#: Distinct solutions closer than this in log posterior mean the starts disagree.
+AGREE_LOG_POST = 5.0
+#: The least log-likelihood gain of a cluster over the field alone that counts as a detection.
+MIN_EVIDENCE = 15.0
+#: logit(Q) of "no cluster" in the field-only fit.
+_NO_CLUSTER = -12.0
+
+
+def polish_lbfgs(
+    z0: np.ndarray, data: StarData, model: ClusterModel, *, free: np.ndarray | None = None, max_iter: int = 300
+) -> tuple[np.ndarray, float]:
+    """L-BFGS ascent of the log posterior from ``z0`` over the entries ``free`` (default all)."""
+    vg = value_and_grad(model)
+    dtype = data.parallax.dtype
+    z0 = np.asarray(z0, float)
+    idx = np.arange(z0.size) if free is None else np.flatnonzero(free)
+
+    def f(x: np.ndarray) -> tuple[float, np.ndarray]:
+        z = z0.copy()
+        z[idx] = x
+        v, g = vg(jnp.asarray(z, dtype), data)
+        v, g = float(v), np.asarray(g, float)[idx]
+        if not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return 1e30, np.zeros_like(x)
+        return -v, -g
+
+    res = minimize(f, z0[idx], jac=True, method="L-BFGS-B", options={"maxiter": max_iter, "gtol": 1e-4})
+    z = z0.copy()
+    z[idx] = res.x
+    return z, -float(res.fun)
+
+
+def _robust_sd(x: np.ndarray) -> float:
+    q = np.nanpercentile(x, [16, 84])
+    return float(max((q[1] - q[0]) / 2.0, 1e-3))
+
+
+def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]:
+    """The field-only optimum (cluster fraction pinned near 0): ``z`` and its log posterior."""
+    names = model.names
+    z = np.zeros(model.n_params)
+    real = data.real()
+    w = np.asarray(data.parallax, float)[real]
+    s = np.asarray(data.parallax_error, float)[real]
+    if model.field == "edsd":
+        table = data.field
+        assert table is not None
+        ll = np.sum(np.asarray(table.value, float)[real], axis=0)
+        z[0] = float(table.log_L0) + float(table.step) * int(np.argmax(ll))
+    good = w / s > 5
+    med = np.median(w[good]) if good.sum() >= 10 else 1.0
+    z[model.position("log_D")] = math.log(1000.0 / max(med, 0.05))
+    z[model.position("logit_Q")] = _NO_CLUSTER
+    if model.kinematics and data.kin is not None:
+        has = np.asarray(data.kin.has_pm, float)[real] > 0
+        pm = np.asarray(data.kin.pm, float)[real][has]
+        centre = np.median(pm, axis=0) if pm.size else np.zeros(2)
+        spread = np.array([_robust_sd(pm[:, 0]), _robust_sd(pm[:, 1])]) if pm.size else np.ones(2)
+        z[model.position("pmra")], z[model.position("pmdec")] = centre
+        for k in range(1, model.n_field_pm + 1):
+            scale = 0.5 * 2.0 ** (k - 1)  # a narrow and a broad component
+            z[model.position(f"field_pmra_{k}")], z[model.position(f"field_pmdec_{k}")] = centre
+            z[model.position(f"field_log_sd_ra_{k}")] = math.log(scale * spread[0])
+            z[model.position(f"field_log_sd_dec_{k}")] = math.log(scale * spread[1])
+            z[model.position(f"field_log_sigma_v_{k}")] = math.log(5.0 * 2.0 ** (k - 1))
+    cluster = {"log_D", "log_sigma", "logit_size", "logit_Q", "pmra", "pmdec", "log_sigma_v"}
+    free = np.array([n not in cluster for n in names])
+    return polish_lbfgs(z, data, model, free=free)
+
+
+def _pm_mode(pm: np.ndarray, *, bin_width: float) -> np.ndarray:
+    """The densest point of a 2-D proper-motion sample (a smoothed histogram's peak)."""
+    lo, hi = np.percentile(pm, [1, 99], axis=0)
+    lo, hi = lo - 3 * bin_width, hi + 3 * bin_width
+    nb = np.clip(((hi - lo) / bin_width).astype(int), 8, 400)
+    hist, ex, ey = np.histogram2d(
+        pm[:, 0], pm[:, 1], bins=(int(nb[0]), int(nb[1])), range=[(lo[0], hi[0]), (lo[1], hi[1])]
+    )
+    k = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    smooth = np.apply_along_axis(lambda v: np.convolve(v, k, "same"), 0, hist)
+    smooth = np.apply_along_axis(lambda v: np.convolve(v, k, "same"), 1, smooth)
+    i, j = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    return np.array([0.5 * (ex[i] + ex[i + 1]), 0.5 * (ey[j] + ey[j + 1])])
+
+
+def cluster_candidates(
+    data: StarData,
+    model: ClusterModel,
+    z_field: np.ndarray,
+    *,
+    distance_hint: float | None = None,
+    n_distances: int = 40,
+) -> np.ndarray:
+    """Candidate starting points: cluster distances, each with its proper-motion clump, x sizes x fractions."""
+    real = data.real()
+    w = np.asarray(data.parallax, float)[real]
+    s = np.asarray(data.parallax_error, float)[real]
+    log_D, _ = candidate_distances(data, distance_hint=distance_hint, n_grid=n_distances, n_hint=9)
+    pm_at: list[np.ndarray | None] = []
+    if model.kinematics and data.kin is not None:
+        has = np.asarray(data.kin.has_pm, float)[real] > 0
+        pm = np.asarray(data.kin.pm, float)[real]
+        pm_err = np.sqrt(np.asarray(data.kin.cond_cov, float)[real][:, [0, 2]].mean(axis=1))
+        for ld in log_D:
+            w_c = 1000.0 * math.exp(-ld)
+            near = has & (np.abs(w - w_c) < 2.0 * s + 0.03 * w_c) & (pm_err < 1.0)
+            if near.sum() < 10:
+                near = has & (np.abs(w - w_c) < 3.0 * s + 0.1 * w_c)
+            if near.sum() < 5:
+                pm_at.append(None)
+                continue
+            bw = float(np.clip(np.median(pm_err[near]), 0.05, 0.5))
+            pm_at.append(_pm_mode(pm[near], bin_width=bw))
+    rows = []
+    depth_name = model.names[model.position("log_D") + 1]
+    lo_s, hi_s = model.priors.log_size_range
+    for i, ld in enumerate(log_D):
+        for size in (3.0, 10.0):
+            if depth_name == "logit_size":
+                frac = np.clip((math.log(size) - lo_s) / (hi_s - lo_s), 0.02, 0.98)
+                depth = math.log(frac / (1 - frac))
+            else:
+                depth = math.log(size) - ld
+            for logit_q in (-3.0, -1.0):
+                z = z_field.copy()
+                z[model.position("log_D")], z[model.position("log_D") + 1] = ld, depth
+                z[model.position("logit_Q")] = logit_q
+                if pm_at:
+                    p = pm_at[i]
+                    if p is None:
+                        continue
+                    z[model.position("pmra")], z[model.position("pmdec")] = p
+                    z[model.position("log_sigma_v")] = 0.0
+                rows.append(z)
+    return np.array(rows)
+
+
+def compare_starts(
+    solutions: list[tuple[np.ndarray, float]],
+    model: ClusterModel,
+    field: tuple[np.ndarray, float],
+    log_prior_fn: Callable[[np.ndarray], float],
+) -> tuple[int, tuple[str, ...], float]:
+    """The best polished start, the problems among them, and the evidence for a cluster.
+
+    ``solutions`` and ``field`` are ``(z, log posterior)`` pairs; ``evidence``
+    is the best start's log-likelihood gain over the field-only fit (whose
+    ``Q`` is pinned near 0).
+    """
+    i_best = int(np.argmax([fx for _, fx in solutions]))
+    z_best, f_best = solutions[i_best]
+    iD = model.position("log_D")
+    problems = []
+    for z, fx in solutions:
+        distinct = abs(z[iD] - z_best[iD]) > 0.05
+        if model.kinematics:
+            ipm = [model.position("pmra"), model.position("pmdec")]
+            distinct |= bool(np.hypot(*(z[ipm] - z_best[ipm])) > 0.5)
+        if distinct and f_best - fx < AGREE_LOG_POST:
+            problems.append(
+                f"the starting points disagree: clusters at {math.exp(z_best[iD]):.0f} pc and "
+                f"{math.exp(z[iD]):.0f} pc fit almost equally well (log posterior {f_best:.1f} and {fx:.1f}); "
+                "pass distance_hint= to choose"
+            )
+            break
+    z_field, f_field = field
+    evidence = (f_best - log_prior_fn(z_best)) - (f_field - log_prior_fn(z_field))
+    if evidence < MIN_EVIDENCE:
+        problems.append(
+            f"no cluster found: the best cluster improves the log posterior over the field alone by only "
+            f"{evidence:.1f} (< {MIN_EVIDENCE:g})"
+        )
+    return i_best, tuple(problems), float(evidence)
+
+
+def _log_prior_fn(model: ClusterModel, dtype: Any) -> Callable[[np.ndarray], float]:
+    fn = jax.jit(lambda z: log_prior(z, model))
+    return lambda z: float(fn(jnp.asarray(z, dtype)))
+
+
+def find_map_extended(
+    data: StarData, model: ClusterModel, *, distance_hint: float | None = None, n_polish: int = 4
+) -> MapResult:
+    """The MAP of an extended model, the problems of the search and the Laplace covariance at the best."""
+    z_field, f_field = field_start(data, model)
+    cand = cluster_candidates(data, model, z_field, distance_hint=distance_hint)
+    vg = value_and_grad(model)
+    dtype = data.parallax.dtype
+    scores = np.array([float(vg(jnp.asarray(z, dtype), data)[0]) for z in cand])
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    iD = model.position("log_D")
+    starts: list[int] = []
+    for i in np.argsort(scores)[::-1]:
+        if not np.isfinite(scores[i]):
+            break
+        if all(abs(cand[i, iD] - cand[j, iD]) > 0.1 for j in starts):
+            starts.append(int(i))
+        if len(starts) == n_polish:
+            break
+    solutions = [polish_lbfgs(cand[i], data, model) for i in starts]
+    if not solutions:
+        solutions = [(z_field, f_field)]
+    i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
+    z_best, f_best = solutions[i_best]
+    # Newton steps finish what L-BFGS (float32 gradients) leaves: the Laplace
+    # covariance needs the maximum itself, not a point near a saddle
+    z_new, f_new = polish(z_best, data, model, max_iter=8)
+    if f_new >= f_best:
+        z_best, f_best = z_new, f_new
+    return MapResult(z_best, f_best, soft_laplace_covariance(z_best, data, model), problems, evidence)
+
+
+def soft_laplace_covariance(z: np.ndarray, data: StarData, model: ClusterModel) -> np.ndarray:
+    """``(-H)^-1`` at ``z`` with the eigenvalues of ``-H`` replaced by their absolute values (floored).
+
+    At a true maximum this is the Laplace covariance; elsewhere (a flat or
+    saddle direction) it still gives the sampler a usable, positive-definite
+    scale in every direction.
+    """
+    H = hessian(z, data, model)
+    if not np.all(np.isfinite(H)):
+        return np.diag(np.full(z.size, 0.05**2))
+    lam, vec = np.linalg.eigh(-H)
+    lam = np.maximum(np.abs(lam), 1e-6 * max(np.abs(lam).max(), 1.0))
+    return (vec / lam) @ vec.T

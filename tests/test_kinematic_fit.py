@@ -1,0 +1,161 @@
+"""fit_cluster with proper motions and the flexible field: recovery, honesty, bad input and real cones."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+from astropy import units as u
+from conftest import shared_file
+
+import gaia_distances as gd
+from gaia_distances.cluster.stars import ClusterFlag
+from gaia_distances.core.predictive import proper_motion_check
+
+#: Small fields in one padding bucket (768 stars), so that the fits share compiled programs.
+N_FIELD, N_CLUSTER = 500, 200
+SETTINGS = dict(zero_point="parallax_zeropoint_true", num_warmup=200, num_samples=200, seed=1)
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def kin_input():
+    t = gd.simulate_field(N_FIELD, n_cluster=N_CLUSTER, cluster_distance=1500.0, seed=5)
+    t["pmra"][[3, 11]] = np.nan * u.mas / u.yr  # no proper motion: parallax-only likelihood, flagged
+    return t
+
+
+@pytest.fixture(scope="module")
+def kin_fit(kin_input):
+    return _quiet(gd.fit_cluster, kin_input, **SETTINGS)
+
+
+def test_the_kinematic_fit_recovers_the_cluster_and_reports_its_motion(kin_input, kin_fit):
+    truth = kin_input.meta["gaia_distances"]["simulation"]
+    assert kin_fit.diagnostics["kinematics"] and kin_fit.diagnostics["field"] == "flexible"
+    p = kin_fit.posterior
+    for name, key in (("pmra", "cluster_pmra"), ("pmdec", "cluster_pmdec")):
+        # the members' sample mean scatters about the truth by the dispersion / sqrt(members)
+        tol = 4 * np.hypot(p[name].std(), truth["cluster_sigma_pm"] / np.sqrt(N_CLUSTER))
+        assert abs(p[name].mean() - truth[key]) < tol, name
+    assert abs(p["D"].mean() - 1500.0) < 4 * p["D"].std() + 0.01 * 1500.0
+    summ = kin_fit.summary()
+    rows = {str(r["parameter"]): r for r in summ}
+    assert rows["pmra"]["unit"] == "mas / yr" and rows["sigma_v"]["unit"] == "km / s"
+    assert "field_median" in rows and "field_pm_weight_2" in rows and "L" not in rows
+
+
+def test_kinematic_membership_is_clean(kin_input, kin_fit):
+    member = np.asarray(kin_fit.table["membership_prob"]) > 0.5
+    truth = np.asarray(kin_input["is_member"])
+    ok = np.isfinite(np.asarray(kin_fit.table["membership_prob"]))
+    precision = (member & truth & ok).sum() / max((member & ok).sum(), 1)
+    recall = (member & truth & ok).sum() / (truth & ok).sum()
+    assert precision > 0.9 and recall > 0.8
+
+
+def test_rows_without_proper_motions_are_kept_flagged_and_fitted(kin_input, kin_fit):
+    t = kin_fit.table
+    assert len(t) == len(kin_input)
+    np.testing.assert_array_equal(np.asarray(t["source_id"]), np.asarray(kin_input["source_id"]))
+    flag = np.asarray(t["cluster_flag"])
+    assert np.all(flag[[3, 11]] & ClusterFlag.NO_PROPER_MOTION)
+    assert np.all(np.isfinite(np.asarray(t["membership_prob"])[[3, 11]]))
+    assert not np.isfinite(np.asarray(kin_input["pmra"])[3])  # the input is untouched
+    assert "membership_prob" not in kin_input.colnames
+
+
+def test_the_proper_motion_predictive_matches_the_data(kin_fit):
+    sim = kin_fit.predictive_proper_motions(num_samples=40, seed=2)
+    assert sim.shape == (40, kin_fit.stars.n_stars, 2)
+    assert np.all(np.isnan(sim[:, [3, 11]]))
+    check = proper_motion_check(np.stack([kin_fit.stars.pmra, kin_fit.stars.pmdec], axis=1), sim)
+    for name in ("pmra", "pmdec"):
+        assert check[name]["ks"] < 0.08, (name, check[name])
+
+
+def test_a_kinematic_fit_round_trips_through_a_file_and_pickles(kin_fit, tmp_path):
+    path = tmp_path / "post.nc"
+    kin_fit.to_netcdf(str(path))
+    table_path = tmp_path / "fit.ecsv"
+    gd.write_table(kin_fit.table, str(table_path))
+    back = gd.ClusterFit.from_table(gd.load_table(str(table_path)), str(path))
+    assert back.model == kin_fit.model
+    np.testing.assert_allclose(back.draws, kin_fit.draws)
+    assert back.stars.kinematic
+    clone = copy.deepcopy(kin_fit)
+    assert clone.model == kin_fit.model and clone.summary()["mean"][0] == kin_fit.summary()["mean"][0]
+
+
+def test_starts_that_disagree_or_find_nothing_are_reported():
+    from gaia_distances.core.population import ClusterModel, ClusterPriors
+    from gaia_distances.core.search import MIN_EVIDENCE, compare_starts
+
+    model = ClusterModel(ClusterPriors(), "flexible", True)
+    iD, ipm = model.position("log_D"), model.position("pmra")
+    a, b = np.zeros(model.n_params), np.zeros(model.n_params)
+    a[iD], b[iD] = np.log(1500.0), np.log(4000.0)
+    flat = lambda z: 0.0  # noqa: E731 - a flat prior: the evidence is the log-posterior gain
+    field = (np.zeros(model.n_params), -100.0)
+    best, problems, evidence = compare_starts([(a, 0.0), (b, -2.0)], model, field, flat)
+    assert best == 0 and evidence == 100.0 and len(problems) == 1 and "disagree" in problems[0]
+    c = a.copy()
+    c[ipm] = 3.0  # the same distance, another proper-motion clump: distinct too
+    assert "disagree" in compare_starts([(a, 0.0), (c, -1.0)], model, field, flat)[1][0]
+    assert compare_starts([(a, 0.0), (b, -20.0)], model, field, flat)[1] == ()
+    _, problems, _ = compare_starts([(a, 0.0)], model, (field[0], -MIN_EVIDENCE / 2), flat)
+    assert len(problems) == 1 and "no cluster found" in problems[0]
+
+
+@pytest.mark.slow
+def test_a_field_without_a_cluster_is_reported_not_fitted_as_one(kin_input):
+    t = gd.simulate_field(N_FIELD + N_CLUSTER, n_cluster=0, seed=6)
+    with pytest.warns(gd.GaiaDistancesWarning, match="no cluster"):
+        fit = gd.fit_cluster(t, **SETTINGS)
+    assert "no cluster" in fit.summary().meta["status"]
+
+
+@pytest.mark.slow
+def test_auto_without_proper_motion_errors_warns_and_fits_parallaxes(kin_input):
+    t = kin_input.copy()
+    t.remove_columns(["pmra_error", "pmdec_error"])
+    with pytest.warns(gd.GaiaDistancesWarning, match="pmra_error, pmdec_error"):
+        fit = gd.fit_cluster(t, field="edsd", zero_point="parallax_zeropoint_true", num_samples=200, seed=1)
+    assert not fit.diagnostics["kinematics"] and "pmra" not in fit.posterior
+
+
+def _cone(name: str):
+    path = shared_file(f"cones/{name}_edr3_box.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        return gd.apply_zeropoint(gd.load_table(str(path)))
+
+
+#: Hunt & Reffert (2023): distance 50 % and half the 16-84 % range (pc), pmra, pmdec (mas/yr).
+HUNT_REFFERT = {
+    "ngc2301": (839.6, 0.8, -1.368, -2.185),
+    "ngc2437": (1554.5, 1.65, -3.871, 0.407),
+    "ngc2506": (3140.4, 11.45, -2.561, 3.965),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HUNT_REFFERT))
+def test_real_cones_match_hunt_and_reffert(name):
+    D, D_err, pmra, pmdec = HUNT_REFFERT[name]
+    fit = _quiet(gd.fit_cluster, _cone(name), seed=0)
+    p = fit.posterior
+    assert abs(p["pmra"].mean() - pmra) < 0.05 and abs(p["pmdec"].mean() - pmdec) < 0.05
+    # both are statistical errors; Gaia's parallax systematics (about 0.01 mas) are in neither
+    assert abs(p["D"].mean() - D) < 3 * np.hypot(p["D"].std(), D_err)
+    assert fit.diagnostics["status"] == "ok"
+    sim = fit.predictive_proper_motions(num_samples=40, seed=2)
+    check = proper_motion_check(np.stack([fit.stars.pmra, fit.stars.pmdec], axis=1), sim)
+    assert check["pmra"]["ks"] < 0.05 and check["pmdec"]["ks"] < 0.05

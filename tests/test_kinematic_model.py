@@ -1,0 +1,228 @@
+"""The proper-motion terms and the flexible field, against dense linear algebra and float64 quadrature."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.table import QTable
+from scipy import integrate, stats
+
+import gaia_distances as gd
+from gaia_distances.cluster.stars import ClusterFlag, select_stars
+from gaia_distances.core import field_bins, kinematics
+from gaia_distances.core.population import ClusterModel, ClusterPriors, to_population
+from tests.test_utils import x64
+
+
+def _random_covariances(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random 3x3 astrometric covariances (mas, mas/yr) with correlations up to about 0.7."""
+    out = []
+    for _ in range(n):
+        a = rng.normal(size=(3, 3))
+        c = a @ a.T + 0.5 * np.eye(3)
+        corr = c / np.sqrt(np.outer(np.diag(c), np.diag(c)))
+        sd = rng.uniform([0.02, 0.02, 0.02], [0.5, 0.6, 0.6])
+        out.append(corr * np.outer(sd, sd))
+    return np.array(out)
+
+
+def _kin_data(cov: np.ndarray, pm: np.ndarray) -> kinematics.KinematicData:
+    sd = np.sqrt(np.einsum("nii->ni", cov))
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    return kinematics.prepare_kinematic_data(
+        sd[:, 0], pm[:, 0], pm[:, 1], sd[:, 1], sd[:, 2], corr[:, 0, 1], corr[:, 0, 2], corr[:, 1, 2]
+    )
+
+
+def _kinematics(rng: np.random.Generator, M: int = 2) -> kinematics.Kinematics:
+    w = rng.uniform(0.2, 1.0, M)
+    return kinematics.Kinematics(
+        pm=np.array([-3.0, 0.5]),
+        log_sigma_v=np.log(1.3),
+        field_mean=rng.normal(0, 3, (M, 2)),
+        field_trend=np.array([-1.5, 0.8]),
+        field_log_sd=np.log(rng.uniform(0.3, 3.0, (M, 2))),
+        field_corr=rng.uniform(-0.8, 0.8, M),
+        field_log_sigma_v=np.log(rng.uniform(5, 40, M)),
+        field_log_w=np.log(w / w.sum()),
+    )
+
+
+def test_cluster_term_times_the_parallax_likelihood_is_the_3d_gaussian():
+    """N(w | w_t, s) x the conditional term = N3((w, pm) | (w_t, mu_c), C + diag(0, S, S)) at any distance."""
+    rng = np.random.default_rng(1)
+    n = 40
+    cov = _random_covariances(rng, n)
+    w_t = rng.uniform(0.2, 3.0, n)
+    obs = np.column_stack([w_t, np.zeros(n), np.zeros(n)]) + rng.normal(0, 0.5, (n, 3))
+    kin = _kinematics(rng)
+    with x64():
+        data = _kin_data(cov, obs[:, 1:])
+        u_node = np.log(1000.0 / w_t)[:, None]
+        term = np.asarray(kinematics.cluster_pm_log_term(u_node, obs[:, 0], kin, data))[:, 0]
+    s_int = 1.3 * w_t / kinematics.A_V
+    for i in range(n):
+        full = cov[i] + np.diag([0.0, s_int[i] ** 2, s_int[i] ** 2])
+        ref = stats.multivariate_normal([w_t[i], *kin.pm], full).logpdf(obs[i])
+        plx = stats.norm(w_t[i], np.sqrt(cov[i][0, 0])).logpdf(obs[i, 0])
+        assert plx + term[i] == pytest.approx(ref, abs=1e-9)
+
+
+def test_field_term_at_a_known_distance_is_the_3d_gaussian_mixture():
+    rng = np.random.default_rng(2)
+    n = 30
+    cov = _random_covariances(rng, n)
+    w_t = rng.uniform(0.1, 4.0, n)
+    obs = np.column_stack([w_t, rng.normal(0, 4, n), rng.normal(0, 4, n)]) + rng.normal(0, 0.3, (n, 3))
+    kin = _kinematics(rng, M=3)
+    with x64():
+        data = _kin_data(cov, obs[:, 1:])
+        term = np.asarray(kinematics.field_pm_log_term_at(np.log(1000.0 / w_t), obs[:, 0], kin, data))
+    sd, rho = np.exp(kin.field_log_sd), kin.field_corr
+    for i in range(n):
+        comps = []
+        for m in range(3):
+            mean = kin.field_mean[m] + kin.field_trend * w_t[i]
+            disp = (np.exp(kin.field_log_sigma_v[m]) * w_t[i] / kinematics.A_V) ** 2
+            T = np.array([[sd[m, 0] ** 2, rho[m] * sd[m, 0] * sd[m, 1]], [rho[m] * sd[m, 0] * sd[m, 1], sd[m, 1] ** 2]])
+            full = cov[i].copy()
+            full[1:, 1:] += T + disp * np.eye(2)
+            comps.append(kin.field_log_w[m] + stats.multivariate_normal([w_t[i], *mean], full).logpdf(obs[i]))
+        plx = stats.norm(w_t[i], np.sqrt(cov[i][0, 0])).logpdf(obs[i, 0])
+        assert plx + term[i] == pytest.approx(np.logaddexp.reduce(comps), abs=1e-9)
+
+
+def test_a_star_without_proper_motion_has_a_parallax_only_likelihood():
+    data = kinematics.prepare_kinematic_data(
+        np.array([0.1, 0.1]), np.array([np.nan, 1.0]), np.array([1.0, 1.0]), np.array([0.1, 0.0]),
+        np.array([0.1, 0.1]), np.zeros(2), np.zeros(2), np.zeros(2),
+    )  # fmt: skip
+    assert data.has_pm.tolist() == [0.0, 0.0]  # NaN pmra; zero pmra_error
+    kin = _kinematics(np.random.default_rng(0))
+    assert np.all(np.asarray(kinematics.cluster_pm_log_term(np.full((2, 3), 7.0), np.ones(2), kin, data)) == 0)
+    assert np.all(np.asarray(kinematics.field_pm_log_term(np.ones(2), np.ones(2), np.ones(2), kin, data)) == 0)
+
+
+def test_correlations_that_are_not_positive_definite_are_shrunk():
+    one = np.ones(1)
+    data = kinematics.prepare_kinematic_data(one, one, one, one, one, 0.99 * one, 0.99 * one, -0.99 * one)
+    c11, c12, c22 = np.asarray(data.cond_cov)[0]
+    assert c11 > 0 and c22 > 0 and c11 * c22 - c12**2 > 0
+
+
+def _bin_reference(w: float, s: float, j: int) -> tuple[float, float, float]:
+    centre = field_bins.bin_centres()[j]
+
+    def f(u: float, k: int) -> float:
+        like = stats.norm(w, s).pdf(1000.0 * np.exp(-u))
+        return stats.norm(centre, field_bins.SPACING).pdf(u) * like * (1000.0 * np.exp(-u)) ** k
+
+    lo, hi = centre - 9 * field_bins.SPACING, centre + 9 * field_bins.SPACING
+    w_lo, w_hi = w - 12 * s, w + 12 * s
+    pts = [np.log(1000.0 / x) for x in (w_lo, w, w_hi) if x > 0 and lo < np.log(1000.0 / x) < hi]
+    m = [integrate.quad(f, lo, hi, args=(k,), points=pts or None, limit=400, epsabs=0)[0] for k in range(3)]
+    if m[0] <= 0:  # underflows in float64: the bin is irrelevant to the star
+        return -np.inf, np.nan, np.nan
+    return np.log(m[0]), m[1] / m[0], m[2] / m[0]
+
+
+@pytest.mark.parametrize(("w", "s"), [(1.5, 0.02), (0.3, 0.1), (0.05, 0.2), (-0.4, 0.15), (8.0, 0.05)])
+def test_field_bin_integrals_and_moments_match_float64_quadrature(w, s):
+    with x64():
+        bins = field_bins.precompute_field_bins(np.array([w]), np.array([s]))
+    log_mass = np.asarray(bins.log_mass)[0]
+    for j in range(0, field_bins.N_BINS, 3):
+        ref = _bin_reference(w, s, j)
+        if ref[0] < log_mass.max() - 20:  # negligible bins: only their smallness matters
+            assert log_mass[j] < log_mass.max() - 15
+            continue
+        assert log_mass[j] == pytest.approx(ref[0], abs=1e-6)
+        assert np.asarray(bins.mean)[0, j] == pytest.approx(ref[1], rel=1e-6)
+        assert np.asarray(bins.second)[0, j] == pytest.approx(ref[2], rel=1e-6)
+
+
+def test_the_moment_form_of_the_field_term_is_close_to_the_exact_integral():
+    """The marginal model's field proper-motion term (two moments) against exact integration over distance."""
+    rng = np.random.default_rng(3)
+    n = 200
+    w_t = 1000.0 / rng.uniform(300, 5000, n)
+    s = rng.uniform(0.02, 0.3, n)
+    w = w_t + s * rng.standard_normal(n)
+    cov = np.zeros((n, 3, 3))
+    cov[:, 0, 0], cov[:, 1, 1], cov[:, 2, 2] = s**2, (1.1 * s) ** 2, s**2
+    kin = _kinematics(rng)
+    pm = kin.field_mean[0] + kin.field_trend * w_t[:, None] + rng.normal(0, 1.0, (n, 2))
+    model = ClusterModel(ClusterPriors(), "flexible", True)
+    z = np.zeros(model.n_params)
+    z[: model.n_field] = 0.3 * rng.standard_normal(model.n_field)
+    log_w = np.asarray(to_population(z, model, xp=np).field_log_w)
+    with x64():
+        data = _kin_data(cov, pm)
+        bins = field_bins.precompute_field_bins(w, s)
+        _, mean_w, second_w = field_bins.field_bins_log_likelihood(log_w, bins)
+        approx = np.asarray(kinematics.field_pm_log_term(mean_w, second_w, w, kin, data))
+        # exact: the field's distance posterior of each star on a fine grid, times the exact term
+        grid = np.linspace(3.0, 11.0, 3000)
+        prior = np.asarray(field_bins.bins_log_density_u(grid, log_w))
+        like = stats.norm(w[:, None], s[:, None]).logpdf(1000.0 * np.exp(-grid))
+        post = np.exp(prior + like - np.max(prior + like, axis=1, keepdims=True))
+        post /= post.sum(axis=1, keepdims=True)
+        rep = kinematics.KinematicData(*(np.repeat(np.asarray(x), grid.size, axis=0) for x in data))
+        u_all = np.tile(grid, n)
+        terms = np.asarray(kinematics.field_pm_log_term_at(u_all, np.repeat(w, grid.size), kin, rep))
+        exact = np.log(np.sum(post * np.exp(terms.reshape(n, grid.size)), axis=1))
+    snr = w / s
+    err = np.abs(approx - exact)
+    assert np.max(err[snr > 5]) < 0.01
+    assert np.median(err[(snr > 2) & (snr <= 5)]) < 0.05
+    assert np.median(err[snr <= 2]) < 0.15
+
+
+def _pm_table(n: int = 60, **drop: bool) -> QTable:
+    rng = np.random.default_rng(4)
+    cols = {
+        "parallax": rng.uniform(0.5, 2.0, n) * u.mas,
+        "parallax_error": np.full(n, 0.05) * u.mas,
+        "pmra": rng.normal(0, 2, n) * u.mas / u.yr,
+        "pmdec": rng.normal(0, 2, n) * u.mas / u.yr,
+        "pmra_error": np.full(n, 0.05) * u.mas / u.yr,
+        "pmdec_error": np.full(n, 0.05) * u.mas / u.yr,
+        "parallax_pmra_corr": np.full(n, 0.1),
+        "parallax_pmdec_corr": np.full(n, -0.1),
+        "pmra_pmdec_corr": np.full(n, 0.2),
+    }
+    return QTable({k: v for k, v in cols.items() if not drop.get(k)})
+
+
+def test_auto_uses_proper_motions_when_present_and_warns_without_their_errors():
+    assert select_stars(_pm_table(), kinematics="auto").stars.kinematic
+    with pytest.warns(gd.GaiaDistancesWarning, match="pmra_error, pmdec_error"):
+        sel = select_stars(_pm_table(pmra_error=True, pmdec_error=True), kinematics="auto")
+    assert not sel.stars.kinematic
+    with pytest.raises(gd.MissingColumnsError, match="pmdec_error"):
+        select_stars(_pm_table(pmdec_error=True), kinematics=True)
+    with pytest.raises(ValueError, match="kinematics"):
+        select_stars(_pm_table(), kinematics="yes")
+
+
+def test_missing_correlations_count_as_zero_with_a_warning_and_nan_proper_motions_are_flagged():
+    t = _pm_table(pmra_pmdec_corr=True)
+    t["pmra"][[3, 7]] = np.nan * u.mas / u.yr
+    with pytest.warns(gd.GaiaDistancesWarning, match="pmra_pmdec_corr"):
+        sel = select_stars(t, kinematics=True)
+    assert sel.stars.n_stars == len(t)  # nobody dropped
+    assert np.flatnonzero(sel.flag & ClusterFlag.NO_PROPER_MOTION).tolist() == [3, 7]
+    assert np.all(sel.stars.pmra_pmdec_corr == 0)
+
+
+def test_fit_cluster_rejects_unknown_options():
+    t = _pm_table()
+    with pytest.raises(ValueError, match="field"):
+        gd.fit_cluster(t, field="gaussian")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(gd.MissingColumnsError):
+            gd.fit_cluster(_pm_table(pmra=True), kinematics=True)
