@@ -159,3 +159,26 @@ def test_real_cones_match_hunt_and_reffert(name):
     sim = fit.predictive_proper_motions(num_samples=40, seed=2)
     check = proper_motion_check(np.stack([fit.stars.pmra, fit.stars.pmdec], axis=1), sim)
     assert check["pmra"]["ks"] < 0.05 and check["pmdec"]["ks"] < 0.05
+
+
+def test_the_joint_method_takes_the_same_kinematic_likelihood():
+    """One latent distance per star, the proper-motion terms exact at each distance (validation; short run)."""
+    t = gd.simulate_field(150, n_cluster=100, cluster_distance=1000.0, seed=3)
+    truth = t.meta["gaia_distances"]["simulation"]
+    fit = _quiet(
+        gd.fit_cluster,
+        t,
+        method="joint",
+        zero_point="parallax_zeropoint_true",
+        num_warmup=200,
+        num_samples=200,
+        seed=2,
+        progress=False,
+    )
+    assert fit.model.kinematics and fit.draws.shape[-1] == fit.model.n_params
+    p = fit.posterior
+    for name, key in (("pmra", "cluster_pmra"), ("pmdec", "cluster_pmdec")):
+        tol = 5 * np.hypot(p[name].std(), truth["cluster_sigma_pm"] / np.sqrt(100))
+        assert abs(p[name].mean() - truth[key]) < tol, name
+    member = np.asarray(fit.table["membership_prob"])
+    assert np.all(np.isfinite(member)) and np.mean(member[np.asarray(t["is_member"])] > 0.5) > 0.8
