@@ -156,7 +156,7 @@ def fit_clusters(
     names, parts, whole, rows = _split_groups(tables, group_by)
     use_pm = all(resolve_kinematics(as_table(p), kinematics, step="fit_clusters") for p in parts) if parts else False
     model = ClusterModel(prior, field, use_pm)
-    spec: ClusterModel | ClusterPriors = model.priors if model.is_reference else model
+    spec = model.key
     settings = nuts_settings(
         "marginal" if model.is_reference else "extended",
         num_warmup=num_warmup,

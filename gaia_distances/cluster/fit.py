@@ -169,8 +169,7 @@ def fit_cluster(
         # them from a few hundred warm-up draws costs more steps than it saves
         dense_mass=method == "marginal" and model.is_reference,
     )
-    # the reference structure keeps its prior set as the key of its compiled programs
-    spec: ClusterModel | ClusterPriors = model.priors if model.is_reference else model
+    spec = model.key
     with clock.step("prepare"):
         # padded with zero-weight stars, so that fields of similar size share compiled programs
         data = prepare_data(sel.stars, model)
@@ -220,7 +219,7 @@ def _find_start(
     n_per_star: tuple[int, int],
 ) -> MapResult:
     """The MAP; for the marginal method the sampler and the per-star programs compile meanwhile."""
-    prior: ClusterModel | ClusterPriors = model.priors if model.is_reference else model
+    prior = model.key
     if method != "marginal":
         return find_start(data, model, distance_hint=distance_hint)
     with ThreadPoolExecutor(max_workers=1) as pool:

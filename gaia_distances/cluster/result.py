@@ -196,8 +196,7 @@ class ClusterFit:
 
     @property
     def _spec(self) -> ClusterModel | ClusterPriors:
-        model = self.model or ClusterModel(self.prior)
-        return model.priors if model.is_reference else model
+        return (self.model or ClusterModel(self.prior)).key
 
     def summary(self) -> Table:
         """D, sigma (pc), Q, L (pc), sigma_log: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat.

@@ -10,6 +10,7 @@ exponential per node.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -82,9 +83,9 @@ class FieldTable(NamedTuple):
         return float(self.log_L0) + float(self.step) * np.arange(self.value.shape[1])
 
 
-@jax.jit
-def _field_integrals(u: Array, log_weight: Array, log_L: Array) -> tuple[Array, Array, Array, Array]:
-    """``ln ∫ EDSD_u(u; L) like du``, its ``d/d ln L``, and ``E[w_t]``, ``E[w_t^2]`` for every star and ``L``."""
+@functools.partial(jax.jit, static_argnames="moments")
+def _field_integrals(u: Array, log_weight: Array, log_L: Array, moments: bool) -> tuple[Array, ...]:
+    """``ln ∫ EDSD_u(u; L) like du``, its ``d/d ln L`` and, with ``moments``, ``E[w_t]``, ``E[w_t^2]``."""
     uu = u[:, None, :]
     ll = log_L[None, :, None]
     log_terms = log_weight[:, None, :] + field_log_density_u(uu, ll)
@@ -92,6 +93,8 @@ def _field_integrals(u: Array, log_weight: Array, log_L: Array) -> tuple[Array, 
     post = jnp.exp(log_terms - value[..., None])
     # d/d ln L of the EDSD in u: r / L - 3
     slope = jnp.sum(post * (jnp.exp(uu - ll) - 3.0), axis=2)
+    if not moments:
+        return value, slope
     w_t = 1000.0 * jnp.exp(-uu)
     return value, slope, jnp.sum(post * w_t, axis=2), jnp.sum(post * w_t * w_t, axis=2)
 
@@ -119,10 +122,10 @@ def precompute_field_table(
     g = jnp.asarray(grid, dtype)
     for chunk in padded_chunks(n, chunk_size):
         out = _field_integrals(
-            jnp.asarray(nodes.u[chunk.rows], dtype), jnp.asarray(nodes.log_weight[chunk.rows], dtype), g
+            jnp.asarray(nodes.u[chunk.rows], dtype), jnp.asarray(nodes.log_weight[chunk.rows], dtype), g, moments
         )
         m = chunk.stop - chunk.start
-        for dest, x in zip((value, slope, mean, second), out, strict=True):
+        for dest, x in zip((value, slope, mean, second), out, strict=False):
             dest[chunk.start : chunk.stop] = np.asarray(x)[:m]
     extra = (mean, second) if moments else (None, None)
     return FieldTable(np.asarray(grid[0]), np.asarray(grid[1] - grid[0]), value, slope, *extra)

@@ -157,6 +157,15 @@ class ClusterModel(NamedTuple):
         return self.field == "edsd" and not self.kinematics
 
     @property
+    def key(self) -> ClusterModel | ClusterPriors:
+        """What the samplers and per-star programs are keyed on: the prior set for the reference structure.
+
+        The reference model keeps its prior set as the key of its compiled
+        programs, shared with code that passes a :class:`ClusterPriors`.
+        """
+        return self.priors if self.is_reference else self
+
+    @property
     def n_field(self) -> int:
         """Length of the field's distance block of ``z``."""
         return 1 if self.field == "edsd" else N_BINS - 1
