@@ -1,13 +1,18 @@
 """Column names, units, masks and provenance for Gaia tables.
 
 Gaia archive responses may name columns by their upper-case VOTable IDs
-(``SOURCE_ID``, ``PARALLAX``); everything here works case-insensitively and
-returns tables with the archive's canonical lower-case names.
+(``SOURCE_ID``, ``PARALLAX``); the archive's own column names
+(:data:`GAIA_ARCHIVE_COLUMNS`) are matched case-insensitively and returned in
+the archive's canonical lower case. Every other column keeps its name as
+written (a Johnson ``B`` stays ``B``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -16,18 +21,22 @@ from astropy import units as u
 from astropy.table import Column, MaskedColumn, QTable, Table
 
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES, SUMMARY_LEVELS
-from gaia_distances.errors import GaiaDistancesWarning, MissingColumnsError
+from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
 
 __all__ = [
     "COLUMN_UNITS",
+    "GAIA_ARCHIVE_COLUMNS",
     "META_KEY",
     "DistanceColumnNames",
+    "InvalidTableError",
     "add_column",
+    "canonical_name",
     "column_values",
     "corrected_parallax",
     "distance_column_names",
     "find_column",
     "normalise_columns",
+    "parallax_without_zero_point",
     "require_columns",
     "update_provenance",
 ]
@@ -80,6 +89,56 @@ _COLUMN_HINTS = {
 
 _INTEGER_COLUMNS = {"source_id", "astrometric_params_solved", "solution_id", "random_index"}
 
+#: Text a numeric column may hold for a missing value (compared lower-cased, stripped).
+_NULL_TEXT = ("", "null", "none", "nan", "--", "n/a", "na")
+
+#: The columns of ``gaiadr3.gaia_source`` and the Bailer-Jones et al. (2021)
+#: distance columns: names matched case-insensitively and lower-cased on loading.
+GAIA_ARCHIVE_COLUMNS = frozenset(
+    """
+    solution_id designation source_id random_index ref_epoch ra ra_error dec dec_error parallax parallax_error
+    parallax_over_error pm pmra pmra_error pmdec pmdec_error ra_dec_corr ra_parallax_corr ra_pmra_corr ra_pmdec_corr
+    dec_parallax_corr dec_pmra_corr dec_pmdec_corr parallax_pmra_corr parallax_pmdec_corr pmra_pmdec_corr
+    astrometric_n_obs_al astrometric_n_obs_ac astrometric_n_good_obs_al astrometric_n_bad_obs_al astrometric_gof_al
+    astrometric_chi2_al astrometric_excess_noise astrometric_excess_noise_sig astrometric_params_solved
+    astrometric_primary_flag nu_eff_used_in_astrometry pseudocolour pseudocolour_error ra_pseudocolour_corr
+    dec_pseudocolour_corr parallax_pseudocolour_corr pmra_pseudocolour_corr pmdec_pseudocolour_corr
+    astrometric_matched_transits visibility_periods_used astrometric_sigma5d_max matched_transits
+    new_matched_transits matched_transits_removed ipd_gof_harmonic_amplitude ipd_gof_harmonic_phase
+    ipd_frac_multi_peak ipd_frac_odd_win ruwe scan_direction_strength_k1 scan_direction_strength_k2
+    scan_direction_strength_k3 scan_direction_strength_k4 scan_direction_mean_k1 scan_direction_mean_k2
+    scan_direction_mean_k3 scan_direction_mean_k4 duplicated_source phot_g_n_obs phot_g_mean_flux
+    phot_g_mean_flux_error phot_g_mean_flux_over_error phot_g_mean_mag phot_bp_n_obs phot_bp_mean_flux
+    phot_bp_mean_flux_error phot_bp_mean_flux_over_error phot_bp_mean_mag phot_rp_n_obs phot_rp_mean_flux
+    phot_rp_mean_flux_error phot_rp_mean_flux_over_error phot_rp_mean_mag phot_bp_rp_excess_factor
+    phot_bp_n_contaminated_transits phot_bp_n_blended_transits phot_rp_n_contaminated_transits
+    phot_rp_n_blended_transits phot_proc_mode bp_rp bp_g g_rp radial_velocity radial_velocity_error rv_method_used
+    rv_nb_transits rv_nb_deblended_transits rv_visibility_periods_used rv_expected_sig_to_noise rv_renormalised_gof
+    rv_chisq_pvalue rv_time_duration rv_amplitude_robust rv_template_teff rv_template_logg rv_template_fe_h
+    rv_atm_param_origin vbroad vbroad_error vbroad_nb_transits grvs_mag grvs_mag_error grvs_mag_nb_transits
+    rvs_spec_sig_to_noise phot_variable_flag l b ecl_lon ecl_lat in_qso_candidates in_galaxy_candidates
+    non_single_star has_xp_continuous has_xp_sampled has_rvs has_epoch_photometry has_epoch_rv has_mcmc_gspphot
+    has_mcmc_msc in_andromeda_survey classprob_dsc_combmod_quasar classprob_dsc_combmod_galaxy
+    classprob_dsc_combmod_star teff_gspphot teff_gspphot_lower teff_gspphot_upper logg_gspphot logg_gspphot_lower
+    logg_gspphot_upper mh_gspphot mh_gspphot_lower mh_gspphot_upper distance_gspphot distance_gspphot_lower
+    distance_gspphot_upper azero_gspphot azero_gspphot_lower azero_gspphot_upper ag_gspphot ag_gspphot_lower
+    ag_gspphot_upper ebpminrp_gspphot ebpminrp_gspphot_lower ebpminrp_gspphot_upper libname_gspphot
+    r_med_geo r_lo_geo r_hi_geo r_med_photogeo r_lo_photogeo r_hi_photogeo
+    """.split()
+    + list(COLUMN_UNITS)
+)
+
+#: Archive names too short to tell apart from a user's column (Johnson ``B``, a
+#: length scale ``L``): recognised only as written, in lower case.
+_CASE_SENSITIVE_COLUMNS = frozenset(n for n in GAIA_ARCHIVE_COLUMNS if len(n) == 1)
+
+#: Known columns that must hold numbers: text in them is parsed (or refused) on loading.
+_NUMERIC_COLUMNS = frozenset(COLUMN_UNITS) | _INTEGER_COLUMNS
+
+
+class InvalidTableError(GaiaDistancesError, ValueError):
+    """A table file or column cannot be used: unknown format, truncated file, text in a numeric column."""
+
 
 class DistanceColumnNames(NamedTuple):
     """The names of the columns that :func:`~gaia_distances.estimate_distances` appends.
@@ -113,8 +172,16 @@ def distance_column_names(prefix: str = "distance", extra_quantiles: Sequence[fl
     """The names of the distance columns: the one place they are built.
 
     The +-1 sigma summary (:data:`~gaia_distances.core.numerics.SUMMARY_LEVELS`)
-    is ``<prefix>_median``, ``<prefix>_lo`` and ``<prefix>_hi``; an extra
-    quantile ``q`` is ``<prefix>_pNN`` with ``NN = round(100 q)``.
+    is ``<prefix>_median``, ``<prefix>_lo`` and ``<prefix>_hi``. An extra
+    quantile ``q`` is ``<prefix>_p`` followed by the percentage ``100 q``
+    written exactly, with at least two integer digits and ``_`` for the
+    decimal point: 0.05 -> ``p05``, 0.051 -> ``p05_1``, 0.999 -> ``p99_9``,
+    0.0005 -> ``p00_05``. Distinct quantiles thus get distinct names.
+
+    Raises
+    ------
+    ValueError
+        If an extra quantile is repeated or lies outside (0, 1).
 
     Examples
     --------
@@ -123,21 +190,60 @@ def distance_column_names(prefix: str = "distance", extra_quantiles: Sequence[fl
     {'distance_median': 1, 'distance_lo': 0, 'distance_hi': 2, 'distance_p05': 3, 'distance_p95': 4}
     >>> names.summary[-2:]
     ['distance_mode', 'distance_flag']
+    >>> list(distance_column_names("d", (0.05, 0.051, 0.999)).quantiles)[3:]
+    ['d_p05', 'd_p05_1', 'd_p99_9']
     """
     quantiles = {f"{prefix}_{level}": j for level, j in SUMMARY_LEVELS.items()}
     first_extra = len(ONE_SIGMA_QUANTILES)
     for k, q in enumerate(extra_quantiles):
-        quantiles[f"{prefix}_p{round(100 * float(q)):02d}"] = first_extra + k
+        name = f"{prefix}_p{_percent_label(q)}"
+        if name in quantiles:
+            raise ValueError(f"extra_quantiles repeats {float(q)} (column {name}); give each quantile once")
+        quantiles[name] = first_extra + k
     return DistanceColumnNames(quantiles, f"{prefix}_mode", f"{prefix}_flag", f"{prefix}_rhat", f"{prefix}_ess")
 
 
-def normalise_columns(table: Table | QTable) -> QTable:
-    """Return a new QTable with lower-case names, units and masks as NaN.
+def _percent_label(q: float) -> str:
+    """``100 q`` written exactly (from the shortest repr of ``q``): ``05``, ``05_1``, ``99_9``."""
+    from decimal import Decimal
 
-    - names are matched case-insensitively and lower-cased; two columns that
-      differ only in case raise ``ValueError``;
+    value = float(q)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"extra_quantiles must lie in (0, 1); got {q}")
+    text = format((Decimal(repr(value)) * 100).normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{int(whole):02d}" + (f"_{frac}" if frac else "")
+
+
+def canonical_name(name: str) -> str:
+    """The package's name for a column: the archive's lower-case name if it is one, else ``name`` unchanged.
+
+    Examples
+    --------
+    >>> canonical_name("SOURCE_ID"), canonical_name("Parallax"), canonical_name("B"), canonical_name("b")
+    ('source_id', 'parallax', 'B', 'b')
+    """
+    key = name.strip().lower()
+    if key in GAIA_ARCHIVE_COLUMNS and (key not in _CASE_SENSITIVE_COLUMNS or name.strip() == key):
+        return key
+    return name
+
+
+def normalise_columns(table: Table | QTable) -> QTable:
+    """Return a new QTable with canonical names, units and masks as NaN.
+
+    - the Gaia archive's column names (:data:`GAIA_ARCHIVE_COLUMNS`) are
+      matched case-insensitively and lower-cased (``SOURCE_ID`` ->
+      ``source_id``); two columns that differ only in case raise
+      ``ValueError``. Other columns keep their names: a Johnson ``B`` or a
+      length scale ``L`` is not the archive's ``b`` or ``l`` (the one-letter
+      archive names are recognised only in lower case);
     - known Gaia columns get their unit (``parallax`` in mas, ``ra`` in deg, ...)
       where the input has none, and are converted to it where it has one;
+    - text in a known numeric column (a CSV with ``null`` entries) is parsed:
+      empty, ``null``, ``none``, ``nan``, ``--`` and ``n/a`` become missing, any
+      other non-number raises :class:`InvalidTableError` naming the column,
+      the value and its row;
     - masked floating-point values become NaN; masked integer columns stay
       masked (``source_id``) so that no row is ever dropped.
 
@@ -146,14 +252,14 @@ def normalise_columns(table: Table | QTable) -> QTable:
     Examples
     --------
     >>> from astropy.table import Table
-    >>> t = normalise_columns(Table({"SOURCE_ID": [1], "PARALLAX": [2.0]}))
-    >>> t.colnames, str(t["parallax"].unit)
-    (['source_id', 'parallax'], 'mas')
+    >>> t = normalise_columns(Table({"SOURCE_ID": [1], "PARALLAX": [2.0], "B": [12.1]}))
+    >>> t.colnames, str(t["parallax"].unit), t["B"].unit
+    (['source_id', 'parallax', 'B'], 'mas', None)
     """
     out = QTable(meta=dict(table.meta))
     seen: dict[str, str] = {}
     for name in table.colnames:
-        key = name.strip().lower()
+        key = canonical_name(name)
         if key in seen:
             raise ValueError(
                 f"columns {seen[key]!r} and {name!r} differ only in case; rename one of them before loading"
@@ -165,6 +271,8 @@ def normalise_columns(table: Table | QTable) -> QTable:
 
 def _normalise_column(col: Any, key: str) -> Any:
     unit = COLUMN_UNITS.get(key)
+    if key in _NUMERIC_COLUMNS and np.asarray(getattr(col, "unmasked", col)).dtype.kind in "USO":
+        col = _parse_numbers(col, key)
     src_unit = getattr(col, "unit", None)
     raw = getattr(col, "unmasked", col)  # astropy Masked quantities
     raw = getattr(raw, "value", raw) if isinstance(raw, u.Quantity) else raw
@@ -197,6 +305,38 @@ def _normalise_column(col: Any, key: str) -> Any:
     return Column(values, name=key, description=getattr(getattr(col, "info", None), "description", None))
 
 
+def _parse_numbers(col: Any, key: str) -> MaskedColumn:
+    """A text column of a known numeric column as numbers (int for IDs), missing text masked."""
+    data = np.ma.asarray(col)
+    mask = np.ma.getmaskarray(data).copy()
+    text = np.char.strip(np.asarray(data.filled(""), dtype=str))
+    mask |= np.isin(np.char.lower(text), _NULL_TEXT)
+    dtype = np.int64 if key in _INTEGER_COLUMNS else np.float64
+    filled = np.where(mask, "0", text)
+    try:
+        values = filled.astype(dtype)
+    except (TypeError, ValueError, OverflowError):
+        row, bad = _first_non_number(filled, dtype)
+        raise InvalidTableError(
+            f"column {key!r} holds {bad!r} in row {row} (counting from 0), which is not a number; "
+            "fix or blank out such values"
+        ) from None
+    info = getattr(col, "info", None)
+    return MaskedColumn(
+        values, name=key, mask=mask, unit=getattr(col, "unit", None), description=getattr(info, "description", None)
+    )
+
+
+def _first_non_number(values: np.ndarray, dtype: Any) -> tuple[int, Any]:
+    """The first row of ``values`` that ``dtype`` cannot parse, and its value."""
+    for row, value in enumerate(values):
+        try:
+            np.asarray(value).astype(dtype)
+        except (TypeError, ValueError, OverflowError):
+            return row, value.item() if isinstance(value, np.generic) else value
+    return -1, None  # pragma: no cover - called only after a failed conversion
+
+
 def require_columns(table: Table, names: Iterable[str], *, step: str) -> None:
     """Raise :class:`MissingColumnsError` naming every absent column.
 
@@ -224,13 +364,24 @@ def find_column(table: Table, name: str, *, step: str) -> str:
 
 
 def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np.ndarray:
-    """Float64 values of ``table[name]`` in ``unit``, with masked entries as NaN."""
+    """Float64 values of ``table[name]`` in ``unit``, with masked entries as NaN.
+
+    Raises :class:`InvalidTableError` naming the column, a value and its row
+    when the column holds text that is not a number.
+    """
     col = table[name]
     if isinstance(col, u.Quantity):
         values = col.to_value(unit) if unit is not None else col.value
         values = np.array(values, dtype=float)
     else:
-        values = np.array(np.ma.filled(np.ma.asarray(col).astype(float), np.nan), dtype=float)
+        masked = np.ma.asarray(col)
+        try:
+            values = np.array(np.ma.filled(masked.astype(float), np.nan), dtype=float)
+        except (TypeError, ValueError):
+            row, bad = _first_non_number(np.ma.filled(masked, 0), float)
+            raise InvalidTableError(
+                f"column {name!r} holds {bad!r} in row {row} (counting from 0), which is not a number"
+            ) from None
         if unit is not None and getattr(col, "unit", None) not in (None, ""):
             values = (values * u.Unit(col.unit)).to_value(unit)
     mask = getattr(col, "mask", None)
@@ -289,6 +440,26 @@ def corrected_parallax(
     return plx - zp_val, f"parallax - ({zp_val} mas)"
 
 
+def parallax_without_zero_point(table: Table, corrected: np.ndarray) -> np.ndarray:
+    """Rows that have a parallax but a NaN corrected parallax: their zero point is missing, not their parallax.
+
+    ``corrected`` is the first value :func:`corrected_parallax` returns. A
+    step that flags rows with no usable parallax should flag these rows as
+    missing a zero point instead (see ``ZeroPointFlag.MISSING_INPUTS``).
+
+    Examples
+    --------
+    >>> from astropy.table import Table
+    >>> t = Table({"parallax": [1.0, float("nan")], "parallax_error": [0.1, 0.1],
+    ...            "parallax_corrected": [float("nan"), float("nan")]})
+    >>> parallax_without_zero_point(t, corrected_parallax(t, None, step="doc")[0]).tolist()
+    [True, False]
+    """
+    if "parallax" not in table.colnames:
+        return np.zeros(len(corrected), dtype=bool)
+    return np.isfinite(column_values(table, "parallax", u.mas)) & ~np.isfinite(np.asarray(corrected, dtype=float))
+
+
 def zero_point_record(zero_point: float | str | u.Quantity | None) -> float | str | None:
     """The ``zero_point`` argument in JSON form (mas), so a later step can repeat it."""
     if zero_point is None or isinstance(zero_point, str):
@@ -308,8 +479,19 @@ def update_provenance(table: QTable, step: str, record: Mapping[str, Any]) -> No
     table.meta[META_KEY] = meta
 
 
-def warn(message: str) -> None:
-    """Issue a :class:`GaiaDistancesWarning` (stack level points at user code)."""
-    import warnings
+#: Folder of the package: frames under it are skipped when a warning names the user's line.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
-    warnings.warn(message, GaiaDistancesWarning, stacklevel=3)
+
+def warn(message: str) -> None:
+    """Issue a :class:`GaiaDistancesWarning` attributed to the first caller outside the package.
+
+    The stack is walked past every ``gaia_distances`` frame, so the warning
+    names the user's line however deep in the package it was raised.
+    """
+    frame = sys._getframe(1)
+    level = 2  # 1 is this function, 2 its caller
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, GaiaDistancesWarning, stacklevel=level)

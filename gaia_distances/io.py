@@ -1,10 +1,11 @@
-"""Load Gaia tables from files, astropy tables and pandas DataFrames."""
+"""Load Gaia tables from files, astropy tables and pandas DataFrames, and write them back."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ from typing import Any
 import numpy as np
 from astropy.table import MaskedColumn, QTable, Table
 
-from gaia_distances.columns import META_KEY, normalise_columns, warn
+from gaia_distances.columns import META_KEY, InvalidTableError, normalise_columns, warn
 from gaia_distances.errors import GaiaDistancesWarning
 
-__all__ = ["as_table", "guess_format", "load_table", "read_archive_json", "write_table"]
+__all__ = ["InvalidTableError", "as_table", "guess_format", "load_table", "read_archive_json", "write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,24 @@ _FORMATS = {
     ".h5": "hdf5",
 }
 
+#: The extensions :func:`load_table` recognises, for messages.
+SUPPORTED_EXTENSIONS = ".fits, .fits.gz, .vot, .xml, .ecsv, .csv, .parquet, .hdf5, .h5, .json"
+
+#: Key under which formats without nested metadata hold the provenance, as JSON text.
+PROVENANCE_KEY = "GAIADIST"
+
 
 def guess_format(path: Path) -> str | None:
     """The astropy format for a file name, from its extension (None if unknown)."""
+    ext = _extension(path)
+    return None if ext is None else _FORMATS[ext]
+
+
+def _extension(path: Path) -> str | None:
     name = path.name.lower()
     for ext in sorted(_FORMATS, key=len, reverse=True):
         if name.endswith(ext):
-            return _FORMATS[ext]
+            return ext
     return None
 
 
@@ -55,7 +67,7 @@ def read_archive_json(path: str | os.PathLike[str]) -> Table:
     try:
         meta, rows = doc["metadata"], doc["data"]
     except (KeyError, TypeError):
-        raise ValueError(f"{path} is not a Gaia archive JSON result (no metadata/data)") from None
+        raise InvalidTableError(f"{path} is not a Gaia archive JSON result (no metadata/data)") from None
     table = Table()
     kinds = {
         "long": np.int64,
@@ -95,7 +107,8 @@ def load_table(source: Any, *, format: str | None = None, **read_kwargs: Any) ->
     source
         A path (FITS, VOTable, ECSV, CSV, Parquet, HDF5 or the archive's JSON
         format; chosen by extension unless ``format`` is given), an astropy
-        ``Table``/``QTable`` or a pandas ``DataFrame``.
+        ``Table``/``QTable`` or a pandas ``DataFrame`` (a named index, such as
+        a ``source_id`` index, becomes a column).
     format
         An astropy ``Table.read`` format, or ``"json"`` for the archive's JSON.
     **read_kwargs
@@ -104,11 +117,23 @@ def load_table(source: Any, *, format: str | None = None, **read_kwargs: Any) ->
     Returns
     -------
     QTable
-        A new table with lower-case column names, units on known Gaia columns
+        A new table with the Gaia archive's columns under their lower-case
+        names (other columns keep theirs), units on known Gaia columns
         (``parallax`` in mas, ``ra``/``dec`` in deg) and masked floating-point
-        values as NaN. Every input row is kept, in order. A
+        values as NaN. The provenance :func:`write_table` stored is back in
+        ``meta["gaia_distances"]``. Every input row is kept, in order. A
         :class:`~gaia_distances.GaiaDistancesWarning` reports duplicate
         ``source_id`` values (the rows are kept).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist.
+    InvalidTableError
+        A ``ValueError`` (and :class:`~gaia_distances.GaiaDistancesError`)
+        whose one-line message names the file and what is wrong: an unknown
+        extension, a file that cannot be parsed (truncated or corrupt), or
+        text in a numeric Gaia column (with the column, value and row).
 
     Examples
     --------
@@ -117,35 +142,100 @@ def load_table(source: Any, *, format: str | None = None, **read_kwargs: Any) ->
     >>> t["parallax"]
     <Quantity [1.5, nan] mas>
     """
+    where = ""
     if isinstance(source, Table):
         table = source
     elif _is_dataframe(source):
-        table = Table.from_pandas(source)
+        table = Table.from_pandas(_index_as_columns(source))
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"no such table file: {path}")
-        fmt = format or guess_format(path)
-        if fmt == "json" or (fmt is None and path.name.lower().endswith(".json")):
-            table = read_archive_json(path)
-        else:
-            if fmt == "votable":
-                read_kwargs.setdefault("use_names_over_ids", True)
-            table = Table.read(path, format=fmt, **read_kwargs)
+        table = _read_file(path, format, read_kwargs)
+        where = f"{path}: "
         log.info("read %d rows from %s", len(table), path)
     else:
         raise TypeError(
             f"load_table takes a file path, an astropy Table/QTable or a pandas DataFrame; got {type(source).__name__}"
         )
-    out = normalise_columns(table)
-    prov = out.meta.pop("GAIADIST", None) or out.meta.pop("gaiadist", None)
+    try:
+        out = normalise_columns(table)
+    except InvalidTableError as exc:
+        raise InvalidTableError(f"{where}{exc}") from None
+    prov = out.meta.pop(PROVENANCE_KEY, None) or out.meta.pop(PROVENANCE_KEY.lower(), None)
     if isinstance(prov, str):
         try:
             out.meta[META_KEY] = json.loads(prov)
         except ValueError:
-            log.warning("could not parse the GAIADIST provenance in %s", source)
+            log.warning("could not parse the %s provenance in %s", PROVENANCE_KEY, source)
     check_duplicate_ids(out)
     return out
+
+
+def _read_file(path: Path, format: str | None, read_kwargs: dict[str, Any]) -> Table:
+    """``Table.read`` with one-line errors that name the file."""
+    from astropy.io.registry import IORegistryError
+
+    fmt = format or guess_format(path)
+    if fmt == "json" or (fmt is None and path.name.lower().endswith(".json")):
+        fmt = "json"
+    elif fmt is None:
+        raise InvalidTableError(
+            f"cannot tell the table format of {path} from its extension; use one of {SUPPORTED_EXTENSIONS}, "
+            "or pass format= (an astropy Table.read format such as 'ascii.basic')"
+        )
+    elif fmt == "ascii.csv" and _starts_with(path, b"# %ECSV"):
+        fmt = "ascii.ecsv"  # write_table's CSV: comma-separated ECSV
+    try:
+        if fmt == "json":
+            return read_archive_json(path)
+        if fmt == "votable":
+            return _read_votable(path, read_kwargs)
+        return Table.read(path, format=fmt, **read_kwargs)
+    except (ImportError, MemoryError, InvalidTableError):
+        raise
+    except IORegistryError as exc:
+        raise InvalidTableError(
+            f"cannot read {path}: astropy has no table format {fmt!r}; see astropy.table.Table.read.list_formats()"
+        ) from exc
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # access to the file (permissions, I/O)
+            raise
+        raise InvalidTableError(
+            f"could not read {path} as {fmt}: the file is truncated, corrupt or not {fmt} "
+            f"({type(exc).__name__}: {_one_line(exc)})"
+        ) from exc
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(prefix)) == prefix
+
+
+def _read_votable(path: Path, read_kwargs: dict[str, Any]) -> Table:
+    """A VOTable's table (columns by name), with the provenance :func:`write_table` kept in an ``INFO``."""
+    from astropy.io.votable import parse
+
+    kwargs = {"use_names_over_ids": True, **read_kwargs}
+    select = {k: kwargs.pop(k) for k in ("table_id", "use_names_over_ids") if k in kwargs}
+    vot = parse(path, table_id=select.get("table_id"), **kwargs)
+    table = Table.read(vot, format="votable", **select)
+    infos = [*vot.infos, *(i for r in vot.resources for i in r.infos), *(i for t in vot.iter_tables() for i in t.infos)]
+    for info in infos:
+        if info.name == PROVENANCE_KEY and info.value:
+            table.meta[PROVENANCE_KEY] = info.value
+    return table
+
+
+def _index_as_columns(df: Any) -> Any:
+    """``df`` with its named index levels (``source_id``) as columns, unless a column has that name."""
+    names = [n for n in df.index.names if n is not None and n not in df.columns]
+    return df.reset_index(level=names) if names else df
 
 
 def check_duplicate_ids(table: Table) -> int:
@@ -183,22 +273,116 @@ def as_table(source: Any) -> QTable:
         return load_table(source)
 
 
-def write_table(table: Table, path: str | os.PathLike[str]) -> None:
+def write_table(table: Table, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
     """Write ``table`` in the format named by the extension of ``path``.
 
-    Formats other than ECSV cannot hold nested metadata, so the provenance is
-    stored as JSON text under the ``GAIADIST`` key, which :func:`load_table`
-    reads back.
+    Every format keeps what a later step reads back with :func:`load_table`:
+    the columns, their units, masked values (a masked ``source_id`` stays
+    masked) and the provenance in ``meta["gaia_distances"]``.
+
+    - ECSV holds all of it natively;
+    - ``.csv`` is written as comma-separated ECSV: ``#`` header lines carry
+      units, types and provenance above plain CSV rows (pandas reads it with
+      ``pd.read_csv(path, comment="#")``);
+    - FITS, Parquet and HDF5 hold the provenance as JSON text under the
+      ``GAIADIST`` key (HDF5 with ``serialize_meta=True`` for units and
+      masks); VOTable holds it in an ``INFO`` element named ``GAIADIST``.
+
+    The table is written to a temporary file in the same folder, which
+    replaces ``path`` only once it is complete: a failed write (a full disk)
+    leaves no partial file and any existing file untouched.
+
+    Parameters
+    ----------
+    table
+        The table to write; it is not modified.
+    path
+        The output file; its extension chooses the format (.fits, .fits.gz,
+        .vot, .xml, .ecsv, .csv, .parquet, .hdf5, .h5). Missing folders are
+        created.
+    overwrite
+        Replace ``path`` if it exists. The default refuses to.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    InvalidTableError
+        If the extension names no supported format.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from astropy.table import Table
+    >>> path = Path(tempfile.mkdtemp()) / "t.fits"
+    >>> write_table(Table({"parallax": [1.0]}), path)
+    >>> write_table(Table({"parallax": [2.0]}), path)
+    Traceback (most recent call last):
+    ...
+    FileExistsError: ... already exists; pass overwrite=True (--overwrite on the command line) to replace it
     """
     p = Path(path)
+    ext = _extension(p)
+    if ext is None:
+        raise InvalidTableError(
+            f"cannot tell the table format of {p} from its extension; use one of "
+            f"{SUPPORTED_EXTENSIONS.replace(', .json', '')}"
+        )
+    fmt = _FORMATS[ext]
+    if not overwrite and p.exists():
+        raise _exists(p)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fmt = guess_format(p)
-    if fmt is None:
-        raise ValueError(f"cannot tell the table format of {p}; use .fits, .ecsv, .csv, .vot or .parquet")
+    out = _with_portable_meta(table, fmt)
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp{ext}")
+    try:
+        _write(out, tmp, fmt)
+        if not overwrite and p.exists():
+            raise _exists(p)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _exists(path: Path) -> FileExistsError:
+    return FileExistsError(
+        f"{path} already exists; pass overwrite=True (--overwrite on the command line) to replace it"
+    )
+
+
+def _with_portable_meta(table: Table, fmt: str) -> Table:
+    """A shallow copy of ``table`` whose meta the format can hold (provenance as JSON text)."""
     out = Table(table, copy=False)
-    if fmt != "ascii.ecsv":
-        prov = out.meta.get(META_KEY)
-        out.meta = {k: v for k, v in out.meta.items() if not isinstance(v, (dict, list))}
+    if fmt in ("ascii.ecsv", "ascii.csv"):  # both written as ECSV
+        return out
+    prov = out.meta.get(META_KEY)
+    out.meta = {k: v for k, v in out.meta.items() if not isinstance(v, (dict, list))}
+    if prov:
+        out.meta[PROVENANCE_KEY] = json.dumps(prov, default=_json_default)
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _write(table: Table, path: Path, fmt: str) -> None:
+    if fmt == "votable":
+        from astropy.io.votable import from_table
+        from astropy.io.votable.tree import Info
+
+        prov = table.meta.get(PROVENANCE_KEY)
+        vot = from_table(table)
         if prov:
-            out.meta["GAIADIST"] = json.dumps(prov, default=str)
-    out.write(p, format=fmt, overwrite=True)
+            vot.get_first_table().infos.append(Info(name=PROVENANCE_KEY, value=prov))
+        vot.to_xml(str(path))
+    elif fmt == "hdf5":
+        table.write(path, format="hdf5", path="data", serialize_meta=True)
+    elif fmt == "ascii.csv":
+        table.write(path, format="ascii.ecsv", delimiter=",")
+    else:
+        table.write(path, format=fmt)

@@ -52,8 +52,22 @@ class GaiaTable(QTable):
 class GaiaDataFrameAccessor:
     """``df.gaia``: the pipeline on a pandas DataFrame, returning new DataFrames.
 
-    Units are dropped on the way back to pandas (parallaxes in mas, distances
-    in pc, as everywhere in the package); provenance is in ``df.attrs``.
+    The result keeps ``df``'s index, so its columns line up with ``df``'s
+    rows (``df["d"] = df.gaia.estimate_distances()["distance_median"]``). A
+    named index, such as ``source_id``, is passed to the pipeline as a column
+    (the Bailer-Jones 2021 prior finds its HEALPix pixel from it) and stays the
+    index of the result. Units are dropped on the way back to pandas
+    (parallaxes in mas, distances in pc, as everywhere in the package);
+    provenance is in ``df.attrs``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import gaia_distances as gd
+    >>> df = pd.DataFrame({"parallax": [1.0, 2.0], "parallax_error": [0.1, 0.1]}, index=[7, 3])
+    >>> out = df.gaia.estimate_distances(zero_point=0.0)
+    >>> list(out.index)
+    [7, 3]
     """
 
     def __init__(self, df: Any) -> None:
@@ -62,7 +76,13 @@ class GaiaDataFrameAccessor:
     def _back(self, table: QTable) -> Any:
         from astropy.table import Table
 
+        from gaia_distances.columns import canonical_name
+
         df = Table(table).to_pandas(index=False)
+        index = self._df.index
+        from_index = [canonical_name(str(n)) for n in index.names if n is not None and n not in self._df.columns]
+        df = df.drop(columns=[c for c in from_index if c in df.columns])
+        df.index = index.copy()
         df.attrs["gaia_distances"] = table.meta.get("gaia_distances", {})
         return df
 

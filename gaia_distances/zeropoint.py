@@ -62,6 +62,11 @@ class ZeroPointFlag(enum.IntFlag):
     FALLBACK = 16
     #: nu_eff was approximated from BP-RP (``approximate_missing=True``)
     APPROXIMATED = 32
+    #: ``astrometric_params_solved`` was missing (an empty column in some archive
+    #: outputs) and the solution type was inferred from the colour input present:
+    #: ``nu_eff_used_in_astrometry`` alone -> 5-parameter (31), ``pseudocolour``
+    #: alone -> 6-parameter (95), as in Gaia DR3
+    INFERRED_SOLUTION = 64
 
 
 def nu_eff_from_bp_rp(bp_rp: np.ndarray) -> np.ndarray:
@@ -102,9 +107,14 @@ def apply_zeropoint(
     ----------
     table
         Anything :func:`~gaia_distances.load_table` accepts. Needs ``parallax``,
-        ``phot_g_mean_mag``, ``nu_eff_used_in_astrometry``, ``pseudocolour``,
-        ``astrometric_params_solved`` and ``ecl_lat`` (computed from ``ra``,
-        ``dec`` when absent).
+        ``phot_g_mean_mag``, ``nu_eff_used_in_astrometry``, ``pseudocolour``
+        and ``ecl_lat`` (computed from ``ra``, ``dec`` when absent).
+        ``astrometric_params_solved`` gives the solution type; where it is
+        missing (the column absent or empty, as in some archive outputs) the
+        type is inferred from which colour input the row has, as in Gaia DR3:
+        ``nu_eff_used_in_astrometry`` alone -> 5-parameter (31),
+        ``pseudocolour`` alone -> 6-parameter (95). Such rows are flagged
+        ``INFERRED_SOLUTION`` and a warning says how many.
     fallback
         Zero point (mas) for rows with a parallax that the recipe cannot handle
         (missing inputs). ``None`` (default) leaves them NaN. Bailer-Jones et
@@ -123,7 +133,11 @@ def apply_zeropoint(
     QTable
         A new table with ``parallax_zeropoint`` [mas], ``parallax_corrected``
         = parallax - zero point [mas] and ``zeropoint_flag``
-        (:class:`ZeroPointFlag` bits). The input is not modified.
+        (:class:`ZeroPointFlag` bits). The input is not modified. No parallax
+        is dropped: a row with a parallax whose zero point cannot be computed
+        gets ``fallback`` (flagged ``FALLBACK``) or, by default, a NaN zero
+        point and corrected parallax, flagged ``MISSING_INPUTS``, with a
+        warning; its ``parallax`` is kept.
 
     Examples
     --------
@@ -143,11 +157,7 @@ def apply_zeropoint(
             out, "ecl_lat", _ecliptic_latitude(out), unit=u.deg, description="Ecliptic latitude computed from ra, dec"
         )
     if not approximate_missing:
-        require_columns(
-            out,
-            ["nu_eff_used_in_astrometry", "pseudocolour", "astrometric_params_solved"],
-            step="apply_zeropoint",
-        )
+        require_columns(out, ["nu_eff_used_in_astrometry", "pseudocolour"], step="apply_zeropoint")
 
     plx = column_values(out, "parallax", u.mas)
     g = column_values(out, "phot_g_mean_mag", u.mag)
@@ -158,6 +168,15 @@ def apply_zeropoint(
     sol = column_values(out, "astrometric_params_solved") if "astrometric_params_solved" in out.colnames else nan.copy()
 
     flag = np.zeros(n, dtype=np.int32)
+    inferred = _infer_solution_type(sol, nu, pc, np.isfinite(plx))
+    flag[inferred] |= ZeroPointFlag.INFERRED_SOLUTION
+    if np.any(inferred):
+        warn(
+            f"{int(np.sum(inferred))} of {n} rows have no astrometric_params_solved; their solution type "
+            "was inferred from the colour input present (nu_eff_used_in_astrometry -> 5-parameter, "
+            "pseudocolour -> 6-parameter) and flagged (zeropoint_flag bit 64)."
+        )
+
     if approximate_missing:
         need = ~np.isfinite(nu) & ~(sol == 95)
         if "bp_rp" in out.colnames:
@@ -227,11 +246,27 @@ def apply_zeropoint(
             "recipe": "Lindegren et al. 2021 (gaiadr3-zeropoint)",
             "fallback_mas": fallback,
             "approximate_missing": approximate_missing,
+            "n_inferred_solution": int(np.sum(inferred)),
             "n_ok": int(np.sum(flag == 0)),
             "n_flagged": int(np.sum(flag != 0)),
         },
     )
     return out
+
+
+def _infer_solution_type(sol: np.ndarray, nu: np.ndarray, pc: np.ndarray, has_parallax: np.ndarray) -> np.ndarray:
+    """Set ``sol`` (in place) where it is missing, from the one colour input present; return the rows set.
+
+    In Gaia DR3 a 5-parameter solution (31) has ``nu_eff_used_in_astrometry``
+    and no ``pseudocolour``, a 6-parameter solution (95) the reverse. Rows with
+    both or neither, or no parallax, are left missing.
+    """
+    missing = ~np.isfinite(sol) & has_parallax
+    five = missing & np.isfinite(nu) & ~np.isfinite(pc)
+    six = missing & np.isfinite(pc) & ~np.isfinite(nu)
+    sol[five] = 31
+    sol[six] = 95
+    return five | six
 
 
 def _ecliptic_latitude(table: Table) -> np.ndarray:

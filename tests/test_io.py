@@ -43,7 +43,7 @@ def _json_column(data_file, name):
     return [row[j] for row in doc["data"]]
 
 
-@pytest.mark.parametrize("ext", [".fits", ".ecsv", ".csv", ".vot", ".parquet"])
+@pytest.mark.parametrize("ext", [".fits", ".ecsv", ".csv", ".vot", ".parquet", ".hdf5"])
 def test_round_trip_formats(tmp_path, sim_field, ext):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
@@ -53,9 +53,8 @@ def test_round_trip_formats(tmp_path, sim_field, ext):
     back = gd.load_table(path)
     assert len(back) == 50
     np.testing.assert_allclose(back["distance_median"].value, t["distance_median"].value, equal_nan=True)
-    assert back["parallax"].unit == u.mas
-    if ext not in (".csv", ".vot"):  # no place for table metadata in these
-        assert back.meta["gaia_distances"]["distances"]["method"] == "quadrature"
+    assert back["parallax"].unit == u.mas and back["distance_median"].unit == u.pc
+    assert back.meta["gaia_distances"]["distances"]["method"] == "quadrature"
 
 
 def test_dataframe_with_missing_values():

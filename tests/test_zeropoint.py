@@ -86,7 +86,10 @@ def test_masked_inputs_never_raise():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
         out = gd.apply_zeropoint(t)
-    assert out["zeropoint_flag"][0] & ZeroPointFlag.MISSING_INPUTS
+    # a masked solution type with nu_eff alone is a 5-parameter solution (issue 13 item 11)
+    assert out["zeropoint_flag"][0] == ZeroPointFlag.INFERRED_SOLUTION
+    ref = _recipe(np.array([15.0]), np.array([1.5]), np.array([np.nan]), np.array([10.0]), np.array([31]))
+    assert out["parallax_zeropoint"][0].value == pytest.approx(ref[0])
     assert out["zeropoint_flag"][1] & ZeroPointFlag.MISSING_INPUTS
 
 
