@@ -13,28 +13,92 @@ Subcommands:
 Table formats are chosen by file extension (.fits, .vot, .ecsv, .csv, .parquet).
 Units: parallaxes in mas, distances in pc. ``distance_lo``/``distance_hi`` are
 the 15.866th/84.134th posterior percentiles.
+
+An existing output file (or report) is replaced only with ``--overwrite``;
+outputs are written whole or not at all. ``--quiet``, ``--json`` and ``-v``
+go before or after the subcommand. Standard output holds only the summary
+(``--json``: strict JSON, ``null`` for NaN); the libraries' own messages
+(numpyro, jax, astroquery) show only with ``-v``. Errors print one line on
+standard error and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
+import os
 import sys
 import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser
+from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning
 from gaia_distances.io import write_table
 
 __all__ = ["main"]
 
 log = logging.getLogger("gaia_distances")
 
-#: ``cluster --kinematics`` -> ``fit_cluster(kinematics=...)``.
-KINEMATICS_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+#: Loggers of the libraries underneath, shown only from ERROR up unless ``-v``.
+LIBRARY_LOGGERS = ("jax", "jaxlib", "numpyro")
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def _replacing(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; it replaces ``path`` only when the block succeeds."""
+    p = Path(path)
+    _refuse_existing(p, overwrite)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{p.suffix}")
+    try:
+        yield tmp
+        _refuse_existing(p, overwrite)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse existing outputs before any work (``write_table`` refuses again, atomically)."""
+    overwrite = getattr(args, "overwrite", True)
+    for name in ("output", "save_posterior"):
+        if getattr(args, name, None):
+            _refuse_existing(Path(getattr(args, name)), overwrite)
+    if args.command == "report":
+        _refuse_existing(Path(args.output_dir) / "report.md", overwrite)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NumPy scalars as Python ones and NaN/inf as ``None`` (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def to_json(summary: dict[str, Any], **kwargs: Any) -> str:
+    """Strict JSON for a summary: NaN and inf become ``null``."""
+    return json.dumps(_json_safe(summary), allow_nan=False, **kwargs)
 
 
 def _summary(table: Any, prefix: str = "distance") -> dict[str, Any]:
@@ -69,7 +133,7 @@ def _cmd_zeropoint(args: argparse.Namespace) -> dict[str, Any]:
         approximate_missing=args.approximate_missing,
         progress=not args.quiet,
     )
-    write_table(t, args.output)
+    write_table(t, args.output, overwrite=args.overwrite)
     flag = np.asarray(t["zeropoint_flag"])
     return {"rows": len(t), "flagged_rows": int(np.sum(flag != 0)), "output": args.output}
 
@@ -88,18 +152,19 @@ def _cmd_query(args: argparse.Namespace) -> dict[str, Any]:
         retries=args.retries,
         progress=not args.quiet,
     )
+    if args.job_timeout is not None:  # else query_adql's default
+        kw["job_timeout"] = args.job_timeout
+    if args.name is None and (args.ra is None or args.dec is None):
+        raise ValueError("give --name, or --ra and --dec")
     if not args.quiet:  # show the job's phases and the rows received
         logging.getLogger("gaia_distances.query").setLevel(logging.INFO)
     radius = args.radius * u.deg
     if args.name:
         t = query.query_cluster(args.name, radius, pmra=args.pmra, pmdec=args.pmdec, **kw)
-    elif args.ra is not None and args.dec is not None:
-        t = query.query_field(
-            SkyCoord(args.ra * u.deg, args.dec * u.deg), radius, pmra=args.pmra, pmdec=args.pmdec, **kw
-        )
     else:
-        raise ValueError("give --name, or --ra and --dec")
-    write_table(t, args.output)
+        centre = SkyCoord(args.ra * u.deg, args.dec * u.deg)
+        t = query.query_field(centre, radius, pmra=args.pmra, pmdec=args.pmdec, **kw)
+    write_table(t, args.output, overwrite=args.overwrite)
     prov = t.meta.get("gaia_distances", {}).get("query", {})
     return {"rows": len(t), "jobid": prov.get("jobid"), "from_cache": prov.get("from_cache"), "output": args.output}
 
@@ -134,7 +199,7 @@ def _cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         progress=not args.quiet,
     )
-    write_table(t, args.output)
+    write_table(t, args.output, overwrite=args.overwrite)
     return {**_summary(t), "output": args.output}
 
 
@@ -154,13 +219,22 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     r_true = np.asarray(t["r_true"].value)
     lo, hi = np.asarray(t["distance_lo"].value), np.asarray(t["distance_hi"].value)
     inside = (r_true[good] >= lo[good]) & (r_true[good] <= hi[good])
-    fit = gd.fit_cluster(t, seed=args.seed)
+    fit = gd.fit_cluster(
+        t,
+        kinematics=KINEMATICS_CHOICES[args.kinematics],
+        field=args.field,
+        num_warmup=args.num_warmup,
+        num_samples=args.num_samples,
+        num_chains=args.num_chains,
+        seed=args.seed,
+        progress=False if args.quiet else None,
+    )
     t = fit.table
     cluster_summary = fit.summary()
     rows = {str(r["parameter"]): r for r in cluster_summary}
     path = out / "demo_distances.ecsv"
-    write_table(t, str(path))
-    cluster_summary.write(out / "demo_cluster_summary.ecsv", format="ascii.ecsv", overwrite=True)
+    write_table(t, path, overwrite=True)  # the demo's own folder: its files are replaced on every run
+    write_table(cluster_summary, out / "demo_cluster_summary.ecsv", overwrite=True)
     sim = field.meta["gaia_distances"]["simulation"]  # the truth, as simulated
     truths = {
         "D": sim["cluster_distance_pc"],
@@ -180,7 +254,8 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     }
     summary["report"] = _write_report(fit, out / "report", truths=truths)
     summary["total_wall_time_s"] = round(time.perf_counter() - t0, 2)
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    with _replacing(out / "demo_summary.json", overwrite=True) as tmp:
+        tmp.write_text(to_json(summary, indent=2))
     return summary
 
 
@@ -211,9 +286,10 @@ def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     import gaia_distances as gd
     from gaia_distances.report import write_report
 
+    truths = _parse_truths(args.truth)
     t = gd.load_table(args.input)
     source: Any = gd.ClusterFit.from_table(t, args.posterior) if args.posterior else t
-    path = write_report(source, args.output_dir, truths=_parse_truths(args.truth), title=args.title)
+    path = write_report(source, args.output_dir, truths=truths, title=args.title)
     figures = sorted(p.name for p in Path(args.output_dir).glob("*.png"))
     return {"rows": len(t), "report": str(path), "figures": figures}
 
@@ -224,6 +300,8 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     t, zp = _load_with_zero_point(args)
     prior = gd.ClusterPriors.physical() if args.physical_prior else gd.ClusterPriors()
     limits = tuple(args.parallax_limits) if args.parallax_limits else None
+    if limits is not None and not limits[0] < limits[1]:
+        raise ValueError(f"--parallax-limits LO HI needs LO < HI; got {limits[0]:g} {limits[1]:g}")
     fit = gd.fit_cluster(
         t,
         method=args.method,
@@ -239,12 +317,13 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         progress=not args.quiet,
     )
-    write_table(fit.table, args.output)
-    if args.save_posterior:
-        fit.to_netcdf(args.save_posterior)
+    with contextlib.ExitStack() as stack:  # the posterior and the table are both written, or neither
+        if args.save_posterior:
+            fit.to_netcdf(str(stack.enter_context(_replacing(args.save_posterior, args.overwrite))))
+        write_table(fit.table, args.output, overwrite=args.overwrite)
     summ = fit.summary()
     if not args.quiet and not args.json:
-        summ.pprint(max_width=-1)
+        print("\n".join(summ.pformat(max_width=-1, max_lines=-1)), file=args.stdout)
     diag = {k: v for k, v in fit.diagnostics.items() if not k.startswith("_")}
     return {
         "method": args.method,
@@ -254,7 +333,7 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
         **{f"{r['parameter']}_mean": float(r["mean"]) for r in summ},
         **{f"{r['parameter']}_sd": float(r["sd"]) for r in summ},
         "min_ess_bulk": diag["min_ess_bulk"],
-        "max_r_hat": max(diag["r_hat"].values()),
+        "max_r_hat": float(np.max(np.asarray(list(diag["r_hat"].values()), dtype=float))),  # NaN if any is
         "divergences": diag["divergences"],
         "wall_time_s": round(diag["wall_time_s"], 2),
         "warnings": diag["warnings"],
@@ -263,167 +342,89 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="gaia-distances",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars or printed summary (warnings still show)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+    """The ``gaia-distances`` parser, whose description is this module's docstring."""
+    return build_parser(__doc__ or "")
 
-    q = sub.add_parser("query", help="query a Gaia DR3 cone from the archive (async TAP job, cached)")
-    q.add_argument("--name", default=None, help="object name resolved with astropy (Sesame), e.g. M67")
-    q.add_argument("--ra", type=float, default=None, help="cone centre RA (deg, ICRS)")
-    q.add_argument("--dec", type=float, default=None, help="cone centre Dec (deg, ICRS)")
-    q.add_argument("--radius", type=float, required=True, help="cone radius (deg)")
-    q.add_argument("--pmra", type=float, default=None, help="centre proper motion (mas/yr): propagate to 2016.0")
-    q.add_argument("--pmdec", type=float, default=None, help="centre proper motion (mas/yr)")
-    q.add_argument("-o", "--output", required=True, help="output table (format from extension)")
-    q.add_argument("--tap-url", default="https://gea.esac.esa.int/", help="TAP server root")
-    q.add_argument("--no-cache", action="store_true", help="do not read or write the query cache")
-    q.add_argument("--offline", action="store_true", help="use only the cache")
-    q.add_argument("--timeout", type=float, default=600.0, help="seconds per network operation")
-    q.add_argument("--retries", type=int, default=2)
-    q.set_defaults(func=_cmd_query)
 
-    z = sub.add_parser("zeropoint", help="add Lindegren et al. (2021) parallax zero points")
-    z.add_argument("input", help="input table (format from extension)")
-    z.add_argument("-o", "--output", required=True, help="output table")
-    z.add_argument(
-        "--fallback", type=float, default=None, help="zero point (mas) where the recipe cannot be applied; e.g. -0.017"
-    )
-    z.add_argument(
-        "--approximate-missing", action="store_true", help="approximate a missing nu_eff_used_in_astrometry from bp_rp"
-    )
-    z.set_defaults(func=_cmd_zeropoint)
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
-    e = sub.add_parser("estimate", help="per-star distance posteriors (pc)")
-    e.add_argument("input", help="input table (format from extension)")
-    e.add_argument("-o", "--output", required=True, help="output table")
-    e.add_argument(
-        "--prior",
-        choices=["edsd", "ggd", "uniform"],
-        default="edsd",
-        help="edsd: r^2 exp(-r/L); ggd: Bailer-Jones 2021 per-HEALPix table; uniform: r^2 to r_max",
-    )
-    e.add_argument("--length-scale", type=float, default=1350.0, help="EDSD length scale L (pc)")
-    e.add_argument("--r-max", type=float, default=1e5, help="uniform-density prior limit (pc)")
-    e.add_argument("--prior-table", default=None, help="local Bailer-Jones 2021 prior_summary.csv")
-    e.add_argument("--method", choices=["quadrature", "nuts"], default="quadrature")
-    e.add_argument(
-        "--zero-point",
-        default=None,
-        help="zero point in mas (subtracted from parallax) or a column name; default: use parallax_corrected",
-    )
-    e.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step first")
-    e.add_argument("--fallback", type=float, default=None, help="with --apply-zeropoint: fallback (mas)")
-    e.add_argument("--p05-p95", action="store_true", help="also write 5th and 95th percentiles")
-    e.add_argument("--seed", type=int, default=0, help="random seed (method nuts)")
-    e.set_defaults(func=_cmd_estimate)
 
-    c = sub.add_parser(
-        "cluster",
-        help="fit a cluster (Gaussian in ln r, with proper motions where present) over a field",
-        description="Fit a cluster, Gaussian in ln r, over a field population: distances from the parallaxes "
-        "and, with --kinematics, the cluster's mean proper motion and velocity dispersion against a mixture "
-        "of field proper motions. Writes membership_prob and cluster_distance_* per row.",
-    )
-    c.add_argument("input", help="input table (format from extension)")
-    c.add_argument("-o", "--output", required=True, help="output table with membership_prob, cluster_distance_*")
-    c.add_argument(
-        "--method",
-        choices=["marginal", "joint"],
-        default="marginal",
-        help="marginal: distances integrated out (fast); joint: one latent distance per star",
-    )
-    c.add_argument(
-        "--kinematics",
-        choices=list(KINEMATICS_CHOICES),
-        default="auto",
-        help="fit proper motions too: auto (default) when pmra, pmdec, pmra_error and pmdec_error are in the "
-        "table; on: require them; off: parallaxes only",
-    )
-    c.add_argument(
-        "--field",
-        choices=["flexible", "edsd"],
-        default="flexible",
-        help="field distance model: flexible (default), a smooth mixture of log-normal distance bins; edsd, "
-        "the exponentially decreasing space density (reference model, one length scale L)",
-    )
-    c.add_argument("--save-posterior", default=None, help="write the posterior (arviz netCDF) here")
-    c.add_argument("--zero-point", default=None, help="zero point in mas or a column name")
-    c.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step first")
-    c.add_argument("--fallback", type=float, default=None, help="with --apply-zeropoint: fallback (mas)")
-    c.add_argument(
-        "--parallax-limits",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        default=None,
-        help="fit only stars with LO < parallax < HI (mas)",
-    )
-    c.add_argument("--distance-hint", type=float, default=None, help="rough cluster distance (pc)")
-    c.add_argument(
-        "--physical-prior",
-        "--physical-priors",
-        dest="physical_prior",
-        action="store_true",
-        help="prior on the cluster's size in pc (robust for small clusters in big fields)",
-    )
-    c.add_argument("--num-warmup", type=int, default=None)
-    c.add_argument("--num-samples", type=int, default=None)
-    c.add_argument("--num-chains", type=int, default=None)
-    c.add_argument("--seed", type=int, default=0)
-    c.set_defaults(func=_cmd_cluster)
+def _library_loggers(command: str) -> list[logging.Logger]:
+    """The loggers of :data:`LIBRARY_LOGGERS`, and astroquery's for ``query`` or once it is imported.
 
-    r = sub.add_parser(
-        "report",
-        help="figures (PNG) and report.md for a table from estimate or cluster",
-        description="Colour-magnitude diagram (absolute G from the posterior distance, no extinction), "
-        "sky map and distance posteriors for any table with distances; with --posterior (the netCDF "
-        "of `cluster --save-posterior`) also the corner plot, the parallax predictive check, the "
-        "summary table and the sampler diagnostics. Needs the plot extra.",
-    )
-    r.add_argument("input", help="table written by estimate or cluster (format from extension)")
-    r.add_argument("-o", "--output-dir", required=True, help="directory for report.md and the PNGs")
-    r.add_argument("--posterior", default=None, help="netCDF posterior of the cluster fit (cluster --save-posterior)")
-    r.add_argument(
-        "--truth",
-        action="append",
-        default=None,
-        metavar="NAME=VALUE",
-        help="known value for the corner plot, e.g. D=850",
-    )
-    r.add_argument("--title", default="gaia_distances report")
-    r.set_defaults(func=_cmd_report)
+    astroquery's logger writes INFO ("Query finished.") to standard output. It
+    is taken from the package, never created here: astroquery makes its
+    logger its own class when it is first imported.
+    """
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    if command == "query" or "astroquery" in sys.modules:
+        with contextlib.suppress(ImportError):  # the query raises, naming the extra to install
+            from astroquery import log as astroquery_log  # the package root contacts nobody (astroquery.gaia does)
 
-    d = sub.add_parser("demo", help="simulate a Gaia field and run the pipeline (no network)")
-    d.add_argument("--output-dir", default="gaia_distances_demo", help="where to write results")
-    d.add_argument("--n-field", type=int, default=20000, help="simulated field stars")
-    d.add_argument("--n-cluster", type=int, default=1500, help="simulated cluster members")
-    d.add_argument("--seed", type=int, default=42)
-    d.set_defaults(func=_cmd_demo)
-    return p
+            loggers.append(astroquery_log)
+    return loggers
+
+
+@contextlib.contextmanager
+def _library_output(command: str, verbose: bool) -> Iterator[None]:
+    """Keep the libraries' messages off standard output, and (unless ``verbose``) out of sight.
+
+    Anything printed while a subcommand runs goes to standard error; unless
+    ``verbose``, the libraries' loggers show only errors and of the warnings
+    only the package's own (:class:`GaiaDistancesWarning`) show.
+    """
+    loggers = _library_loggers(command)
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        if not verbose:
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("default", GaiaDistancesWarning)
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+#: Subcommand name -> the function that runs it and returns its summary.
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "query": _cmd_query,
+    "zeropoint": _cmd_zeropoint,
+    "estimate": _cmd_estimate,
+    "cluster": _cmd_cluster,
+    "report": _cmd_report,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    0 on success; 2 for a usage error or any error in the input, the options
+    or the output (one line on standard error, no traceback); 130 when
+    interrupted.
+    """
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if not args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    from gaia_distances.errors import GaiaDistancesError
-
+    args.stdout = sys.stdout
     try:
-        summary = args.func(args)
-    except (GaiaDistancesError, ImportError, KeyError, FileNotFoundError, ValueError, TypeError, OSError) as exc:
-        print(f"gaia-distances {args.command}: error: {exc}", file=sys.stderr)
+        _check_outputs(args)
+        with _library_output(args.command, args.verbose):
+            summary = COMMANDS[args.command](args)
+    except (GaiaDistancesError, ImportError, KeyError, ValueError, TypeError, OSError) as exc:
+        print(f"gaia-distances {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"gaia-distances {args.command}: interrupted", file=sys.stderr)
+        return 130
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(to_json(summary))
     elif not args.quiet:
         for k, v in summary.items():
             print(f"{k:>28}: {v}")

@@ -4,7 +4,8 @@
 only inside :func:`query_adql`, and only when a result is not already cached.
 Every query runs as an asynchronous TAP job; its VOTable is parsed and checked
 before it is moved, atomically, into the cache, so an interrupted or failed
-query never leaves a file that a later call could read.
+query never leaves a file that a later call could read. A job still running
+when ``job_timeout`` runs out is aborted on the server.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
+import re
 import socket
 import tempfile
 import time
@@ -21,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from astropy import units as u
 from astropy.coordinates import SkyCoord
@@ -36,6 +40,15 @@ log = logging.getLogger(__name__)
 
 #: The ESA Gaia archive (TAP service at ``<server>tap-server/tap``).
 DEFAULT_SERVER = "https://gea.esac.esa.int/"
+
+#: Default ``job_timeout`` (s): the archive's own limit for asynchronous jobs is two hours or less.
+DEFAULT_JOB_TIMEOUT = 7200.0
+
+#: Age (s) after which a partial result (``*.vot.part``) in the cache is removed even if its writer may live.
+STALE_PART_AGE = 86400.0
+
+#: Job phases in which a TAP job has not finished yet.
+_RUNNING_PHASES = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", "")
 
 #: Columns every later step needs: the zero point, distances, and the cluster fit with proper motions
 #: (which reads the proper motions, their errors and the parallax-proper-motion correlations).
@@ -120,6 +133,71 @@ def _cache_path(adql: str, server: str, cache_dir: Path) -> Path:
     return cache_dir / f"{key}.vot"
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+
+
+def _partial_file(path: Path) -> Path:
+    """A new, empty partial result beside ``path``, named after its writer: ``<key>~<host>~<pid>~<random>.vot.part``."""
+    fd, name = tempfile.mkstemp(prefix=f"{path.stem}~{_host()}~{os.getpid()}~", suffix=".vot.part", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _is_stale(part: Path, now: float) -> bool:
+    """Whether ``part`` is older than :data:`STALE_PART_AGE`, or its writer (named in it) has exited on this host."""
+    try:
+        age = now - part.stat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_PART_AGE:
+        return True
+    fields = part.name.split("~")
+    if len(fields) < 4 or fields[1] != _host() or os.name != "posix":
+        return False
+    try:
+        os.kill(int(fields[2]), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except (ValueError, OSError):  # not a process id; or alive, owned by another user
+        pass
+    return False
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Remove the partial results (``*.vot.part*``) that a killed or crashed query left in ``folder``."""
+    now = time.time()
+    for part in folder.glob("*.vot.part*"):
+        if _is_stale(part, now):
+            with contextlib.suppress(OSError):
+                part.unlink()
+                log.info("removed a stale partial query result: %s", part)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _read_cached(path: Path, adql: str, server: str, *, offline: bool) -> QTable | None:
+    """The cached result at ``path``; ``None`` if there is none or it cannot be read (then it is removed)."""
+    if not path.exists():
+        return None
+    try:
+        table = _finish(path, adql, server, jobid=None, cached=True)
+    except Exception as exc:  # truncated, emptied or garbled by something outside this package
+        if offline:
+            raise GaiaQueryError(
+                f"the cached query result {path} cannot be read ({_one_line(exc)}); "
+                "run without offline to fetch it again, or delete the file"
+            ) from exc
+        warn(f"discarding the unreadable cached query result {path} ({_one_line(exc)}); querying {server} again")
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    log.info("query result read from the cache: %s", path)
+    return table
+
+
 @contextlib.contextmanager
 def _socket_timeout(seconds: float | None) -> Iterator[None]:
     """astroquery's TAP connections take no timeout: set the default for this call."""
@@ -173,6 +251,7 @@ def query_adql(
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool = False,
     timeout: float | None = 600.0,
+    job_timeout: float | None = DEFAULT_JOB_TIMEOUT,
     retries: int = 2,
     backoff: float = 2.0,
     maxrec: int | None = None,
@@ -196,12 +275,24 @@ def query_adql(
     cache, cache_dir, offline
         Results are cached on disk, keyed by the server and the ADQL text
         (default folder: astropy's cache dir). ``offline=True`` only reads the
-        cache and raises if the result is not there.
+        cache and raises if the result is not there. A cached result that
+        cannot be read is removed with a warning and fetched again (offline: a
+        :class:`~gaia_distances.GaiaQueryError` naming the file). Partial
+        results (``*.vot.part``) left in the folder by a killed query are
+        removed: at once when their process has exited on this host, else
+        after :data:`STALE_PART_AGE` seconds.
     timeout
-        Seconds any one network operation may take.
+        Seconds any one network operation (connection, read) may take.
+    job_timeout
+        Seconds the whole query may take, from the first submission to the
+        result, retries included (default :data:`DEFAULT_JOB_TIMEOUT`, two
+        hours; ``None``: no limit). A job still queued or executing then is
+        aborted on the server (UWS ``PHASE=ABORT``) and a
+        :class:`~gaia_distances.GaiaQueryError` names it.
     retries, backoff
         Failed attempts are retried ``retries`` times, waiting ``backoff *
-        2**k`` s.
+        2**k`` s. A job abandoned by a failed or interrupted attempt is
+        aborted on the server.
     maxrec
         TAP ``MAXREC``. A result that reached it, or that the server flags
         ``OVERFLOW``, is truncated.
@@ -220,12 +311,21 @@ def query_adql(
         ``meta["gaia_distances"]["query"]``.
     """
     if on_truncation not in ("raise", "warn"):
-        raise ValueError("on_truncation must be 'raise' or 'warn'")
+        raise ValueError(f"on_truncation must be 'raise' or 'warn'; got {on_truncation!r}")
+    for name, seconds in (("timeout", timeout), ("job_timeout", job_timeout)):
+        if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"{name} must be a positive number of seconds or None; got {seconds!r}")
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more; got {retries!r}")
+    start = time.monotonic()
+    deadline = None if job_timeout is None else start + job_timeout
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = _cache_path(adql, server, folder)
-    if cache and path.exists():
-        log.info("query result read from the cache: %s", path)
-        return _finish(path, adql, server, jobid=None, cached=True)
+    if folder.is_dir():
+        _remove_stale_parts(folder)
+    cached = _read_cached(path, adql, server, offline=offline) if cache else None
+    if cached is not None:
+        return cached
     if offline:
         raise GaiaQueryError(
             f"offline mode and no cached result for this query at {server} (cache {folder}); "
@@ -235,17 +335,28 @@ def query_adql(
     last: Exception | None = None
     jobid = None
     for attempt in range(retries + 1):
-        fd, tmp_name = tempfile.mkstemp(suffix=".vot.part", dir=folder)
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = _partial_file(path)
+        job = None
+        running = False  # a job of ours is queued or executing on the server
         try:
-            with _socket_timeout(timeout):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            with _socket_timeout(left if timeout is None else min(timeout, left or timeout)):
                 arch = archive if archive is not None else _make_archive(server, login)
                 if progress:
                     log.info("submitting Gaia archive job to %s", server)
                 job = _launch(arch, adql, tmp, maxrec)
+                running = True
                 jobid = getattr(job, "jobid", None)
-                phase = _wait(job, progress=progress)
+                phase = _wait(job, progress=progress, deadline=deadline)
+                if phase in _RUNNING_PHASES:  # the deadline came first
+                    running = False
+                    note = _abort(job, timeout)
+                    raise _Definitive(
+                        f"job {jobid} was still {phase or 'running'} after {time.monotonic() - start:.0f} s, "
+                        f"past job_timeout={job_timeout:g} s; {note}. Try again later, split the query "
+                        "(smaller cones, magnitude slices) or raise job_timeout"
+                    )
+                running = False
                 if phase != "COMPLETED":
                     detail = ""
                     with contextlib.suppress(Exception):
@@ -275,16 +386,22 @@ def query_adql(
             raise GaiaQueryError(f"{exc} [server {server}, job {jobid}]") from exc
         except Exception as exc:  # network, HTTP and parse errors from astroquery / astropy
             last = exc
-        finally:  # success, failure or Ctrl-C: leave nothing partial behind
+        finally:  # success, failure or Ctrl-C: leave nothing partial behind, here or on the server
+            if running:
+                _abort(job, timeout)
             _cleanup(tmp)
         if attempt < retries:
             wait = backoff * 2**attempt
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                break
             log.warning("Gaia query attempt %d failed (%s); retrying in %.1f s", attempt + 1, last, wait)
             time.sleep(wait)
+    out_of_time = deadline is not None and time.monotonic() + backoff >= deadline
+    limit = f" within job_timeout={job_timeout:g} s" if out_of_time and job_timeout is not None else ""
     raise GaiaQueryError(
-        f"Gaia archive query failed after {retries + 1} attempt(s) at {server} (job {jobid}): "
-        f"{type(last).__name__}: {last}. Check the server URL and your network, increase timeout=, "
-        "or use offline=True with a cached result."
+        f"Gaia archive query failed after {attempt + 1} attempt(s){limit} at {server} (job {jobid}): "
+        f"{_one_line(last) if last else 'no answer'}. Check the server URL and your network, increase "
+        "timeout= or job_timeout=, or use offline=True with a cached result."
     ) from last
 
 
@@ -308,15 +425,41 @@ def _launch(arch: Any, adql: str, tmp: Path, maxrec: int | None) -> Any:
         return launch(arch, adql, maxrec=maxrec, **kw)
 
 
-def _wait(job: Any, *, progress: bool, poll: float = 0.5) -> str:
-    phase = ""
+def _wait(job: Any, *, progress: bool, deadline: float | None = None, poll: float = 0.25) -> str:
+    """The job's final phase, or its phase when ``deadline`` (monotonic s) passes; polls from ``poll`` to 5 s apart."""
+    phase, shown = "", None
     while True:
         phase = str(job.get_phase(update=True)).strip().upper()
-        if progress:
+        if progress and phase != shown:
             log.info("job %s: %s", getattr(job, "jobid", "?"), phase)
-        if phase not in ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", ""):
+            shown = phase
+        if phase not in _RUNNING_PHASES:
             return phase
-        time.sleep(poll)
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return phase
+        time.sleep(min(poll, left))
+        poll = min(poll * 1.5, 5.0)
+
+
+def _abort(job: Any, timeout: float | None) -> str:
+    """Ask the server to abort ``job`` (UWS: POST ``PHASE=ABORT`` to its phase); say how that went."""
+    jobid = getattr(job, "jobid", None)
+    try:
+        with _socket_timeout(10.0 if timeout is None else min(timeout, 10.0)):
+            conn = getattr(job, "connHandler", None)
+            if conn is None or jobid is None:  # astroquery's Job.abort works only before the job starts
+                job.abort()
+            else:
+                response = conn.execute_tappost(f"async/{jobid}/phase", urlencode({"PHASE": "ABORT"}))
+                response.read()
+                if response.status not in (200, 303):
+                    raise OSError(f"HTTP {response.status} {response.reason}")
+    except Exception as exc:
+        log.warning("could not abort Gaia archive job %s: %s", jobid, _one_line(exc))
+        return f"asking the server to abort it failed ({_one_line(exc)})"
+    log.info("asked the server to abort Gaia archive job %s", jobid)
+    return "the server was asked to abort it"
 
 
 def _finish(path: Path, adql: str, server: str, *, jobid: Any, cached: bool, truncated: bool = False) -> QTable:
@@ -350,7 +493,7 @@ def query_field(
 ) -> QTable:
     """Every Gaia DR3 source within ``radius`` of ``centre``, with the pipeline's columns.
 
-    ``kwargs`` go to :func:`query_adql` (server, cache, timeout, ...).
+    ``kwargs`` go to :func:`query_adql` (server, cache, timeout, job_timeout, ...).
     """
     adql = cone_adql(
         centre, radius, extra_columns=extra_columns, where=where, pmra=pmra, pmdec=pmdec, centre_epoch=centre_epoch
@@ -362,7 +505,8 @@ def query_cluster(name: str, radius: u.Quantity, *, resolver: Any = None, **kwar
     """:func:`query_field` around a named object, resolved with astropy (Sesame).
 
     ``resolver`` (a callable name -> SkyCoord) replaces the name service, e.g.
-    offline. Pass ``pmra``/``pmdec`` to propagate the centre to epoch 2016.0.
+    offline. Pass ``pmra``/``pmdec`` to propagate the centre to epoch 2016.0,
+    and :func:`query_adql`'s options (``timeout``, ``job_timeout``, ...) as keywords.
     """
     try:
         centre = resolver(name) if resolver is not None else SkyCoord.from_name(name)

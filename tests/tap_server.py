@@ -2,8 +2,10 @@
 
 Endpoints under ``/tap-server/tap``: ``sync`` (POST), ``async`` (POST -> 303 to
 the job), ``async/<id>/phase``, ``async/<id>/results/result`` (gzip VOTable,
-via a 303 like the archive's), ``async/<id>/error``. It records every ADQL text
-it receives and can inject faults.
+via a 303 like the archive's), ``async/<id>/error``; a POST of ``PHASE=ABORT`` to
+``async/<id>/phase`` aborts a job (UWS) and is recorded in ``state.aborted``. It
+records every ADQL text it receives and can inject faults; fault ``"queued"``
+keeps every job QUEUED until it is aborted.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-FAULTS = ("ok", "http500", "error_phase", "error_votable", "slow", "truncated_body", "overflow", "malformed")
+FAULTS = ("ok", "http500", "error_phase", "error_votable", "slow", "truncated_body", "overflow", "malformed", "queued")
 
 
 @dataclass
@@ -25,6 +27,7 @@ class TapState:
     slow_seconds: float = 5.0
     queries: list[str] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)
+    aborted: list[str] = field(default_factory=list)
     requests: int = 0
 
 
@@ -49,6 +52,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st.requests += 1
         n = int(self.headers.get("Content-Length", 0))
         form = urllib.parse.parse_qs(self.rfile.read(n).decode())
+        parts = self.path.split("?")[0].rstrip("/").split("/")
+        if parts[-1] == "phase" and "async" in parts:  # UWS phase change: only ABORT is supported
+            jobid = parts[-2]
+            if jobid not in st.jobs or form.get("PHASE", [""])[0].upper() != "ABORT":
+                self._send(404 if jobid not in st.jobs else 400, b"cannot change the phase")
+                return
+            st.aborted.append(jobid)
+            host = self.headers.get("Host")
+            self._send(303, b"", headers={"Location": f"http://{host}/tap-server/tap/async/{jobid}"})
+            return
         query = form.get("QUERY", form.get("query", [""]))[0]
         st.queries.append(query)
         if st.fault == "http500":
@@ -81,7 +94,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if rest == "phase":
             st.jobs[jobid] += 1
-            if st.fault == "error_phase":
+            if jobid in st.aborted:
+                self._send(200, b"ABORTED")
+            elif st.fault == "queued":
+                self._send(200, b"QUEUED")
+            elif st.fault == "error_phase":
                 self._send(200, b"ERROR")
             elif st.jobs[jobid] == 1:
                 self._send(200, b"EXECUTING")  # make the client poll once

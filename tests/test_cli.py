@@ -15,6 +15,12 @@ import gaia_distances as gd
 from gaia_distances.cli import main
 from gaia_distances.io import write_table
 
+#: A small, quick cluster fit: the reference model (its programs compile fastest) and short chains. The demo
+#: and the cluster test fit the same simulated field (DEMO_FIELD) with these settings, so that, in one process,
+#: they share compiled programs.
+SMALL_FIT = ["--kinematics", "off", "--field", "edsd", "--num-warmup", "150", "--num-samples", "150"]
+DEMO_FIELD = {"n_field": 300, "n_cluster": 100, "seed": 42}
+
 
 @pytest.fixture
 def field_file(tmp_path, sim_field):
@@ -73,6 +79,32 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys):
 
 
 def test_demo_in_process(tmp_path, capsys):
+    """The whole demo on a small field with a short fit; its own files in --output-dir are replaced."""
+    (tmp_path / "demo_distances.ecsv").write_text("an earlier run's table\n")
+    size = ["--n-field", str(DEMO_FIELD["n_field"]), "--n-cluster", str(DEMO_FIELD["n_cluster"])]
+    argv = ["--json", "demo", "--output-dir", str(tmp_path), *size, "--seed", str(DEMO_FIELD["seed"]), *SMALL_FIT]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(argv)
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 400 and summary["cluster_members_simulated"] == 100
+    assert 0.5 < summary["truth_inside_68pc_interval"] < 0.85
+    assert summary["cluster_distance_pc"].endswith("(true 850)")
+    assert 800 < float(summary["cluster_distance_pc"].split()[0]) < 900
+    assert len(gd.load_table(tmp_path / "demo_distances.ecsv")) == 400  # replaced, not refused
+    assert json.loads((tmp_path / "demo_summary.json").read_text()) == summary
+    report = tmp_path / "report" / "report.md"
+    assert summary["report"] == str(report)
+    text = report.read_text()
+    for png in ("corner", "parallax_predictive", "colour_magnitude", "sky_map", "distance_posteriors"):
+        assert (tmp_path / "report" / f"{png}.png").stat().st_size > 10_000
+        assert f"]({png}.png)" in text
+
+
+@pytest.mark.slow
+def test_demo_full_size(tmp_path, capsys):
+    """The demo's default model (proper motions, flexible field) and fit size on 1 000 stars."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code = main(["--json", "demo", "--output-dir", str(tmp_path), "--n-field", "800", "--n-cluster", "200"])
@@ -99,14 +131,23 @@ def test_console_script(tmp_path, field_file):
     )
     assert res.returncode == 0, res.stderr
     assert len(gd.load_table(out)) == 400
-    res = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
-    assert "mas" in res.stdout and "pc" in res.stdout
+    assert json.loads(res.stdout)["rows"] == 400  # standard output holds the summary alone
+
+
+def test_help_names_units_and_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "mas" in text and "pc" in text and "--overwrite" in text
     for sub in ("query", "zeropoint", "estimate", "cluster", "report", "demo"):
-        assert sub in res.stdout
+        assert sub in text
 
 
 def test_cluster_subcommand(tmp_path, capsys):
-    t = gd.simulate_field(800, n_cluster=250, seed=9)
+    """cluster --apply-zeropoint --save-posterior, then report, on the demo's field (the demo's simulation)."""
+    n, n_cluster, seed = DEMO_FIELD["n_field"], DEMO_FIELD["n_cluster"], DEMO_FIELD["seed"]
+    t = gd.simulate_field(n, n_cluster=n_cluster, magnitude_limit=20.7, frac_2p=0.01, seed=seed)
     src = tmp_path / "field.fits"
     write_table(t, src)
     out = tmp_path / "fit.ecsv"
@@ -118,18 +159,11 @@ def test_cluster_subcommand(tmp_path, capsys):
             str(src),
             "-o",
             str(out),
-            "--zero-point",
-            "parallax_zeropoint_true",
-            "--num-samples",
-            "300",
+            "--apply-zeropoint",
             "--save-posterior",
             str(post),
-            "--physical-prior",
-            # the parallax-only path here; the demo test runs the kinematic one through the CLI
-            "--kinematics",
-            "off",
-            "--field",
-            "edsd",
+            # the parallax-only path (the kinematic one: test_cluster_passes_kinematics_and_field, test_demo_full_size)
+            *SMALL_FIT,
         ]
     )
     assert code == 0
@@ -137,7 +171,7 @@ def test_cluster_subcommand(tmp_path, capsys):
     assert 800 < summary["D_mean"] < 900
     assert post.exists()
     back = gd.load_table(out)
-    assert "membership_prob" in back.colnames and len(back) == 1050
+    assert "membership_prob" in back.colnames and len(back) == 400
     # report: from the written table and posterior, and from the table alone
     assert (
         main(["--json", "report", str(out), "-o", str(tmp_path / "rep"), "--posterior", str(post), "--truth", "D=850"])
@@ -188,6 +222,7 @@ class _RecordedFit:
     ],
 )
 def test_cluster_passes_kinematics_and_field(tmp_path, field_file, monkeypatch, capsys, options, kinematics, field):
+    """The options reach fit_cluster as its keywords (the fits themselves are tested in test_cluster)."""
     calls = []
 
     def fake_fit_cluster(table, **kwargs):
@@ -205,6 +240,26 @@ def test_cluster_passes_kinematics_and_field(tmp_path, field_file, monkeypatch, 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["field"] == field and summary["kinematics"] is (kinematics is True)
     assert out.exists()
+
+
+def test_cluster_passes_prior_zero_point_and_fit_size(tmp_path, field_file, monkeypatch):
+    calls = []
+
+    def fake_fit_cluster(table, **kwargs):
+        calls.append(kwargs)
+        return _RecordedFit(table, kinematic=False)
+
+    monkeypatch.setattr(gd, "fit_cluster", fake_fit_cluster)
+    base = ["--quiet", "cluster", str(field_file), "-o", str(tmp_path / "fit.ecsv"), "--overwrite"]
+    size = ["--num-warmup", "50", "--num-samples", "60", "--num-chains", "3", "--distance-hint", "850"]
+    assert main([*base, "--zero-point", "parallax_zeropoint_true", "--physical-prior", *size]) == 0
+    assert main([*base, "--zero-point", "-0.017", "--parallax-limits", "0.2", "3"]) == 0
+    first, second = calls
+    assert first["zero_point"] == "parallax_zeropoint_true" and second["zero_point"] == -0.017
+    assert first["prior"] == gd.ClusterPriors.physical() and second["prior"] == gd.ClusterPriors()
+    assert (first["num_warmup"], first["num_samples"], first["num_chains"]) == (50, 60, 3)
+    assert first["distance_hint"] == 850.0 and second["parallax_limits"] == (0.2, 3.0)
+    assert second["num_samples"] is None  # fit_cluster's defaults
 
 
 def test_cluster_rejects_unknown_kinematics_and_field(tmp_path, field_file, capsys):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import socket
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -274,3 +278,89 @@ def test_sync_queries_through_astroquery_against_the_local_server(server):
     raw = archive.launch_job("SELECT TOP 2 * FROM gaiadr3.gaia_source").get_results()
     t = gd.load_table(raw)
     assert len(t) == 2 and "source_id" in t.colnames and t["parallax"].unit == u.mas
+
+
+def test_issue12_item12_queued_job_is_aborted_at_job_timeout(server, tmp_path):
+    """A job the server keeps QUEUED ends at job_timeout: aborted on the server, named in the error."""
+    server.state.fault = "queued"
+    t0 = time.monotonic()
+    with pytest.raises(gd.GaiaQueryError, match=r"still QUEUED after \d+ s, past job_timeout=1 s") as err:
+        query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server, job_timeout=1.0, retries=2))
+    assert time.monotonic() - t0 < 5
+    assert len(server.state.jobs) == 1  # no retry of a job that ran out of time
+    (jobid,) = server.state.jobs
+    assert server.state.aborted == [jobid]
+    assert f"job {jobid}" in str(err.value) and "abort" in str(err.value) and server.url in str(err.value)
+    assert _no_files(tmp_path)
+
+
+def test_issue12_item12_job_timeout_passes_through_query_field_and_is_validated(server, tmp_path):
+    server.state.fault = "queued"
+    with pytest.raises(gd.GaiaQueryError, match="job_timeout=0.5 s"):
+        query.query_field(SkyCoord(1.0, 2.0, unit="deg"), 0.1 * u.deg, **_kw(tmp_path, server, job_timeout=0.5))
+    assert len(server.state.aborted) == 1
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="job_timeout"):
+            query.query_adql("SELECT 1", **_kw(tmp_path, server, job_timeout=bad))
+    with pytest.raises(ValueError, match="timeout"):
+        query.query_adql("SELECT 1", **_kw(tmp_path, server, timeout=0))
+
+
+def test_issue12_item12_cli_query_job_timeout(server, tmp_path, capsys):
+    server.state.fault = "queued"
+    argv = ["query", "--ra", "1", "--dec", "2", "--radius", "0.1", "--tap-url", server.url, "--retries", "0"]
+    argv += ["-o", str(tmp_path / "x.fits"), "--timeout", "5", "--job-timeout", "1", "--no-cache"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "job_timeout=1 s" in err[0] and server.state.aborted[0] in err[0]
+    assert not (tmp_path / "x.fits").exists()
+
+
+def _part(folder, writer, age_s=0.0):
+    path = folder / f"{'0' * 32}~{writer}~abcd.vot.part"
+    path.write_bytes(b"<VOTABLE")
+    if age_s:
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return path
+
+
+def test_issue12_item12_stale_partial_files_are_removed_when_the_cache_is_used(server, tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
+    dead = _part(folder, f"{host}~{ended.pid}")  # its writer was killed / has exited
+    live = _part(folder, f"{host}~{os.getpid()}")  # a query running in this process
+    other_host = _part(folder, f"elsewhere.example~{ended.pid}")  # cannot tell: kept until old
+    old = _part(folder, "elsewhere.example~1", age_s=2 * query.STALE_PART_AGE)
+    untagged_old = folder / "tmpx1y2.vot.part.gz"  # an earlier version's name
+    untagged_old.write_bytes(b"")
+    os.utime(untagged_old, (0, 0))
+    query.query_adql("SELECT 1", **_kw(tmp_path, server))
+    assert not dead.exists() and not old.exists() and not untagged_old.exists()
+    assert live.exists() and other_host.exists()
+    # the cache's own file is untouched, and reading it cleans too
+    dead2 = _part(folder, f"{host}~{ended.pid}")
+    assert query.query_adql("SELECT 1", **_kw(tmp_path, server, offline=True)).meta["gaia_distances"]["query"][
+        "from_cache"
+    ]
+    assert not dead2.exists()
+
+
+@pytest.mark.parametrize("damage", [b"", b"<?xml version='1.0'?><VOTABLE><RESOURCE><TABLE>"])
+def test_issue13_item13_corrupt_cache_entry_is_discarded_and_fetched_again(server, tmp_path, damage):
+    adql = "SELECT * FROM gaiadr3.gaia_source WHERE 2=2"
+    query.query_adql(adql, **_kw(tmp_path, server))
+    (entry,) = (tmp_path / "cache").glob("*.vot")
+    entry.write_bytes(damage)
+    with pytest.raises(gd.GaiaQueryError, match="cannot be read") as err:
+        query.query_adql(adql, **_kw(tmp_path, server, offline=True))
+    assert str(entry) in str(err.value)
+    n = len(server.state.jobs)
+    with pytest.warns(gd.GaiaDistancesWarning, match="discarding the unreadable cached query result") as rec:
+        t = query.query_adql(adql, **_kw(tmp_path, server))
+    assert str(entry) in str(rec[0].message)
+    assert len(t) == 2 and len(server.state.jobs) == n + 1
+    assert t.meta["gaia_distances"]["query"]["from_cache"] is False
+    assert len(query.query_adql(adql, **_kw(tmp_path, server, offline=True))) == 2  # the new entry reads

@@ -1,0 +1,249 @@
+"""The ``gaia-distances`` command line's grammar: subcommands, options and validated option types.
+
+Numeric options are checked as they are parsed: a count that must be
+positive, a length or a time that must be positive and finite; a bad value is
+argparse's usage error (exit status 2) naming the option. ``--quiet``,
+``--json`` and ``-v`` are accepted before and after the subcommand.
+:mod:`gaia_distances.cli` runs the subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "KINEMATICS_CHOICES",
+    "build_parser",
+    "finite_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+]
+
+#: ``cluster --kinematics`` -> ``fit_cluster(kinematics=...)``.
+KINEMATICS_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
+
+def _number(kind: Callable[[str], Any], test: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)``, finite, passing ``test``; else argparse's error (exit 2)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+        return value
+
+    convert.__name__ = what  # argparse names the type in some messages
+    return convert
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+finite_float = _number(float, lambda v: True, "a finite number")
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Add ``--quiet``, ``--json`` and ``-v``, with ``default``.
+
+    The main parser has them with ``default=False``; every subcommand with
+    ``default=argparse.SUPPRESS``, so that a subcommand sets only those given
+    after it and leaves those given before it alone.
+    """
+    parser.add_argument(
+        "--quiet", action="store_true", default=default, help="no progress bars or printed summary (warnings show)"
+    )
+    parser.add_argument("--json", action="store_true", default=default, help="print the summary as strict JSON")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log progress at INFO level, with the messages and warnings of numpyro, jax and astroquery",
+    )
+
+
+def _overwrite_option(parser: argparse.ArgumentParser, what: str = "the output files") -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} if they exist (default: refuse)")
+
+
+def _fit_size_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-warmup", type=positive_int, default=None, help="NUTS warm-up steps per chain")
+    parser.add_argument("--num-samples", type=positive_int, default=None, help="NUTS draws per chain")
+    parser.add_argument("--num-chains", type=positive_int, default=None, help="NUTS chains")
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kinematics",
+        choices=list(KINEMATICS_CHOICES),
+        default="auto",
+        help="fit proper motions too: auto (default) when pmra, pmdec, pmra_error and pmdec_error are in the "
+        "table; on: require them; off: parallaxes only",
+    )
+    parser.add_argument(
+        "--field",
+        choices=["flexible", "edsd"],
+        default="flexible",
+        help="field distance model: flexible (default), a smooth mixture of log-normal distance bins; edsd, "
+        "the exponentially decreasing space density (reference model, one length scale L)",
+    )
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The parser of ``gaia-distances`` and its subcommands (``args.command`` names the one given)."""
+    p = argparse.ArgumentParser(
+        prog="gaia-distances",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(p, False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    q = add("query", help="query a Gaia DR3 cone from the archive (async TAP job, cached)")
+    q.add_argument("--name", default=None, help="object name resolved with astropy (Sesame), e.g. M67")
+    q.add_argument("--ra", type=finite_float, default=None, help="cone centre RA (deg, ICRS)")
+    q.add_argument("--dec", type=finite_float, default=None, help="cone centre Dec (deg, ICRS)")
+    q.add_argument("--radius", type=positive_float, required=True, help="cone radius (deg)")
+    q.add_argument("--pmra", type=finite_float, default=None, help="centre proper motion (mas/yr): propagate to 2016.0")
+    q.add_argument("--pmdec", type=finite_float, default=None, help="centre proper motion (mas/yr)")
+    q.add_argument("-o", "--output", required=True, help="output table (format from extension)")
+    _overwrite_option(q, "the output table")
+    q.add_argument("--tap-url", default="https://gea.esac.esa.int/", help="TAP server root")
+    q.add_argument("--no-cache", action="store_true", help="do not read or write the query cache")
+    q.add_argument("--offline", action="store_true", help="use only the cache")
+    q.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per network operation")
+    q.add_argument(
+        "--job-timeout",
+        type=positive_float,
+        default=None,
+        help="seconds the whole query may take, retries included; a job still queued or executing then is "
+        "aborted on the server (default: query_adql's, two hours)",
+    )
+    q.add_argument("--retries", type=non_negative_int, default=2, help="retries of a failed attempt (default: 2)")
+
+    z = add("zeropoint", help="add Lindegren et al. (2021) parallax zero points")
+    z.add_argument("input", help="input table (format from extension)")
+    z.add_argument("-o", "--output", required=True, help="output table")
+    _overwrite_option(z, "the output table")
+    z.add_argument(
+        "--fallback",
+        type=finite_float,
+        default=None,
+        help="zero point (mas) where the recipe cannot be applied; e.g. -0.017",
+    )
+    z.add_argument(
+        "--approximate-missing", action="store_true", help="approximate a missing nu_eff_used_in_astrometry from bp_rp"
+    )
+
+    e = add("estimate", help="per-star distance posteriors (pc)")
+    e.add_argument("input", help="input table (format from extension)")
+    e.add_argument("-o", "--output", required=True, help="output table")
+    _overwrite_option(e, "the output table")
+    e.add_argument(
+        "--prior",
+        choices=["edsd", "ggd", "uniform"],
+        default="edsd",
+        help="edsd: r^2 exp(-r/L); ggd: Bailer-Jones 2021 per-HEALPix table; uniform: r^2 to r_max",
+    )
+    e.add_argument("--length-scale", type=positive_float, default=1350.0, help="EDSD length scale L (pc)")
+    e.add_argument("--r-max", type=positive_float, default=1e5, help="uniform-density prior limit (pc)")
+    e.add_argument("--prior-table", default=None, help="local Bailer-Jones 2021 prior_summary.csv")
+    e.add_argument("--method", choices=["quadrature", "nuts"], default="quadrature")
+    e.add_argument(
+        "--zero-point",
+        default=None,
+        help="zero point in mas (subtracted from parallax) or a column name; default: use parallax_corrected",
+    )
+    e.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step first")
+    e.add_argument("--fallback", type=finite_float, default=None, help="with --apply-zeropoint: fallback (mas)")
+    e.add_argument("--p05-p95", action="store_true", help="also write 5th and 95th percentiles")
+    e.add_argument("--seed", type=int, default=0, help="random seed (method nuts)")
+
+    c = add(
+        "cluster",
+        help="fit a cluster (Gaussian in ln r, with proper motions where present) over a field",
+        description="Fit a cluster, Gaussian in ln r, over a field population: distances from the parallaxes "
+        "and, with --kinematics, the cluster's mean proper motion and velocity dispersion against a mixture "
+        "of field proper motions. Writes membership_prob and cluster_distance_* per row.",
+    )
+    c.add_argument("input", help="input table (format from extension)")
+    c.add_argument("-o", "--output", required=True, help="output table with membership_prob, cluster_distance_*")
+    _overwrite_option(c, "the output table and the --save-posterior file")
+    c.add_argument(
+        "--method",
+        choices=["marginal", "joint"],
+        default="marginal",
+        help="marginal: distances integrated out (fast); joint: one latent distance per star",
+    )
+    _model_options(c)
+    c.add_argument("--save-posterior", default=None, help="write the posterior (arviz netCDF) here")
+    c.add_argument("--zero-point", default=None, help="zero point in mas or a column name")
+    c.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step first")
+    c.add_argument("--fallback", type=finite_float, default=None, help="with --apply-zeropoint: fallback (mas)")
+    c.add_argument(
+        "--parallax-limits",
+        type=finite_float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="fit only stars with LO < parallax < HI (mas)",
+    )
+    c.add_argument("--distance-hint", type=positive_float, default=None, help="rough cluster distance (pc)")
+    c.add_argument(
+        "--physical-prior",
+        "--physical-priors",
+        dest="physical_prior",
+        action="store_true",
+        help="prior on the cluster's size in pc (robust for small clusters in big fields)",
+    )
+    _fit_size_options(c)
+    c.add_argument("--seed", type=int, default=0)
+
+    r = add(
+        "report",
+        help="figures (PNG) and report.md for a table from estimate or cluster",
+        description="Colour-magnitude diagram (absolute G from the posterior distance, no extinction), "
+        "sky map and distance posteriors for any table with distances; with --posterior (the netCDF "
+        "of `cluster --save-posterior`) also the corner plot, the parallax predictive check, the "
+        "summary table and the sampler diagnostics. Needs the plot extra.",
+    )
+    r.add_argument("input", help="table written by estimate or cluster (format from extension)")
+    r.add_argument("-o", "--output-dir", required=True, help="directory for report.md and the PNGs")
+    _overwrite_option(r, "report.md and the figures of an earlier report in --output-dir")
+    r.add_argument("--posterior", default=None, help="netCDF posterior of the cluster fit (cluster --save-posterior)")
+    r.add_argument(
+        "--truth",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="known value for the corner plot, e.g. D=850",
+    )
+    r.add_argument("--title", default="gaia_distances report")
+
+    d = add(
+        "demo",
+        help="simulate a Gaia field and run the pipeline (no network)",
+        description="Simulate a Gaia field with a cluster, then run zeropoint, estimate, cluster and report on "
+        "it. The files in --output-dir (demo_*.ecsv, demo_summary.json, report/) are the demo's own and are "
+        "replaced on every run. --n-field, --n-cluster and the fit size options make a quick small demo.",
+    )
+    d.add_argument("--output-dir", default="gaia_distances_demo", help="where to write results (replaced)")
+    d.add_argument("--n-field", type=non_negative_int, default=20000, help="simulated field stars")
+    d.add_argument("--n-cluster", type=non_negative_int, default=1500, help="simulated cluster members")
+    _model_options(d)
+    _fit_size_options(d)
+    d.add_argument("--seed", type=int, default=42)
+    return p
+    return p
