@@ -16,6 +16,7 @@ with Gaia-like errors and correlations.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any
 
@@ -40,6 +41,8 @@ from gaia_distances.core.astrometry import (
     proper_motion_from_velocity,
 )
 from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.offset_field import draw_offset_field
+from gaia_distances.systematics import SystematicsSpec, resolve_systematics
 from gaia_distances.zeropoint import load_recipe, nu_eff_from_bp_rp
 
 __all__ = ["parallax_error_dr3", "simulate_field"]
@@ -128,6 +131,7 @@ def simulate_field(
     errors_independent_of_distance: bool = False,
     cluster_velocity: tuple[float, float, float] | u.Quantity = M67_VELOCITY_KMS,
     cluster_velocity_dispersion: float = 0.7,
+    parallax_systematics: SystematicsSpec = None,
     seed: int = 0,
 ) -> QTable:
     """Simulate a Gaia DR3 field, optionally with a cluster, with known truth.
@@ -169,6 +173,15 @@ def simulate_field(
     cluster_velocity_dispersion
         Isotropic internal velocity dispersion of the members, km/s per
         component (default 0.7).
+    parallax_systematics
+        ``None`` (default): none. Else a kernel name (``"lindegren2021"``,
+        ``"vasiliev2021"``, ``"maiz-apellaniz2021"``) or a callable
+        ``V(theta_deg) -> mas^2``: one realisation of Gaia's angularly
+        correlated parallax offsets, a Gaussian field with covariance
+        ``V(theta)`` over the stars' positions
+        (:func:`~gaia_distances.core.offset_field.draw_offset_field`), is added
+        to the observed parallaxes. It is drawn after every other column, so
+        the other columns equal those of the same seed without it.
     seed
         Random seed; equal seeds give equal tables.
 
@@ -180,11 +193,22 @@ def simulate_field(
         pmra_pmdec_corr, phot_g_mean_mag, bp_rp, nu_eff_used_in_astrometry,
         pseudocolour, ecl_lat, astrometric_params_solved, ruwe) and the truth:
         ``r_true`` [pc], ``is_member``, ``parallax_zeropoint_true`` [mas],
-        ``pmra_true`` and ``pmdec_true`` [mas/yr]. ``table.meta`` records the
+        ``pmra_true`` and ``pmdec_true`` [mas/yr], and with
+        ``parallax_systematics`` the offset added to each star,
+        ``true_parallax_offset`` [mas]. ``table.meta`` records the
         inputs and the cluster's true mean proper motion at ``centre`` and
         ``cluster_distance`` (``cluster_pmra``, ``cluster_pmdec``, mas/yr) and
         internal dispersion (``cluster_sigma_v`` in km/s, ``cluster_sigma_pm``
-        in mas/yr at ``cluster_distance``).
+        in mas/yr at ``cluster_distance``), the systematics kernel
+        (``parallax_systematics``) and the realised offsets' means over all
+        stars and over the members (``parallax_offset_mean_mas``,
+        ``parallax_offset_members_mean_mas``).
+
+    Raises
+    ------
+    ValueError
+        For a negative or non-integer ``n_field`` or ``n_cluster``, none at
+        all, or an unknown ``parallax_systematics``.
 
     Notes
     -----
@@ -219,6 +243,16 @@ def simulate_field(
     """
     from gaia_distances.priors import EDSD
 
+    for name, size in (("n_field", n_field), ("n_cluster", n_cluster)):
+        try:
+            ok_size = not isinstance(size, bool) and operator.index(size) >= 0
+        except TypeError:
+            ok_size = False
+        if not ok_size:
+            raise ValueError(f"simulate_field: {name} must be an integer >= 0, got {size!r}")
+    if n_field + n_cluster == 0:
+        raise ValueError("simulate_field needs n_field + n_cluster > 0")
+    kernel = resolve_systematics(parallax_systematics)
     rng = np.random.default_rng(seed)
     prior = EDSD() if field_prior is None else field_prior
     if not isinstance(centre, SkyCoord):
@@ -243,8 +277,6 @@ def simulate_field(
         if n:
             cols = [np.concatenate(x) for x in zip(*got)]
             parts.append((is_member, cols[0], cols[1], cols[2], cols[3]))
-    if not parts:
-        raise ValueError("simulate_field needs n_field + n_cluster > 0")
 
     r = np.concatenate([p[1] for p in parts])
     mg = np.concatenate([p[2] for p in parts])
@@ -306,11 +338,19 @@ def simulate_field(
     pm[:, ~ok] = np.nan
 
     source_id = _source_ids(rng, sky)
+    ruwe = np.exp(rng.normal(0.0, 0.08, n)) * 1.0
+    order = rng.permutation(n)
+    # drawn last from the main stream, so that every other column keeps its values for a seed
+    offset = None if kernel is None else draw_offset_field(ra, dec, kernel, rng)
+    if offset is not None:
+        plx = plx + offset
     t = QTable(meta={"description": "simulated Gaia DR3 field (gaia_distances.simulate_field)"})
     t["source_id"] = source_id
     add_column(t, "ra", sky.ra.deg, unit=u.deg, description="Right ascension (ICRS, epoch 2016.0)")
     add_column(t, "dec", sky.dec.deg, unit=u.deg, description="Declination (ICRS, epoch 2016.0)")
-    add_column(t, "parallax", plx, unit=u.mas, description="Simulated parallax, zero point included")
+    added = "zero point" if kernel is None else "zero point and correlated offset"
+    plx_description = f"Simulated parallax, {added} included"
+    add_column(t, "parallax", plx, unit=u.mas, description=plx_description)
     add_column(t, "parallax_error", err, unit=u.mas, description="Parallax standard error")
     add_column(t, "pmra", pm[0], unit=u.mas / u.yr, description="Proper motion in RA*cos(dec)")
     add_column(t, "pmdec", pm[1], unit=u.mas / u.yr, description="Proper motion in Dec")
@@ -324,13 +364,16 @@ def simulate_field(
     add_column(t, "pseudocolour", pc_col, unit=u.um**-1, description="Pseudocolour (6p)")
     add_column(t, "ecl_lat", ecl_lat, unit=u.deg, description="Ecliptic latitude")
     t["astrometric_params_solved"] = sol.astype(np.int16)
-    add_column(t, "ruwe", np.exp(rng.normal(0.0, 0.08, n)) * 1.0, description="Renormalised unit weight error")
+    add_column(t, "ruwe", ruwe, description="Renormalised unit weight error")
     add_column(t, "r_true", r, unit=u.pc, description="True distance (simulation)")
     t["is_member"] = member
     add_column(t, "parallax_zeropoint_true", zp, unit=u.mas, description="True zero point added (simulation)")
     add_column(t, "pmra_true", pm_true[0], unit=u.mas / u.yr, description="True pmra (simulation)")
     add_column(t, "pmdec_true", pm_true[1], unit=u.mas / u.yr, description="True pmdec (simulation)")
-    order = rng.permutation(n)
+    if offset is not None:
+        add_column(
+            t, "true_parallax_offset", offset, unit=u.mas, description="Correlated parallax offset added (simulation)"
+        )
     pm_cl = proper_motion_from_velocity(centre.ra.deg, centre.dec.deg, 1000.0 / cluster_distance, v_cl)
     t = t[order]
     update_provenance(
@@ -355,10 +398,20 @@ def simulate_field(
                 "z_sun_pc": Z_SUN_PC,
                 "populations": [{"fraction": f, "sigma_kms": list(sd)} for f, sd in DISC_POPULATIONS],
             },
+            "parallax_systematics": None if kernel is None else kernel.name,
+            **_offset_means(offset, member),
             "seed": seed,
         },
     )
     return t
+
+
+def _offset_means(offset: np.ndarray | None, member: np.ndarray) -> dict[str, float | None]:
+    """The realised parallax offsets' means over all stars and over the members (mas), for the truth meta."""
+    if offset is None:
+        return {}
+    members = float(np.mean(offset[member])) if np.any(member) else None
+    return {"parallax_offset_mean_mas": float(np.mean(offset)), "parallax_offset_members_mean_mas": members}
 
 
 def _source_ids(rng: np.random.Generator, sky: SkyCoord) -> np.ndarray:

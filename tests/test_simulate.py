@@ -54,3 +54,44 @@ def test_magnitude_limit_and_field_distances():
     assert np.all(t["phot_g_mean_mag"].value < 19.0) and len(t) == 4000
     t = gd.simulate_field(20000, field_prior=gd.EDSD(800.0), magnitude_limit=None, seed=3)
     assert np.mean(t["r_true"].value) == pytest.approx(3 * 800.0, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"n_field": -5}, "n_field"), ({"n_field": 10, "n_cluster": -3}, "n_cluster"), ({"n_field": 2.5}, "n_field")],
+)
+def test_issue13_item13_negative_sizes_raise_value_error_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        gd.simulate_field(**kwargs)
+
+
+def test_parallax_systematics_none_keeps_every_column_of_a_seed():
+    """Values of simulate_field(300, n_cluster=50, seed=4) before the option existed."""
+    t = gd.simulate_field(300, n_cluster=50, seed=4, parallax_systematics=None)
+    assert "true_parallax_offset" not in t.colnames
+    assert np.asarray(t["source_id"][:3]).tolist() == [598888934598739285, 604892748774866872, 604908417159191378]
+    np.testing.assert_allclose(t["r_true"].value[:3], [4300.2796508093825, 1850.7683021951161, 857.9825648848318])
+    np.testing.assert_allclose(t["ruwe"][:3], [1.0560126441440458, 1.1312736315371528, 1.0880656363654344])
+    np.testing.assert_allclose(t["parallax"].value[:3], [0.2709021844584728, 0.5023047609221071, 1.1158001046656416])
+    np.testing.assert_allclose(
+        t["parallax_error"].value[:3], [0.07500591568005723, 0.05471267782836165, 0.0585006529050115]
+    )
+
+
+def test_parallax_systematics_adds_one_correlated_offset_field_and_records_it():
+    plain = gd.simulate_field(300, n_cluster=50, seed=4)
+    t = gd.simulate_field(300, n_cluster=50, seed=4, parallax_systematics="lindegren2021")
+    off = t["true_parallax_offset"].to_value("mas")
+    for c in plain.colnames:  # drawn last: every other column is the same
+        if c != "parallax":
+            np.testing.assert_array_equal(np.asarray(plain[c]), np.asarray(t[c]))
+    np.testing.assert_allclose(t["parallax"].value, plain["parallax"].value + off, atol=1e-15)
+    truth = t.meta["gaia_distances"]["simulation"]
+    assert truth["parallax_systematics"] == "lindegren2021"
+    assert truth["parallax_offset_mean_mas"] == pytest.approx(np.mean(off))
+    assert truth["parallax_offset_members_mean_mas"] == pytest.approx(np.mean(off[np.asarray(t["is_member"])]))
+    # within 0.5 deg the Lindegren field is ~97 % one shared offset of sd 11.9 uas: stars scatter ~2 uas about it
+    assert np.std(off) < 0.004 and abs(np.mean(off)) < 5 * 0.0119
+    assert plain.meta["gaia_distances"]["simulation"]["parallax_systematics"] is None
+    with pytest.raises(ValueError, match="valid names"):
+        gd.simulate_field(10, parallax_systematics="lindegren")
