@@ -68,15 +68,16 @@ def main() -> None:
         t = gd.apply_zeropoint(t, fallback=0.0)
 
     rows = []
-    fit_m = gd.fit_cluster(t, parallax_limits=(0.2, 3.0), seed=args.seed)
+    fit_m = gd.fit_cluster(t, parallax_limits=(0.2, 3.0), truncate=False, seed=args.seed)
     rows.append(_row(fit_m, "marginal, default settings (first call: compilation included)"))
-    fit_m2 = gd.fit_cluster(t, parallax_limits=(0.2, 3.0), seed=args.seed + 1)
+    fit_m2 = gd.fit_cluster(t, parallax_limits=(0.2, 3.0), truncate=False, seed=args.seed + 1)
     rows.append(_row(fit_m2, "marginal, default settings (second call, compiled)"))
     fit_j = None
     if not args.skip_joint:
         fit_j = gd.fit_cluster(
             t,
             parallax_limits=(0.2, 3.0),
+            truncate=False,
             method="joint",
             num_warmup=2000,
             num_samples=4000,

@@ -310,6 +310,7 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
         prior=prior,
         zero_point=zp,
         parallax_limits=limits,
+        truncate=not args.no_truncate,
         distance_hint=args.distance_hint,
         num_warmup=args.num_warmup,
         num_samples=args.num_samples,

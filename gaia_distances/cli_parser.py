@@ -198,7 +198,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         nargs=2,
         metavar=("LO", "HI"),
         default=None,
-        help="fit only stars with LO < parallax < HI (mas)",
+        help="fit only stars with LO < parallax < HI (mas); the likelihood models the cut",
+    )
+    c.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="cut by --parallax-limits without modelling the cut (the reference analysis; biased)",
     )
     c.add_argument("--distance-hint", type=positive_float, default=None, help="rough cluster distance (pc)")
     c.add_argument(

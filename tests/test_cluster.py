@@ -281,6 +281,7 @@ def test_joint_reference_settings_reproduce_m67(m67, m67_fit):
         kinematics=False,
         field="edsd",
         parallax_limits=(0.2, 3.0),
+        truncate=False,
         method="joint",
         num_warmup=2000,
         num_samples=4000,

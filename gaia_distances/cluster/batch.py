@@ -89,6 +89,7 @@ def fit_clusters(
     field: str = "flexible",
     zero_point: float | str | None = None,
     parallax_limits: tuple[float, float] | None = None,
+    truncate: bool = True,
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
@@ -116,7 +117,7 @@ def fit_clusters(
     group_by
         The cluster-name column of a single table. Rows with a missing name
         are kept, flagged ``NOT_FITTED``.
-    prior, kinematics, field, zero_point, parallax_limits
+    prior, kinematics, field, zero_point, parallax_limits, truncate
         As in :func:`~gaia_distances.fit_cluster`, the same for every
         cluster; under ``kinematics="auto"`` proper motions are used only when
         every table has them.
@@ -171,7 +172,12 @@ def fit_clusters(
     for i, (name, part) in enumerate(zip(names, parts)):
         try:
             selected[i] = select_stars(
-                part, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=use_pm, step="fit_clusters"
+                part,
+                zero_point=zero_point,
+                parallax_limits=parallax_limits,
+                kinematics=use_pm,
+                truncate=truncate,
+                step="fit_clusters",
             )
         except GaiaDistancesError as exc:
             errors[name] = str(exc)
@@ -192,6 +198,7 @@ def fit_clusters(
         record = {
             "zero_point_arg": zero_point_record(zero_point),
             "parallax_limits": parallax_limits,
+            "truncate": bool(truncate and parallax_limits is not None),
             "batched_clusters": len(order),
         }
         for b, i in enumerate(order):

@@ -35,6 +35,18 @@ def checked_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:
 def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, float], n_stars: int) -> list[str]:
     """Problems of the model fit itself (not of the sampler), from the population draws (chains, draws)."""
     problems = []
+    degenerate = []
+    for name in checked_parameters(posterior):
+        x = np.asarray(posterior[name], float)
+        finite = x[np.isfinite(x)]
+        if finite.size < x.size or finite.size == 0 or np.ptp(finite) <= 1e-12 * max(abs(float(finite[0])), 1e-300):
+            degenerate.append(f"{name} = {float(finite[0]) if finite.size else math.nan:.3g}")
+    if degenerate:
+        problems.append(
+            "degenerate posterior (every draw the same, or not finite): "
+            + ", ".join(degenerate)
+            + "; a parameter collapsed to a bound or the sampler never moved, so the fit is not usable"
+        )
     log_d = np.log(posterior["D"])
     d_chain = log_d.mean(axis=1)
     if len(d_chain) > 1 and np.ptp(d_chain) > 5 * max(float(log_d.std()), 1e-12) and r_hat["D"] > RHAT_MAX:

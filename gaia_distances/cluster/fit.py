@@ -73,6 +73,7 @@ def fit_cluster(
     field: str = "flexible",
     zero_point: float | str | None = None,
     parallax_limits: tuple[float, float] | None = None,
+    truncate: bool = True,
     distance_hint: float | None = None,
     num_warmup: int | None = None,
     num_samples: int | None = None,
@@ -121,6 +122,13 @@ def fit_cluster(
         ``(lo, hi)`` in mas: fit only stars whose catalogue ``parallax`` lies
         strictly inside (the reference uses ``(0.2, 3.0)``); others are kept
         in the table, flagged and given NaN results.
+    truncate
+        Model the ``parallax_limits`` cut (default): each component's
+        likelihood is that of stars that passed it, so the cut field is not
+        mistaken for a cluster, and ``Q`` is the cluster's fraction of the
+        fitted stars (:mod:`~gaia_distances.core.selection`). ``False`` cuts
+        without renormalising, as the reference analysis did (needed to
+        reproduce its M67 numbers, and by ``method="joint"``).
     distance_hint
         A rough cluster distance (pc) to start the sampler near.
     num_warmup, num_samples, num_chains
@@ -155,8 +163,15 @@ def fit_cluster(
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if field not in FIELDS:
         raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+    if method == "joint" and parallax_limits is not None and truncate:
+        raise ValueError(
+            "method='joint' does not model a parallax cut: pass truncate=False to cut as the reference "
+            "analysis did, or use method='marginal'"
+        )
     show = method == "joint" if progress is None else bool(progress)
-    sel = select_stars(table, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=kinematics)
+    sel = select_stars(
+        table, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=kinematics, truncate=truncate
+    )
     model = ClusterModel(prior, field, sel.stars.kinematic)
     settings = nuts_settings(
         method if method == "joint" or model.is_reference else "extended",
@@ -194,7 +209,11 @@ def fit_cluster(
         prior=spec,
         method=method,
         search_problems=start.problems,
-        record={"zero_point_arg": zero_point_record(zero_point), "parallax_limits": parallax_limits},
+        record={
+            "zero_point_arg": zero_point_record(zero_point),
+            "parallax_limits": parallax_limits,
+            "truncate": bool(truncate and parallax_limits is not None),
+        },
         settings=settings,
         seed=seed,
         n_per_star=(n_membership_draws, n_quantile_draws),

@@ -15,6 +15,7 @@ from astropy.table import QTable, Table
 from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
 from gaia_distances.cluster.stars import FittedStars, select_stars
 from gaia_distances.columns import META_KEY
+from gaia_distances.core.diagnostics import finite_or_nan
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import (
     ClusterModel,
@@ -114,10 +115,12 @@ def _ess_rhat(x: np.ndarray) -> tuple[float, float, float]:
     """Bulk ESS, tail ESS and rank-normalised split R-hat of draws (chains, draws)."""
     import arviz as az
 
-    if x.shape[1] <= 3:
+    if x.shape[1] <= 3 or not np.all(np.isfinite(x)):
         return math.nan, math.nan, math.nan
-    rhat = float(az.rhat(x)) if x.shape[0] > 1 else math.nan
-    return float(az.ess(x, method="bulk")), float(az.ess(x, method="tail")), rhat
+    with np.errstate(all="ignore"):  # constant draws give NaN, reported as such
+        rhat = float(az.rhat(x))  # split R-hat: defined for one chain too
+        ess = float(az.ess(x, method="bulk")), float(az.ess(x, method="tail"))
+    return finite_or_nan(ess[0]), finite_or_nan(ess[1]), finite_or_nan(rhat)
 
 
 def parameter_summary(posterior: Mapping[str, np.ndarray], *, method: str = "", status: str = "") -> Table:
@@ -330,6 +333,7 @@ class ClusterFit:
             zero_point=prov.get("zero_point_arg"),
             parallax_limits=tuple(limits) if limits else None,
             kinematics=model.kinematics,
+            truncate=bool(prov.get("truncate", False)),
         )
         if model.is_reference:
             z = from_population(population_from_physical(post), prior, clip=1e-12)

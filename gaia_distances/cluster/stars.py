@@ -74,6 +74,8 @@ class FittedStars(NamedTuple):
     parallax_pmra_corr: np.ndarray | None = None  # 0 where the table has none
     parallax_pmdec_corr: np.ndarray | None = None
     pmra_pmdec_corr: np.ndarray | None = None
+    limit_lo: np.ndarray | None = None  # the parallax cut in corrected parallax (mas), when modelled
+    limit_hi: np.ndarray | None = None
 
     @property
     def kinematic(self) -> bool:
@@ -151,12 +153,14 @@ def select_stars(
     zero_point: Any = None,
     parallax_limits: tuple[float, float] | None = None,
     kinematics: bool | str = False,
+    truncate: bool = True,
     step: str = "fit_cluster",
 ) -> Selection:
     """The rows with a finite parallax and a positive error, inside ``parallax_limits`` (mas) if given.
 
     The limits apply to the catalogue ``parallax`` when the table has it, as
-    in the reference cuts. Raises :class:`~gaia_distances.GaiaDistancesError`
+    in the reference cuts; with ``truncate`` the fitted stars carry them (in
+    corrected parallax) so that the likelihood models the cut. Raises :class:`~gaia_distances.GaiaDistancesError`
     when fewer than :data:`MIN_STARS` qualify. With ``kinematics``
     (:func:`resolve_kinematics`) the stars carry their proper motions; a
     fitted star without a usable one is flagged
@@ -184,6 +188,9 @@ def select_stars(
     zp = raw[used] - w if raw is not None else np.zeros(used.size)
     zp = np.where(np.isfinite(zp), zp, 0.0)
     pm = _proper_motions(out, used, flag, step) if use_pm else {}
+    if parallax_limits is not None and truncate:
+        pm["limit_lo"] = np.full(used.size, float(parallax_limits[0])) - zp
+        pm["limit_hi"] = np.full(used.size, float(parallax_limits[1])) - zp
     stars = FittedStars(*(_read_only(x) for x in (used, w, s, zp)), **{k: _read_only(v) for k, v in pm.items()})
     return Selection(out, flag, stars, zp_source)
 
@@ -232,4 +239,5 @@ def kinematic_data(stars: FittedStars) -> KinematicData:
 def prepare_data(stars: FittedStars, model: ClusterModel) -> StarData:
     """The likelihood's per-star data for ``model`` (its field, and the proper motions if kinematic)."""
     kin = kinematic_data(stars) if model.kinematics else None
-    return prepare_star_data(stars.parallax, stars.parallax_error, field=model.field, kinematics=kin)
+    limits = None if stars.limit_lo is None or stars.limit_hi is None else (stars.limit_lo, stars.limit_hi)
+    return prepare_star_data(stars.parallax, stars.parallax_error, field=model.field, kinematics=kin, limits=limits)

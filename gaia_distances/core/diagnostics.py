@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["ESS_MIN", "RHAT_MAX", "convergence_problems"]
+__all__ = ["ESS_MIN", "RHAT_MAX", "convergence_problems", "finite_or_nan"]
 
 #: Largest acceptable split R-hat.
 RHAT_MAX = 1.01
@@ -25,17 +25,25 @@ ESS_MIN = 400
 def convergence_problems(r_hat: Mapping[str, float], ess_bulk: Mapping[str, float], divergences: int) -> list[str]:
     """Plain-language problems with a NUTS run, naming the quantities that fail (empty: none).
 
-    NaN R-hat (a single chain, or too few draws) is not counted as a failure;
-    NaN ESS is.
+    A NaN (or negative) R-hat or ESS is a failed check too: it means too few
+    draws, or a quantity whose draws never change.
 
     Examples
     --------
     >>> convergence_problems({"D": 1.002, "Q": 1.05}, {"D": 900.0, "Q": 120.0}, 0)
     ['R-hat > 1.01 for Q', 'bulk ESS < 400 for Q']
+    >>> convergence_problems({"D": float("nan")}, {"D": float("nan")}, 0)
+    ['R-hat and bulk ESS undefined (NaN) for D: too few draws, or draws that never change']
     """
+    undefined = [k for k in r_hat if not np.isfinite(r_hat[k]) or not np.isfinite(ess_bulk.get(k, 0.0))]
+    undefined += [k for k in ess_bulk if k not in r_hat and not np.isfinite(ess_bulk[k])]
+    bad_rhat = [k for k, v in r_hat.items() if k not in undefined and v > RHAT_MAX]
+    bad_ess = [k for k, v in ess_bulk.items() if k not in undefined and not (v >= ESS_MIN)]
     problems = []
-    bad_rhat = [k for k, v in r_hat.items() if np.isfinite(v) and v > RHAT_MAX]
-    bad_ess = [k for k, v in ess_bulk.items() if not (v >= ESS_MIN)]
+    if undefined:
+        problems.append(
+            f"R-hat and bulk ESS undefined (NaN) for {', '.join(undefined)}: too few draws, or draws that never change"
+        )
     if bad_rhat:
         problems.append(f"R-hat > {RHAT_MAX} for {', '.join(bad_rhat)}")
     if bad_ess:
@@ -43,3 +51,9 @@ def convergence_problems(r_hat: Mapping[str, float], ess_bulk: Mapping[str, floa
     if divergences:
         problems.append(f"{int(divergences)} divergent transitions")
     return problems
+
+
+def finite_or_nan(value: float) -> float:
+    """An R-hat or ESS as reported: NaN where the estimate is not a finite, non-negative number."""
+    v = float(value)
+    return v if np.isfinite(v) and v >= 0 else float("nan")

@@ -28,16 +28,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.cluster_integral import cluster_log_likelihood
-from gaia_distances.core.field_bins import FieldBins, field_bins_log_likelihood, precompute_field_bins
+from gaia_distances.core.field_bins import (
+    SPACING,
+    FieldBins,
+    bin_centres,
+    field_bins_log_likelihood,
+    precompute_field_bins,
+)
 from gaia_distances.core.field_table import FieldTable, field_log_likelihood, field_moments, precompute_field_table
 from gaia_distances.core.kinematics import KinematicData, cluster_pm_log_term, field_pm_log_term
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, ClusterPriors, Population, log_prior, to_population
+from gaia_distances.core.selection import Truncation, cluster_log_pass, field_log_pass, prepare_truncation
 
 __all__ = [
     "ComponentLikelihoods",
     "StarData",
     "component_log_likelihoods",
+    "component_log_pass",
     "log_posterior",
     "marginal_log_likelihood",
     "membership_log_odds",
@@ -57,7 +65,8 @@ class StarData(NamedTuple):
     ``weight`` (optional, 1 or 0 per star) masks padding stars out of the
     likelihood, so that fields of different sizes share one array shape.
     ``field`` or ``bins`` is set, as the model's field needs; ``kin`` only
-    for a kinematic model.
+    for a kinematic model; ``truncation`` only when the stars were selected
+    by a parallax cut that the likelihood accounts for.
     """
 
     parallax: Array  # zero-point corrected
@@ -66,6 +75,7 @@ class StarData(NamedTuple):
     weight: Array | None = None
     bins: FieldBins | None = None  # the flexible field's bin integrals
     kin: KinematicData | None = None  # proper motions (kinematic models)
+    truncation: Truncation | None = None  # the parallax cut, modelled as a truncation
 
     @property
     def n_stars(self) -> int:
@@ -105,6 +115,7 @@ def prepare_star_data(
     dtype: Any = None,
     field: str = "edsd",
     kinematics: KinematicData | None = None,
+    limits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> StarData:
     """Precompute what the marginal likelihood needs.
 
@@ -113,7 +124,9 @@ def prepare_star_data(
     when ``kinematics`` is given; ``field="flexible"`` computes the bin
     integrals instead. ``kinematics`` (from
     :func:`~gaia_distances.core.kinematics.prepare_kinematic_data`) adds the
-    proper motions.
+    proper motions. ``limits`` (per-star lower and upper limits of the
+    corrected parallax, mas) make the likelihood that of stars selected by
+    that cut (:mod:`~gaia_distances.core.selection`).
     """
     w = np.asarray(parallax, float)
     s = np.asarray(parallax_error, float)
@@ -133,7 +146,15 @@ def prepare_star_data(
     else:
         raise ValueError(f"field must be 'edsd' or 'flexible'; got {field!r}")
     kin = cast(kinematics) if kinematics is not None else None
-    return StarData(jnp.asarray(w, dt), jnp.asarray(s, dt), table, None, bins, kin)
+    truncation = None
+    if limits is not None:
+        lo, hi = (np.broadcast_to(np.asarray(x, float), w.shape) for x in limits)
+        if field == "edsd":
+            truncation = prepare_truncation(s, lo, hi, L_range=table.L_range() if table is not None else None)
+        else:
+            truncation = prepare_truncation(s, lo, hi, bin_centres=bin_centres(), bin_width=SPACING)
+        truncation = cast(truncation)
+    return StarData(jnp.asarray(w, dt), jnp.asarray(s, dt), table, None, bins, kin, truncation)
 
 
 def padded_size(n: int) -> int:
@@ -159,6 +180,10 @@ def pad_star_data(data: StarData, n: int) -> StarData:
     return padded._replace(weight=jnp.asarray(weight))
 
 
+#: The fields of a :class:`~gaia_distances.core.field_table.FieldTable` that describe its grid, not the stars.
+GRID = ("log_L0", "step")
+
+
 def per_star_map(fn: Any, data: StarData) -> StarData:
     """``fn`` applied to every per-star array of ``data`` (leading axis of length ``n_stars``)."""
     n = data.n_stars
@@ -166,11 +191,15 @@ def per_star_map(fn: Any, data: StarData) -> StarData:
     def one(x: Any) -> Any:
         return fn(x) if np.ndim(x) and np.shape(x)[0] == n else x
 
-    table = data.field
-    if table is not None:  # its grid scalars are not per star, its columns are
-        table = table._replace(**{k: one(v) for k, v in table._asdict().items() if k not in ("log_L0", "step")})
-    rest = jax.tree_util.tree_map(one, data._replace(field=None))
-    return rest._replace(field=table)
+    def table(t: Any) -> Any:  # a field table: its grid scalars are not per star, its columns are
+        return None if t is None else t._replace(**{k: one(v) for k, v in t._asdict().items() if k not in GRID})
+
+    truncation = data.truncation
+    if truncation is not None:
+        rows = jax.tree_util.tree_map(one, truncation._replace(field=None))
+        truncation = rows._replace(field=table(truncation.field))
+    rest = jax.tree_util.tree_map(one, data._replace(field=None, truncation=None))
+    return rest._replace(field=table(data.field), truncation=truncation)
 
 
 def stack_star_data(items: Sequence[StarData]) -> StarData:
@@ -220,6 +249,23 @@ def component_log_likelihoods(
         raise ValueError("the star data does not match the model's field")
     if kin is not None and obs is not None:
         field = field + field_pm_log_term(mean_w, second_w, data.parallax, kin, obs)
+    if data.truncation is not None:
+        pass_c, pass_f = component_log_pass(pop, data)
+        cluster, field = cluster - pass_c, field - pass_f
+    return ComponentLikelihoods(cluster, field)
+
+
+def component_log_pass(pop: Population, data: StarData) -> ComponentLikelihoods:
+    """``ln P(star passes the parallax cut | component)`` per star (zeros without a truncation)."""
+    tr = data.truncation
+    if tr is None:
+        zero = jnp.zeros_like(data.parallax)
+        return ComponentLikelihoods(zero, zero)
+    cluster = cluster_log_pass(tr, data.parallax_error, pop.log_D, pop.log_sigma)
+    if pop.field_log_w is not None and tr.bins_log_pass is not None:
+        field = field_log_pass(tr, log_w=pop.field_log_w)
+    else:
+        field = field_log_pass(tr, log_L=pop.log_L)
     return ComponentLikelihoods(cluster, field)
 
 

@@ -20,6 +20,7 @@ from gaia_distances.core.components import mixture_log_prior_u
 from gaia_distances.core.field_table import precompute_field_nodes
 from gaia_distances.core.likelihood import (
     StarData,
+    component_log_pass,
     log_evidence_per_star,
     membership_log_odds,
     parallax_component_log_likelihoods,
@@ -98,6 +99,9 @@ def cluster_model_quantiles(
     def one(z: Array) -> Array:
         pop = to_population(z, priors)
         log_c, log_f = mixture_log_prior_u(grid, pop)
+        # a parallax cut renormalises each component (constant in u for each star)
+        cut = component_log_pass(pop, data)
+        log_c, log_f = log_c - cut.cluster[:, None], log_f - cut.field[:, None]
         if pop.kin is None:
             return jnp.exp(jnp.logaddexp(log_c, log_f) + like - log_evidence_per_star(pop, data)[:, None])
         # with proper motions: each component's parallax-only distance posterior,

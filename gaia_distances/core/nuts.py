@@ -147,11 +147,10 @@ def sample_log_distances(
         progress=progress,
     )
     draws = np.asarray(res.samples)  # (chains, samples, n)
-    if settings.num_chains > 1:
-        r_hat = np.asarray(split_gelman_rubin(draws), dtype=float)
-    else:
-        r_hat = np.full(n, np.nan)
-    ess = np.asarray(effective_sample_size(draws), dtype=float)
+    with np.errstate(all="ignore"):  # too few or constant draws: NaN, a failed check
+        r_hat = np.asarray(split_gelman_rubin(draws), dtype=float) if draws.shape[1] >= 4 else np.full(n, np.nan)
+        ess = np.asarray(effective_sample_size(draws), dtype=float)
+    ess = np.where(ess >= 0, ess, np.nan)  # an estimate below zero is no estimate
     return LogDistanceDraws(draws, r_hat, ess, int(np.sum(res.diverging)))
 
 

@@ -1,0 +1,57 @@
+"""Issue 13 regressions in the cluster fit's diagnostics and reproducibility (items 7, 8 and 14)."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+
+import gaia_distances as gd
+from gaia_distances.cluster.diagnostics import cluster_problems
+from gaia_distances.core.diagnostics import convergence_problems, finite_or_nan
+from gaia_distances.core.sampling import NUTS_DEFAULTS, nuts_settings
+
+
+def test_issue13_item7_nan_diagnostics_fail_the_checks():
+    problems = convergence_problems({"D": math.nan, "Q": 1.001}, {"D": 800.0, "Q": math.nan}, 0)
+    assert problems and "undefined (NaN) for D, Q" in problems[0]
+
+
+def test_issue13_item7_degenerate_posterior_is_a_problem():
+    rng = np.random.default_rng(0)
+    post = {
+        "D": 47.0 + rng.normal(0, 0.1, (2, 50)),
+        "sigma_log": np.full((2, 50), 0.01),
+        "sigma": np.full((2, 50), 0.5) + rng.normal(0, 0.01, (2, 50)),
+        "Q": rng.uniform(0.5, 0.6, (2, 50)),
+        "L": np.zeros((2, 50)),  # collapsed to 0, as in the 47 pc case
+    }
+    problems = cluster_problems(post, {"D": 1.0}, n_stars=1000)
+    assert any("degenerate posterior" in p and "L = 0" in p for p in problems)
+
+
+def test_issue13_item7_too_few_draws_are_reported(cluster_input):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = gd.fit_cluster(
+            cluster_input, kinematics=False, field="edsd", num_warmup=20, num_samples=3, seed=1, progress=False
+        )
+    assert "undefined (NaN)" in fit.diagnostics["status"]
+    assert any("undefined (NaN)" in str(w.message) for w in caught)
+
+
+def test_issue13_item14_ess_is_never_negative():
+    assert math.isnan(finite_or_nan(-3.0)) and math.isnan(finite_or_nan(math.inf)) and finite_or_nan(12.0) == 12.0
+
+
+def test_issue13_item8_chains_do_not_depend_on_the_machine(monkeypatch):
+    import gaia_distances.core.parallel as parallel
+
+    counts = []
+    for cores in (1, 2, 4, 64):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(parallel, "usable_cores", lambda cores=cores: cores)
+        counts.append(tuple(nuts_settings(m).num_chains for m in NUTS_DEFAULTS))
+    assert len(set(counts)) == 1
