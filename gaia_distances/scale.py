@@ -111,7 +111,8 @@ def estimate_partition(
     if len(frame) == 0:  # lsdb and Dask infer metadata from empty frames
         return _meta(frame, cols)
     out = frame.copy()
-    table = frame.reset_index(drop=True)
+    # a named index (source_id) reaches the pipeline as a column; a plain one is dropped
+    table = frame if any(n is not None for n in frame.index.names) else frame.reset_index(drop=True)
     if apply_zeropoint:
         options = apply_zeropoint if isinstance(apply_zeropoint, dict) else {}
         table = zeropoint.apply_zeropoint(table, progress=False, **options)

@@ -280,7 +280,7 @@ def test_sync_queries_through_astroquery_against_the_local_server(server):
     assert len(t) == 2 and "source_id" in t.colnames and t["parallax"].unit == u.mas
 
 
-def test_issue12_item12_queued_job_is_aborted_at_job_timeout(server, tmp_path):
+def test_issue13_item12_queued_job_is_aborted_at_job_timeout(server, tmp_path):
     """A job the server keeps QUEUED ends at job_timeout: aborted on the server, named in the error."""
     server.state.fault = "queued"
     t0 = time.monotonic()
@@ -294,7 +294,7 @@ def test_issue12_item12_queued_job_is_aborted_at_job_timeout(server, tmp_path):
     assert _no_files(tmp_path)
 
 
-def test_issue12_item12_job_timeout_passes_through_query_field_and_is_validated(server, tmp_path):
+def test_issue13_item12_job_timeout_passes_through_query_field_and_is_validated(server, tmp_path):
     server.state.fault = "queued"
     with pytest.raises(gd.GaiaQueryError, match="job_timeout=0.5 s"):
         query.query_field(SkyCoord(1.0, 2.0, unit="deg"), 0.1 * u.deg, **_kw(tmp_path, server, job_timeout=0.5))
@@ -306,7 +306,7 @@ def test_issue12_item12_job_timeout_passes_through_query_field_and_is_validated(
         query.query_adql("SELECT 1", **_kw(tmp_path, server, timeout=0))
 
 
-def test_issue12_item12_cli_query_job_timeout(server, tmp_path, capsys):
+def test_issue13_item12_cli_query_job_timeout(server, tmp_path, capsys):
     server.state.fault = "queued"
     argv = ["query", "--ra", "1", "--dec", "2", "--radius", "0.1", "--tap-url", server.url, "--retries", "0"]
     argv += ["-o", str(tmp_path / "x.fits"), "--timeout", "5", "--job-timeout", "1", "--no-cache"]
@@ -324,7 +324,7 @@ def _part(folder, writer, age_s=0.0):
     return path
 
 
-def test_issue12_item12_stale_partial_files_are_removed_when_the_cache_is_used(server, tmp_path):
+def test_issue13_item12_stale_partial_files_are_removed_when_the_cache_is_used(server, tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
     ended = subprocess.Popen([sys.executable, "-c", "pass"])

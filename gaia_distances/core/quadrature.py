@@ -2,49 +2,22 @@
 
 For each star the posterior is ``p(r | w) ∝ p(r) N(w | 1000/r, s)`` with ``r``
 in pc and the parallax ``w`` and its error ``s`` in mas. Work is done in
-``u = ln r``, where ``g(u) = ln p(u) + l(u)`` is the log posterior
-(:func:`log_posterior_logr`; ``l = -(1000 e^-u - w)^2 / (2 s^2)``).
+``u = ln r``:
 
-1. *Range.* For the built-in priors (and the numpyro families in
-   :data:`~gaia_distances.core.priors.LOG_CONCAVE_DISTRIBUTIONS`) the range
-   ``[a, b]`` provably holds all but ``3 e^-M`` of the posterior mass
-   (``M = scan_drop``, 30 by default), by these facts:
-
-   - ``ln p(u)`` is concave; ``l`` is increasing below ``u_w = ln(1000 / w)``
-     (everywhere when ``w <= 0``), decreasing above it, and concave below
-     ``u_c = ln(2000 / w)`` (everywhere when ``w <= 0``). So ``g`` is concave
-     on ``C = (-inf, u_c]``.
-   - The maximum ``v`` of ``g`` on ``C`` is found by bisection on the sign of
-     ``g'``, and ``a`` and ``b_c`` by bisection where ``g`` falls ``M`` below
-     ``g(v)``. For a concave ``g`` the mass beyond a point where it has
-     fallen by ``M`` is at most ``e^-M / (1 - e^-M)`` of the mass between that
-     point and the mode (the tangent bounds the tail, the chord the inside).
-   - Above ``u_c`` (only when ``w > 0``) ``l`` is decreasing, so the mass
-     beyond ``u >= u_c`` is at most ``e^l(u) S(u)``, with ``S`` the prior's
-     mass beyond ``u``: at most 1, and at most ``p(u) / |ln p'(u)|`` where
-     the log prior falls (concavity). This bound is compared with a lower
-     bound on the mass of ``C`` (the chords from ``v`` to ``a`` and ``b_c``);
-     where it exceeds ``e^-M`` of it, ``b`` moves beyond ``u_c`` (bisection)
-     until it does not.
-
-   The range is clipped to 1e-3..1e9 pc (the prior's own support edges are
-   kept exactly). Where a clip cuts more than ``1e-6`` of the mass (the
-   tangent bound at the clip), or the range has to cover a second region so
-   wide that the main peak gets fewer than 32 nodes, the row is flagged
-   ``INACCURATE``. For other user priors the range is found as before, by
-   a scan: the likelihood's ``k_like``-sigma bracket
-   (:func:`~gaia_distances.core.numerics.likelihood_bracket`) intersected
-   with the prior's ``1 - e^log_eps`` support, ``n_scan`` nodes over it, and
-   the region within ``M`` of the scan's maximum; that range is heuristic.
-2. *Integrate.* ``n_nodes`` nodes on ``[a, b]``, where ``g - g(v)`` is
-   evaluated as an offset from ``v``
-   (:func:`~gaia_distances.core.numerics.log_likelihood_offset`), so float32
-   keeps its accuracy even when ``g`` itself is ``-5e5``. The cumulative
-   integral uses the trapezoid rule with the Euler-Maclaurin end correction
-   (error ``O(h^4)``; the density's derivative comes from forward-mode
-   autodiff), and quantiles invert the cubic Hermite interpolant of the CDF
-   (also ``O(h^4)``; :func:`~gaia_distances.core.numerics.invert_cdf`).
-3. *Mode.* The grid maximum of ``ln p(r)`` is polished by Newton's method.
+1. *Bracket.* The likelihood holds all but ``exp(-k^2/2)`` of its peak inside a
+   closed-form parallax interval
+   (:func:`~gaia_distances.core.numerics.likelihood_bracket`), and the prior
+   holds all but ``~1e-15`` of its mass inside a closed-form interval. Their
+   intersection (their union when they conflict) bounds the posterior.
+2. *Scan.* ``n_scan`` nodes over that bracket find where ``ln p`` is within
+   ``scan_drop`` of its maximum; the fine grid spans that region plus one scan
+   step on each side.
+3. *Integrate.* ``n_nodes`` nodes on the fine grid. The cumulative integral uses
+   the trapezoid rule with the Euler-Maclaurin end correction (error ``O(h^4)``;
+   the density's derivative comes from forward-mode autodiff), and quantiles
+   invert the cubic Hermite interpolant of the CDF (also ``O(h^4)``;
+   :func:`~gaia_distances.core.numerics.invert_cdf`).
+4. *Mode.* The grid maximum of ``ln p(r)`` is polished by Newton's method.
 
 Everything is vectorised over stars and jit-compiled once per chunk shape
 (:func:`~gaia_distances.core.numerics.padded_chunks`). The log density is
@@ -56,11 +29,10 @@ from __future__ import annotations
 
 import enum
 import itertools
-import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,27 +42,14 @@ from gaia_distances.core.numerics import (
     ONE_SIGMA_QUANTILES,
     Array,
     Chunk,
-    bisect,
     invert_cdf,
     likelihood_bracket,
-    log_likelihood_offset,
     padded_chunks,
 )
 from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.priors import GLOBAL_LOG_R_MAX, GLOBAL_LOG_R_MIN
 
 __all__ = ["DistanceFlag", "log_posterior_logr", "summarize_posteriors", "x64_context"]
-
-#: Bisection halvings for the mode (bracket width / 2^24 ~ 1.6e-6 in ln r).
-_MODE_STEPS = 24
-#: Bisection halvings for each end of the range.
-_END_STEPS = 22
-#: Fraction of the posterior mass a clipped range may leave out before the row is flagged.
-_LOG_CLIP_TOL = math.log(1e-6)
-#: Share of the nodes kept for the main peak when the range also covers a region above ``u_c``
-#: that holds less than ``e^_LOG_MINOR`` of the mass.
-_PEAK_SHARE = 0.75
-_LOG_MINOR = math.log(1e-3)
 
 
 class DistanceFlag(enum.IntFlag):
@@ -109,10 +68,6 @@ class DistanceFlag(enum.IntFlag):
     PRIOR_CONFLICT = 16
     #: the prior parameters for this row are missing or invalid; results are NaN
     INVALID_PRIOR = 32
-    #: the quadrature could not certify its accuracy: the posterior reaches past
-    #: 1e-3 or 1e9 pc, or spans regions too different in width for the grid, or
-    #: its density is not finite; results are kept as computed (NaN in the last case)
-    INACCURATE = 64
 
 
 def log_posterior_logr(log_r: Array, parallax: Array, parallax_error: Array, prior: Any) -> Array:
@@ -139,138 +94,6 @@ def log_posterior_logr(log_r: Array, parallax: Array, parallax_error: Array, pri
     return -0.5 * z * z + prior.log_prob_logr(log_r)
 
 
-class _Range(NamedTuple):
-    """A star's integration range ``[a, b]`` (ln pc) and the reference point ``v`` of the offsets.
-
-    When a region above ``u_c`` follows the main peak, ``[a, m]`` (the peak)
-    gets the fraction ``share`` of the nodes and ``[m, b]`` the rest; a
-    ``share`` of 0 means one uniform grid. ``inaccurate``: the accuracy bound
-    failed.
-    """
-
-    a: Array
-    m: Array
-    b: Array
-    v: Array
-    share: Array
-    inaccurate: Array
-
-
-def _domain(prior: Any, shape: tuple[int, ...], dtype: Any) -> tuple[Array, Array, Array, Array]:
-    """``(lo, hi)``: the prior's ``ln r`` domain clipped to the global limits, and whether each end is a clip."""
-    lo, hi = (jnp.broadcast_to(jnp.asarray(x, dtype), shape) for x in prior.log_domain())
-    clip_lo, clip_hi = ~(lo > GLOBAL_LOG_R_MIN), ~(hi < GLOBAL_LOG_R_MAX)
-    lo = jnp.where(clip_lo, GLOBAL_LOG_R_MIN, lo)
-    hi = jnp.where(clip_hi, GLOBAL_LOG_R_MAX, jnp.maximum(hi, lo + 1e-6))
-    return lo, hi, clip_lo, clip_hi
-
-
-def _certified_range(w: Array, s: Array, prior: Any, *, margin: float) -> _Range:
-    """The range of a log-concave prior, with the bound of the module docstring (shapes ``(n,)``)."""
-    dtype = w.dtype
-    d_lo, d_hi, clip_lo, clip_hi = _domain(prior, w.shape, dtype)
-    pos = w > 0
-    u_c = jnp.where(pos, jnp.log(2000.0 / jnp.where(pos, w, 1.0)), jnp.inf)
-    has_r = u_c < d_hi  # a region above u_c, where g need not be concave
-    c_hi = jnp.maximum(jnp.minimum(d_hi, u_c), d_lo)
-
-    def prior_slope(u: Array) -> Array:
-        return jax.jvp(prior.log_prob_logr, (u,), (jnp.ones_like(u),))[1]
-
-    def slope(u: Array) -> Array:
-        x = 1000.0 * jnp.exp(-u)
-        return prior_slope(u) + x * (x - w) / (s * s)
-
-    # the maximum v of g on the concave part [d_lo, c_hi]: g' > 0 left of it
-    lo, hi = bisect(lambda u: slope(u) > 0, d_lo, c_hi, _MODE_STEPS)
-    v = 0.5 * (lo + hi)
-    x0 = 1000.0 * jnp.exp(-v)
-
-    def delta(d: Array) -> Array:  # g(v + d) - g(v)
-        return prior.log_prob_logr_offset(v, d) + log_likelihood_offset(x0, d, w, s)
-
-    def above(d: Array) -> Array:
-        return delta(d) >= -margin
-
-    da_lo, _ = bisect(lambda d: ~above(d), d_lo - v, jnp.zeros_like(v), _END_STEPS)
-    _, db_hi = bisect(above, jnp.zeros_like(v), c_hi - v, _END_STEPS)
-    a, b_c = v + da_lo, v + db_hi
-    drop_a = jnp.maximum(-delta(da_lo), 0.0)
-    drop_b = jnp.maximum(-delta(db_hi), 0.0)
-
-    def chord(drop: Array) -> Array:  # (1 - e^-D) / D, the mean of e^-D t over t in [0, 1]
-        return jnp.where(drop > 1e-6, -jnp.expm1(-drop) / jnp.where(drop > 1e-6, drop, 1.0), 1.0)
-
-    # ln of a lower bound on the posterior mass of [a, b_c], relative to e^g(v)
-    log_inside = jnp.log((v - a) * chord(drop_a) + (b_c - v) * chord(drop_b))
-
-    def tangent_tail(u: Array, sign: float) -> Array:  # ln bound of the tail beyond u (concave g)
-        g1 = sign * slope(u)
-        return jnp.where(g1 < 0, delta(u - v) - jnp.log(jnp.where(g1 < 0, -g1, 1.0)), jnp.inf)
-
-    cut_lo = clip_lo & (drop_a < margin) & (tangent_tail(a, 1.0) > log_inside + _LOG_CLIP_TOL)
-
-    # above u_c: ln bound of the mass beyond u >= u_c, relative to e^g(v)
-    log_prior_v = prior.log_prob_logr(v)
-
-    def beyond(u: Array) -> Array:
-        by_likelihood = log_likelihood_offset(x0, u - v, w, s) - log_prior_v
-        p1 = prior_slope(u)
-        by_prior = jnp.where(p1 < 0, delta(u - v) - jnp.log(jnp.where(p1 < 0, -p1, 1.0)), jnp.inf)
-        return jnp.minimum(by_likelihood, by_prior)
-
-    threshold = log_inside - margin
-    u_r = jnp.where(has_r, u_c, d_hi)
-    need_r = has_r & (beyond(u_r) > threshold)
-    _, b_r = bisect(lambda u: beyond(u) > threshold, u_r, d_hi, _END_STEPS)
-    b = jnp.where(need_r, b_r, b_c)
-    cut_r = clip_hi & need_r & (beyond(d_hi) > log_inside + _LOG_CLIP_TOL)
-    cut_c = clip_hi & ~has_r & (drop_b < margin) & (tangent_tail(b_c, -1.0) > log_inside + _LOG_CLIP_TOL)
-    # a region above u_c that may hold more than _LOG_MINOR of the mass shares one uniform grid
-    # the peak [a, b_c] keeps 3/4 of the nodes when the region above holds less than e^_LOG_MINOR
-    # of the mass, half otherwise (never fewer than a uniform grid would give it)
-    minor = beyond(u_r) < log_inside + _LOG_MINOR
-    peaked = need_r & (slope(c_hi) < 0)
-    share = jnp.where(minor, _PEAK_SHARE, 0.5)
-    share = jnp.where(peaked, jnp.maximum(share, (b_c - a) / jnp.maximum(b - a, 1e-30)), 0.0)
-    return _Range(a, b_c, b, v, share, cut_lo | cut_r | cut_c)
-
-
-def _scanned_range(
-    w: Array, s: Array, prior: Any, *, n_scan: int, k_like: float, margin: float, log_eps: float
-) -> _Range:
-    """The heuristic range for other priors: bracket, scan, and the region within ``margin`` of the scan maximum."""
-    dtype = w.dtype
-    ulo_l, uhi_l = likelihood_bracket(w, s, k_like)
-    ulo_p, uhi_p = (jnp.broadcast_to(x, w.shape).astype(dtype) for x in prior.log_support(log_eps))
-    bad = ~(jnp.isfinite(ulo_p) & jnp.isfinite(uhi_p) & (uhi_p > ulo_p))
-    ulo_p = jnp.where(bad, GLOBAL_LOG_R_MIN, ulo_p)
-    uhi_p = jnp.where(bad, GLOBAL_LOG_R_MAX, uhi_p)
-    a = jnp.maximum(ulo_l, ulo_p)
-    b = jnp.minimum(uhi_l, uhi_p)
-    conflict = ~(b > a)
-    a = jnp.where(conflict, jnp.minimum(ulo_l, ulo_p), a)
-    b = jnp.where(conflict, jnp.maximum(jnp.minimum(uhi_l, GLOBAL_LOG_R_MAX), uhi_p), b)
-    a = jnp.clip(a, GLOBAL_LOG_R_MIN, GLOBAL_LOG_R_MAX)
-    b = jnp.clip(b, GLOBAL_LOG_R_MIN, GLOBAL_LOG_R_MAX)
-    b = jnp.maximum(b, a + 1e-6)
-
-    pb = jax.tree_util.tree_map(lambda p: jnp.asarray(p)[:, None], prior)
-    tc = jnp.linspace(0.0, 1.0, n_scan, dtype=dtype)
-    uc = a[:, None] + (b - a)[:, None] * tc
-    gc = log_posterior_logr(uc, w[:, None], s[:, None], pb)
-    gc = jnp.where(jnp.isnan(gc), -jnp.inf, gc)
-    top = jnp.argmax(gc, axis=1)
-    gmax = jnp.max(gc, axis=1, keepdims=True)
-    keep = gc > gmax - margin
-    first = jnp.argmax(keep, axis=1)
-    last = n_scan - 1 - jnp.argmax(keep[:, ::-1], axis=1)
-    step = (b - a) / (n_scan - 1)
-    ua = a + step * jnp.maximum(first - 1, 0)
-    ub = a + step * jnp.minimum(last + 1, n_scan - 1)
-    return _Range(ua, ua, ub, a + step * top, jnp.zeros_like(ua), jnp.zeros(w.shape, bool))
-
-
 def _kernel(
     w: Array,
     s: Array,
@@ -290,72 +113,69 @@ def _kernel(
     invalid = no_plx | bad_err
     w = jnp.where(invalid, 1.0, w)
     s = jnp.where(invalid, 0.1, s)
-    bad_prior = ~jnp.broadcast_to(prior.valid(), w.shape)
-    prior = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(jnp.asarray(p, dtype), w.shape), prior)
 
-    # 1. range ---------------------------------------------------------------
-    if prior.log_concave:
-        rng = _certified_range(w, s, prior, margin=scan_drop)
-    else:
-        rng = _scanned_range(w, s, prior, n_scan=n_scan, k_like=k_like, margin=scan_drop, log_eps=log_eps)
-    ua, ub, v = rng.a, rng.b, rng.v
-    ub = jnp.maximum(ub, ua + 1e-6 * jnp.maximum(1.0, jnp.abs(ua)))
+    # 1. bracket ---------------------------------------------------------
+    ulo_l, uhi_l = likelihood_bracket(w, s, k_like)
+    ulo_p, uhi_p = prior.log_support(log_eps)
+    ulo_p = jnp.broadcast_to(ulo_p, w.shape).astype(dtype)
+    uhi_p = jnp.broadcast_to(uhi_p, w.shape).astype(dtype)
+    bad_prior = ~(jnp.isfinite(ulo_p) & jnp.isfinite(uhi_p) & (uhi_p > ulo_p))
+    ulo_p = jnp.where(bad_prior, GLOBAL_LOG_R_MIN, ulo_p)
+    uhi_p = jnp.where(bad_prior, GLOBAL_LOG_R_MAX, uhi_p)
+    a = jnp.maximum(ulo_l, ulo_p)
+    b = jnp.minimum(uhi_l, uhi_p)
+    conflict = ~(b > a)
+    a = jnp.where(conflict, jnp.minimum(ulo_l, ulo_p), a)
+    b = jnp.where(conflict, jnp.maximum(jnp.minimum(uhi_l, GLOBAL_LOG_R_MAX), uhi_p), b)
+    a = jnp.clip(a, GLOBAL_LOG_R_MIN, GLOBAL_LOG_R_MAX)
+    b = jnp.clip(b, GLOBAL_LOG_R_MIN, GLOBAL_LOG_R_MAX)
+    b = jnp.maximum(b, a + 1e-6)
 
-    # 2. integrate: g(v + d) - g(v) on two panels of uniform nodes ------------
-    # [a, m] (k1 nodes) and [m, b]: m ends the main peak's region when a second one
-    # follows (rng.share > 0); otherwise m splits one uniform grid.
-    split = rng.share > 0
-    k1 = jnp.clip(jnp.round(jnp.where(split, rng.share, 0.5) * (n_nodes - 1)).astype(jnp.int32) + 1, 2, n_nodes - 1)
-    um_ = jnp.where(split, rng.m, ua + (ub - ua) * (k1 - 1) / (n_nodes - 1))
-    h1, h2 = (um_ - ua) / (k1 - 1), (ub - um_) / (n_nodes - k1)
-    pb = jax.tree_util.tree_map(lambda p: p[:, None], prior)
-    wb, sb, vb = w[:, None], s[:, None], v[:, None]
-    x0 = 1000.0 * jnp.exp(-vb)
+    pb = jax.tree_util.tree_map(lambda p: jnp.asarray(p)[:, None], prior)
+    wb, sb = w[:, None], s[:, None]
+    logpost = partial(log_posterior_logr, parallax=wb, parallax_error=sb, prior=pb)
 
-    def offset(d: Array) -> Array:
-        return pb.log_prob_logr_offset(vb, d) + log_likelihood_offset(x0, d, wb, sb)
+    # 2. scan --------------------------------------------------------------
+    tc = jnp.linspace(0.0, 1.0, n_scan, dtype=dtype)
+    uc = a[:, None] + (b - a)[:, None] * tc
+    gc = logpost(uc)
+    gc = jnp.where(jnp.isnan(gc), -jnp.inf, gc)
+    gmax = jnp.max(gc, axis=1, keepdims=True)
+    above = gc > gmax - scan_drop
+    first = jnp.argmax(above, axis=1)
+    last = n_scan - 1 - jnp.argmax(above[:, ::-1], axis=1)
+    step = (b - a) / (n_scan - 1)
+    ua = a + step * jnp.maximum(first - 1, 0)
+    ub = a + step * jnp.minimum(last + 1, n_scan - 1)
 
-    nodes = jnp.arange(n_nodes)
-    k1b = k1[:, None]
-    d = jnp.where(
-        nodes < k1b,
-        (ua - v)[:, None] + h1[:, None] * nodes,
-        (um_ - v)[:, None] + h2[:, None] * (nodes - (k1b - 1)),
-    )
-    d = jnp.where(nodes == n_nodes - 1, (ub - v)[:, None], d)
-    hw = jnp.where(nodes < k1b - 1, h1[:, None], h2[:, None])  # width of interval i (node i to i + 1)
-    g, dg = jax.jvp(offset, (d,), (jnp.ones_like(d),))
+    # 3. integrate ---------------------------------------------------------
+    tf = jnp.linspace(0.0, 1.0, n_nodes, dtype=dtype)
+    h = (ub - ua) / (n_nodes - 1)
+    uf = ua[:, None] + (ub - ua)[:, None] * tf
+    g, dg = jax.jvp(logpost, (uf,), (jnp.ones_like(uf),))
     g = jnp.where(jnp.isnan(g), -jnp.inf, g)
     gm = jnp.max(g, axis=1, keepdims=True)
     f = jnp.exp(g - gm)
     fp = jnp.where(f > 0, dg * f, 0.0)
-    steps = 0.5 * (f[:, 1:] + f[:, :-1]) * hw[:, :-1]
-    trap = jnp.concatenate([jnp.zeros_like(f[:, :1]), jnp.cumsum(steps, axis=1)], axis=1)
-    # Euler-Maclaurin end corrections, panel by panel
-    c1 = (h1 * h1 / 12.0)[:, None]
-    c2 = (h2 * h2 / 12.0)[:, None]
-    fp_m = jnp.take_along_axis(fp, k1b - 1, axis=1)
-    corr = jnp.where(nodes < k1b, c1 * (fp - fp[:, :1]), c1 * (fp_m - fp[:, :1]) + c2 * (fp - fp_m))
-    cdf = trap - corr
+    hb = h[:, None]
+    trap = jnp.concatenate([jnp.zeros_like(f[:, :1]), jnp.cumsum(0.5 * (f[:, 1:] + f[:, :-1]), axis=1)], axis=1) * hb
+    cdf = trap - hb * hb / 12.0 * (fp - fp[:, :1])
     z = cdf[:, -1:]
     cdf = cdf / z
-    f_next = jnp.concatenate([f[:, 1:], f[:, -1:]], axis=1)
+    dens = f * (hb / z)  # dC/dt on each unit interval
 
     qs = []
     for q in quantiles:
-        i, t = invert_cdf(cdf, q, f * hw / z, slope_end=f_next * hw / z)
-        di = jnp.take_along_axis(d, i[:, None], axis=1)[:, 0]
-        hi_ = jnp.take_along_axis(hw, i[:, None], axis=1)[:, 0]
-        qs.append(jnp.exp(v + di + t * hi_))
+        i, t = invert_cdf(cdf, q, dens)
+        qs.append(jnp.exp(ua + (i + t) * h))
     qarr = jnp.stack(qs, axis=1)
 
-    # 3. mode of p(r) = p(u) / r ---------------------------------------------
-    phi = g - d
-    im = jnp.argmax(phi, axis=1)[:, None]
-    um = v + jnp.take_along_axis(d, im, axis=1)[:, 0]
-    lo = v + jnp.take_along_axis(d, jnp.maximum(im - 1, 0), axis=1)[:, 0]
-    hi = v + jnp.take_along_axis(d, jnp.minimum(im + 1, n_nodes - 1), axis=1)[:, 0]
-    logpost = partial(log_posterior_logr, parallax=wb, parallax_error=sb, prior=pb)
+    # 4. mode of p(r) = p(u) / r ---------------------------------------------
+    phi = g - uf
+    im = jnp.argmax(phi, axis=1)
+    um = ua + im * h
+    lo = ua + jnp.maximum(im - 1, 0) * h
+    hi = ua + jnp.minimum(im + 1, n_nodes - 1) * h
 
     def d1(u: Array) -> Array:
         return jax.jvp(logpost, (u,), (jnp.ones_like(u),))[1]
@@ -369,16 +189,9 @@ def _kernel(
     mode = jnp.exp(um)
 
     # flags ----------------------------------------------------------------
-    ulo_l, uhi_l = likelihood_bracket(w, s, k_like)
-    ulo_p, uhi_p = (jnp.broadcast_to(x, w.shape) for x in prior.log_support(log_eps))
-    conflict = ~(jnp.minimum(uhi_l, uhi_p) > jnp.maximum(ulo_l, ulo_p))
     sig = f > 1e-2
     peaks = (f[:, 1:-1] > f[:, :-2]) & (f[:, 1:-1] >= f[:, 2:]) & sig[:, 1:-1]
     npeaks = jnp.sum(peaks, axis=1) + (f[:, 0] > f[:, 1]) * sig[:, 0] + (f[:, -1] > f[:, -2]) * sig[:, -1]
-    nan_rows = invalid | bad_prior
-    qarr = jnp.where(nan_rows[:, None], jnp.nan, qarr)
-    mode = jnp.where(nan_rows, jnp.nan, mode)
-    failed = ~nan_rows & ~(jnp.all(jnp.isfinite(qarr), axis=1) & jnp.isfinite(mode))
     frac = s / w
     flag = (
         no_plx * int(DistanceFlag.NO_PARALLAX)
@@ -387,8 +200,10 @@ def _kernel(
         + (~invalid & (npeaks > 1)) * int(DistanceFlag.MULTIMODAL)
         + (~invalid & conflict & ~bad_prior) * int(DistanceFlag.PRIOR_CONFLICT)
         + bad_prior * int(DistanceFlag.INVALID_PRIOR)
-        + (~nan_rows & (rng.inaccurate | failed)) * int(DistanceFlag.INACCURATE)
     ).astype(jnp.int32)
+    nan_rows = invalid | bad_prior
+    qarr = jnp.where(nan_rows[:, None], jnp.nan, qarr)
+    mode = jnp.where(nan_rows, jnp.nan, mode)
     return qarr, mode, flag
 
 
