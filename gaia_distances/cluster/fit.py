@@ -153,7 +153,8 @@ def fit_cluster(
     --------
     >>> import gaia_distances as gd
     >>> t = gd.simulate_field(1500, n_cluster=500, seed=2)
-    >>> fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", num_samples=300, seed=1)
+    >>> fit = gd.fit_cluster(t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true",
+    ...                      num_samples=300, seed=1)
     >>> bool(800 < fit.summary()["mean"][0] < 900)
     True
     """
