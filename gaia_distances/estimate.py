@@ -20,12 +20,13 @@ from gaia_distances.columns import (
     column_values,
     corrected_parallax,
     distance_column_names,
+    parallax_without_zero_point,
     update_provenance,
     warn,
     zero_point_record,
 )
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
-from gaia_distances.core.quadrature import DistanceFlag, summarize_posteriors
+from gaia_distances.core.quadrature import DistanceFlag, check_options, summarize_posteriors
 from gaia_distances.io import as_table
 from gaia_distances.priors import EDSD, resolve_prior
 from gaia_distances.progress import progress_bar, show_progress
@@ -33,6 +34,15 @@ from gaia_distances.progress import progress_bar, show_progress
 __all__ = ["DistanceFlag", "estimate_distances"]
 
 log = logging.getLogger(__name__)
+
+#: Flags that make a row's results NaN, in the order a warning names them.
+_NAN_FLAGS = (
+    DistanceFlag.NO_PARALLAX,
+    DistanceFlag.BAD_ERROR,
+    DistanceFlag.INVALID_PRIOR,
+    DistanceFlag.INACCURATE,
+    DistanceFlag.NO_ZERO_POINT,
+)
 
 #: Descriptions of the +-1 sigma summary columns, by index into ONE_SIGMA_QUANTILES.
 _SUMMARY_DESCRIPTIONS = {
@@ -92,18 +102,27 @@ def estimate_distances(
         :class:`~gaia_distances.GGD`, ``GGD.bailer_jones_2021()``,
         :class:`~gaia_distances.UniformSpaceDensity`, ``"edsd"``/``"ggd"``/
         ``"uniform"``, or a numpyro ``Distribution`` over r (pc) with positive
-        support and batch shape ``()`` or ``(n,)``.
+        support and batch shape ``()`` or ``(n,)``. A scalar parameter out of
+        range (``EDSD(0)``, ``GGD(alpha=-1)``), a discrete distribution or one
+        with invalid parameters raises ``ValueError``; per-star parameters out
+        of range give those rows NaN and ``INVALID_PRIOR``, with a warning.
     method
         ``"quadrature"`` (default): deterministic adaptive quadrature, accurate
         to ~1e-5 relative. ``"nuts"``: NumPyro NUTS over all stars at once, for
         validation; adds ``<prefix>_rhat`` and ``<prefix>_ess`` columns.
+        For EDSD, GGD, the uniform prior and log-concave numpyro families
+        the quadrature's range provably holds all but ~1e-13 of the
+        posterior (see :mod:`gaia_distances.core.quadrature`); rows where it
+        cannot (a posterior reaching past 1e-3 or 1e9 pc) are flagged
+        ``INACCURATE``.
     zero_point
         ``None`` uses ``parallax_corrected`` (warning and falling back to the
         raw parallax if absent); a float (mas, subtracted from ``parallax``) or
         a column name holding the zero point.
     extra_quantiles
         More probabilities to report, e.g. ``(0.05, 0.95)`` adds
-        ``<prefix>_p05`` and ``<prefix>_p95``.
+        ``<prefix>_p05`` and ``<prefix>_p95``. Each must be a number strictly
+        between 0 and 1 (``ValueError`` otherwise).
     prefix
         Prefix of the new columns.
     prior_dominated_threshold
@@ -113,7 +132,8 @@ def estimate_distances(
     progress
         Show a progress bar; default: for tables above 200 000 rows.
     n_nodes, chunk_size
-        Quadrature nodes per star and stars per compiled chunk.
+        Quadrature nodes per star (at least 16) and stars per compiled chunk
+        (at least 1); ``ValueError`` names an option out of range.
     num_warmup, num_samples, num_chains
         NUTS settings; ``None`` takes the per-star defaults of
         :data:`~gaia_distances.core.sampling.NUTS_DEFAULTS` (500 warm-up
@@ -129,7 +149,8 @@ def estimate_distances(
         ``<prefix>_lo`` (15.87 %), ``<prefix>_hi`` (84.13 %), ``<prefix>_mode``
         (pc) and ``<prefix>_flag`` (:class:`DistanceFlag` bits), named by
         :func:`~gaia_distances.columns.distance_column_names`. Rows with no
-        usable parallax or error get NaN and a flag. Provenance is in
+        usable parallax, error or prior get NaN and a flag naming the cause
+        (a warning counts them by cause). Provenance is in
         ``meta["gaia_distances"]["distances"]``.
 
     Examples
@@ -140,18 +161,27 @@ def estimate_distances(
     >>> t["distance_median"].unit
     Unit("pc")
     """
+    if method not in ("quadrature", "nuts"):
+        raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
+    levels = tuple(ONE_SIGMA_QUANTILES) + _checked_quantiles(extra_quantiles)
+    check_options(
+        quantiles=levels,
+        n_nodes=n_nodes,
+        n_scan=48,
+        chunk_size=chunk_size,
+        n_threads=None,
+        dtype=np.float32,
+        k_like=10.0,
+        scan_drop=30.0,
+        log_eps=-34.5,
+        prior_dominated_threshold=prior_dominated_threshold,
+    )
     out = as_table(table)
     prior = EDSD() if prior is None else prior
     plx, zp_source = corrected_parallax(out, zero_point, step="estimate_distances")
     err = column_values(out, "parallax_error", u.mas)
     n = len(out)
     core_prior, prior_desc = resolve_prior(prior, out)
-    levels = tuple(ONE_SIGMA_QUANTILES) + tuple(float(q) for q in extra_quantiles)
-    for q in levels:
-        if not 0.0 < q < 1.0:
-            raise ValueError(f"quantiles must lie in (0, 1); got {q}")
-    if method not in ("quadrature", "nuts"):
-        raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
 
     result = _quadrature(
         plx,
@@ -176,15 +206,29 @@ def estimate_distances(
             num_chains=num_chains,
             progress=progress,
         )
+    # a parallax whose zero point is missing is not a missing parallax: say which it is
+    no_zp = parallax_without_zero_point(out, plx)
+    if no_zp.any():
+        flag = result.flag.copy()
+        flag[no_zp] = (flag[no_zp] & ~int(DistanceFlag.NO_PARALLAX)) | int(DistanceFlag.NO_ZERO_POINT)
+        result = result._replace(flag=flag)
     _add_distance_columns(out, result, levels=levels, prefix=prefix, extra_quantiles=extra_quantiles)
 
     flag = result.flag
     counts = {f.name: int(np.sum((flag & f) != 0)) for f in DistanceFlag if f.value}
-    nan_rows = int(np.sum(~np.isfinite(result.quantiles[:, 1])))
-    if nan_rows:
+    nan = ~np.isfinite(result.quantiles[:, 1])
+    if nan.any():
+        causes = ", ".join(
+            f"{f.name} {int(np.sum(nan & ((flag & f) != 0)))}" for f in _NAN_FLAGS if np.any(nan & ((flag & f) != 0))
+        )
         warn(
-            f"{nan_rows} of {n} rows have no usable parallax, error or prior and get NaN "
-            f"distances (see {prefix}_flag); they are kept in the table."
+            f"{int(nan.sum())} of {n} rows get NaN distances ({causes}; see {prefix}_flag); they are kept in the table."
+        )
+    inaccurate = int(np.sum(~nan & ((flag & DistanceFlag.INACCURATE) != 0)))
+    if inaccurate:
+        warn(
+            f"{inaccurate} of {n} rows are flagged INACCURATE (see {prefix}_flag): the quadrature could not bound "
+            "its error (the posterior reaches past 1e-3 or 1e9 pc, or is too narrow for its grid)."
         )
     update_provenance(
         out,
@@ -203,6 +247,22 @@ def estimate_distances(
         },
     )
     return out
+
+
+def _checked_quantiles(extra_quantiles: Any) -> tuple[float, ...]:
+    """``extra_quantiles`` as floats, or ``ValueError`` naming the bad entry."""
+    if isinstance(extra_quantiles, str | bytes) or not hasattr(extra_quantiles, "__iter__"):
+        raise ValueError(f"extra_quantiles must be a sequence of probabilities; got {extra_quantiles!r}")
+    out = []
+    for q in extra_quantiles:
+        try:
+            x = float(q)
+        except (TypeError, ValueError):
+            raise ValueError(f"extra_quantiles must hold probabilities in (0, 1); got {q!r}") from None
+        if not 0.0 < x < 1.0:  # also rejects NaN
+            raise ValueError(f"extra_quantiles must hold probabilities in (0, 1); got {q!r}")
+        out.append(x)
+    return tuple(out)
 
 
 def _quadrature(
@@ -250,7 +310,7 @@ def _add_distance_columns(
         names.flag,
         result.flag.astype(np.int16),
         description="DistanceFlag bits: 1 no parallax, 2 bad error, 4 prior-dominated, "
-        "8 multimodal, 16 prior/likelihood conflict, 32 invalid prior",
+        "8 multimodal, 16 prior/likelihood conflict, 32 invalid prior, 64 inaccurate, 128 no zero point",
     )
     if result.r_hat is not None and result.ess is not None:
         add_column(out, names.rhat, result.r_hat, description="NUTS split R-hat of ln r")

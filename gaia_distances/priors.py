@@ -20,7 +20,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
-from gaia_distances.columns import column_values, find_column, require_columns
+from gaia_distances.columns import column_values, find_column, require_columns, warn
 from gaia_distances.core import priors as core
 from gaia_distances.errors import PriorTableError
 
@@ -48,19 +48,49 @@ _N_HEALPIX5 = 12 * 4**5
 ParamLike = Union[float, np.ndarray, u.Quantity, str]  # noqa: UP007 (a runtime alias)
 
 
-def _param(value: ParamLike, table: Table, n: int, name: str, unit: u.UnitBase | None) -> np.ndarray:
-    """One float64 value per row from a scalar, array, Quantity or column name."""
+#: What each prior parameter must be, as a test and in words (``GGD`` is proper for these).
+_VALID: dict[str, tuple[Any, str]] = {
+    "length_scale": (lambda x: np.isfinite(x) & (x > 0), "a positive finite distance (pc)"),
+    "r_max": (lambda x: np.isfinite(x) & (x > 0), "a positive finite distance (pc)"),
+    "alpha": (lambda x: np.isfinite(x) & (x > 0), "a positive finite number"),
+    "beta": (lambda x: np.isfinite(x) & (x > -1), "a finite number above -1"),
+}
+
+
+def _param(value: ParamLike, table: Table, n: int, name: str, unit: u.UnitBase | None, prior: str) -> np.ndarray:
+    """One float64 value per row from a scalar, array, Quantity or column name.
+
+    A scalar outside the parameter's range raises ``ValueError``; per-star
+    values outside it (or missing) are passed on, and the core flags those
+    rows ``INVALID_PRIOR`` with NaN results; a warning says how many.
+    """
     if isinstance(value, str):
         col = find_column(table, value, step=f"prior parameter {name}")
         arr = column_values(table, col, unit if isinstance(table[col], u.Quantity) else None)
+        source = f"column {col!r}"
     elif isinstance(value, u.Quantity):
         arr = np.asarray(value.to_value(unit) if unit is not None else value.value, dtype=float)
+        source = "values"
     else:
-        arr = np.asarray(value, dtype=float)
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{prior} {name} must be a number, an array, a Quantity or a column name; got {value!r}"
+            ) from None
+        source = "values"
+    ok, what = _VALID[name]
     if arr.ndim == 0:
+        if not ok(arr):
+            raise ValueError(f"{prior} {name} must be {what}; got {float(arr)!r}")
         return np.full(n, float(arr))
     if arr.shape != (n,):
         raise ValueError(f"prior parameter {name} has shape {arr.shape}; expected a scalar or ({n},)")
+    bad = int(np.sum(~ok(arr)))
+    if bad:
+        warn(
+            f"{prior} {name}: {bad} of {n} {source} are not {what}; those rows get NaN distances flagged INVALID_PRIOR"
+        )
     return arr
 
 
@@ -73,7 +103,10 @@ class EDSD:
     length_scale
         ``L`` in pc (scalar, per-star array, Quantity or column name). The
         default 1350 pc is the Bailer-Jones (2015) / Astraatmadja & Bailer-Jones
-        (2016) all-sky value.
+        (2016) all-sky value. It must be positive and finite: a scalar that is
+        not raises ``ValueError`` when the prior is used; per-star values that
+        are not give those rows NaN distances flagged ``INVALID_PRIOR``, with a
+        warning.
 
     Examples
     --------
@@ -84,7 +117,7 @@ class EDSD:
     length_scale: ParamLike = 1350.0
 
     def resolve(self, table: Table) -> core.EDSDPrior:
-        return core.EDSDPrior(_param(self.length_scale, table, len(table), "length_scale", u.pc))
+        return core.EDSDPrior(_param(self.length_scale, table, len(table), "length_scale", u.pc, "EDSD"))
 
     def describe(self) -> dict[str, Any]:
         return {"name": "EDSD", **_describe_params(asdict(self))}
@@ -104,8 +137,13 @@ class GGD:
     ----------
     alpha, beta
         Shape parameters (dimensionless): scalars, per-star arrays or column names.
+        The prior is proper for ``alpha > 0`` and ``beta > -1``.
     length_scale
-        ``L`` in pc (scalar, per-star array, Quantity or column name).
+        ``L`` in pc (scalar, per-star array, Quantity or column name), positive.
+
+    A scalar parameter out of range raises ``ValueError`` when the prior is
+    used; per-star values out of range (or missing) give those rows NaN
+    distances flagged ``INVALID_PRIOR``, with a warning.
 
     Examples
     --------
@@ -120,9 +158,9 @@ class GGD:
     def resolve(self, table: Table) -> core.GGDPrior:
         n = len(table)
         return core.GGDPrior(
-            alpha=_param(self.alpha, table, n, "alpha", None),
-            beta=_param(self.beta, table, n, "beta", None),
-            length_scale=_param(self.length_scale, table, n, "length_scale", u.pc),
+            alpha=_param(self.alpha, table, n, "alpha", None, "GGD"),
+            beta=_param(self.beta, table, n, "beta", None, "GGD"),
+            length_scale=_param(self.length_scale, table, n, "length_scale", u.pc, "GGD"),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -143,12 +181,23 @@ class GGD:
 
 @dataclass(frozen=True)
 class UniformSpaceDensity:
-    """Constant space density out to ``r_max`` (pc): ``3 r^2 / r_max^3``."""
+    """Constant space density out to ``r_max`` (pc): ``3 r^2 / r_max^3``.
+
+    ``r_max`` (scalar, per-star array, Quantity or column name) must be
+    positive and finite: a scalar that is not raises ``ValueError``; per-star
+    values that are not give those rows NaN flagged ``INVALID_PRIOR``.
+
+    Examples
+    --------
+    >>> UniformSpaceDensity(5000.0)
+    UniformSpaceDensity(r_max=5000.0)
+    """
 
     r_max: ParamLike = 1e5
 
     def resolve(self, table: Table) -> core.UniformSpaceDensityPrior:
-        return core.UniformSpaceDensityPrior(_param(self.r_max, table, len(table), "r_max", u.pc))
+        r_max = _param(self.r_max, table, len(table), "r_max", u.pc, "UniformSpaceDensity")
+        return core.UniformSpaceDensityPrior(r_max)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "UniformSpaceDensity", **_describe_params(asdict(self))}
@@ -285,6 +334,13 @@ def resolve_prior(prior: Any, table: Table) -> tuple[Any, dict[str, Any]]:
     ``Distribution`` over distance in pc with positive support.
 
     Returns the core prior and a description for provenance.
+
+    Raises
+    ------
+    ValueError
+        A scalar parameter out of range (e.g. ``EDSD(0)``), an unknown name, or
+        a numpyro distribution that is discrete, lives on negative distances or
+        has parameters outside its ``arg_constraints``; the message names it.
     """
     if isinstance(prior, str):
         key = prior.lower()

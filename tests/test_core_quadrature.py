@@ -150,3 +150,155 @@ def test_any_parallax_gives_ordered_finite_quantiles(w, frac, L):
     assert np.all(np.isfinite(q)) and np.isfinite(out["mode"][0])
     assert q[0] <= q[1] <= q[2]
     assert q[0] > 0
+
+
+# --------------------------------------------------------------------------- issue 13
+
+#: Extreme Bailer-Jones 2021 GGD pixels (alpha, beta, L in pc): the smallest L
+#: (8694), alpha (11579) and beta (11984), and the largest L (7208), alpha
+#: (7296) and beta (149) of prior_summary.csv.
+BJ2021_EXTREMES = [
+    (0.177383298370138, 7.84376581660407, 2.63743330116198e-07),
+    (0.174019121518422, 5.08687014352562, 1.7343749724656e-06),
+    (2.41843139610194, 0.103976879525352, 7857.1118026762),
+    (4.00461669066357, 0.752557761975833, 10405.067292308),
+    (4.0208772215727, 1.85020238087389, 8243.4281255254),
+    (0.193861015217556, 7.91900776939057, 2.54782200044828e-06),
+]
+
+
+def _ggd_log_prior(alpha, beta, L):
+    return lambda r: beta * np.log(r) - (r / L) ** alpha
+
+
+NEGATIVE_PRIORS = {
+    "edsd": (lambda n: EDSDPrior(np.full(n, 1350.0)), lambda r: 2 * np.log(r) - r / 1350.0),
+    "edsd_small_L": (lambda n: EDSDPrior(np.full(n, 30.0)), lambda r: 2 * np.log(r) - r / 30.0),
+    "ggd": PRIORS["ggd"],
+    "uniform": PRIORS["uniform"],
+    **{
+        f"bj2021_extreme_{k}": (
+            lambda n, p=p: GGDPrior(alpha=np.full(n, p[0]), beta=np.full(n, p[1]), length_scale=np.full(n, p[2])),
+            _ggd_log_prior(*p),
+        )
+        for k, p in enumerate(BJ2021_EXTREMES)
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(NEGATIVE_PRIORS))
+def test_issue13_item2_strongly_negative_parallaxes_match_reference(name):
+    """w / s from -20 to -1000 under every built-in prior, including the Bailer-Jones 2021 extremes."""
+    make, log_prior = NEGATIVE_PRIORS[name]
+    snr = np.array([-20.0, -100.0, -400.0, -1000.0])
+    s = np.array([0.3, 0.05, 0.01])
+    w = (snr[:, None] * s[None, :]).ravel()
+    s = np.broadcast_to(s, (4, 3)).ravel()
+    out = summarize_posteriors(w, s, make(len(w)), n_threads=1)
+    assert not np.any(out["flag"] & DistanceFlag.INACCURATE)
+    for i in range(len(w)):
+        ref = reference_quantiles(w[i], s[i], log_prior, ONE_SIGMA_QUANTILES, r_min=1e-2, r_max=1e9, n=400_001)
+        np.testing.assert_allclose(out["quantiles"][i], ref, rtol=1e-4, err_msg=f"{name} w={w[i]} s={s[i]}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_issue13_item2_negative_parallax_of_the_issue(dtype):
+    """w = -2.0 +- 0.02 mas under EDSD(1350): 84 447 pc [77 159, 92 420] (was 100 721 pc, 20x too narrow)."""
+    with x64():
+        out = summarize_posteriors(np.array([-2.0]), np.array([0.02]), EDSDPrior(np.array([1350.0])), dtype=dtype)
+    np.testing.assert_allclose(out["quantiles"][0], [77159.03, 84447.50, 92420.49], rtol=1e-5)
+
+
+def test_issue13_item2_prior_likelihood_tension_matches_reference():
+    """A precise parallax far beyond a short-scale prior: the posterior lies outside both the likelihood's
+    bracket and the prior's support (w = 0.4 +- 0.01 mas, L = 30 pc gave 2239 pc for 2392 pc)."""
+    w, s, L = np.array([0.4, 0.1, 2.0]), np.array([0.01, 0.01, 0.05]), np.array([30.0, 30.0, 5.0])
+    out = summarize_posteriors(w, s, EDSDPrior(L), n_threads=1)
+    for i in range(len(w)):
+        ref = reference_quantiles(w[i], s[i], lambda r, L=L[i]: 2 * np.log(r) - r / L, r_min=1.0, r_max=1e6)
+        np.testing.assert_allclose(out["quantiles"][i], ref, rtol=1e-4)
+
+
+def test_issue13_item2_bailer_jones_2021_negative_parallaxes(data_file):
+    """The issue's check: BJ2021 GGD priors of random pixels, w / s from -400 to -20 (62 of 600 were off)."""
+    from astropy.table import Table
+
+    table = Table.read(data_file("bj2021_prior_summary.csv"), format="ascii.csv")
+    rng = np.random.default_rng(13)
+    n = 16  # one chunk shape shared with the other tests
+    row = rng.integers(0, len(table), n)
+    alpha, beta, L = (np.asarray(table[c], float)[row] for c in ("GGDalpha", "GGDbeta", "GGDrlen"))
+    s = 10 ** rng.uniform(-2.5, 0.0, n)
+    w = rng.uniform(-400.0, -20.0, n) * s
+    out = summarize_posteriors(w, s, GGDPrior(alpha, beta, L), n_threads=1)
+    assert not np.any(out["flag"] & DistanceFlag.INACCURATE)
+    for i in range(n):
+        lp = _ggd_log_prior(alpha[i], beta[i], L[i])
+        ref = reference_quantiles(w[i], s[i], lp, r_min=1.0, r_max=1e8, n=200_001)
+        np.testing.assert_allclose(out["quantiles"][i], ref, rtol=1e-4, err_msg=f"row {row[i]} w={w[i]} s={s[i]}")
+
+
+def test_issue13_item2_posterior_beyond_the_global_range_is_flagged():
+    """Where the limits 1e-3..1e9 pc cut the posterior, the row says so (INACCURATE) instead of being silently off."""
+    out = summarize_posteriors(
+        np.array([0.0, 0.0, 1.0]), np.array([1.0, 1e6, 0.1]), EDSDPrior(np.array([1e8, 1e-4, 1e3]))
+    )
+    assert out["flag"][0] & DistanceFlag.INACCURATE and out["flag"][1] & DistanceFlag.INACCURATE
+    assert not out["flag"][2] & DistanceFlag.INACCURATE
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("n_nodes", 0), ("n_nodes", 1), ("n_nodes", 8.5), ("chunk_size", -1), ("chunk_size", 0), ("n_threads", 0),
+     ("quantiles", (0.5, 1.0)), ("quantiles", (np.nan,)), ("n_scan", 1), ("scan_drop", -1.0),
+     ("prior_dominated_threshold", np.nan), ("dtype", np.int32)],
+)  # fmt: skip
+def test_issue13_item9_options_are_validated(option, value):
+    """n_nodes=1 and chunk_size=-1 gave NaN rows with flag 0, n_nodes=0 crashed inside JAX."""
+    with pytest.raises(ValueError, match=option):
+        summarize_posteriors(np.ones(3), np.full(3, 0.1), EDSDPrior(np.full(3, 1000.0)), **{option: value})
+
+
+def test_issue13_item9_every_nan_result_has_a_flag():
+    """A user prior whose density is NaN everywhere gives NaN flagged INACCURATE, never NaN with flag 0."""
+    import numpyro.distributions as dist
+
+    bad = DistributionPrior.from_distribution(dist.Gamma(-1.0, 1.0, validate_args=False), 2)
+    out = summarize_posteriors(np.array([1.0, -1.0]), np.array([0.1, 0.5]), bad)
+    assert np.all(np.isnan(out["quantiles"]))
+    assert np.all(out["flag"] & DistanceFlag.INACCURATE)
+    w = np.array([1.0, np.nan, 1.0, 1.0])
+    s = np.array([0.1, 0.1, -1.0, 0.1])
+    out = summarize_posteriors(w, s, EDSDPrior(np.array([1000.0, 1000.0, 1000.0, 0.0])))
+    nan_causes = (
+        DistanceFlag.NO_PARALLAX | DistanceFlag.BAD_ERROR | DistanceFlag.INVALID_PRIOR | DistanceFlag.INACCURATE
+    )
+    nan = ~np.isfinite(out["quantiles"]).all(axis=1) | ~np.isfinite(out["mode"])
+    assert np.array_equal(nan, (out["flag"] & nan_causes) != 0)
+
+
+def test_issue13_item9_flag_bits_are_distinct_and_documented():
+    values = [f.value for f in DistanceFlag if f.value]
+    assert len(set(values)) == len(values) and all(v & (v - 1) == 0 for v in values)
+    assert DistanceFlag.INACCURATE == 64
+
+
+def test_issue13_item2_numerics_helpers():
+    """The pieces the new range and grid use: bisection, the offset likelihood in float32, the CDF search."""
+    from gaia_distances.core.numerics import bisect, invert_cdf, log_likelihood_offset
+
+    lo, hi = bisect(lambda x: x * x < 2.0, np.zeros(3, np.float32), np.full(3, 2.0, np.float32), 30)
+    np.testing.assert_allclose(np.asarray(hi), np.sqrt(2.0), rtol=1e-6)
+    assert np.all(np.asarray(lo) ** 2 < 2.0) and np.all(np.asarray(hi) ** 2 >= 2.0)
+    # w / s = -1000: the log likelihood itself is near -5e5, its change over 0.01 in ln r is ~ -1.2
+    w, s, u0, d = -2.0, 0.002, np.log(8e5), np.linspace(-0.05, 0.05, 11)
+    exact = -0.5 * ((1000 * np.exp(-(u0 + d)) - w) / s) ** 2 + 0.5 * ((1000 * np.exp(-u0) - w) / s) ** 2
+    x0 = np.float32(1000 * np.exp(-u0))
+    got = log_likelihood_offset(x0, d.astype(np.float32), np.float32(w), np.float32(s))
+    np.testing.assert_allclose(np.asarray(got), exact, rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(1)
+    cdf = np.cumsum(rng.uniform(0, 1, (50, 64)), axis=1)
+    cdf = (cdf - cdf[:, :1]) / (cdf[:, -1:] - cdf[:, :1])
+    for q in (0.01, 0.5, 0.99):
+        a, b = invert_cdf(cdf, q), invert_cdf(cdf, q, binary_search=True)
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))

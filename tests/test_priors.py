@@ -159,3 +159,66 @@ def test_bad_prior_table_is_clear(tmp_path):
         gd.load_bailer_jones_2021_table(bad)
     with pytest.raises(gd.PriorTableError, match="not found"):
         gd.load_bailer_jones_2021_table(tmp_path / "nothing.csv")
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        EDSDPrior(np.array([1350.0])),
+        GGDPrior(np.array([1.4]), np.array([2.6]), np.array([2200.0])),
+        GGDPrior(np.array([0.177]), np.array([7.84]), np.array([2.6e-7])),
+        UniformSpaceDensityPrior(np.array([5000.0])),
+    ],
+)
+def test_issue13_item2_log_prob_offset_is_the_difference_and_concave(prior):
+    """What the quadrature's bound relies on: the offset form, concavity in ln r and the domain."""
+    with x64():
+        lo, hi = (float(np.asarray(x)[0]) for x in prior.log_domain())
+        u0 = np.array([float(np.asarray(prior.log_support(-34.5)[1])[0]) - 2.0])
+        d = np.linspace(-3.0, 0.0 if np.isfinite(hi) else 3.0, 61)
+        exact = np.asarray(prior.log_prob_logr(u0 + d)) - np.asarray(prior.log_prob_logr(u0))
+        np.testing.assert_allclose(np.asarray(prior.log_prob_logr_offset(u0, d)), exact, rtol=1e-9, atol=1e-9)
+        assert prior.log_concave and np.all(np.diff(exact, 2) <= 1e-9)
+    assert lo == -np.inf and (hi == np.inf or isinstance(prior, UniformSpaceDensityPrior))
+    assert bool(np.all(prior.valid()))
+
+
+def test_issue13_item13_core_validity_per_star():
+    assert list(EDSDPrior(np.array([1.0, 0.0, -1.0, np.nan, np.inf])).valid()) == [True, False, False, False, False]
+    ggd = GGDPrior(np.array([1.0, 0.0, 1.0, 1.0]), np.array([2.0, 2.0, -1.0, 2.0]), np.array([1.0, 1.0, 1.0, -2.0]))
+    assert list(ggd.valid()) == [True, False, False, False]
+    assert list(UniformSpaceDensityPrior(np.array([10.0, 0.0])).valid()) == [True, False]
+
+
+def test_issue13_item13_per_star_parameters_out_of_range_warn_and_flag():
+    t = QTable({"parallax_corrected": [1.0, 1.0, 1.0] * u.mas, "parallax_error": [0.1] * 3 * u.mas})
+    t["alpha"] = [1.0, 0.0, -2.0]
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"GGD alpha: 2 of 3 column 'alpha' are not a positive"):
+        core, _ = resolve_prior(gd.GGD(alpha="alpha"), t)
+    assert list(np.asarray(core.valid())) == [True, False, False]
+    with pytest.warns(gd.GaiaDistancesWarning, match="INVALID_PRIOR"):
+        out = gd.estimate_distances(t, prior=gd.EDSD(np.array([1000.0, -1.0, 1000.0])))
+    assert out["distance_flag"][1] & gd.DistanceFlag.INVALID_PRIOR and np.isnan(out["distance_median"][1])
+    assert np.isfinite(out["distance_median"][[0, 2]]).all()
+
+
+def test_issue13_item9_user_prior_checks():
+    import numpyro.distributions as dist
+
+    t = QTable({"parallax": [1.0, 2.0] * u.mas})
+    with pytest.raises(ValueError, match="Poisson has the discrete support"):
+        resolve_prior(dist.Poisson(3.0), t)
+    with pytest.raises(ValueError, match=r"Gamma: parameter concentration .* got -1.0"):
+        resolve_prior(dist.Gamma(-1.0, 1.0, validate_args=False), t)
+    with pytest.raises(ValueError, match=r"Gamma: parameter rate .* -2.0"):
+        resolve_prior(dist.Gamma(3.0, np.array([1e-3, -2.0]), validate_args=False), t)
+    core, _ = resolve_prior(dist.Uniform(10.0, 1e4), t)
+    lo, hi = core.log_domain()
+    np.testing.assert_allclose([lo[0], hi[0]], np.log([10.0, 1e4]), rtol=1e-6)
+    assert core.log_concave
+    two = dist.LogNormal(np.array([5.0, 8.0]), 0.1)
+    mix = dist.MixtureSameFamily(dist.Categorical(probs=np.array([0.5, 0.5])), two)
+    assert not resolve_prior(mix, t)[0].log_concave  # takes the heuristic scan

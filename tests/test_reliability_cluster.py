@@ -7,6 +7,7 @@ import os
 import warnings
 
 import numpy as np
+from astropy import units as u
 
 import gaia_distances as gd
 from gaia_distances.cluster.diagnostics import cluster_problems
@@ -55,3 +56,29 @@ def test_issue13_item8_chains_do_not_depend_on_the_machine(monkeypatch):
         monkeypatch.setattr(parallel, "usable_cores", lambda cores=cores: cores)
         counts.append(tuple(nuts_settings(m).num_chains for m in NUTS_DEFAULTS))
     assert len(set(counts)) == 1
+
+
+def test_issue13_item13_distance_hint_is_validated_before_any_work():
+    """``distance_hint=0`` gave "math domain error" from deep inside the start search."""
+    t = gd.simulate_field(60, n_cluster=20, seed=1)
+    for hint, words in [
+        (0.0, "positive, finite"),
+        (-5.0, "positive, finite"),
+        (math.nan, "positive, finite"),
+        ("far", "a distance in pc"),
+        (2 * u.deg, "a distance in pc"),
+    ]:
+        try:
+            gd.fit_cluster(t, distance_hint=hint, progress=False)
+        except ValueError as e:
+            assert "distance_hint" in str(e) and words in str(e)
+        else:  # pragma: no cover - the test fails here
+            raise AssertionError(f"distance_hint={hint!r} was accepted")
+
+
+def test_issue13_item13_identical_parallaxes_have_no_overdensity():
+    """200 identical parallaxes made the start search's histogram step zero (OverflowError)."""
+    from gaia_distances.core.initialisation import parallax_overdensities
+
+    assert parallax_overdensities(np.full(200, math.log(1000.0))) == []
+    assert parallax_overdensities(np.r_[np.full(199, 0.5), np.nan]) == []

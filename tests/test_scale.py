@@ -215,9 +215,7 @@ def test_output_columns_are_those_estimate_distances_appends(sky_frame):
 def test_partition_keeps_a_source_id_index(sky_frame):
     """A named index reaches the pipeline as a column and stays the index (issue 13, item 3)."""
     plain = scale.estimate_partition(sky_frame.head(50), prior=gd.EDSD(1350.0), zero_point=0.0)
-    indexed = scale.estimate_partition(
-        sky_frame.head(50).set_index("source_id"), prior=gd.EDSD(1350.0), zero_point=0.0
-    )
+    indexed = scale.estimate_partition(sky_frame.head(50).set_index("source_id"), prior=gd.EDSD(1350.0), zero_point=0.0)
     assert indexed.index.name == "source_id"
     assert list(indexed.index) == list(sky_frame.head(50)["source_id"])
     np.testing.assert_array_equal(indexed["distance_median"].to_numpy(), plain["distance_median"].to_numpy())

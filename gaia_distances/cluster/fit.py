@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from astropy import units as u
 
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
@@ -74,7 +75,7 @@ def fit_cluster(
     zero_point: float | str | None = None,
     parallax_limits: tuple[float, float] | None = None,
     truncate: bool = True,
-    distance_hint: float | None = None,
+    distance_hint: float | u.Quantity | None = None,
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
@@ -130,7 +131,8 @@ def fit_cluster(
         without renormalising, as the reference analysis did (needed to
         reproduce its M67 numbers, and by ``method="joint"``).
     distance_hint
-        A rough cluster distance (pc) to start the sampler near.
+        A rough cluster distance (pc, or a Quantity) to start the sampler near;
+        it must be positive and finite (``ValueError`` otherwise).
     num_warmup, num_samples, num_chains
         Defaults (:data:`~gaia_distances.core.sampling.NUTS_DEFAULTS`):
         marginal 400 / 1000 / 2 (400 / 500 / 2 with the flexible field or
@@ -169,6 +171,7 @@ def fit_cluster(
             "method='joint' does not model a parallax cut: pass truncate=False to cut as the reference "
             "analysis did, or use method='marginal'"
         )
+    distance_hint = _checked_distance_hint(distance_hint)
     show = method == "joint" if progress is None else bool(progress)
     sel = select_stars(
         table, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=kinematics, truncate=truncate
@@ -220,6 +223,19 @@ def fit_cluster(
         n_per_star=(n_membership_draws, n_quantile_draws),
         clock=clock,
     )
+
+
+def _checked_distance_hint(value: Any) -> float | None:
+    """``distance_hint`` in pc as a float, or ``ValueError`` naming it (a Quantity is converted)."""
+    if value is None:
+        return None
+    try:
+        hint = float(value.to_value(u.pc)) if isinstance(value, u.Quantity) else float(value)
+    except (TypeError, ValueError, u.UnitsError):
+        raise ValueError(f"distance_hint must be a distance in pc; got {value!r}") from None
+    if not (math.isfinite(hint) and hint > 0):
+        raise ValueError(f"distance_hint must be a positive, finite distance in pc; got {value!r}")
+    return hint
 
 
 def find_start(data: StarData, model: ClusterModel, *, distance_hint: float | None = None) -> MapResult:

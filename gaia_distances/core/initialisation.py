@@ -82,7 +82,8 @@ def parallax_overdensities(log_inv_parallax: np.ndarray, *, n_peaks: int = 3) ->
     least 10 stars, are returned.
     """
     x = np.asarray(log_inv_parallax, float)
-    if x.size < 20:
+    x = x[np.isfinite(x)]
+    if x.size < 20 or not np.ptp(x) > 1e-6:  # too few stars, or all at one parallax: no overdensity to find
         return []
     grid = np.linspace(x.min(), x.max(), 800)
     step = grid[1] - grid[0]

@@ -6,6 +6,9 @@
 - :func:`normal_log_pdf` and :func:`log_likelihood_u`, the parallax likelihood
   in ``u = ln(r / pc)``;
 - :func:`likelihood_bracket`, the ``ln r`` interval holding a star's likelihood;
+- :func:`log_likelihood_offset`, the change of the parallax log likelihood
+  between two distances, without cancellation;
+- :func:`bisect`, vectorised bisection on a predicate;
 - :func:`hermite` and :func:`hermite_derivative`, the cubic Hermite step on the
   unit interval, and :func:`invert_cdf`, which inverts a tabulated CDF with it;
 - :func:`padded_chunks`, fixed-size chunks so that one compiled program serves
@@ -17,9 +20,10 @@ Pure JAX/NumPy: ``xp`` selects the array module where both are supported.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,11 +33,13 @@ __all__ = [
     "SUMMARY_LEVELS",
     "Array",
     "Chunk",
+    "bisect",
     "chunk_length",
     "hermite",
     "hermite_derivative",
     "invert_cdf",
     "likelihood_bracket",
+    "log_likelihood_offset",
     "log_likelihood_u",
     "normal_log_pdf",
     "padded_chunks",
@@ -81,6 +87,38 @@ def likelihood_bracket(parallax: Array, parallax_error: Array, k: float, xp: Any
     return u_lo, u_hi
 
 
+def log_likelihood_offset(x0: Array, d: Array, parallax: Array, parallax_error: Array) -> Array:
+    """``ln N(w | 1000 e^-(u0 + d), s) - ln N(w | x0, s)`` with ``x0 = 1000 e^-u0`` (mas).
+
+    Written as ``-(x - x0) (x + x0 - 2 w) / (2 s^2)`` with ``x - x0 = x0 expm1(-d)``,
+    so it keeps its relative accuracy in float32 where both terms are huge
+    (``w / s = -1000`` puts them near ``-5e5``).
+    """
+    dx = x0 * jnp.expm1(-d)
+    return -dx * (2.0 * (x0 - parallax) + dx) / (2.0 * parallax_error * parallax_error)
+
+
+def bisect(inside: Callable[[Array], Array], lo: Array, hi: Array, steps: int) -> tuple[Array, Array]:
+    """Vectorised bisection: ``(lo, hi)`` after ``steps`` halvings.
+
+    ``inside(x)`` is a boolean array; each step moves ``lo`` to the midpoint
+    where it is true and ``hi`` where it is false. When ``inside`` is true at
+    and left of some point and false right of it, the final ``[lo, hi]`` holds
+    that point; ``lo`` never leaves the true side, ``hi`` the false one.
+    The steps run in a ``fori_loop``, so that XLA keeps each step's state in
+    memory rather than recomputing the chain of selections wherever the
+    result is used.
+    """
+
+    def step(_: int, state: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = state
+        mid = 0.5 * (lo + hi)
+        ok = inside(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    return jax.lax.fori_loop(0, steps, step, (lo, hi))
+
+
 def hermite(t: Array, v0: Array, m0: Array, v1: Array, m1: Array) -> Array:
     """Cubic Hermite interpolant on ``t`` in [0, 1] with end values ``v`` and slopes ``m`` (per unit ``t``)."""
     t2 = t * t
@@ -94,22 +132,43 @@ def hermite_derivative(t: Array, v0: Array, m0: Array, v1: Array, m1: Array) -> 
     return (6 * t2 - 6 * t) * v0 + (3 * t2 - 4 * t + 1) * m0 + (-6 * t2 + 6 * t) * v1 + (3 * t2 - 2 * t) * m1
 
 
-def invert_cdf(cdf: Array, q: float, slope: Array | None = None, *, n_newton: int = 4) -> tuple[Array, Array]:
+def invert_cdf(
+    cdf: Array,
+    q: float,
+    slope: Array | None = None,
+    *,
+    n_newton: int = 4,
+    width: Array | None = None,
+    binary_search: bool = False,
+) -> tuple[Array, Array]:
     """Where a tabulated CDF reaches ``q``: ``(i, t)`` with the crossing at node ``i + t``.
 
     ``cdf`` has shape ``(n, K)``, non-decreasing along its last axis. Without
     ``slope`` the CDF is interpolated linearly between nodes; with ``slope``
     (``dC/dt`` per node interval, shape ``(n, K)``) the cubic Hermite
     interpolant is inverted by ``n_newton`` Newton steps (error ``O(h^4)``).
+    When the intervals differ in length, pass ``slope`` as the density
+    ``dC/du`` at each node and ``width`` (shape ``(n, K)``) as the length of
+    the interval from each node to the next. ``binary_search=True`` finds the
+    interval by bisection (``log2 K`` look-ups into a CDF held in memory)
+    instead of comparing every node with ``q``; the two agree on
+    non-decreasing rows.
     """
     K = cdf.shape[1]
-    i = jnp.clip(jnp.sum(cdf < q, axis=1) - 1, 0, K - 2)[:, None]
+    if binary_search:
+        below = jax.vmap(lambda row: jnp.searchsorted(row, q, side="left", method="scan"))(cdf)
+    else:
+        below = jnp.sum(cdf < q, axis=1)
+    i = jnp.clip(below - 1, 0, K - 2)[:, None]
     c0 = jnp.take_along_axis(cdf, i, axis=1)[:, 0]
     c1 = jnp.take_along_axis(cdf, i + 1, axis=1)[:, 0]
     t = jnp.clip((q - c0) / jnp.where(c1 > c0, c1 - c0, 1.0), 0.0, 1.0)
     if slope is not None:
         m0 = jnp.take_along_axis(slope, i, axis=1)[:, 0]
         m1 = jnp.take_along_axis(slope, i + 1, axis=1)[:, 0]
+        if width is not None:
+            h = jnp.take_along_axis(width, i, axis=1)[:, 0]
+            m0, m1 = m0 * h, m1 * h
         for _ in range(n_newton):
             val = hermite(t, c0, m0, c1, m1)
             der = hermite_derivative(t, c0, m0, c1, m1)

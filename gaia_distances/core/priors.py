@@ -8,11 +8,23 @@ keeps the generalized gamma prior finite even where ``L ~ 1e-6 pc``.
 
 Parameters broadcast against ``u`` in the usual NumPy way: the quadrature calls
 these methods with parameters of shape ``(n, 1)`` and ``u`` of shape ``(n, K)``.
+
+Besides the densities, each prior tells the quadrature what its accuracy
+bound (:mod:`gaia_distances.core.quadrature`) relies on:
+
+- ``log_concave``: whether ``log_prob_logr`` is concave in ``u`` for every
+  valid parameter value (true of EDSD, GGD, the uniform space density and the
+  common numpyro families listed in :data:`LOG_CONCAVE_DISTRIBUTIONS`);
+- ``valid()``: per star, whether the parameters define a proper prior;
+- ``log_domain()``: the ``u`` interval where the density is positive;
+- ``log_prob_logr_offset(u0, d)``: ``ln p(u0 + d) - ln p(u0)`` without the
+  cancellation of subtracting two large numbers.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -24,6 +36,7 @@ from gaia_distances.core.numerics import Array
 __all__ = [
     "GLOBAL_LOG_R_MAX",
     "GLOBAL_LOG_R_MIN",
+    "LOG_CONCAVE_DISTRIBUTIONS",
     "DistributionPrior",
     "EDSDPrior",
     "GGDPrior",
@@ -34,6 +47,34 @@ __all__ = [
 #: Lower and upper limits (ln pc) used when a prior gives no finite support.
 GLOBAL_LOG_R_MIN = math.log(1e-3)
 GLOBAL_LOG_R_MAX = math.log(1e9)
+
+#: numpyro distributions over r whose log density in ``u = ln r`` is concave for
+#: every valid parameter value (for these the quadrature's bound is rigorous).
+LOG_CONCAVE_DISTRIBUTIONS = frozenset(
+    {
+        "Chi2",
+        "Exponential",
+        "Gamma",
+        "HalfCauchy",
+        "HalfNormal",
+        "InverseGamma",
+        "LogNormal",
+        "LogUniform",
+        "Pareto",
+        "Uniform",
+        "Weibull",
+    }
+)
+
+
+def _positive_finite(x: Array) -> Array:
+    x = jnp.asarray(x)
+    return jnp.isfinite(x) & (x > 0)
+
+
+def _unbounded(like: Array) -> tuple[Array, Array]:
+    shape = jnp.shape(like)
+    return jnp.full(shape, -jnp.inf), jnp.full(shape, jnp.inf)
 
 
 def _gamma_log_support(shape: Array, log_eps: float) -> tuple[Array, Array]:
@@ -66,6 +107,11 @@ class EDSDPrior(NamedTuple):
 
     length_scale: Array
 
+    @property
+    def log_concave(self) -> bool:
+        """True: ``3 u - e^u / L`` is concave in ``u``."""
+        return True
+
     def log_prob(self, r: Array) -> Array:
         """Log density in pc^-1 at distance ``r`` (pc)."""
         L = self.length_scale
@@ -76,6 +122,18 @@ class EDSDPrior(NamedTuple):
         """``ln p(r) + u`` at ``u = ln(r / pc)``: the log density of ``u``."""
         L = self.length_scale
         return -math.log(2.0) + 3.0 * (u - jnp.log(L)) - jnp.exp(u) / L
+
+    def log_prob_logr_offset(self, u0: Array, d: Array) -> Array:
+        """``log_prob_logr(u0 + d) - log_prob_logr(u0)``, accurate for small ``d``."""
+        return 3.0 * d - jnp.exp(u0) / self.length_scale * jnp.expm1(d)
+
+    def valid(self) -> Array:
+        """Per star: ``L`` is finite and positive."""
+        return _positive_finite(self.length_scale)
+
+    def log_domain(self) -> tuple[Array, Array]:
+        """The ``u`` interval where the density is positive: all of it."""
+        return _unbounded(self.length_scale)
 
     def log_support(self, log_eps: float) -> tuple[Array, Array]:
         """``(u_lo, u_hi)`` in ``ln pc`` holding all but about ``2 exp(log_eps)`` of the mass."""
@@ -112,6 +170,11 @@ class GGDPrior(NamedTuple):
     beta: Array
     length_scale: Array
 
+    @property
+    def log_concave(self) -> bool:
+        """True: ``(beta + 1) u - (e^u / L)^alpha`` is concave in ``u`` for ``alpha > 0``."""
+        return True
+
     def log_prob(self, r: Array) -> Array:
         """Log density in pc^-1 at distance ``r`` (pc)."""
         u = jnp.log(r)
@@ -122,6 +185,21 @@ class GGDPrior(NamedTuple):
         a, b = self.alpha, self.beta
         x = u - jnp.log(self.length_scale)
         return jnp.log(a) - gammaln((b + 1.0) / a) + (b + 1.0) * x - jnp.exp(a * x)
+
+    def log_prob_logr_offset(self, u0: Array, d: Array) -> Array:
+        """``log_prob_logr(u0 + d) - log_prob_logr(u0)``, accurate for small ``d``."""
+        a = self.alpha
+        x0 = u0 - jnp.log(self.length_scale)
+        return (self.beta + 1.0) * d - jnp.exp(a * x0) * jnp.expm1(a * d)
+
+    def valid(self) -> Array:
+        """Per star: ``alpha > 0``, ``beta > -1`` and ``L > 0``, all finite (a proper prior)."""
+        beta = jnp.asarray(self.beta)
+        return _positive_finite(self.alpha) & jnp.isfinite(beta) & (beta > -1.0) & _positive_finite(self.length_scale)
+
+    def log_domain(self) -> tuple[Array, Array]:
+        """The ``u`` interval where the density is positive: all of it."""
+        return _unbounded(self.length_scale)
 
     def log_support(self, log_eps: float) -> tuple[Array, Array]:
         """``(u_lo, u_hi)`` in ``ln pc`` holding all but about ``2 exp(log_eps)`` of the mass."""
@@ -136,16 +214,37 @@ class UniformSpaceDensityPrior(NamedTuple):
 
     r_max: Array
 
+    @property
+    def log_concave(self) -> bool:
+        """True: ``3 u`` up to ``ln r_max`` (and ``-inf`` beyond) is concave in ``u``."""
+        return True
+
     def log_prob(self, r: Array) -> Array:
+        """Log density in pc^-1 at distance ``r`` (pc)."""
         lp = math.log(3.0) + 2.0 * jnp.log(r) - 3.0 * jnp.log(self.r_max)
         return jnp.where((r > 0) & (r <= self.r_max), lp, -jnp.inf)
 
     def log_prob_logr(self, u: Array) -> Array:
+        """``ln p(r) + u`` at ``u = ln(r / pc)``: the log density of ``u``."""
         x = u - jnp.log(self.r_max)
         # The support ends exactly at r_max; the quadrature puts a node there.
         return jnp.where(x <= 1e-12, math.log(3.0) + 3.0 * x, -jnp.inf)
 
+    def log_prob_logr_offset(self, u0: Array, d: Array) -> Array:
+        """``log_prob_logr(u0 + d) - log_prob_logr(u0)`` inside :meth:`log_domain` (``3 d``)."""
+        return 3.0 * d + 0.0 * u0
+
+    def valid(self) -> Array:
+        """Per star: ``r_max`` is finite and positive."""
+        return _positive_finite(self.r_max)
+
+    def log_domain(self) -> tuple[Array, Array]:
+        """The ``u`` interval where the density is positive: up to ``ln r_max``."""
+        logr = jnp.log(self.r_max)
+        return jnp.full(jnp.shape(logr), -jnp.inf), logr
+
     def log_support(self, log_eps: float) -> tuple[Array, Array]:
+        """``(u_lo, u_hi)`` in ``ln pc`` holding all but ``exp(log_eps)`` of the mass."""
         logr = jnp.log(self.r_max)
         return logr + log_eps / 3.0, logr
 
@@ -186,7 +285,9 @@ class DistributionPrior:
         try:
             params = tuple(jnp.broadcast_to(jnp.asarray(getattr(dist, k)), (n,)) for k in names)
             rebuilt = type(dist)(**dict(zip(names, (p[:1] for p in params))))
-            rebuilt.log_prob(jnp.ones(1))
+            with warnings.catch_warnings():  # 1 pc may lie outside the support: only the call is tested
+                warnings.simplefilter("ignore")
+                rebuilt.log_prob(jnp.ones(1))
         except Exception:
             if batch != ():
                 raise ValueError(
@@ -199,19 +300,45 @@ class DistributionPrior:
 
     @property
     def dist(self) -> Any:
+        """The numpyro distribution (rebuilt from the per-star parameters)."""
         if self.static is not None:
             return self.static
         return self.cls(**dict(zip(self.names, self.params)))
 
+    @property
+    def log_concave(self) -> bool:
+        """Whether the family is one of :data:`LOG_CONCAVE_DISTRIBUTIONS`."""
+        return self.cls.__name__ in LOG_CONCAVE_DISTRIBUTIONS and self.cls.__module__.startswith("numpyro.")
+
     def log_prob(self, r: Array) -> Array:
+        """Log density in pc^-1 at distance ``r`` (pc); ``-inf`` outside the support."""
         d = self.dist
         rr = jnp.where(r > 0, r, 1.0)
         lp = d.log_prob(rr)
         return jnp.where((r > 0) & d.support(rr), lp, -jnp.inf)
 
     def log_prob_logr(self, u: Array) -> Array:
+        """``ln p(r) + u`` at ``u = ln(r / pc)``: the log density of ``u``."""
         r = jnp.exp(u)
         return self.log_prob(r) + u
+
+    def log_prob_logr_offset(self, u0: Array, d: Array) -> Array:
+        """``log_prob_logr(u0 + d) - log_prob_logr(u0)``."""
+        return self.log_prob_logr(u0 + d) - self.log_prob_logr(u0)
+
+    def valid(self) -> Array:
+        """All true: :func:`check_positive_support` checked the parameters when the prior was given."""
+        return jnp.ones(jnp.shape(self.params[0]) if self.params else (), dtype=bool)
+
+    def log_domain(self) -> tuple[Array, Array]:
+        """The ``u`` interval of the distribution's support (bounds of an interval support)."""
+        support = self.dist.support
+        shape = jnp.shape(self.params[0]) if self.params else ()
+        lower = getattr(support, "lower_bound", None)
+        upper = getattr(support, "upper_bound", None)
+        lo = -jnp.inf if lower is None else jnp.log(jnp.maximum(jnp.asarray(lower, dtype=float), 0.0))
+        hi = jnp.inf if upper is None else jnp.log(jnp.asarray(upper, dtype=float))
+        return jnp.broadcast_to(lo, shape), jnp.broadcast_to(hi, shape)
 
     def log_support(self, log_eps: float) -> tuple[Array, Array]:
         d = self.dist
@@ -234,10 +361,21 @@ class DistributionPrior:
 
 
 def check_positive_support(dist: Any) -> None:
-    """Raise ``ValueError`` unless ``dist`` lives on (a subset of) r > 0."""
+    """Raise ``ValueError`` unless ``dist`` is a proper continuous prior over r > 0.
+
+    The support must be continuous and lie in ``r >= 0``, and every parameter
+    must satisfy its ``arg_constraints`` (numpyro checks them only when asked
+    to); the message names the distribution, the parameter and its value.
+    """
     from numpyro.distributions import constraints as c
 
+    name = type(dist).__name__
     support = dist.support
+    if getattr(support, "is_discrete", False):
+        raise ValueError(
+            f"a user prior must be a continuous distribution over distance (pc); {name} has the discrete "
+            f"support {support}. Use e.g. numpyro.distributions.LogNormal, Gamma or Uniform(low>=0, high)."
+        )
     ok = support in (c.positive, c.nonnegative)
     lower = getattr(support, "lower_bound", None)
     if not ok and lower is not None:
@@ -248,6 +386,21 @@ def check_positive_support(dist: Any) -> None:
     if not ok:
         raise ValueError(
             f"a user prior must have positive support (distance in pc); "
-            f"{type(dist).__name__} has support {support}. Use e.g. "
+            f"{name} has support {support}. Use e.g. "
             "numpyro.distributions.LogNormal, Gamma or Uniform(low>=0, high)."
         )
+    for param, constraint in getattr(dist, "arg_constraints", {}).items():
+        try:
+            value = getattr(dist, param)
+            good = bool(jnp.all(constraint(jnp.asarray(value))))
+        except Exception:  # a parameter the distribution derives lazily, or an exotic constraint
+            continue
+        if not good:
+            shown = value if jnp.ndim(value) == 0 else f"an array with a value {_first_bad(value, constraint)}"
+            raise ValueError(f"user prior {name}: parameter {param} must satisfy {constraint}; got {shown}")
+
+
+def _first_bad(value: Array, constraint: Any) -> float:
+    arr = jnp.ravel(jnp.asarray(value))
+    bad = ~jnp.asarray(constraint(arr), dtype=bool)
+    return float(arr[jnp.argmax(bad)])
