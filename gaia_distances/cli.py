@@ -196,6 +196,7 @@ def _cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
         method=args.method,
         zero_point=zp,
         extra_quantiles=extra,
+        parallax_error_inflation=args.parallax_error_inflation,
         seed=args.seed,
         progress=not args.quiet,
     )

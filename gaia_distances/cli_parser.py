@@ -48,6 +48,23 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 finite_float = _number(float, lambda v: True, "a finite number")
 
+#: The named parallax error inflation recipes (gaia_distances.core.inflation.INFLATION_RECIPES).
+INFLATION_CHOICES = ("el-badry2021", "maiz-apellaniz2022")
+
+
+def inflation_recipe(text: str) -> str | float | None:
+    """An argparse ``type`` for ``--parallax-error-inflation``: a recipe name, ``none`` or a factor > 0."""
+    name = text.strip().lower()
+    if name == "none":
+        return None
+    if name in INFLATION_CHOICES:
+        return name
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        valid = ", ".join(INFLATION_CHOICES)
+        raise argparse.ArgumentTypeError(f"must be one of {valid}, none or a factor > 0; got {text!r}") from None
+
 
 def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """Add ``--quiet``, ``--json`` and ``-v``, with ``default``.
@@ -168,6 +185,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     e.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step first")
     e.add_argument("--fallback", type=finite_float, default=None, help="with --apply-zeropoint: fallback (mas)")
+    e.add_argument(
+        "--parallax-error-inflation",
+        type=inflation_recipe,
+        default=None,
+        metavar="RECIPE",
+        help="inflate the formal parallax errors: el-badry2021, maiz-apellaniz2022 (both need phot_g_mean_mag), "
+        "a factor, or none (default)",
+    )
     e.add_argument("--p05-p95", action="store_true", help="also write 5th and 95th percentiles")
     e.add_argument("--seed", type=int, default=0, help="random seed (method nuts)")
 

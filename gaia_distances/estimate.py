@@ -30,6 +30,7 @@ from gaia_distances.core.quadrature import DistanceFlag, check_options, summariz
 from gaia_distances.io import as_table
 from gaia_distances.priors import EDSD, resolve_prior
 from gaia_distances.progress import progress_bar, show_progress
+from gaia_distances.systematics import parallax_error_inflation as inflate_errors
 
 __all__ = ["DistanceFlag", "estimate_distances"]
 
@@ -42,6 +43,7 @@ _NAN_FLAGS = (
     DistanceFlag.INVALID_PRIOR,
     DistanceFlag.INACCURATE,
     DistanceFlag.NO_ZERO_POINT,
+    DistanceFlag.NOT_INFLATED,
 )
 
 #: Descriptions of the +-1 sigma summary columns, by index into ONE_SIGMA_QUANTILES.
@@ -77,6 +79,7 @@ def estimate_distances(
     extra_quantiles: Sequence[float] = (),
     prefix: str = "distance",
     prior_dominated_threshold: float = 0.2,
+    parallax_error_inflation: str | float | None = None,
     seed: int = 0,
     progress: bool | None = None,
     n_nodes: int = 128,
@@ -127,6 +130,18 @@ def estimate_distances(
         Prefix of the new columns.
     prior_dominated_threshold
         Fractional parallax error above which a row is flagged prior-dominated.
+    parallax_error_inflation
+        Gaia's formal parallax errors are too small. ``None`` (default) uses
+        them as they are; ``"el-badry2021"`` multiplies them by El-Badry, Rix &
+        Heintz (2021)'s f(G) (eq. 16, clipped at 1 past G = 18.6);
+        ``"maiz-apellaniz2022"`` applies Maiz Apellaniz (2022)'s k(G), times
+        1.25 for 6-parameter solutions, with its 10.3 uas floor in quadrature;
+        a number multiplies every error. The named recipes need
+        ``phot_g_mean_mag``: rows without it get NaN flagged ``NOT_INFLATED``
+        (see :func:`~gaia_distances.systematics.parallax_error_inflation`).
+        Off by default because both recipes were calibrated on particular
+        samples (wide binaries; clusters and quasars) and the choice is the
+        user's to make and report; it is recorded in the provenance.
     seed
         Seed of the NUTS method (quadrature is deterministic).
     progress
@@ -181,6 +196,13 @@ def estimate_distances(
     plx, zp_source = corrected_parallax(out, zero_point, step="estimate_distances")
     err = column_values(out, "parallax_error", u.mas)
     n = len(out)
+    not_inflated = np.zeros(n, dtype=bool)
+    inflation_record = None
+    if parallax_error_inflation is not None:
+        inflated = inflate_errors(out, parallax_error_inflation)
+        not_inflated = inflated.not_applied & np.isfinite(err) & (err > 0)
+        err = inflated.error.to_value(u.mas)
+        inflation_record = inflated.record
     core_prior, prior_desc = resolve_prior(prior, out)
 
     result = _quadrature(
@@ -207,10 +229,12 @@ def estimate_distances(
             progress=progress,
         )
     # a parallax whose zero point is missing is not a missing parallax: say which it is
+    # and an error left uninflated for want of G is not a bad error
     no_zp = parallax_without_zero_point(out, plx)
-    if no_zp.any():
+    if no_zp.any() or not_inflated.any():
         flag = result.flag.copy()
         flag[no_zp] = (flag[no_zp] & ~int(DistanceFlag.NO_PARALLAX)) | int(DistanceFlag.NO_ZERO_POINT)
+        flag[not_inflated] = (flag[not_inflated] & ~int(DistanceFlag.BAD_ERROR)) | int(DistanceFlag.NOT_INFLATED)
         result = result._replace(flag=flag)
     _add_distance_columns(out, result, levels=levels, prefix=prefix, extra_quantiles=extra_quantiles)
 
@@ -239,6 +263,7 @@ def estimate_distances(
             "zero_point": zp_source,
             "zero_point_arg": zero_point_record(zero_point),
             "zeropoint_recipe": out.meta.get("gaia_distances", {}).get("zeropoint", {}).get("recipe"),
+            "parallax_error_inflation": inflation_record,
             "quantiles": list(levels),
             "n_nodes": n_nodes if method == "quadrature" else None,
             "seed": seed if method == "nuts" else None,
@@ -310,7 +335,8 @@ def _add_distance_columns(
         names.flag,
         result.flag.astype(np.int16),
         description="DistanceFlag bits: 1 no parallax, 2 bad error, 4 prior-dominated, "
-        "8 multimodal, 16 prior/likelihood conflict, 32 invalid prior, 64 inaccurate, 128 no zero point",
+        "8 multimodal, 16 prior/likelihood conflict, 32 invalid prior, 64 inaccurate, 128 no zero point, "
+        "256 not inflated",
     )
     if result.r_hat is not None and result.ess is not None:
         add_column(out, names.rhat, result.r_hat, description="NUTS split R-hat of ln r")

@@ -281,6 +281,11 @@ def test_issue13_item9_flag_bits_are_distinct_and_documented():
     values = [f.value for f in DistanceFlag if f.value]
     assert len(set(values)) == len(values) and all(v & (v - 1) == 0 for v in values)
     assert DistanceFlag.INACCURATE == 64
+    import gaia_distances as gd
+
+    out = gd.estimate_distances(gd.simulate_field(5, n_cluster=0, seed=1), zero_point=0.0)
+    described = out["distance_flag"].description
+    assert all(f"{v} " in described for v in values), described
 
 
 def test_issue13_item2_numerics_helpers():

@@ -84,6 +84,9 @@ class DistanceFlag(enum.IntFlag):
     #: the row has a parallax but its zero point is missing (NaN ``parallax_corrected``
     #: or zero-point column, e.g. ``ZeroPointFlag.MISSING_INPUTS``); results are NaN
     NO_ZERO_POINT = 128
+    #: ``parallax_error_inflation`` was asked for but needs ``phot_g_mean_mag``, which
+    #: the row lacks; results are NaN (never an uninflated, too-narrow posterior)
+    NOT_INFLATED = 256
 
 
 def log_posterior_logr(log_r: Array, parallax: Array, parallax_error: Array, prior: Any) -> Array:
