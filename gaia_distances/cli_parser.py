@@ -111,6 +111,19 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="field distance model: flexible (default), a smooth mixture of log-normal distance bins; edsd, "
         "the exponentially decreasing space density (reference model, one length scale L)",
     )
+    parser.add_argument(
+        "--systematics",
+        choices=["vasiliev2021", "lindegren2021", "maiz-apellaniz2021", "none"],
+        default="vasiliev2021",
+        help="Gaia's angularly correlated parallax and proper-motion systematics shared by the members "
+        "(default vasiliev2021); none: the reference model, statistical errors only",
+    )
+    parser.add_argument(
+        "--parallax-offset-prior",
+        choices=["none", "vasiliev2021"],
+        default="none",
+        help="with --systematics: prior on the mean offset; vasiliev2021: +0.010 +- 0.003 mas for G > 13",
+    )
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

@@ -105,7 +105,9 @@ def m67_fit(m67):
     """The marginal fit of M67 with the reference cuts."""
     import gaia_distances as gd
 
-    return gd.fit_cluster(m67, kinematics=False, field="edsd", parallax_limits=(0.2, 3.0), truncate=False, seed=1)
+    return gd.fit_cluster(
+        m67, kinematics=False, field="edsd", parallax_limits=(0.2, 3.0), truncate=False, systematics=None, seed=1
+    )
 
 
 @pytest.fixture(scope="session")

@@ -141,7 +141,7 @@ def test_joint_and_marginal_agree_on_a_small_field():
         errors_independent_of_distance=True,
         seed=8,
     )
-    kw = dict(zero_point="parallax_zeropoint_true", seed=4, num_chains=2)
+    kw = dict(zero_point="parallax_zeropoint_true", seed=4, num_chains=2, systematics=None)
     marg = gd.fit_cluster(t, kinematics=False, field="edsd", num_samples=1000, **kw)
     joint = _quiet(
         gd.fit_cluster,
@@ -282,6 +282,7 @@ def test_joint_reference_settings_reproduce_m67(m67, m67_fit):
         field="edsd",
         parallax_limits=(0.2, 3.0),
         truncate=False,
+        systematics=None,
         method="joint",
         num_warmup=2000,
         num_samples=4000,

@@ -19,6 +19,7 @@ from gaia_distances.cluster.stars import (
     select_stars,
     write_star_columns,
 )
+from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS
 from gaia_distances.columns import warn, zero_point_record
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
 from gaia_distances.core.likelihood import pad_star_data, padded_size
@@ -28,6 +29,7 @@ from gaia_distances.core.sampling import chain_iterations, nuts_settings
 from gaia_distances.errors import GaiaDistancesError
 from gaia_distances.io import as_table
 from gaia_distances.progress import progress_bar
+from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
 __all__ = ["fit_clusters"]
 
@@ -90,6 +92,8 @@ def fit_clusters(
     zero_point: float | str | None = None,
     parallax_limits: tuple[float, float] | None = None,
     truncate: bool = True,
+    systematics: SystematicsSpec = DEFAULT_SYSTEMATICS,
+    parallax_offset_prior: str | tuple[float, float] | None = None,
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
@@ -117,7 +121,7 @@ def fit_clusters(
     group_by
         The cluster-name column of a single table. Rows with a missing name
         are kept, flagged ``NOT_FITTED``.
-    prior, kinematics, field, zero_point, parallax_limits, truncate
+    prior, kinematics, field, zero_point, parallax_limits, truncate, systematics, parallax_offset_prior
         As in :func:`~gaia_distances.fit_cluster`, the same for every
         cluster; under ``kinematics="auto"`` proper motions are used only when
         every table has them.
@@ -152,6 +156,7 @@ def fit_clusters(
     """
     clock = Stopwatch()
     prior = ClusterPriors() if prior is None else prior
+    resolve_systematics(systematics), resolve_offset_prior(parallax_offset_prior)  # a bad option fails first
     if field not in FIELDS:
         raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
     names, parts, whole, rows = _split_groups(tables, group_by)
@@ -214,6 +219,8 @@ def fit_clusters(
                 seed=seed,
                 n_per_star=(n_membership_draws, n_quantile_draws),
                 clock=Stopwatch(start=clock.start),  # each fit's wall time counts from the batch's start
+                systematics=systematics,
+                offset_prior=parallax_offset_prior,
             )
         clock.steps["per_star_s"] = sum(f.diagnostics["timings"]["per_star_s"] for f in fits if f is not None)
     out = _merge_groups(whole, rows, fits) if whole is not None else None

@@ -23,6 +23,7 @@ from astropy import units as u
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
+from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
 from gaia_distances.columns import update_provenance, zero_point_record
 from gaia_distances.core.cluster_sampling import (
     Draws,
@@ -38,6 +39,7 @@ from gaia_distances.core.population import FIELDS, ClusterModel, ClusterPriors, 
 from gaia_distances.core.sampling import NutsSettings, chain_iterations, nuts_settings
 from gaia_distances.core.search import find_map_extended
 from gaia_distances.progress import progress_bar
+from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
 __all__ = ["Stopwatch", "assemble_fit", "find_start", "fit_cluster"]
 
@@ -76,6 +78,8 @@ def fit_cluster(
     parallax_limits: tuple[float, float] | None = None,
     truncate: bool = True,
     distance_hint: float | u.Quantity | None = None,
+    systematics: SystematicsSpec = DEFAULT_SYSTEMATICS,
+    parallax_offset_prior: str | tuple[float, float] | None = None,
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
@@ -133,6 +137,21 @@ def fit_cluster(
     distance_hint
         A rough cluster distance (pc, or a Quantity) to start the sampler near;
         it must be positive and finite (``ValueError`` otherwise).
+    systematics
+        Gaia's angularly correlated parallax (and proper-motion) systematics:
+        ``"vasiliev2021"`` (default; Vasiliev & Baumgardt 2021, calibrated on
+        star clusters), ``"lindegren2021"``, ``"maiz-apellaniz2021"``, a
+        callable ``V(theta_deg) -> mas^2``, or ``None`` for the reference
+        model as it was. The members share one offset whose variance is the
+        weighted mean of ``V`` over their pairs; ``D`` (and ``pmra``/``pmdec``)
+        then include it, and the summary splits ``sd`` into ``sd_stat`` and
+        ``sd_sys`` and adds a ``parallax_offset`` row
+        (:mod:`gaia_distances.cluster.systematics`). Needs ``ra``/``dec``
+        (without them the zero-separation variance is used, with a warning).
+    parallax_offset_prior
+        With ``systematics``: an optional prior on the mean offset,
+        ``"vasiliev2021"`` (+0.010 +- 0.003 mas for G > 13, after the
+        Lindegren zero point) or ``(mean, sigma)`` in mas. ``None``: mean 0.
     num_warmup, num_samples, num_chains
         Defaults (:data:`~gaia_distances.core.sampling.NUTS_DEFAULTS`):
         marginal 400 / 1000 / 2 (400 / 500 / 2 with the flexible field or
@@ -172,6 +191,7 @@ def fit_cluster(
             "analysis did, or use method='marginal'"
         )
     distance_hint = _checked_distance_hint(distance_hint)
+    resolve_systematics(systematics), resolve_offset_prior(parallax_offset_prior)  # a bad option fails first
     show = method == "joint" if progress is None else bool(progress)
     sel = select_stars(
         table, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=kinematics, truncate=truncate
@@ -222,6 +242,8 @@ def fit_cluster(
         seed=seed,
         n_per_star=(n_membership_draws, n_quantile_draws),
         clock=clock,
+        systematics=systematics,
+        offset_prior=parallax_offset_prior,
     )
 
 
@@ -286,8 +308,14 @@ def assemble_fit(
     seed: int,
     n_per_star: tuple[int, int],
     clock: Stopwatch,
+    systematics: SystematicsSpec = None,
+    offset_prior: str | tuple[float, float] | None = None,
 ) -> ClusterFit:
     """Draws -> a :class:`ClusterFit`: per-star columns, diagnostics (warned once) and provenance.
+
+    ``systematics`` and ``offset_prior`` add the members' shared Gaia offsets
+    to the posterior (:mod:`gaia_distances.cluster.systematics`); the
+    convergence checks use the sampled draws without them.
 
     ``data`` may be padded beyond the fitted stars (``fit_clusters``);
     ``n_per_star`` is ``(membership draws, quantile draws)``;
@@ -325,6 +353,7 @@ def assemble_fit(
         )
     posterior = physical_draws(draws.z, prior)
     summ = parameter_summary(posterior, method=method)
+    sys = fit_systematics(systematics, out, sel.stars, res.membership, posterior, offset_prior=offset_prior, seed=seed)
     diagnostics = diagnose(
         posterior,
         {str(r["parameter"]): float(r["r_hat"]) for r in summ},
@@ -338,6 +367,9 @@ def assemble_fit(
     diagnostics["field"] = model.field
     warn_problems(method, diagnostics["warnings"])
     diagnostics["timings"] = dict(clock.steps)
+    if sys is not None:
+        posterior = add_systematics(posterior, sys, seed=seed)
+        summ = parameter_summary(posterior, method=method)
     limits = record.get("parallax_limits")
     update_provenance(
         out,
@@ -357,6 +389,7 @@ def assemble_fit(
             "num_chains": settings.num_chains,
             "seed": seed,
             **{k: v for k, v in record.items() if k not in ("zero_point_arg", "parallax_limits")},
+            "systematics": None if sys is None else sys.record(),
             "summary": {str(r["parameter"]): {"mean": float(r["mean"]), "sd": float(r["sd"])} for r in summ},
             "diagnostics": diagnostics,
         },

@@ -50,6 +50,9 @@ UNITS: dict[str, Any] = {
     "field_pm_weight": u.dimensionless_unscaled,
     "field_pm_trend_ra": "mas / yr per mas",  # astropy would simplify it to 1 / yr
     "field_pm_trend_dec": "mas / yr per mas",
+    "parallax_offset": u.mas,
+    "pmra_offset": _MASYR,
+    "pmdec_offset": _MASYR,
 }
 DESCRIPTIONS = {
     "D": "cluster distance exp(log_D)",
@@ -70,7 +73,15 @@ DESCRIPTIONS = {
     "field_pm_weight": "field component's weight",
     "field_pm_trend_ra": "change of the field's mean pmra per mas of true parallax (solar reflex)",
     "field_pm_trend_dec": "change of the field's mean pmdec per mas of true parallax (solar reflex)",
+    "parallax_offset": "the members' shared Gaia parallax offset (catalogue minus true; from its prior)",
+    "pmra_offset": "the members' shared Gaia pmra offset (from its prior)",
+    "pmdec_offset": "the members' shared Gaia pmdec offset (from its prior)",
 }
+
+#: Suffix of the draws of a parameter without its systematic term (``D_stat``).
+STAT = "_stat"
+#: The systematic offsets themselves (their ``sd`` is all ``sd_sys``).
+SYSTEMATIC_ONLY = ("parallax_offset", "pmra_offset", "pmdec_offset")
 
 
 def _base(name: str) -> str:
@@ -82,7 +93,7 @@ def _base(name: str) -> str:
 def reported_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:
     """The posterior's quantities in report order: the reference ones, then the others as stored."""
     first = [k for k in (*REPORTED, "field_median", "pmra", "pmdec", "sigma_v") if k in posterior]
-    return (*first, *(k for k in posterior if k not in first))
+    return (*first, *(k for k in posterior if k not in first and not k.endswith(STAT)))
 
 
 def _read_only(x: Any) -> np.ndarray:
@@ -124,18 +135,33 @@ def _ess_rhat(x: np.ndarray) -> tuple[float, float, float]:
 
 
 def parameter_summary(posterior: Mapping[str, np.ndarray], *, method: str = "", status: str = "") -> Table:
-    """One row per reported parameter: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat, unit, description."""
+    """One row per reported parameter: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat, unit, description.
+
+    When the fit carries Gaia's correlated systematics (the posterior holds
+    ``D_stat``), two more columns split ``sd``: ``sd_stat``, the sd of the
+    draws without the systematic term, and ``sd_sys``, the sd of the term
+    itself (0 for parameters without one); ``sd^2 ~ sd_stat^2 + sd_sys^2``.
+    ESS and R-hat are then those of the sampled (statistical) draws, as the
+    offsets are independent draws that would mask a poorly mixed chain.
+    """
     rows = []
+    split = any(k.endswith(STAT) for k in posterior)
     for name in reported_parameters(posterior):
         x = np.asarray(posterior[name])
-        ess_b, ess_t, rhat = _ess_rhat(x)
+        stat = np.asarray(posterior.get(name + STAT, x))
+        ess_b, ess_t, rhat = _ess_rhat(stat)
         p16, p50, p84 = np.quantile(x, ONE_SIGMA_QUANTILES)
-        row = (name, float(np.mean(x)), float(np.std(x)), p16, p50, p84, ess_b, ess_t, rhat)
+        sd = float(np.std(x))
+        parts = (float(np.std(stat)), float(np.std(x - stat))) if split else ()
+        if split and name in SYSTEMATIC_ONLY:  # the offsets themselves are all systematic
+            parts = (0.0, sd)
+        row = (name, float(np.mean(x)), sd, *parts, p16, p50, p84, ess_b, ess_t, rhat)
         key = _base(name)
         rows.append((*row, str(UNITS[key]), DESCRIPTIONS[key]))
-    names = ("parameter", "mean", "sd", "p16", "p50", "p84", "ess_bulk", "ess_tail", "r_hat", "unit", "description")
+    sds = ("sd", "sd_stat", "sd_sys") if split else ("sd",)
+    names = ("parameter", "mean", *sds, "p16", "p50", "p84", "ess_bulk", "ess_tail", "r_hat", "unit", "description")
     t = Table(rows=rows, names=names)
-    for c in ("mean", "sd", "p16", "p50", "p84", "ess_bulk", "ess_tail"):
+    for c in ("mean", *sds, "p16", "p50", "p84", "ess_bulk", "ess_tail"):
         t[c].format = ".4g"
     t["r_hat"].format = ".4f"
     t.meta["method"] = method
@@ -325,7 +351,8 @@ class ClusterFit:
             prior, prov.get("field", "edsd"), bool(prov.get("kinematics", False)), int(prov.get("n_field_pm", 2))
         )
         names = [k for k in idata.posterior.data_vars if k != "unconstrained"]
-        post = {k: np.asarray(idata.posterior[k]) for k in (REPORTED if model.is_reference else names)}
+        keep = REPORTED if model.is_reference and not prov.get("systematics") else names
+        post = {k: np.asarray(idata.posterior[k]) for k in keep if k in idata.posterior.data_vars}
         limits = prov.get("parallax_limits")
         # the stars the fit used, selected again exactly as fit_cluster did
         sel = select_stars(
@@ -335,8 +362,9 @@ class ClusterFit:
             kinematics=model.kinematics,
             truncate=bool(prov.get("truncate", False)),
         )
-        if model.is_reference:
-            z = from_population(population_from_physical(post), prior, clip=1e-12)
+        if model.is_reference:  # from the sampled draws, without the systematic term
+            stat = {k: post.get(k + STAT, v) for k, v in post.items() if not k.endswith(STAT)}
+            z = from_population(population_from_physical(stat), prior, clip=1e-12)
         else:
             z = np.asarray(idata.posterior["unconstrained"])
         stats = getattr(idata, "sample_stats", None)

@@ -30,6 +30,7 @@ Sign convention: an offset ``d`` makes the zero-point-corrected parallax
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -51,6 +52,7 @@ __all__ = [
     "maiz_apellaniz2021_parallax",
     "pair_covariance",
     "shared_offset_variance",
+    "weighted_offset_variance",
     "star_scales",
     "vasiliev2021_parallax",
     "vasiliev2021_proper_motion",
@@ -401,3 +403,60 @@ def shared_offset_variance(
     scales = None if s is None else (s[i], s[j])
     v = pair_covariance(k, ra[i], dec[i], ra[j], dec[j], scales=scales, component=component)
     return OffsetVariance(max(float(v.mean()), 0.0), float(v.std(ddof=1) / np.sqrt(n_pairs)), n_pairs, False)
+
+
+def weighted_offset_variance(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    weights: np.ndarray,
+    kernel: str | KernelFunction | SystematicsKernel,
+    g: np.ndarray | None = None,
+    *,
+    component: Component = "parallax",
+    max_exact: int = 3000,
+    n_pairs: int = 400_000,
+    seed: int = 0,
+) -> float:
+    """Systematic variance of a weighted mean of the stars' parallaxes (or proper motions).
+
+    ``sum_ij w_i w_j V(theta_ij) / (sum_i w_i)^2`` (mas^2, or (mas/yr)^2 per
+    component), the diagonal included: a single star keeps its own ``V(0)``.
+    With inverse-variance weights this is the systematic part of the variance
+    of the cluster's mean parallax under ``C = V + diag(sigma^2)``; its
+    statistical part is ``1 / sum(1 / sigma^2)``. Stars with a NaN position
+    or a weight that is not positive take no part. Up to ``max_exact`` stars
+    every pair is summed; above it, ``n_pairs`` pairs are drawn with
+    probability ``w_i w_j`` (an unbiased estimate, deterministic for a seed).
+    The result is clipped at 0 (a kernel that is not positive semi-definite
+    could go below). NaN when no star takes part.
+
+    Examples
+    --------
+    >>> v = weighted_offset_variance([10.0, 10.0], [0.0, 0.0], [1.0, 1.0], "lindegren2021")
+    >>> round(v * 1e6, 6)  # two stars at one position: V(0) = 142 uas^2
+    142.0
+    """
+    k = get_kernel(kernel)
+    ra, dec = np.asarray(ra, dtype=float).ravel(), np.asarray(dec, dtype=float).ravel()
+    w = np.broadcast_to(np.asarray(weights, dtype=float), ra.shape)
+    s_all = star_scales(k, g, ra.size, component)
+    good = np.isfinite(ra) & np.isfinite(dec) & np.isfinite(w) & (w > 0)
+    if not good.any():
+        return math.nan
+    ra, dec, w = ra[good], dec[good], w[good] / w[good].sum()
+    s = None if s_all is None else s_all[good]
+    n = ra.size
+    if n <= max_exact:
+        total = 0.0
+        block = max(1, 2_000_000 // n)
+        for start in range(0, n, block):
+            rows = slice(start, start + block)
+            scales = None if s is None else (s[rows, None], s[None, :])
+            v = pair_covariance(k, ra[rows, None], dec[rows, None], ra, dec, scales=scales, component=component)
+            total += float(w[rows] @ v @ w)
+        return max(total, 0.0)
+    rng = np.random.default_rng(seed)
+    i, j = rng.choice(n, n_pairs, p=w), rng.choice(n, n_pairs, p=w)
+    scales = None if s is None else (s[i], s[j])
+    v = pair_covariance(k, ra[i], dec[i], ra[j], dec[j], scales=scales, component=component)
+    return max(float(v.mean()), 0.0)
