@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,39 @@ import pytest
 from test_utils import x64
 
 __all__ = ["DATA_ENV", "shared_data_dir", "shared_file", "x64"]  # x64 lives in test_utils; kept here for old imports
+
+def pytest_configure(config):
+    """Share compiled JAX programs between the test workers (and later runs) through JAX's persistent cache.
+
+    The fits compile the same programs in every ``pytest-xdist`` worker; the
+    second worker then loads them instead. ``GAIA_DISTANCES_JAX_CACHE`` names
+    the folder (default: one under the system's temporary folder); set it to
+    an empty string to turn the cache off. Keys include the JAX version and
+    the program, so a stale entry is never used.
+    """
+    folder = os.environ.get("GAIA_DISTANCES_JAX_CACHE", str(Path(tempfile.gettempdir()) / "gaia_distances_jax_cache"))
+    if folder:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+#: Fixtures that fit a cluster (tens of seconds each). Every pytest-xdist worker that needs one
+#: would compute it again, so the tests that use one run on one worker (``--dist loadgroup``).
+_SHARED_FITS = ("m67_fit", "cluster_fit", "kin_fit", "small_fits", "client")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        for fixture in _SHARED_FITS:
+            if fixture in names:
+                group = f"{item.module.__name__}:{fixture}" if fixture in ("kin_fit", "client") else fixture
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
 
 #: Environment variable naming the shared reference-data folder.
 DATA_ENV = "GAIA_DISTANCES_TEST_DATA"

@@ -205,3 +205,32 @@ def test_m67_distance_is_dominated_by_the_systematic_term(m67_fit):
     assert total > 5 * stat
     assert np.mean(post["D"]) == pytest.approx(np.mean(post["D_stat"]), abs=1.0)
     assert u.Quantity(np.median(post["D"]), u.pc).to_value(u.pc) == pytest.approx(837.0, abs=3.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["lindegren2021", "vasiliev2021"])
+def test_fitted_distance_sd_matches_the_dense_gls_on_a_2000_star_cone(kernel):
+    """Must-show 2: D's sd from fit_cluster against the dense GLS of the members' mean parallax.
+
+    A 0.5-degree cone of 2 000 stars (1 500 members) with the offsets drawn from the kernel;
+    the GLS uses the true members, ``C = V(theta_ij) + diag(sigma_i^2 + s^2)`` (``s``: the
+    cluster's parallax spread) by Cholesky in float64, and ``sd(D) = D^2 / 1000 sd(w)``.
+    """
+    t = gd.simulate_field(500, n_cluster=1500, cluster_distance=1200.0, parallax_systematics=kernel, seed=17)
+    fit = _quiet_fit(t, kernel)
+    d = float(np.mean(fit.posterior["D_stat"]))
+    member = np.asarray(t["is_member"])
+    spread = 1000.0 / d * float(np.median(fit.posterior["sigma_log_stat"]))
+    sigma2 = np.asarray(t["parallax_error"].value)[member] ** 2 + spread**2
+    var_w = gls_variance(t["ra"].value[member], t["dec"].value[member], sigma2, kernel)
+    gls_sd = d**2 / 1000.0 * math.sqrt(var_w)
+    assert float(np.std(fit.posterior["D"])) == pytest.approx(gls_sd, rel=0.05)
+
+
+def _quiet_fit(t, kernel):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        return gd.fit_cluster(
+            t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", systematics=kernel,
+            num_samples=1000, seed=4, progress=False,
+        )  # fmt: skip
