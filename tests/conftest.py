@@ -16,6 +16,7 @@ from test_utils import x64
 
 __all__ = ["DATA_ENV", "shared_data_dir", "shared_file", "x64"]  # x64 lives in test_utils; kept here for old imports
 
+
 def pytest_configure(config):
     """Share compiled JAX programs between the test workers (and later runs) through JAX's persistent cache.
 
