@@ -35,21 +35,6 @@ def pytest_configure(config):
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-#: Fixtures that fit a cluster (tens of seconds each). Every pytest-xdist worker that needs one
-#: would compute it again, so the tests that use one run on one worker (``--dist loadgroup``).
-_SHARED_FITS = ("m67_fit", "cluster_fit", "kin_fit", "small_fits", "client")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        for fixture in _SHARED_FITS:
-            if fixture in names:
-                group = f"{item.module.__name__}:{fixture}" if fixture in ("kin_fit", "client") else fixture
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
-
-
 #: Environment variable naming the shared reference-data folder.
 DATA_ENV = "GAIA_DISTANCES_TEST_DATA"
 _DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

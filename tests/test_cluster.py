@@ -518,3 +518,24 @@ def test_bad_diagnostics_warn_once_and_a_rebuilt_fit_does_not_warn_again(tmp_pat
         back = gd.ClusterFit.from_table(fit.table, str(tmp_path / "post.nc"))
     assert back.diagnostics["warnings"] == fit.diagnostics["warnings"]
     assert back.summary().meta["status"] == fit.summary().meta["status"] != "ok"
+
+
+def test_m67_distance_is_dominated_by_the_systematic_term(m67_fit):
+    """Must-show 1: M67 with the reference cuts. The statistical part is the reference's ~1 pc;
+    the members' shared offset (their real positions, Vasiliev & Baumgardt 2021) adds ~7 pc.
+
+    ``m67_fit`` is the reference fit (``systematics=None``); the two calls below are exactly
+    what ``fit_cluster`` does with ``systematics="vasiliev2021"`` after sampling.
+    """
+    fit = m67_fit
+    member = np.asarray(fit.table["membership_prob"])[fit.stars.rows]
+    from gaia_distances.cluster.systematics import add_systematics, fit_systematics
+
+    sys = fit_systematics("vasiliev2021", fit.table, fit.stars, member, fit.posterior)
+    post = add_systematics(fit.posterior, sys, seed=1)
+    stat, total = float(np.std(post["D_stat"])), float(np.std(post["D"]))
+    assert 0.7 < stat < 1.3
+    assert 6.0 < total < 8.5
+    assert total > 5 * stat
+    assert np.mean(post["D"]) == pytest.approx(np.mean(post["D_stat"]), abs=1.0)
+    assert float(np.median(post["D"])) == pytest.approx(837.0, abs=3.0)

@@ -16,8 +16,17 @@ from gaia_distances.pm_plots import is_kinematic  # noqa: E402  (after the Agg b
 
 
 @pytest.fixture(scope="module")
-def fit(cluster_fit):
-    return cluster_fit
+def fit():
+    """A quick fit of its own (the shared ``cluster_fit`` would be computed again on this file's worker)."""
+    import warnings
+
+    t = gd.simulate_field(500, n_cluster=200, seed=21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        t = gd.estimate_distances(gd.apply_zeropoint(t, fallback=-0.017), prior=gd.EDSD(1350.0))
+        return gd.fit_cluster(
+            t, kinematics=False, field="edsd", num_warmup=150, num_samples=150, seed=3, progress=False
+        )
 
 
 @pytest.fixture(autouse=True)
