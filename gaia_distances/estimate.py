@@ -180,16 +180,7 @@ def estimate_distances(
         raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
     levels = tuple(ONE_SIGMA_QUANTILES) + _checked_quantiles(extra_quantiles)
     check_options(
-        quantiles=levels,
-        n_nodes=n_nodes,
-        n_scan=48,
-        chunk_size=chunk_size,
-        n_threads=None,
-        dtype=np.float32,
-        k_like=10.0,
-        scan_drop=30.0,
-        log_eps=-34.5,
-        prior_dominated_threshold=prior_dominated_threshold,
+        quantiles=levels, n_nodes=n_nodes, chunk_size=chunk_size, prior_dominated_threshold=prior_dominated_threshold
     )
     out = as_table(table)
     prior = EDSD() if prior is None else prior

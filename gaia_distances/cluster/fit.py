@@ -351,11 +351,12 @@ def assemble_fit(
                 "ClusterFlag bits: 1 no parallax, 2 outside parallax_limits, 8 no proper motion (parallax only)"
             ),
         )
-    posterior = physical_draws(draws.z, prior)
-    summ = parameter_summary(posterior, method=method)
-    sys = fit_systematics(systematics, out, sel.stars, res.membership, posterior, offset_prior=offset_prior, seed=seed)
+    sampled = physical_draws(draws.z, prior)
+    sys = fit_systematics(systematics, out, sel.stars, res.membership, sampled, offset_prior=offset_prior, seed=seed)
+    posterior = sampled if sys is None else add_systematics(sampled, sys, seed=seed)
+    summ = parameter_summary(posterior, method=method)  # its ESS and R-hat are those of the sampled draws
     diagnostics = diagnose(
-        posterior,
+        sampled,
         {str(r["parameter"]): float(r["r_hat"]) for r in summ},
         {str(r["parameter"]): float(r["ess_bulk"]) for r in summ},
         draws.sample_stats,
@@ -367,9 +368,6 @@ def assemble_fit(
     diagnostics["field"] = model.field
     warn_problems(method, diagnostics["warnings"])
     diagnostics["timings"] = dict(clock.steps)
-    if sys is not None:
-        posterior = add_systematics(posterior, sys, seed=seed)
-        summ = parameter_summary(posterior, method=method)
     limits = record.get("parallax_limits")
     update_provenance(
         out,

@@ -134,6 +134,15 @@ def _ess_rhat(x: np.ndarray) -> tuple[float, float, float]:
     return finite_or_nan(ess[0]), finite_or_nan(ess[1]), finite_or_nan(rhat)
 
 
+def sampled_draws(posterior: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The draws the sampler gave: each parameter without its systematic term, and no offsets."""
+    return {
+        k: np.asarray(posterior.get(k + STAT, v))
+        for k, v in posterior.items()
+        if not k.endswith(STAT) and k not in SYSTEMATIC_ONLY
+    }
+
+
 def parameter_summary(posterior: Mapping[str, np.ndarray], *, method: str = "", status: str = "") -> Table:
     """One row per reported parameter: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat, unit, description.
 
@@ -362,9 +371,9 @@ class ClusterFit:
             kinematics=model.kinematics,
             truncate=bool(prov.get("truncate", False)),
         )
-        if model.is_reference:  # from the sampled draws, without the systematic term
-            stat = {k: post.get(k + STAT, v) for k, v in post.items() if not k.endswith(STAT)}
-            z = from_population(population_from_physical(stat), prior, clip=1e-12)
+        sampled = sampled_draws(post)
+        if model.is_reference:
+            z = from_population(population_from_physical(sampled), prior, clip=1e-12)
         else:
             z = np.asarray(idata.posterior["unconstrained"])
         stats = getattr(idata, "sample_stats", None)
@@ -376,7 +385,7 @@ class ClusterFit:
         summ = parameter_summary(post)
         saved = prov.get("diagnostics", {})
         diagnostics = diagnose(
-            post,
+            sampled,
             {str(r["parameter"]): float(r["r_hat"]) for r in summ},
             {str(r["parameter"]): float(r["ess_bulk"]) for r in summ},
             sample_stats,

@@ -293,27 +293,30 @@ _MIN_NODES_PER_SIGMA = 2.5
 #: Fewest fine-grid nodes per star: three panels of at least two nodes, and enough to resolve a peak.
 MIN_NODES = 16
 
+#: Defaults of the tuning options of :func:`summarize_posteriors` (and :func:`check_options`).
+N_SCAN, K_LIKE, SCAN_DROP, LOG_EPS = 48, 10.0, 30.0, -34.5
+
 
 def check_options(
     *,
     quantiles: Sequence[float],
     n_nodes: int,
-    n_scan: int,
     chunk_size: int,
-    n_threads: int | None,
-    dtype: Any,
-    k_like: float,
-    scan_drop: float,
-    log_eps: float,
     prior_dominated_threshold: float,
+    n_scan: int = N_SCAN,
+    n_threads: int | None = None,
+    dtype: Any = np.float32,
+    k_like: float = K_LIKE,
+    scan_drop: float = SCAN_DROP,
+    log_eps: float = LOG_EPS,
 ) -> None:
     """Raise ``ValueError`` naming the first option of :func:`summarize_posteriors` that is out of range.
 
+    The tuning options default to :func:`summarize_posteriors`' own defaults.
+
     Examples
     --------
-    >>> check_options(quantiles=(0.5,), n_nodes=0, n_scan=48, chunk_size=4096, n_threads=None,
-    ...               dtype=np.float32, k_like=10.0, scan_drop=30.0, log_eps=-34.5,
-    ...               prior_dominated_threshold=0.2)
+    >>> check_options(quantiles=(0.5,), n_nodes=0, chunk_size=4096, prior_dominated_threshold=0.2)
     Traceback (most recent call last):
     ...
     ValueError: n_nodes must be an integer >= 16; got 0
@@ -365,13 +368,13 @@ def summarize_posteriors(
     *,
     quantiles: Sequence[float] = ONE_SIGMA_QUANTILES,
     n_nodes: int = 128,
-    n_scan: int = 48,
+    n_scan: int = N_SCAN,
     chunk_size: int = 65536,
     n_threads: int | None = None,
     dtype: Any = None,
-    k_like: float = 10.0,
-    scan_drop: float = 30.0,
-    log_eps: float = -34.5,
+    k_like: float = K_LIKE,
+    scan_drop: float = SCAN_DROP,
+    log_eps: float = LOG_EPS,
     prior_dominated_threshold: float = 0.2,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:

@@ -31,7 +31,7 @@ Sign convention: an offset ``d`` makes the zero-point-corrected parallax
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -302,6 +302,22 @@ def covariance_matrix(
     return pair_covariance(k, ra[:, None], dec[:, None], ra[None, :], dec[None, :], scales=scales, component=component)
 
 
+def _covariance_rows(
+    kernel: SystematicsKernel, ra: np.ndarray, dec: np.ndarray, s: np.ndarray | None, component: Component
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """The matrix ``V(theta_ij)`` of the stars, a block of rows at a time (about 2e6 entries each).
+
+    Yields ``(rows, V[rows, :])``; ``s`` holds the stars' magnitude factors (or ``None``).
+    """
+    n = ra.size
+    block = max(1, 2_000_000 // n)
+    for start in range(0, n, block):
+        rows = slice(start, start + block)
+        scales = None if s is None else (s[rows, None], s[None, :])
+        v = pair_covariance(kernel, ra[rows, None], dec[rows, None], ra, dec, scales=scales, component=component)
+        yield rows, v
+
+
 class OffsetVariance(NamedTuple):
     """The prior variance of a field's shared parallax offset.
 
@@ -387,13 +403,8 @@ def shared_offset_variance(
         v0 = float(k.function(component)(np.zeros(1))[0]) * (1.0 if s is None or n == 0 else float(s[0]))
         return OffsetVariance(max(v0, 0.0), 0.0, 0, True)
     if n <= max_exact:
-        total = 0.0
-        block = max(1, 2_000_000 // n)
-        for start in range(0, n, block):
-            rows = slice(start, start + block)
-            scales = None if s is None else (s[rows, None], s[None, :])
-            v = pair_covariance(k, ra[rows, None], dec[rows, None], ra, dec, scales=scales, component=component)
-            total += float(v.sum()) - float(np.trace(v[:, start : start + block]))
+        blocks = _covariance_rows(k, ra, dec, s, component)
+        total = sum(float(v.sum()) - float(np.trace(v[:, rows])) for rows, v in blocks)
         n_pairs = n * (n - 1)
         return OffsetVariance(max(total / n_pairs, 0.0), 0.0, n_pairs, True)
     n_pairs = max(int(min_pairs), int(pairs_per_star) * n)
@@ -447,13 +458,7 @@ def weighted_offset_variance(
     s = None if s_all is None else s_all[good]
     n = ra.size
     if n <= max_exact:
-        total = 0.0
-        block = max(1, 2_000_000 // n)
-        for start in range(0, n, block):
-            rows = slice(start, start + block)
-            scales = None if s is None else (s[rows, None], s[None, :])
-            v = pair_covariance(k, ra[rows, None], dec[rows, None], ra, dec, scales=scales, component=component)
-            total += float(w[rows] @ v @ w)
+        total = sum(float(w[rows] @ v @ w) for rows, v in _covariance_rows(k, ra, dec, s, component))
         return max(total, 0.0)
     rng = np.random.default_rng(seed)
     i, j = rng.choice(n, n_pairs, p=w), rng.choice(n, n_pairs, p=w)
