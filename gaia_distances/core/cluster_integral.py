@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.components import cluster_log_density_u
-from gaia_distances.core.numerics import Array, log_likelihood_u, normal_log_pdf
+from gaia_distances.core.numerics import Array, log_likelihood_u
 
 __all__ = ["cluster_log_likelihood"]
 
@@ -44,7 +44,8 @@ def cluster_log_likelihood(
 ) -> Array:
     """``ln p(w_i | cluster)`` for every star (mas in, one value per star out).
 
-    ``node_log_term(u)`` (``u`` of shape ``(n, K)``), if given, is another
+    ``node_log_term(u)`` (``u`` of shape ``(K, n)``: the stars on the last,
+    fastest axis, which XLA vectorises), if given, is another
     factor of the integrand evaluated at the nodes (the proper-motion term);
     it should vary slowly over the cluster's depth, since the nodes are
     placed on the parallax integrand alone.
@@ -80,14 +81,16 @@ def cluster_log_likelihood(
     # node placement, which saves differentiating the Newton iterations.
     mu = jax.lax.stop_gradient(mu)
     sd = jax.lax.stop_gradient(sd)
-    u = mu[:, None] + sd[:, None] * x[None, :]
-    log_prop = normal_log_pdf(u, mu[:, None], sd[:, None])
-    terms = log_wx[None, :] + log_integrand_nodes(u, w, s, log_D, log_sigma) - log_prop
+    xk = jnp.asarray(x, mu.dtype)[:, None]
+    u = mu + sd * xk  # (K, n)
+    # ln N(u | mu, sd) at the nodes, without recomputing (u - mu) / sd
+    log_prop = -0.5 * jnp.square(xk) - jnp.log(sd) - 0.5 * math.log(2.0 * math.pi)
+    terms = jnp.asarray(log_wx, mu.dtype)[:, None] + log_integrand_nodes(u, w, s, log_D, log_sigma) - log_prop
     if node_log_term is not None:
         terms = terms + node_log_term(u)
-    return jax.nn.logsumexp(terms, axis=1)
+    return jax.nn.logsumexp(terms, axis=0)
 
 
 def log_integrand_nodes(u: Array, parallax: Array, parallax_error: Array, log_D: Array, log_sigma: Array) -> Array:
-    """``ln N(u | ln D, sigma) + ln N(w | 1000 e^-u, s)`` at nodes ``u`` of shape ``(n, K)``."""
-    return cluster_log_density_u(u, log_D, log_sigma) + log_likelihood_u(u, parallax[:, None], parallax_error[:, None])
+    """``ln N(u | ln D, sigma) + ln N(w | 1000 e^-u, s)`` at nodes ``u`` of shape ``(K, n)``."""
+    return cluster_log_density_u(u, log_D, log_sigma) + log_likelihood_u(u, parallax, parallax_error)

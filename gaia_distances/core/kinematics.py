@@ -126,18 +126,20 @@ def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array) 
 
 
 def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
-    """The cluster's proper-motion log likelihood at distance nodes ``u = ln(r / pc)`` of shape ``(n, K)``.
+    """The cluster's proper-motion log likelihood at distance nodes ``u = ln(r / pc)`` of shape ``(K, n)``.
 
-    ``parallax`` is the observed (corrected) parallax per star.
+    ``parallax`` is the observed (corrected) parallax per star; the stars are
+    on the last axis (XLA vectorises along it).
     """
     w_t = 1000.0 * jnp.exp(-u)
-    resid_w = parallax[:, None] - w_t
-    dx = data.pm[:, None, 0] - kin.pm[0] - data.slope[:, None, 0] * resid_w
-    dy = data.pm[:, None, 1] - kin.pm[1] - data.slope[:, None, 1] * resid_w
-    var_int = jnp.square(jnp.exp(kin.log_sigma_v) * w_t / A_V)
-    c = data.cond_cov
-    term = gaussian2_log_pdf(dx, dy, c[:, None, 0] + var_int, c[:, None, 1], c[:, None, 2] + var_int)
-    return jnp.where(data.has_pm[:, None] > 0, term, 0.0)
+    resid_w = parallax - w_t
+    b = data.slope.T
+    dx = data.pm[:, 0] - kin.pm[0] - b[0] * resid_w
+    dy = data.pm[:, 1] - kin.pm[1] - b[1] * resid_w
+    var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)
+    c = data.cond_cov.T
+    term = gaussian2_log_pdf(dx, dy, c[0] + var_int, c[1], c[2] + var_int)
+    return jnp.where(data.has_pm > 0, term, 0.0)
 
 
 def field_pm_log_term_at(u: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
@@ -150,19 +152,29 @@ def field_pm_log_term_at(u: Array, parallax: Array, kin: Kinematics, data: Kinem
 
 
 def _field_pm_at_parallax(w_t: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
-    """The field's proper-motion mixture at true parallax ``w_t`` (any shape broadcasting with the stars)."""
-    g = kin.field_trend[None, :] - data.slope  # (n, 2): how the pm residual moves with w_t
-    shift = data.slope * parallax[:, None]
-    mx = kin.field_mean[:, 0] + (shift[:, 0] + g[:, 0] * w_t)[:, None]
-    my = kin.field_mean[:, 1] + (shift[:, 1] + g[:, 1] * w_t)[:, None]
-    sd = jnp.exp(kin.field_log_sd)  # (M, 2)
-    disp = jnp.square(jnp.exp(kin.field_log_sigma_v) / A_V) * jnp.square(w_t)[:, None]  # (n, M)
-    c = data.cond_cov
-    c11 = c[:, 0:1] + sd[:, 0] ** 2 + disp
-    c22 = c[:, 2:3] + sd[:, 1] ** 2 + disp
-    c12 = c[:, 1:2] + kin.field_corr * sd[:, 0] * sd[:, 1]
-    terms = kin.field_log_w + gaussian2_log_pdf(data.pm[:, 0:1] - mx, data.pm[:, 1:2] - my, c11, c12, c22)
-    return jnp.where(data.has_pm > 0, jax.nn.logsumexp(terms, axis=1), 0.0)
+    """The field's proper-motion mixture at true parallax ``w_t`` (shape ``(n,)``)."""
+    terms = _field_pm_terms(w_t[None, :], parallax, kin, data)
+    return jnp.where(data.has_pm > 0, jax.nn.logsumexp(terms, axis=(0, 1)), 0.0)
+
+
+def _field_pm_terms(w_t: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
+    """``ln pi_m + ln N(pm | mean_m(w_t), cov_m(w_t))`` at true parallaxes ``w_t`` of shape ``(K, n)``: ``(M, K, n)``.
+
+    One broadcast expression with the stars on the last (fastest) axis, so
+    that XLA fuses it into a few vectorised loops.
+    """
+    m = (slice(None), None, None)  # a component parameter against (M, K, n)
+    g = kin.field_trend[:, None] - data.slope.T  # (2, n): how the pm residual moves with w_t
+    r0 = data.pm.T - data.slope.T * parallax  # (2, n): the pm residual at w_t = 0, before the means
+    dx = r0[0] - g[0] * w_t - kin.field_mean[:, 0][m]
+    dy = r0[1] - g[1] * w_t - kin.field_mean[:, 1][m]
+    var = jnp.exp(2.0 * kin.field_log_sd)  # (M, 2)
+    disp = (jnp.exp(2.0 * kin.field_log_sigma_v) / (A_V * A_V))[m] * jnp.square(w_t)  # (M, K, n)
+    c = data.cond_cov.T  # (3, n)
+    c11 = c[0] + var[:, 0][m] + disp
+    c22 = c[2] + var[:, 1][m] + disp
+    c12 = c[1] + (kin.field_corr * jnp.exp(kin.field_log_sd[:, 0] + kin.field_log_sd[:, 1]))[m]
+    return kin.field_log_w[m] + gaussian2_log_pdf(dx, dy, c11, c12, c22)
 
 
 #: Three-point Gauss-Hermite rule for ``N(0, 1)``: nodes and weights.
@@ -181,5 +193,7 @@ def field_pm_log_term(mean_w: Array, second_w: Array, parallax: Array, kin: Kine
     (tested against exact integration over distance).
     """
     sd = jnp.sqrt(jnp.maximum(second_w - mean_w * mean_w, 0.0))
-    terms = [lw + _field_pm_at_parallax(mean_w + sd * x, parallax, kin, data) for x, lw in zip(_GH3_X, _GH3_LOG_W)]
-    return jax.nn.logsumexp(jnp.stack(terms, axis=1), axis=1)
+    x = jnp.asarray(_GH3_X, mean_w.dtype)
+    log_wx = jnp.asarray(_GH3_LOG_W, mean_w.dtype)
+    terms = _field_pm_terms(mean_w + sd * x[:, None], parallax, kin, data) + log_wx[:, None]
+    return jnp.where(data.has_pm > 0, jax.nn.logsumexp(terms, axis=(0, 1)), 0.0)

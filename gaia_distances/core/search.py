@@ -95,7 +95,6 @@ def _robust_sd(x: np.ndarray) -> float:
 
 def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]:
     """The field-only optimum (cluster fraction pinned near 0): ``z`` and its log posterior."""
-    names = model.names
     z = np.zeros(model.n_params)
     real = data.real()
     w = np.asarray(data.parallax, float)[real]
@@ -109,21 +108,53 @@ def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]
     med = np.median(w[good]) if good.sum() >= 10 else 1.0
     z[model.position("log_D")] = math.log(1000.0 / max(med, 0.05))
     z[model.position("logit_Q")] = _NO_CLUSTER
-    if model.kinematics and data.kin is not None:
-        has = np.asarray(data.kin.has_pm, float)[real] > 0
-        pm = np.asarray(data.kin.pm, float)[real][has]
-        centre = np.median(pm, axis=0) if pm.size else np.zeros(2)
-        spread = np.array([_robust_sd(pm[:, 0]), _robust_sd(pm[:, 1])]) if pm.size else np.ones(2)
+    starts = field_pm_starts(data, model, z) if model.kinematics and data.kin is not None else [z]
+    fits = [polish_lbfgs(z0, data, model, free=~_cluster_entries(model)) for z0 in starts]
+    return max(fits, key=lambda fit: fit[1])
+
+
+def _cluster_entries(model: ClusterModel) -> np.ndarray:
+    """Boolean mask of the cluster's entries of ``z`` (the rest describe the field)."""
+    cluster = {"log_D", "log_sigma", "logit_size", "logit_Q", "pmra", "pmdec", "log_sigma_v"}
+    return np.array([n in cluster for n in model.names])
+
+
+#: Starting shapes of the field's proper-motion mixture: ``(sd scale, sigma_v km/s, weight)`` per
+#: component. A mixture has local optima, so the search tries each (a narrow and a broad part of
+#: equal weight; a dominant thin disc with a minor hot component).
+_FIELD_PM_SHAPES = (((0.5, 5.0, 0.5), (1.0, 10.0, 0.5)), ((0.3, 20.0, 0.8), (0.3, 50.0, 0.2)))
+
+
+def field_pm_starts(data: StarData, model: ClusterModel, z: np.ndarray) -> list[np.ndarray]:
+    """``z`` with its field proper-motion block (and the cluster's mean) set from each of the starting shapes.
+
+    The components are centred on the median proper motion, with sizes in
+    units of its robust spread (:data:`_FIELD_PM_SHAPES`; components beyond
+    those listed repeat the broadest).
+    """
+    real = data.real()
+    assert data.kin is not None
+    has = np.asarray(data.kin.has_pm, float)[real] > 0
+    pm = np.asarray(data.kin.pm, float)[real][has]
+    centre = np.median(pm, axis=0) if pm.size else np.zeros(2)
+    spread = np.array([_robust_sd(pm[:, 0]), _robust_sd(pm[:, 1])]) if pm.size else np.ones(2)
+    out = []
+    for shape in _FIELD_PM_SHAPES:
+        z = z.copy()
         z[model.position("pmra")], z[model.position("pmdec")] = centre
+        weights = []
         for k in range(1, model.n_field_pm + 1):
-            scale = 0.5 * 2.0 ** (k - 1)  # a narrow and a broad component
+            scale, sigma_v, weight = shape[min(k, len(shape)) - 1]
             z[model.position(f"field_pmra_{k}")], z[model.position(f"field_pmdec_{k}")] = centre
             z[model.position(f"field_log_sd_ra_{k}")] = math.log(scale * spread[0])
             z[model.position(f"field_log_sd_dec_{k}")] = math.log(scale * spread[1])
-            z[model.position(f"field_log_sigma_v_{k}")] = math.log(5.0 * 2.0 ** (k - 1))
-    cluster = {"log_D", "log_sigma", "logit_size", "logit_Q", "pmra", "pmdec", "log_sigma_v"}
-    free = np.array([n not in cluster for n in names])
-    return polish_lbfgs(z, data, model, free=free)
+            z[model.position(f"field_atanh_corr_{k}")] = 0.0
+            z[model.position(f"field_log_sigma_v_{k}")] = math.log(sigma_v)
+            weights.append(weight)
+            if k > 1:
+                z[model.position(f"field_logit_w_{k}")] = math.log(weight / weights[0])
+        out.append(z)
+    return out
 
 
 def _pm_mode(pm: np.ndarray, *, bin_width: float) -> np.ndarray:
@@ -260,6 +291,15 @@ def find_map_extended(
         solutions = [(z_field, f_field)]
     i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
     z_best, f_best = solutions[i_best]
+    if model.kinematics and data.kin is not None:
+        # the field's proper-motion mixture has local optima, and the field-only fit started
+        # with the cluster's stars in it: refit it around the best cluster from each shape
+        cluster = _cluster_entries(model)
+        for z0 in field_pm_starts(data, model, z_best):
+            z0[cluster] = z_best[cluster]
+            z_new, f_new = polish_lbfgs(polish_lbfgs(z0, data, model, free=~cluster)[0], data, model)
+            if f_new > f_best:
+                z_best, f_best = z_new, f_new
     # Newton steps finish what L-BFGS (float32 gradients) leaves: the Laplace
     # covariance needs the maximum itself, not a point near a saddle
     z_new, f_new = polish(z_best, data, model, max_iter=8)
