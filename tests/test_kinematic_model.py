@@ -62,11 +62,12 @@ def test_cluster_term_times_the_parallax_likelihood_is_the_3d_gaussian():
     with x64():
         data = _kin_data(cov, obs[:, 1:])
         u_node = np.log(1000.0 / w_t)[None, :]  # (nodes, stars)
-        term = np.asarray(kinematics.cluster_pm_log_term(u_node, obs[:, 0], kin, data))[0]
+        log_D = np.log(900.0)  # the mean proper motion is that at 900 pc, scaled by D / r
+        term = np.asarray(kinematics.cluster_pm_log_term(u_node, obs[:, 0], kin, data, log_D))[0]
     s_int = 1.3 * w_t / kinematics.A_V
     for i in range(n):
         full = cov[i] + np.diag([0.0, s_int[i] ** 2, s_int[i] ** 2])
-        ref = stats.multivariate_normal([w_t[i], *kin.pm], full).logpdf(obs[i])
+        ref = stats.multivariate_normal([w_t[i], *(kin.pm * 0.9 * w_t[i])], full).logpdf(obs[i])
         plx = stats.norm(w_t[i], np.sqrt(cov[i][0, 0])).logpdf(obs[i, 0])
         assert plx + term[i] == pytest.approx(ref, abs=1e-9)
 
@@ -102,7 +103,7 @@ def test_a_star_without_proper_motion_has_a_parallax_only_likelihood():
     )  # fmt: skip
     assert data.has_pm.tolist() == [0.0, 0.0]  # NaN pmra; zero pmra_error
     kin = _kinematics(np.random.default_rng(0))
-    assert np.all(np.asarray(kinematics.cluster_pm_log_term(np.full((3, 2), 7.0), np.ones(2), kin, data)) == 0)
+    assert np.all(np.asarray(kinematics.cluster_pm_log_term(np.full((3, 2), 7.0), np.ones(2), kin, data, 7.0)) == 0)
     assert np.all(np.asarray(kinematics.field_pm_log_term(np.ones(2), np.ones(2), np.ones(2), kin, data)) == 0)
 
 

@@ -7,7 +7,9 @@ covariance ``C'`` (:func:`prepare_kinematic_data`), so the proper-motion term
 can be evaluated at any distance node and multiplied into the distance
 integral: the cost stays ``O(stars x nodes)``.
 
-- **Cluster**: a common mean proper motion ``(mu_a*, mu_d)`` plus an internal
+- **Cluster**: a common mean proper motion ``(mu_a*, mu_d)`` at the cluster's
+  distance ``D``, scaled by ``D / r`` at distance ``r`` (one common
+  tangential velocity), plus an internal
   velocity dispersion ``sigma_v`` (km/s), which at distance ``r`` is a
   proper-motion dispersion ``sigma_v w_t / A_v`` (``w_t = 1000 pc / r`` in
   mas; :data:`A_V` = 4.740470446 converts km/s at 1 kpc to mas/yr);
@@ -125,17 +127,21 @@ def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array) 
     return -0.5 * quad - 0.5 * jnp.log(det) - 2.0 * LOG_SQRT_2PI
 
 
-def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
+def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: KinematicData, log_D: Array) -> Array:
     """The cluster's proper-motion log likelihood at distance nodes ``u = ln(r / pc)`` of shape ``(K, n)``.
 
     ``parallax`` is the observed (corrected) parallax per star; the stars are
-    on the last axis (XLA vectorises along it).
+    on the last axis (XLA vectorises along it). The members share one
+    tangential velocity, so the mean proper motion ``kin.pm`` (that at the
+    cluster's distance ``D = exp(log_D)``) scales as ``D / r`` over the
+    cluster's depth.
     """
     w_t = 1000.0 * jnp.exp(-u)
     resid_w = parallax - w_t
     b = data.slope.T
-    dx = data.pm[:, 0] - kin.pm[0] - b[0] * resid_w
-    dy = data.pm[:, 1] - kin.pm[1] - b[1] * resid_w
+    scale = jnp.exp(log_D - u)
+    dx = data.pm[:, 0] - kin.pm[0] * scale - b[0] * resid_w
+    dy = data.pm[:, 1] - kin.pm[1] * scale - b[1] * resid_w
     var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)
     c = data.cond_cov.T
     term = gaussian2_log_pdf(dx, dy, c[0] + var_int, c[1], c[2] + var_int)

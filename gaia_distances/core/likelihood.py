@@ -229,7 +229,7 @@ def component_log_likelihoods(
     if kin is not None and obs is not None:
 
         def node_term(u: Array) -> Array:
-            return cluster_pm_log_term(u, data.parallax, kin, obs)
+            return cluster_pm_log_term(u, data.parallax, kin, obs, pop.log_D)
 
     cluster = cluster_log_likelihood(
         data.parallax,

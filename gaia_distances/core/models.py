@@ -98,7 +98,7 @@ def component_log_terms_at(
     log_c, log_f = mixture_log_prior_u(u, pop)
     if kin is not None and pop.kin is not None and parallax is not None:
         w = parallax - zero_point
-        log_c = log_c + cluster_pm_log_term(u[None, :], w, pop.kin, kin)[0]
+        log_c = log_c + cluster_pm_log_term(u[None, :], w, pop.kin, kin, pop.log_D)[0]
         log_f = log_f + field_pm_log_term_at(u, w, pop.kin, kin)
     return log_c, log_f
 
