@@ -64,7 +64,7 @@ class FieldBins(NamedTuple):
 
     log_mass: Array  # (n, J): ln ∫ N(u | u_j, delta) N(w | 1000 e^-u, s) du
     mean: Array  # (n, J): E[w_t | bin j, w]
-    second: Array  # (n, J): E[w_t^2 | bin j, w]
+    var: Array  # (n, J): Var[w_t | bin j, w] (two-pass: E[w_t^2] - E[w_t]^2 cancels in float32)
 
 
 def bins_log_density_u(u: Array, log_w: Array) -> Array:
@@ -80,7 +80,8 @@ def _bin_integrals(u: Array, log_weight: Array) -> tuple[Array, Array, Array]:
     log_mass = jax.nn.logsumexp(log_terms, axis=2)
     post = jnp.exp(log_terms - log_mass[..., None])
     w_t = 1000.0 * jnp.exp(-u)[:, None, :]
-    return log_mass, jnp.sum(post * w_t, axis=2), jnp.sum(post * w_t * w_t, axis=2)
+    mean = jnp.sum(post * w_t, axis=2)
+    return log_mass, mean, jnp.sum(post * jnp.square(w_t - mean[..., None]), axis=2)
 
 
 def precompute_field_bins(
@@ -107,8 +108,15 @@ def precompute_field_bins(
 
 
 def field_bins_log_likelihood(log_w: Array, bins: FieldBins) -> tuple[Array, Array, Array]:
-    """``ln p(w_i | field)`` per star, and ``E[w_t]``, ``E[w_t^2]`` under the field's posterior."""
+    """``ln p(w_i | field)`` per star, and ``E[w_t]``, ``Var[w_t]`` under the field's posterior.
+
+    The variance is the law of total variance over the bins (the mean within-bin
+    variance plus the variance of the bin means): a sum of non-negative terms,
+    so it does not cancel in float32 for precise parallaxes.
+    """
     log_terms = log_w[None, :] + bins.log_mass
     value = jax.nn.logsumexp(log_terms, axis=1)
     post = jnp.exp(log_terms - value[:, None])
-    return value, jnp.sum(post * bins.mean, axis=1), jnp.sum(post * bins.second, axis=1)
+    mean = jnp.sum(post * bins.mean, axis=1)
+    var = jnp.sum(post * (bins.var + jnp.square(bins.mean - mean[:, None])), axis=1)
+    return value, mean, var

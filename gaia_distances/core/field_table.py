@@ -152,7 +152,7 @@ def field_log_likelihood(log_L: Array, table: FieldTable) -> Array:
 
 
 def field_moments(log_L: Array, table: FieldTable) -> tuple[Array, Array]:
-    """``E[w_t]`` and ``E[w_t^2]`` (mas, mas^2) per star under the field at ``ln L``: linear interpolation."""
+    """``E[w_t]`` and ``Var[w_t]`` (mas, mas^2) per star under the field at ``ln L``: linear interpolation."""
     if table.mean is None or table.second is None:
         raise ValueError("the field table was computed without moments (precompute_field_table(moments=True))")
     J = table.value.shape[1]
@@ -165,4 +165,5 @@ def field_moments(log_L: Array, table: FieldTable) -> tuple[Array, Array]:
         a1 = jax.lax.dynamic_index_in_dim(a, i + 1, axis=1, keepdims=False)
         return a0 + x * (a1 - a0)
 
-    return lerp(table.mean), lerp(table.second)
+    mean = lerp(table.mean)
+    return mean, jnp.maximum(lerp(table.second) - jnp.square(mean), 0.0)

@@ -60,6 +60,7 @@ class KinematicData(NamedTuple):
     cond_cov: Array  # (n, 3): (c11, c12, c22) of C' = C_mm - C_mw C_wm / C_ww
     slope: Array  # (n, 2): b = C_mw / C_ww, the pm error per unit parallax error
     has_pm: Array  # (n,) 1.0 where the star has a proper motion, else 0.0
+    cond_det: Array  # (n,) det C' = c11 c22 - c12^2, computed in float64 (it can cancel in float32)
 
 
 class Kinematics(NamedTuple):
@@ -117,14 +118,32 @@ def prepare_kinematic_data(
     c12 = s_a * s_d * (r_ad - r_wa * r_wd)
     cond = np.stack([c11, c12, c22], axis=1)
     pm = np.where(ok[:, None], pm, 0.0)
-    return KinematicData(pm, np.where(ok[:, None], cond, [1.0, 0.0, 1.0]), np.where(ok[:, None], b, 0.0), ok * 1.0)
+    cond = np.where(ok[:, None], cond, [1.0, 0.0, 1.0])
+    det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2
+    return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det)
 
 
-def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array) -> Array:
-    """``ln N((dx, dy) | 0, [[c11, c12], [c12, c22]])``, elementwise."""
-    det = c11 * c22 - c12 * c12
+def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array, det: Array | None = None) -> Array:
+    """``ln N((dx, dy) | 0, [[c11, c12], [c12, c22]])``, elementwise.
+
+    ``det`` is the covariance's determinant where the caller has it in a
+    form that does not cancel (nearly singular Gaia covariances lose it in
+    float32 as ``c11 c22 - c12^2``); by default it is computed so.
+    """
+    if det is None:
+        det = c11 * c22 - c12 * c12
     quad = (c22 * dx * dx - 2.0 * c12 * dx * dy + c11 * dy * dy) / det
     return -0.5 * quad - 0.5 * jnp.log(det) - 2.0 * LOG_SQRT_2PI
+
+
+def _det_plus(data: KinematicData, a11: Array, a12: Array, a22: Array) -> Array:
+    """``det(C' + A)`` per star for a symmetric ``A = [[a11, a12], [a12, a22]]`` (positive semi-definite).
+
+    ``det C' + tr(adj(C') A) + det A``: the star's own determinant comes from
+    float64 and every term is non-negative, so nothing cancels.
+    """
+    c = data.cond_cov.T
+    return data.cond_det + (c[0] * a22 + c[2] * a11 - 2.0 * c[1] * a12) + (a11 * a22 - a12 * a12)
 
 
 def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: KinematicData, log_D: Array) -> Array:
@@ -144,7 +163,8 @@ def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: Kinema
     dy = data.pm[:, 1] - kin.pm[1] * scale - b[1] * resid_w
     var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)
     c = data.cond_cov.T
-    term = gaussian2_log_pdf(dx, dy, c[0] + var_int, c[1], c[2] + var_int)
+    det = _det_plus(data, var_int, 0.0, var_int)
+    term = gaussian2_log_pdf(dx, dy, c[0] + var_int, c[1], c[2] + var_int, det)
     return jnp.where(data.has_pm > 0, term, 0.0)
 
 
@@ -177,10 +197,10 @@ def _field_pm_terms(w_t: Array, parallax: Array, kin: Kinematics, data: Kinemati
     var = jnp.exp(2.0 * kin.field_log_sd)  # (M, 2)
     disp = (jnp.exp(2.0 * kin.field_log_sigma_v) / (A_V * A_V))[m] * jnp.square(w_t)  # (M, K, n)
     c = data.cond_cov.T  # (3, n)
-    c11 = c[0] + var[:, 0][m] + disp
-    c22 = c[2] + var[:, 1][m] + disp
-    c12 = c[1] + (kin.field_corr * jnp.exp(kin.field_log_sd[:, 0] + kin.field_log_sd[:, 1]))[m]
-    return kin.field_log_w[m] + gaussian2_log_pdf(dx, dy, c11, c12, c22)
+    a11, a22 = var[:, 0][m] + disp, var[:, 1][m] + disp
+    a12 = (kin.field_corr * jnp.exp(kin.field_log_sd[:, 0] + kin.field_log_sd[:, 1]))[m]
+    det = _det_plus(data, a11, a12, a22)
+    return kin.field_log_w[m] + gaussian2_log_pdf(dx, dy, c[0] + a11, c[1] + a12, c[2] + a22, det)
 
 
 #: Three-point Gauss-Hermite rule for ``N(0, 1)``: nodes and weights.
@@ -188,17 +208,18 @@ _GH3_X = (-math.sqrt(3.0), 0.0, math.sqrt(3.0))
 _GH3_LOG_W = (math.log(1.0 / 6.0), math.log(2.0 / 3.0), math.log(1.0 / 6.0))
 
 
-def field_pm_log_term(mean_w: Array, second_w: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
+def field_pm_log_term(mean_w: Array, var_w: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
     """The field's proper-motion log likelihood per star, integrated over its true parallax.
 
-    ``mean_w`` and ``second_w`` are ``E[w_t]`` and ``E[w_t^2]`` under the
+    ``mean_w`` and ``var_w`` are the mean and variance of ``w_t`` under the
     field's distance posterior of the star (from its parallax alone); the
     integral is the three-point Gauss-Hermite rule of the Gaussian with
     those moments: exact for stars with parallax S/N above about 5, within
     a few hundredths in log likelihood at S/N 2 to 5 and about 0.1 below
     (tested against exact integration over distance).
     """
-    sd = jnp.sqrt(jnp.maximum(second_w - mean_w * mean_w, 0.0))
+    # floored above 0, so that the square root's derivative stays finite where the floor applies
+    sd = jnp.sqrt(jnp.maximum(var_w, 1e-12 * jnp.square(mean_w) + 1e-30))
     x = jnp.asarray(_GH3_X, mean_w.dtype)
     log_wx = jnp.asarray(_GH3_LOG_W, mean_w.dtype)
     terms = _field_pm_terms(mean_w + sd * x[:, None], parallax, kin, data) + log_wx[:, None]

@@ -241,14 +241,14 @@ def component_log_likelihoods(
         node_log_term=node_term,
     )
     if pop.field_log_w is not None and data.bins is not None:
-        field, mean_w, second_w = field_bins_log_likelihood(pop.field_log_w, data.bins)
+        field, mean_w, var_w = field_bins_log_likelihood(pop.field_log_w, data.bins)
     elif data.field is not None:
         field = field_log_likelihood(pop.log_L, data.field)
-        mean_w, second_w = field_moments(pop.log_L, data.field) if kin is not None else (None, None)
+        mean_w, var_w = field_moments(pop.log_L, data.field) if kin is not None else (None, None)
     else:
         raise ValueError("the star data does not match the model's field")
     if kin is not None and obs is not None:
-        field = field + field_pm_log_term(mean_w, second_w, data.parallax, kin, obs)
+        field = field + field_pm_log_term(mean_w, var_w, data.parallax, kin, obs)
     if data.truncation is not None:
         pass_c, pass_f = component_log_pass(pop, data)
         cluster, field = cluster - pass_c, field - pass_f

@@ -121,7 +121,9 @@ def whitened_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
     """
 
     def gen(centre: Array, chol: Array, data: StarData) -> Any:
-        return lambda x: -log_posterior(centre + chol @ x, data, priors)
+        # full float32 precision: an accelerator's default (TF32) matmul rounds z to about 1e-3,
+        # which is the posterior width of ln D, and the sampler diverges
+        return lambda x: -log_posterior(centre + jnp.matmul(chol, x, precision=jax.lax.Precision.HIGHEST), data, priors)
 
     return gen
 

@@ -49,11 +49,11 @@ def _simulator(model: ClusterModel) -> Any:
         p_member = jax.nn.sigmoid(jnp.log(pop.Q) + plx.cluster - jnp.log1p(-pop.Q) - plx.field)
         member = jax.random.uniform(k_c, (n,)) < p_member
         if pop.field_log_w is not None and data.bins is not None:
-            _, mean_w, second_w = field_bins_log_likelihood(pop.field_log_w, data.bins)
+            _, mean_w, var_w = field_bins_log_likelihood(pop.field_log_w, data.bins)
         else:
             assert data.field is not None
-            mean_w, second_w = field_moments(pop.log_L, data.field)
-        sd_w = jnp.sqrt(jnp.maximum(second_w - mean_w**2, 0.0))
+            mean_w, var_w = field_moments(pop.log_L, data.field)
+        sd_w = jnp.sqrt(jnp.maximum(var_w, 0.0))
         w_field = jnp.maximum(mean_w + sd_w * jax.random.normal(k_w, (n,)), 1e-3)
         comp = jax.random.categorical(k_m, kin.field_log_w, shape=(n,))
         w_cl = 1000.0 * jnp.exp(-pop.log_D)
