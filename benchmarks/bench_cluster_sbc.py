@@ -61,7 +61,9 @@ def main() -> None:
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", gd.GaiaDistancesWarning)
-            fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", seed=i)
+            fit = gd.fit_cluster(
+                t, kinematics=False, field="edsd", systematics=None, zero_point="parallax_zeropoint_true", seed=i
+            )
         bad += any(issubclass(w.category, gd.GaiaDistancesWarning) for w in caught)
         for k in PARAMS:
             x = fit.posterior[k]

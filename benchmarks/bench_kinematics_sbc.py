@@ -212,6 +212,7 @@ def main() -> None:
         post = _ordered_field({k: np.asarray(v, float).ravel() for k, v in fit.posterior.items()})
         rec: dict[str, Any] = {"i": i, "truth": truth, "warned": warned, "wall_s": wall}
         rec["status"] = fit.diagnostics["status"]
+        rec["steps_per_draw"] = float(fit.diagnostics["mean_steps_per_draw"])
         rec["inside"] = {k: _inside(post[k], truth[k]) for k in truth if k in post}
         rec["z_score"] = {k: float((post[k].mean() - truth[k]) / post[k].std()) for k in truth if k in post}
         rec["precision_recall"] = _membership(fit, is_member)

@@ -39,6 +39,7 @@ from gaia_distances.core.numerics import Array
 from gaia_distances.core.parallel import usable_cores
 
 __all__ = [
+    "EXTENDED_MAX_TREE_DEPTH",
     "NUTS_DEFAULTS",
     "ChainResult",
     "NutsSettings",
@@ -83,6 +84,9 @@ NUTS_DEFAULTS: dict[str, tuple[int, int, int]] = {
     "per_star": (500, 1000, 2),  # estimate_distances(method="nuts"): validation
 }
 
+#: The extended models' longest trajectory: ``2^8 - 1`` leapfrog steps per draw.
+EXTENDED_MAX_TREE_DEPTH = 8
+
 
 def nuts_settings(
     method: str,
@@ -91,10 +95,17 @@ def nuts_settings(
     num_samples: int | None = None,
     num_chains: int | None = None,
     target_accept_prob: float = 0.8,
-    max_tree_depth: int = 10,
+    max_tree_depth: int | None = None,
     dense_mass: bool = True,
 ) -> NutsSettings:
-    """The settings for ``method`` (a key of :data:`NUTS_DEFAULTS`), with ``None`` taken from its defaults."""
+    """The settings for ``method`` (a key of :data:`NUTS_DEFAULTS`), with ``None`` taken from its defaults.
+
+    ``max_tree_depth`` defaults to 10 (1 023 leapfrog steps per draw), and to
+    :data:`EXTENDED_MAX_TREE_DEPTH` for the extended models, whose tens of
+    parameters include weakly identified ones (a minor field component's
+    shape): a fit that needs longer trajectories is badly conditioned, and is
+    reported through its R-hat and ESS rather than left running for hours.
+    """
     try:
         warmup, samples, chains = NUTS_DEFAULTS[method]
     except KeyError:
@@ -104,7 +115,9 @@ def nuts_settings(
         num_samples=samples if num_samples is None else int(num_samples),
         num_chains=chains if num_chains is None else int(num_chains),
         target_accept_prob=float(target_accept_prob),
-        max_tree_depth=int(max_tree_depth),
+        max_tree_depth=int(
+            max_tree_depth if max_tree_depth is not None else EXTENDED_MAX_TREE_DEPTH if method == "extended" else 10
+        ),
         dense_mass=bool(dense_mass),
     )
     if out.num_warmup < 0 or out.num_samples < 1 or out.num_chains < 1:
