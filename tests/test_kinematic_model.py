@@ -198,6 +198,59 @@ def _pm_table(n: int = 60, **drop: bool) -> QTable:
     return QTable({k: v for k, v in cols.items() if not drop.get(k)})
 
 
+def test_field_parallax_variance_does_not_cancel_in_float32_and_its_gradient_is_finite():
+    """Precise parallaxes: Var[w_t] by total variance matches float64, and a zero variance has finite gradients.
+
+    (E[w_t^2] - E[w_t]^2 cancelled in float32, and the square root's
+    derivative at the clipped 0 made the gradient NaN on a GPU.)
+    """
+    import jax
+    import jax.numpy as jnp
+
+    w = np.array([40.0, 12.0, 3.0, 0.8])
+    s = np.array([0.01, 0.01, 0.02, 0.05])  # S/N 4000 to 16
+    log_w = np.log(np.full(field_bins.N_BINS, 1.0 / field_bins.N_BINS))
+    with x64():
+        ref = field_bins.field_bins_log_likelihood(log_w, field_bins.precompute_field_bins(w, s))
+    bins32 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), field_bins.precompute_field_bins(w, s))
+    _, mean32, var32 = field_bins.field_bins_log_likelihood(jnp.asarray(log_w, jnp.float32), bins32)
+    assert np.all(np.asarray(var32) > 0)
+    np.testing.assert_allclose(np.asarray(var32), np.asarray(ref[2]), rtol=1e-3)
+    assert np.asarray(ref[2])[0] == pytest.approx(s[0] ** 2, rel=1e-2)  # the likelihood dominates at S/N 4000
+
+    rng = np.random.default_rng(5)
+    cov = _random_covariances(rng, 4)
+    data = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), _kin_data(cov, rng.normal(0, 2, (4, 2))))
+    kin = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), _kinematics(rng))
+    mean = jnp.asarray(w, jnp.float32)
+
+    def total(var: jax.Array, k: kinematics.Kinematics) -> jax.Array:
+        return jnp.sum(kinematics.field_pm_log_term(mean, var, mean, k, data))
+
+    g_var, g_kin = jax.grad(total, argnums=(0, 1))(jnp.zeros(4, jnp.float32), kin)
+    assert np.all(np.isfinite(np.asarray(g_var)))
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(g_kin))
+
+
+def test_field_proper_motion_starts_have_the_listed_shapes():
+    """Each starting shape of the field's mixture: the component weights and dispersions as listed."""
+    from gaia_distances.core.search import _FIELD_PM_SHAPES, field_pm_starts
+
+    t = gd.simulate_field(400, n_cluster=100, magnitude_limit=18.0, seed=3)
+    sel = select_stars(t, zero_point="parallax_zeropoint_true", kinematics=True)
+    model = ClusterModel(ClusterPriors(), "flexible", True)
+    from gaia_distances.cluster.stars import prepare_data
+
+    data = prepare_data(sel.stars, model)
+    starts = field_pm_starts(data, model, np.zeros(model.n_params))
+    assert len(starts) == len(_FIELD_PM_SHAPES)
+    for z, shape in zip(starts, _FIELD_PM_SHAPES, strict=True):
+        kin = to_population(z, model, xp=np).kin
+        np.testing.assert_allclose(np.exp(kin.field_log_w), [c[2] for c in shape], rtol=1e-9)
+        np.testing.assert_allclose(np.exp(kin.field_log_sigma_v), [c[1] for c in shape], rtol=1e-9)
+        assert np.allclose(kin.field_mean[0], kin.field_mean[1])  # both at the median proper motion
+
+
 def test_auto_uses_proper_motions_when_present_and_warns_without_their_errors():
     assert select_stars(_pm_table(), kinematics="auto").stars.kinematic
     with pytest.warns(gd.GaiaDistancesWarning, match="pmra_error, pmdec_error"):

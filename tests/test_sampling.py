@@ -123,3 +123,14 @@ def test_quadrature_and_cluster_fit_on_gpu():
     t = gd.simulate_field(2000, n_cluster=500, seed=1)
     fit = gd.fit_cluster(t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true")
     assert abs(fit.summary()["mean"][0] - 850.0) < 20.0
+
+
+def test_extended_models_cap_the_tree_depth():
+    """The extended models' trajectories stop at 255 leapfrog steps unless asked otherwise; others at 1 023."""
+    from gaia_distances.core.sampling import EXTENDED_MAX_TREE_DEPTH, nuts_settings
+
+    assert EXTENDED_MAX_TREE_DEPTH == 8
+    assert nuts_settings("extended").max_tree_depth == 8
+    assert nuts_settings("extended", max_tree_depth=10).max_tree_depth == 10
+    assert nuts_settings("marginal").max_tree_depth == 10
+    assert nuts_settings("joint").max_tree_depth == 10
