@@ -157,7 +157,8 @@ def model_mock(i: int, rng: np.random.Generator, n_stars: int, errors: Any) -> t
         disp = (c["field_sigma_v"] * w_t[sel] / A_V)[:, None] * rng.standard_normal((sel.sum(), 2))
         pm[sel] = base + trend * w_t[sel, None] + disp
     disp = (truth["sigma_v"] * w_t[member] / A_V)[:, None] * rng.standard_normal((member.sum(), 2))
-    pm[member] = np.array([truth["pmra"], truth["pmdec"]]) + disp
+    scale = (truth["D"] * w_t[member] / 1000.0)[:, None]  # one tangential velocity: the mean scales as D / r
+    pm[member] = np.array([truth["pmra"], truth["pmdec"]]) * scale + disp
     # Gaia errors with their full 3 x 3 correlations
     s = np.stack([e["parallax_error"], e["pmra_error"], e["pmdec_error"]], axis=1)
     r = np.stack([e["parallax_pmra_corr"], e["parallax_pmdec_corr"], e["pmra_pmdec_corr"]], axis=1)
