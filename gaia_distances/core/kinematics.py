@@ -123,15 +123,13 @@ def prepare_kinematic_data(
     return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det)
 
 
-def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array, det: Array | None = None) -> Array:
+def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array, det: Array) -> Array:
     """``ln N((dx, dy) | 0, [[c11, c12], [c12, c22]])``, elementwise.
 
-    ``det`` is the covariance's determinant where the caller has it in a
-    form that does not cancel (nearly singular Gaia covariances lose it in
-    float32 as ``c11 c22 - c12^2``); by default it is computed so.
+    ``det`` is the covariance's determinant, in a form that does not cancel
+    (nearly singular Gaia covariances lose ``c11 c22 - c12^2`` in float32;
+    see :func:`_det_plus`).
     """
-    if det is None:
-        det = c11 * c22 - c12 * c12
     quad = (c22 * dx * dx - 2.0 * c12 * dx * dy + c11 * dy * dy) / det
     return -0.5 * quad - 0.5 * jnp.log(det) - 2.0 * LOG_SQRT_2PI
 

@@ -53,7 +53,7 @@ def _simulator(model: ClusterModel) -> Any:
         else:
             assert data.field is not None
             mean_w, var_w = field_moments(pop.log_L, data.field)
-        sd_w = jnp.sqrt(jnp.maximum(var_w, 0.0))
+        sd_w = jnp.sqrt(var_w)  # both fields' variances are non-negative by construction
         w_field = jnp.maximum(mean_w + sd_w * jax.random.normal(k_w, (n,)), 1e-3)
         comp = jax.random.categorical(k_m, kin.field_log_w, shape=(n,))
         w_cl = 1000.0 * jnp.exp(-pop.log_D)

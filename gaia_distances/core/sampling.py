@@ -110,14 +110,14 @@ def nuts_settings(
         warmup, samples, chains = NUTS_DEFAULTS[method]
     except KeyError:
         raise ValueError(f"no NUTS defaults for {method!r}; expected one of {sorted(NUTS_DEFAULTS)}") from None
+    if max_tree_depth is None:
+        max_tree_depth = EXTENDED_MAX_TREE_DEPTH if method == "extended" else 10
     out = NutsSettings(
         num_warmup=warmup if num_warmup is None else int(num_warmup),
         num_samples=samples if num_samples is None else int(num_samples),
         num_chains=chains if num_chains is None else int(num_chains),
         target_accept_prob=float(target_accept_prob),
-        max_tree_depth=int(
-            max_tree_depth if max_tree_depth is not None else EXTENDED_MAX_TREE_DEPTH if method == "extended" else 10
-        ),
+        max_tree_depth=int(max_tree_depth),
         dense_mass=bool(dense_mass),
     )
     if out.num_warmup < 0 or out.num_samples < 1 or out.num_chains < 1:
