@@ -251,6 +251,38 @@ def test_field_proper_motion_starts_have_the_listed_shapes():
         assert np.allclose(kin.field_mean[0], kin.field_mean[1])  # both at the median proper motion
 
 
+def test_the_staged_search_reaches_the_mode_that_the_true_cluster_leads_to():
+    """The cheap stages (cluster-only polishes, one finished contender, a short Newton) lose nothing.
+
+    Reference: the field's optimum with the true cluster put in, finished over
+    every parameter; the search, which never sees the truth, must do as well.
+    """
+    from gaia_distances.cluster.stars import prepare_data
+    from gaia_distances.core.initialisation import polish
+    from gaia_distances.core.search import field_start, find_map_extended, finish_candidate
+
+    t = gd.simulate_field(500, n_cluster=200, cluster_distance=1500.0, magnitude_limit=18.0, seed=5)
+    truth = t.meta["gaia_distances"]["simulation"]
+    sel = select_stars(t, zero_point="parallax_zeropoint_true", kinematics=True)
+    model = ClusterModel(ClusterPriors(), "flexible", True)
+    data = prepare_data(sel.stars, model)
+    found = find_map_extended(data, model)
+    z = field_start(data, model)[0]
+    for name, value in [
+        ("log_D", np.log(truth["cluster_distance_pc"])),
+        ("log_sigma", np.log(truth["cluster_sigma_log"])),
+        ("logit_Q", np.log(200 / sel.stars.n_stars / (1 - 200 / sel.stars.n_stars))),
+        ("pmra", truth["cluster_pmra"]),
+        ("pmdec", truth["cluster_pmdec"]),
+        ("log_sigma_v", np.log(truth["cluster_sigma_v"])),
+    ]:
+        z[model.position(name)] = value
+    _, f_truth = finish_candidate(z, data, model)
+    assert found.problems == () and found.log_posterior >= f_truth - 0.5
+    # at the end the Newton decrement is spent: further Newton steps gain nothing
+    assert polish(found.z, data, model, max_iter=5)[1] - found.log_posterior < 0.05
+
+
 def test_auto_uses_proper_motions_when_present_and_warns_without_their_errors():
     assert select_stars(_pm_table(), kinematics="auto").stars.kinematic
     with pytest.warns(gd.GaiaDistancesWarning, match="pmra_error, pmdec_error"):

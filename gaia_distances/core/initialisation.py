@@ -216,9 +216,19 @@ def hessian(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors)
 
 
 def polish(
-    z0: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors, *, max_iter: int = 50
+    z0: np.ndarray,
+    data: StarData,
+    priors: ClusterModel | ClusterPriors,
+    *,
+    max_iter: int = 50,
+    decrement: float = 0.0,
 ) -> tuple[np.ndarray, float]:
-    """Damped Newton ascent of the log posterior from ``z0``; returns the end point and its value."""
+    """Damped Newton ascent of the log posterior from ``z0``; returns the end point and its value.
+
+    It stops after ``max_iter`` steps, when a step changes neither the point
+    nor the value, or when the Newton decrement ``g . H^-1 g / 2`` (what a
+    full step would still gain on a quadratic) is below ``decrement``.
+    """
     vg = value_and_grad(priors)
     dtype = data.parallax.dtype
 
@@ -234,6 +244,8 @@ def polish(
             step = evecs @ ((evecs.T @ g) / np.maximum(evals, 1e-3 * max(evals.max(), 1e-12) + 1e-6))
         except np.linalg.LinAlgError:
             step = g * 1e-3
+        if 0.5 * float(g @ step) < decrement:
+            break
         norm = np.linalg.norm(step)
         if norm > 1.0:
             step = step / norm

@@ -156,7 +156,7 @@ def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: Kinema
     w_t = 1000.0 * jnp.exp(-u)
     resid_w = parallax - w_t
     b = data.slope.T
-    scale = jnp.exp(log_D - u)
+    scale = w_t * (jnp.exp(log_D) / 1000.0)  # D / r
     dx = data.pm[:, 0] - kin.pm[0] * scale - b[0] * resid_w
     dy = data.pm[:, 1] - kin.pm[1] * scale - b[1] * resid_w
     var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)

@@ -12,8 +12,11 @@ so the search works in stages:
    are compatible with it (the cluster is found in joint parallax-proper
    motion space), times a few sizes and fractions; all scored with the
    full log posterior;
-3. the best few distinct candidates polished by L-BFGS from the field's
-   optimum (:func:`polish_lbfgs`);
+3. the best few distinct candidates polished by L-BFGS over the cluster's
+   parameters on the field's optimum (:func:`polish_lbfgs`), and those
+   still in contention then over every parameter (:func:`finish_candidate`:
+   with proper motions the field's mixture is refitted around the cluster
+   first);
 4. :func:`compare_starts`: the starts must agree. When two distinct
    solutions score within :data:`AGREE_LOG_POST` of each other, or the best
    cluster gains less than :data:`MIN_EVIDENCE` in log likelihood over the
@@ -47,11 +50,13 @@ from gaia_distances.core.population import ClusterModel, log_prior
 
 __all__ = [
     "AGREE_LOG_POST",
+    "CONTENDER_MARGIN",
     "MIN_EVIDENCE",
     "cluster_candidates",
     "compare_starts",
     "field_start",
     "find_map_extended",
+    "finish_candidate",
     "polish_lbfgs",
     "soft_laplace_covariance",
 ]
@@ -60,6 +65,10 @@ __all__ = [
 AGREE_LOG_POST = 5.0
 #: The least log-likelihood gain of a cluster over the field alone that counts as a detection.
 MIN_EVIDENCE = 15.0
+#: Candidates whose cluster-only polish ends further than this below the best are not finished.
+CONTENDER_MARGIN = 50.0
+#: The Newton polish stops when a full step would gain less than this in log posterior.
+_NEWTON_DECREMENT = 1e-3
 #: logit(Q) of "no cluster" in the field-only fit.
 _NO_CLUSTER = -12.0
 
@@ -241,11 +250,7 @@ def compare_starts(
     iD = model.position("log_D")
     problems = []
     for z, fx in solutions:
-        distinct = abs(z[iD] - z_best[iD]) > 0.05
-        if model.kinematics:
-            ipm = [model.position("pmra"), model.position("pmdec")]
-            distinct |= bool(np.hypot(*(z[ipm] - z_best[ipm])) > 0.5)
-        if distinct and f_best - fx < AGREE_LOG_POST:
+        if _distinct(z, z_best, model) and f_best - fx < AGREE_LOG_POST:
             problems.append(
                 f"the starting points disagree: clusters at {math.exp(z_best[iD]):.0f} pc and "
                 f"{math.exp(z[iD]):.0f} pc fit almost equally well (log posterior {f_best:.1f} and {fx:.1f}); "
@@ -262,6 +267,17 @@ def compare_starts(
     return i_best, tuple(problems), float(evidence)
 
 
+def _distinct(z1: np.ndarray, z2: np.ndarray, model: ClusterModel) -> bool:
+    """Whether two solutions describe different clusters (distance, or proper motion when modelled)."""
+    iD = model.position("log_D")
+    if abs(z1[iD] - z2[iD]) > 0.05:
+        return True
+    if model.kinematics:
+        ipm = [model.position("pmra"), model.position("pmdec")]
+        return bool(np.hypot(*(z1[ipm] - z2[ipm])) > 0.5)
+    return False
+
+
 def _log_prior_fn(model: ClusterModel, dtype: Any) -> Callable[[np.ndarray], float]:
     fn = jax.jit(lambda z: log_prior(z, model))
     return lambda z: float(fn(jnp.asarray(z, dtype)))
@@ -270,7 +286,14 @@ def _log_prior_fn(model: ClusterModel, dtype: Any) -> Callable[[np.ndarray], flo
 def find_map_extended(
     data: StarData, model: ClusterModel, *, distance_hint: float | None = None, n_polish: int = 4
 ) -> MapResult:
-    """The MAP of an extended model, the problems of the search and the Laplace covariance at the best."""
+    """The MAP of an extended model, the problems of the search and the Laplace covariance at the best.
+
+    The ``n_polish`` best distinct candidates are first polished over the
+    cluster's entries alone (the field held at its own optimum: a few
+    parameters, a few tens of steps); those within :data:`CONTENDER_MARGIN`
+    of the best are then finished over every parameter
+    (:func:`finish_candidate`) and compared.
+    """
     z_field, f_field = field_start(data, model)
     cand = cluster_candidates(data, model, z_field, distance_hint=distance_hint)
     vg = value_and_grad(model)
@@ -286,26 +309,42 @@ def find_map_extended(
             starts.append(int(i))
         if len(starts) == n_polish:
             break
-    solutions = [polish_lbfgs(cand[i], data, model) for i in starts]
+    cluster = _cluster_entries(model)
+    rough = [polish_lbfgs(cand[i], data, model, free=cluster) for i in starts]
+    top = max((fx for _, fx in rough), default=-np.inf)
+    contenders: list[np.ndarray] = []  # distinct clusters, best first, within the margin of the best
+    for z, fx in sorted(rough, key=lambda r: -r[1]):
+        if fx > top - CONTENDER_MARGIN and all(_distinct(z, y, model) for y in contenders):
+            contenders.append(z)
+    solutions = [finish_candidate(z, data, model) for z in contenders]
     if not solutions:
         solutions = [(z_field, f_field)]
     i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
     z_best, f_best = solutions[i_best]
-    if model.kinematics and data.kin is not None:
-        # the field's proper-motion mixture has local optima, and the field-only fit started
-        # with the cluster's stars in it: refit it around the best cluster from each shape
-        cluster = _cluster_entries(model)
-        for z0 in field_pm_starts(data, model, z_best):
-            z0[cluster] = z_best[cluster]
-            z_new, f_new = polish_lbfgs(polish_lbfgs(z0, data, model, free=~cluster)[0], data, model)
-            if f_new > f_best:
-                z_best, f_best = z_new, f_new
     # Newton steps finish what L-BFGS (float32 gradients) leaves: the Laplace
     # covariance needs the maximum itself, not a point near a saddle
-    z_new, f_new = polish(z_best, data, model, max_iter=8)
+    z_new, f_new = polish(z_best, data, model, max_iter=8, decrement=_NEWTON_DECREMENT)
     if f_new >= f_best:
         z_best, f_best = z_new, f_new
     return MapResult(z_best, f_best, soft_laplace_covariance(z_best, data, model), problems, evidence)
+
+
+def finish_candidate(z: np.ndarray, data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]:
+    """A candidate (cluster polished on the field-only optimum) polished over every parameter.
+
+    With proper motions the field's mixture was fitted with the cluster's
+    stars in it and has local optima, so it is refitted around the
+    candidate's cluster from each starting shape (:func:`field_pm_starts`)
+    before the whole is polished; the best is kept.
+    """
+    if not (model.kinematics and data.kin is not None):
+        return polish_lbfgs(z, data, model)
+    cluster = _cluster_entries(model)
+    fits = []
+    for z0 in field_pm_starts(data, model, z):
+        z0[cluster] = z[cluster]
+        fits.append(polish_lbfgs(polish_lbfgs(z0, data, model, free=~cluster)[0], data, model))
+    return max(fits, key=lambda fit: fit[1])
 
 
 def soft_laplace_covariance(z: np.ndarray, data: StarData, model: ClusterModel) -> np.ndarray:
