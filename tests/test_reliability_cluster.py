@@ -33,6 +33,23 @@ def test_issue13_item7_degenerate_posterior_is_a_problem():
     assert any("degenerate posterior" in p and "L = 0" in p for p in problems)
 
 
+def test_a_cluster_with_a_field_velocity_dispersion_is_no_cluster_signal():
+    """A thin shell with a 20 km/s dispersion is the field's proper motions, not a cluster (1 km/s is)."""
+    from gaia_distances.cluster.diagnostics import SIGMA_V_FIELD
+
+    rng = np.random.default_rng(1)
+    post = {
+        "D": 4900.0 + rng.normal(0, 200, (2, 50)),
+        "sigma_log": np.full((2, 50), 0.008) + rng.normal(0, 1e-3, (2, 50)),
+        "Q": rng.uniform(0.14, 0.15, (2, 50)),
+        "sigma_v": 2 * SIGMA_V_FIELD + rng.normal(0, 0.5, (2, 50)),
+    }
+    problems = cluster_problems(post, {"D": 1.0}, n_stars=40000)
+    assert any("no cluster signal" in p and "velocity dispersion is 20 km/s" in p for p in problems)
+    post["sigma_v"] = 1.0 + rng.normal(0, 0.1, (2, 50))
+    assert cluster_problems(post, {"D": 1.0}, n_stars=40000) == []
+
+
 def test_issue13_item7_too_few_draws_are_reported(cluster_input):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -19,10 +19,22 @@ import numpy as np
 from gaia_distances.columns import warn
 from gaia_distances.core.diagnostics import RHAT_MAX, convergence_problems
 
-__all__ = ["CHECKED", "PARAMETERS", "checked_parameters", "cluster_problems", "diagnose", "status", "warn_problems"]
+__all__ = [
+    "CHECKED",
+    "PARAMETERS",
+    "SIGMA_V_FIELD",
+    "checked_parameters",
+    "cluster_problems",
+    "diagnose",
+    "status",
+    "warn_problems",
+]
 
 #: The reference model's population parameters, checked and reported, in order.
 PARAMETERS = ("D", "sigma", "Q", "L")
+#: A cluster's velocity dispersion above this (km/s) is that of a field population: bound open
+#: clusters have 0.3-3 km/s, young massive clusters and associations up to about 5.
+SIGMA_V_FIELD = 10.0
 #: Every parameter whose convergence is checked when the fit has it, in order.
 CHECKED = ("D", "sigma", "Q", "L", "field_median", "pmra", "pmdec", "sigma_v")
 
@@ -67,6 +79,13 @@ def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, fl
             f"no cluster signal: the cluster component is as broad as a field (sigma = {sig:.2f} in ln r, "
             f"i.e. {100 * sig:.0f} % of D), so it models field structure rather than a cluster; "
             "try ClusterPriors.physical() or distance_hint="
+        )
+    if "sigma_v" in posterior and float(np.median(posterior["sigma_v"])) > SIGMA_V_FIELD:
+        problems.append(
+            f"no cluster signal: the cluster component's velocity dispersion is "
+            f"{float(np.median(posterior['sigma_v'])):.0f} km/s (> {SIGMA_V_FIELD:g}), that of a field "
+            "population, not of a cluster: it models the field's proper motions rather than a cluster; "
+            "try distance_hint= with the cluster's distance"
         )
     if np.percentile(q, 16) > 0.97:
         problems.append(
