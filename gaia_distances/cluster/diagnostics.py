@@ -85,7 +85,7 @@ def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, fl
             f"no cluster signal: the cluster component's velocity dispersion is "
             f"{float(np.median(posterior['sigma_v'])):.0f} km/s (> {SIGMA_V_FIELD:g}), that of a field "
             "population, not of a cluster: it models the field's proper motions rather than a cluster; "
-            "try distance_hint= with the cluster's distance"
+            "a brighter magnitude limit or a smaller cone helps"
         )
     if np.percentile(q, 16) > 0.97:
         problems.append(
