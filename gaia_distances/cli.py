@@ -5,7 +5,8 @@ Subcommands:
 - ``query --name M67 --radius 0.5 -o m67.fits``: a Gaia DR3 cone (cached);
 - ``zeropoint IN -o OUT``: add Lindegren et al. (2021) zero points;
 - ``estimate IN -o OUT --prior edsd|ggd|uniform``: per-star distances;
-- ``cluster IN -o OUT [--method marginal|joint] [--kinematics auto|on|off] [--field flexible|edsd]``:
+- ``cluster IN -o OUT [--method marginal|joint] [--kinematics auto|on|off] [--field flexible|edsd]
+  [--perspective]``:
   fit a cluster over a field, with proper motions where the table has them;
 - ``report IN -o DIR [--posterior post.nc]``: figures and report.md for a table;
 - ``demo``: simulate a Gaia field and run the whole pipeline, offline.
@@ -310,6 +311,7 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
         method=args.method,
         kinematics=KINEMATICS_CHOICES[args.kinematics],
         field=args.field,
+        perspective=args.perspective,
         prior=prior,
         zero_point=zp,
         parallax_limits=limits,

@@ -243,6 +243,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         action="store_true",
         help="cut by --parallax-limits without modelling the cut (the reference analysis; biased)",
     )
+    c.add_argument(
+        "--perspective",
+        action="store_true",
+        help="wide or near fields: project the cluster's one space velocity along each member's line of sight "
+        "(fits its radial velocity v_r too; needs proper motions, ra and dec)",
+    )
     c.add_argument("--distance-hint", type=positive_float, default=None, help="rough cluster distance (pc)")
     c.add_argument(
         "--physical-prior",

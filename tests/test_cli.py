@@ -254,9 +254,10 @@ def test_cluster_passes_prior_zero_point_and_fit_size(tmp_path, field_file, monk
     size = ["--num-warmup", "50", "--num-samples", "60", "--num-chains", "3", "--distance-hint", "850"]
     assert main([*base, "--zero-point", "parallax_zeropoint_true", "--physical-prior", *size]) == 0
     assert main([*base, "--zero-point", "-0.017", "--parallax-limits", "0.2", "3"]) == 0
-    assert main([*base, "--parallax-limits", "0.2", "3", "--no-truncate"]) == 0
+    assert main([*base, "--parallax-limits", "0.2", "3", "--no-truncate", "--perspective"]) == 0
     first, second, third = calls
     assert first["truncate"] and second["truncate"] and not third["truncate"]
+    assert third["perspective"] is True and first["perspective"] is False
     assert first["zero_point"] == "parallax_zeropoint_true" and second["zero_point"] == -0.017
     assert first["prior"] == gd.ClusterPriors.physical() and second["prior"] == gd.ClusterPriors()
     assert (first["num_warmup"], first["num_samples"], first["num_chains"]) == (50, 60, 3)

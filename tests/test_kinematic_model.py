@@ -72,6 +72,41 @@ def test_cluster_term_times_the_parallax_likelihood_is_the_3d_gaussian():
         assert plx + term[i] == pytest.approx(ref, abs=1e-9)
 
 
+def test_perspective_term_is_the_space_velocity_projected_on_each_line_of_sight():
+    """With the geometry, the member mean is w_t (p . v, q . v) / A_V for v built at the field's centre."""
+    from gaia_distances.core.astrometry import proper_motion_from_velocity
+
+    rng = np.random.default_rng(4)
+    n = 40
+    cov = _random_covariances(rng, n)
+    ra, dec = rng.uniform(50.0, 62.0, n), rng.uniform(18.0, 30.0, n)  # a field 12 degrees wide
+    w_t = rng.uniform(4.0, 12.0, n)
+    obs = np.column_stack([w_t, rng.normal(20, 5, n), rng.normal(-40, 5, n)])
+    kin = _kinematics(rng)._replace(pm=np.array([20.0, -45.0]), v_r=6.0)
+    log_D = np.log(135.0)
+    with x64():
+        data = _kin_data(cov, obs[:, 1:])._replace(geometry=kinematics.perspective_geometry(ra, dec))
+        term = np.asarray(kinematics.cluster_pm_log_term(np.log(1000.0 / w_t)[None, :], obs[:, 0], kin, data, log_D))[0]
+    # the space velocity that has proper motion kin.pm at 135 pc and v_r at the field's centre
+    p, q, r = kinematics._basis(ra, dec)
+    c = r.mean(axis=0) / np.linalg.norm(r.mean(axis=0))
+    ra0, dec0 = np.rad2deg(np.arctan2(c[1], c[0])), np.rad2deg(np.arcsin(c[2]))
+    p0, q0, r0 = kinematics._basis(ra0, dec0)
+    v = kinematics.A_V * 135.0 / 1000.0 * (kin.pm[0] * p0 + kin.pm[1] * q0) + kin.v_r * r0
+    mean = proper_motion_from_velocity(ra, dec, w_t, np.broadcast_to(v, (n, 3)))
+    centre = proper_motion_from_velocity(ra0, dec0, 1000.0 / 135.0, v)
+    assert (float(centre.pmra), float(centre.pmdec)) == pytest.approx((20.0, -45.0), abs=1e-9)
+    s_int = 1.3 * w_t / kinematics.A_V
+    for i in range(n):
+        full = cov[i] + np.diag([0.0, s_int[i] ** 2, s_int[i] ** 2])
+        ref = stats.multivariate_normal([w_t[i], mean.pmra[i], mean.pmdec[i]], full).logpdf(obs[i])
+        plx = stats.norm(w_t[i], np.sqrt(cov[i][0, 0])).logpdf(obs[i, 0])
+        assert plx + term[i] == pytest.approx(ref, abs=1e-8)
+    # at the centre the projection is the identity: the scaled-mean model
+    at_centre = kinematics.perspective_geometry(np.full(3, 56.0), np.full(3, 24.0))
+    np.testing.assert_allclose(at_centre, [[1, 0, 0, 1, 0, 0]] * 3, atol=1e-12)
+
+
 def test_field_term_at_a_known_distance_is_the_3d_gaussian_mixture():
     rng = np.random.default_rng(2)
     n = 30

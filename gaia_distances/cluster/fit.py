@@ -74,6 +74,7 @@ def fit_cluster(
     prior: ClusterPriors | None = None,
     kinematics: bool | str = "auto",
     field: str = "flexible",
+    perspective: bool = False,
     zero_point: float | str | None = None,
     parallax_limits: tuple[float, float] | None = None,
     truncate: bool = True,
@@ -121,6 +122,16 @@ def fit_cluster(
         cones, or ``"edsd"``, the reference analysis's exponentially
         decreasing space density (``kinematics=False, field="edsd"`` is the
         reference model).
+    perspective
+        For wide or near fields (a cluster spanning degrees): the members
+        share one space velocity, projected along each member's own line of
+        sight (``mu_a* = w (p . v) / 4.74``, ``mu_d = w (q . v) / 4.74``, as
+        in Kalkayotl), instead of one proper motion scaled by ``D / r``. The
+        fit gains the cluster's radial velocity ``v_r`` (km/s; prior
+        ``N(0, ClusterPriors.v_r_sd)``), constrained by the perspective
+        contraction or expansion, and ``pmra``, ``pmdec`` are the proper
+        motion at the field's centre. Needs proper motions and ``ra``,
+        ``dec``.
     zero_point
         As in :func:`~gaia_distances.estimate_distances`.
     parallax_limits
@@ -194,9 +205,14 @@ def fit_cluster(
     resolve_systematics(systematics), resolve_offset_prior(parallax_offset_prior)  # a bad option fails first
     show = method == "joint" if progress is None else bool(progress)
     sel = select_stars(
-        table, zero_point=zero_point, parallax_limits=parallax_limits, kinematics=kinematics, truncate=truncate
+        table,
+        zero_point=zero_point,
+        parallax_limits=parallax_limits,
+        kinematics=kinematics,
+        truncate=truncate,
+        perspective=bool(perspective),
     )
-    model = ClusterModel(prior, field, sel.stars.kinematic)
+    model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
     settings = nuts_settings(
         method if method == "joint" or model.is_reference else "extended",
         num_warmup=num_warmup,
@@ -378,6 +394,7 @@ def assemble_fit(
             "kinematics": model.kinematics,
             "field": model.field,
             "n_field_pm": model.n_field_pm,
+            "perspective": model.perspective,
             "zero_point": sel.zero_point_source,
             "zero_point_arg": record.get("zero_point_arg"),
             "parallax_limits": list(limits) if limits else None,

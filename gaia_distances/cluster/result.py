@@ -41,6 +41,7 @@ UNITS: dict[str, Any] = {
     "pmra": _MASYR,
     "pmdec": _MASYR,
     "sigma_v": u.km / u.s,
+    "v_r": u.km / u.s,
     "field_pmra": _MASYR,
     "field_pmdec": _MASYR,
     "field_pm_sd_ra": _MASYR,
@@ -64,6 +65,7 @@ DESCRIPTIONS = {
     "pmra": "cluster mean proper motion in right ascension (mu_alpha*)",
     "pmdec": "cluster mean proper motion in declination",
     "sigma_v": "cluster internal velocity dispersion (per proper-motion component)",
+    "v_r": "cluster radial velocity, from the perspective projection of its space velocity",
     "field_pmra": "field proper-motion component's mean pmra at zero parallax",
     "field_pmdec": "field proper-motion component's mean pmdec at zero parallax",
     "field_pm_sd_ra": "field component's constant pmra dispersion",
@@ -357,7 +359,11 @@ class ClusterFit:
         idata = az.from_netcdf(posterior) if isinstance(posterior, str) else posterior
         prior = ClusterPriors(**prov.get("prior", prov.get("priors", {})))
         model = ClusterModel(
-            prior, prov.get("field", "edsd"), bool(prov.get("kinematics", False)), int(prov.get("n_field_pm", 2))
+            prior,
+            prov.get("field", "edsd"),
+            bool(prov.get("kinematics", False)),
+            int(prov.get("n_field_pm", 2)),
+            bool(prov.get("perspective", False)),
         )
         names = [k for k in idata.posterior.data_vars if k != "unconstrained"]
         keep = REPORTED if model.is_reference and not prov.get("systematics") else names
@@ -370,6 +376,7 @@ class ClusterFit:
             parallax_limits=tuple(limits) if limits else None,
             kinematics=model.kinematics,
             truncate=bool(prov.get("truncate", False)),
+            perspective=model.perspective,
         )
         sampled = sampled_draws(post)
         if model.is_reference:

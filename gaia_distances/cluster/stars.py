@@ -76,6 +76,8 @@ class FittedStars(NamedTuple):
     pmra_pmdec_corr: np.ndarray | None = None
     limit_lo: np.ndarray | None = None  # the parallax cut in corrected parallax (mas), when modelled
     limit_hi: np.ndarray | None = None
+    ra: np.ndarray | None = None  # deg, for the perspective projection
+    dec: np.ndarray | None = None
 
     @property
     def kinematic(self) -> bool:
@@ -147,6 +149,23 @@ def _proper_motions(out: QTable, used: np.ndarray, flag: np.ndarray, step: str) 
     return cols
 
 
+def _positions(out: QTable, used: np.ndarray, use_pm: bool, step: str) -> dict[str, np.ndarray]:
+    """The fitted rows' ``ra`` and ``dec`` (deg), which the perspective projection needs."""
+    if not use_pm:
+        raise ValueError(f"{step}(perspective=True) projects the cluster's space velocity: it needs proper motions")
+    missing = [c for c in ("ra", "dec") if c not in out.colnames]
+    if missing:
+        raise MissingColumnsError(f"{step}(perspective=True) needs the columns {', '.join(missing)}")
+    pos = {c: column_values(out, c, u.deg)[used] for c in ("ra", "dec")}
+    bad = ~(np.isfinite(pos["ra"]) & np.isfinite(pos["dec"]))
+    if bad.any():
+        raise GaiaDistancesError(
+            f"{step}(perspective=True) needs a finite ra and dec for every fitted star; "
+            f"{int(bad.sum())} have none (rows {', '.join(map(str, used[bad][:5]))}{', ...' if bad.sum() > 5 else ''})"
+        )
+    return pos
+
+
 def select_stars(
     table: Any,
     *,
@@ -154,6 +173,7 @@ def select_stars(
     parallax_limits: tuple[float, float] | None = None,
     kinematics: bool | str = False,
     truncate: bool = True,
+    perspective: bool = False,
     step: str = "fit_cluster",
 ) -> Selection:
     """The rows with a finite parallax and a positive error, inside ``parallax_limits`` (mas) if given.
@@ -165,6 +185,8 @@ def select_stars(
     (:func:`resolve_kinematics`) the stars carry their proper motions; a
     fitted star without a usable one is flagged
     :attr:`ClusterFlag.NO_PROPER_MOTION` and fitted with its parallax alone.
+    ``perspective`` (which needs the proper motions) also carries ``ra`` and
+    ``dec``.
     """
     out = as_table(table)
     plx, zp_source = corrected_parallax(out, zero_point, step=step)
@@ -188,6 +210,8 @@ def select_stars(
     zp = raw[used] - w if raw is not None else np.zeros(used.size)
     zp = np.where(np.isfinite(zp), zp, 0.0)
     pm = _proper_motions(out, used, flag, step) if use_pm else {}
+    if perspective:
+        pm.update(_positions(out, used, use_pm, step))
     if parallax_limits is not None and truncate:
         pm["limit_lo"] = np.full(used.size, float(parallax_limits[0])) - zp
         pm["limit_hi"] = np.full(used.size, float(parallax_limits[1])) - zp
@@ -233,7 +257,7 @@ def kinematic_data(stars: FittedStars) -> KinematicData:
         stars.parallax_pmdec_corr,
         stars.pmra_pmdec_corr,
     )
-    return prepare_kinematic_data(*(np.asarray(c, float) for c in cols))
+    return prepare_kinematic_data(*(np.asarray(c, float) for c in cols), ra=stars.ra, dec=stars.dec)
 
 
 def prepare_data(stars: FittedStars, model: ClusterModel) -> StarData:

@@ -13,7 +13,10 @@ integral: the cost stays ``O(stars x nodes)``.
   velocity dispersion ``sigma_v`` (km/s), which at distance ``r`` is a
   proper-motion dispersion ``sigma_v w_t / A_v`` (``w_t = 1000 pc / r`` in
   mas; :data:`A_V` = 4.740470446 converts km/s at 1 kpc to mas/yr);
-  :func:`cluster_pm_log_term` at each node of the cluster integral.
+  :func:`cluster_pm_log_term` at each node of the cluster integral. In a
+  wide or near field the one space velocity (with a radial velocity ``v_r``)
+  is optionally projected along each star's line of sight instead
+  (:func:`perspective_geometry`).
 - **Field**: a mixture of ``M`` Gaussians whose means move linearly with the
   true parallax (``a_m + k w_t``: the solar reflex motion scales with ``w_t``,
   differential Galactic rotation is nearly independent of distance for the
@@ -46,6 +49,7 @@ __all__ = [
     "field_pm_log_term",
     "field_pm_log_term_at",
     "gaussian2_log_pdf",
+    "perspective_geometry",
     "prepare_kinematic_data",
 ]
 
@@ -61,6 +65,7 @@ class KinematicData(NamedTuple):
     slope: Array  # (n, 2): b = C_mw / C_ww, the pm error per unit parallax error
     has_pm: Array  # (n,) 1.0 where the star has a proper motion, else 0.0
     cond_det: Array  # (n,) det C' = c11 c22 - c12^2, computed in float64 (it can cancel in float32)
+    geometry: Array | None = None  # (n, 6): the perspective projection (see perspective_geometry), or None
 
 
 class Kinematics(NamedTuple):
@@ -74,6 +79,7 @@ class Kinematics(NamedTuple):
     field_corr: Array  # (..., M) its correlation
     field_log_sigma_v: Array  # (..., M) ln of the velocity dispersion (km/s)
     field_log_w: Array  # (..., M) normalised log weights
+    v_r: Array | float = 0.0  # the cluster's radial velocity (km/s), with the perspective projection
 
 
 def prepare_kinematic_data(
@@ -85,8 +91,14 @@ def prepare_kinematic_data(
     parallax_pmra_corr: np.ndarray,
     parallax_pmdec_corr: np.ndarray,
     pmra_pmdec_corr: np.ndarray,
+    *,
+    ra: np.ndarray | None = None,
+    dec: np.ndarray | None = None,
 ) -> KinematicData:
     """The conditional proper-motion error model of each star (NumPy, float64).
+
+    With ``ra`` and ``dec`` (deg) the stars also carry the perspective
+    projection of the cluster's space velocity (:func:`perspective_geometry`).
 
     Stars with a non-finite proper motion or error, or a non-positive error,
     get ``has_pm = 0`` (and harmless placeholder values). Non-finite
@@ -120,7 +132,39 @@ def prepare_kinematic_data(
     pm = np.where(ok[:, None], pm, 0.0)
     cond = np.where(ok[:, None], cond, [1.0, 0.0, 1.0])
     det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2
-    return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det)
+    geometry = None if ra is None or dec is None else perspective_geometry(ra, dec)
+    return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det, geometry)
+
+
+def _basis(ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unit vectors ``p`` (towards increasing RA), ``q`` (increasing Dec) and ``r`` (radial), ``(..., 3)``."""
+    a, d = np.deg2rad(np.asarray(ra_deg, float)), np.deg2rad(np.asarray(dec_deg, float))
+    p = np.stack([-np.sin(a), np.cos(a), np.zeros_like(a)], axis=-1)
+    q = np.stack([-np.sin(d) * np.cos(a), -np.sin(d) * np.sin(a), np.cos(d)], axis=-1)
+    r = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)], axis=-1)
+    return p, q, r
+
+
+def perspective_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """Each star's projection of a space velocity given at the field's centre, ``(n, 6)``.
+
+    The centre is the stars' mean direction, with basis ``(p0, q0, r0)``. A
+    space velocity ``v = A_V (mu_a* p0 + mu_d q0) / w_D + v_r r0`` (the
+    proper motion ``(mu_a*, mu_d)`` a star at the centre and at the
+    cluster's parallax ``w_D`` has, and the radial velocity ``v_r``) gives a
+    star at ``(ra, dec)`` and true parallax ``w_t`` the proper motion
+    ``w_t (p . v, q . v) / A_V`` (Kalkayotl's and kinesis's projection), that is
+    ``(w_t / w_D) M mu + w_t v_r c / A_V`` with ``M = [[p.p0, p.q0],
+    [q.p0, q.q0]]`` and ``c = (p.r0, q.r0)``; the columns are ``(M11, M12,
+    M21, M22, c1, c2)``. At the centre ``M = I`` and ``c = 0``.
+    """
+    p, q, r = _basis(ra_deg, dec_deg)
+    centre = r.mean(axis=0)
+    centre /= np.linalg.norm(centre)
+    dec0 = np.rad2deg(np.arcsin(np.clip(centre[2], -1.0, 1.0)))
+    ra0 = np.rad2deg(np.arctan2(centre[1], centre[0]))
+    p0, q0, r0 = _basis(ra0, dec0)
+    return np.stack([p @ p0, p @ q0, q @ p0, q @ q0, p @ r0, q @ r0], axis=1)
 
 
 def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array, det: Array) -> Array:
@@ -151,14 +195,23 @@ def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: Kinema
     on the last axis (XLA vectorises along it). The members share one
     tangential velocity, so the mean proper motion ``kin.pm`` (that at the
     cluster's distance ``D = exp(log_D)``) scales as ``D / r`` over the
-    cluster's depth.
+    cluster's depth. With ``data.geometry`` (a wide or near field) that
+    velocity, with the radial velocity ``kin.v_r``, is projected along each
+    star's own line of sight (:func:`perspective_geometry`).
     """
     w_t = 1000.0 * jnp.exp(-u)
     resid_w = parallax - w_t
     b = data.slope.T
     scale = w_t * (jnp.exp(log_D) / 1000.0)  # D / r
-    dx = data.pm[:, 0] - kin.pm[0] * scale - b[0] * resid_w
-    dy = data.pm[:, 1] - kin.pm[1] * scale - b[1] * resid_w
+    if data.geometry is None:
+        mean_x, mean_y = kin.pm[0] * scale, kin.pm[1] * scale
+    else:  # the space velocity projected along each star's line of sight
+        g = data.geometry.T
+        radial = w_t * (kin.v_r / A_V)
+        mean_x = (g[0] * kin.pm[0] + g[1] * kin.pm[1]) * scale + g[4] * radial
+        mean_y = (g[2] * kin.pm[0] + g[3] * kin.pm[1]) * scale + g[5] * radial
+    dx = data.pm[:, 0] - mean_x - b[0] * resid_w
+    dy = data.pm[:, 1] - mean_y - b[1] * resid_w
     var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)
     c = data.cond_cov.T
     det = _det_plus(data, var_int, 0.0, var_int)

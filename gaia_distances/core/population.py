@@ -61,7 +61,9 @@ class ClusterPriors(NamedTuple):
     ``sigma_v_log_sd``. ``field_smoothness`` is the random-walk scale of the
     flexible field's log weights between neighbouring bins
     (:mod:`~gaia_distances.core.field_bins`). The field's proper-motion
-    priors are fixed and broad (:data:`FIELD_PM_PRIORS`).
+    priors are fixed and broad (:data:`FIELD_PM_PRIORS`). With the
+    perspective projection the cluster's radial velocity has a ``N(0,
+    v_r_sd)`` prior (km/s).
     """
 
     log_L_mu: float = math.log(370.0)
@@ -79,6 +81,7 @@ class ClusterPriors(NamedTuple):
     sigma_v_median: float = 1.0
     sigma_v_log_sd: float = 1.5
     field_smoothness: float = 1.0
+    v_r_sd: float = 50.0
 
     @classmethod
     def reference(cls) -> ClusterPriors:
@@ -143,13 +146,16 @@ class ClusterModel(NamedTuple):
     for the EDSD; the flexible field's random-walk steps), then
     ``(log_D, depth, logit_Q)``, then, with kinematics, the cluster's
     ``(pmra, pmdec, log_sigma_v)`` and the field's proper-motion mixture of
-    ``n_field_pm`` components (:attr:`names`).
+    ``n_field_pm`` components (:attr:`names`). With ``perspective`` the
+    cluster's radial velocity ``v_r`` (km/s) follows ``log_sigma_v``: its
+    space velocity is projected along each star's line of sight.
     """
 
     priors: ClusterPriors = ClusterPriors()
     field: str = "edsd"
     kinematics: bool = False
     n_field_pm: int = 2
+    perspective: bool = False
 
     @property
     def is_reference(self) -> bool:
@@ -191,7 +197,8 @@ class ClusterModel(NamedTuple):
                 )
             ]
             weights = [f"field_logit_w_{k}" for k in range(2, self.n_field_pm + 1)]
-            out = (*out, "pmra", "pmdec", "log_sigma_v", *comp, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
+            cluster = ("pmra", "pmdec", "log_sigma_v", "v_r") if self.perspective else ("pmra", "pmdec", "log_sigma_v")
+            out = (*out, *cluster, *comp, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
         return out
 
     @property
@@ -214,6 +221,8 @@ class ClusterModel(NamedTuple):
                 mu, sd = 0.0, p.pm_sd
             elif name == "log_sigma_v":
                 mu, sd = math.log(p.sigma_v_median), p.sigma_v_log_sd
+            elif name == "v_r":
+                mu, sd = 0.0, p.v_r_sd
             elif name.startswith("field_"):
                 mu, sd = FIELD_PM_PRIORS[name.rsplit("_", 1)[0]]
             else:
@@ -246,9 +255,10 @@ def _field_log_w(steps: Array, model: ClusterModel, xp: Any) -> Array:
 
 def _kinematics(k: Array, model: ClusterModel, xp: Any) -> Kinematics:
     M = model.n_field_pm
-    comp = k[..., 3 : 3 + 6 * M].reshape(*k.shape[:-1], M, 6)
-    trend = k[..., 3 + 6 * M : 5 + 6 * M]
-    logits = k[..., 5 + 6 * M :]
+    c = 4 if model.perspective else 3  # the cluster's entries
+    comp = k[..., c : c + 6 * M].reshape(*k.shape[:-1], M, 6)
+    trend = k[..., c + 6 * M : c + 2 + 6 * M]
+    logits = k[..., c + 2 + 6 * M :]
     logits = xp.concatenate([xp.zeros_like(trend[..., :1]), logits], axis=-1)
     return Kinematics(
         pm=k[..., 0:2],
@@ -259,6 +269,7 @@ def _kinematics(k: Array, model: ClusterModel, xp: Any) -> Kinematics:
         field_corr=xp.tanh(comp[..., 4]),
         field_log_sigma_v=comp[..., 5],
         field_log_w=_log_softmax(logits, xp),
+        v_r=k[..., 3] if model.perspective else xp.zeros_like(k[..., 2]),
     )
 
 
@@ -406,7 +417,8 @@ def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[s
     ``D``, ``sigma`` (depth, pc), ``sigma_log``, ``Q``; the field's ``L``
     (pc; EDSD) or ``field_median`` (pc; the flexible field's median
     distance); with kinematics the cluster's ``pmra``, ``pmdec`` (mas/yr)
-    and ``sigma_v`` (km/s) and the field's proper-motion mixture
+    and ``sigma_v`` (km/s), with the perspective projection ``v_r`` (km/s),
+    and the field's proper-motion mixture
     (``field_pmra_m``, ``field_pmdec_m``, ``field_pm_sd_ra_m``,
     ``field_pm_sd_dec_m``, ``field_pm_corr_m``, ``field_sigma_v_m``,
     ``field_pm_weight_m`` for ``m = 1..M``, and ``field_pm_trend_ra``,
@@ -428,6 +440,8 @@ def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[s
     if kin is not None:
         out["pmra"], out["pmdec"] = kin.pm[..., 0], kin.pm[..., 1]
         out["sigma_v"] = np.exp(kin.log_sigma_v)
+        if model.perspective:
+            out["v_r"] = np.asarray(kin.v_r)
         for m in range(model.n_field_pm):
             k = m + 1
             out[f"field_pmra_{k}"] = kin.field_mean[..., m, 0]
