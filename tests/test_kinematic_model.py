@@ -88,10 +88,10 @@ def test_perspective_term_is_the_space_velocity_projected_on_each_line_of_sight(
         data = _kin_data(cov, obs[:, 1:])._replace(geometry=kinematics.perspective_geometry(ra, dec))
         term = np.asarray(kinematics.cluster_pm_log_term(np.log(1000.0 / w_t)[None, :], obs[:, 0], kin, data, log_D))[0]
     # the space velocity that has proper motion kin.pm at 135 pc and v_r at the field's centre
-    p, q, r = kinematics._basis(ra, dec)
+    p, q, r = kinematics.sky_basis(ra, dec)
     c = r.mean(axis=0) / np.linalg.norm(r.mean(axis=0))
     ra0, dec0 = np.rad2deg(np.arctan2(c[1], c[0])), np.rad2deg(np.arcsin(c[2]))
-    p0, q0, r0 = kinematics._basis(ra0, dec0)
+    p0, q0, r0 = kinematics.sky_basis(ra0, dec0)
     v = kinematics.A_V * 135.0 / 1000.0 * (kin.pm[0] * p0 + kin.pm[1] * q0) + kin.v_r * r0
     mean = proper_motion_from_velocity(ra, dec, w_t, np.broadcast_to(v, (n, 3)))
     centre = proper_motion_from_velocity(ra0, dec0, 1000.0 / 135.0, v)

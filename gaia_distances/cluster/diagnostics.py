@@ -80,10 +80,11 @@ def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, fl
             f"i.e. {100 * sig:.0f} % of D), so it models field structure rather than a cluster; "
             "try ClusterPriors.physical() or distance_hint="
         )
-    if "sigma_v" in posterior and float(np.median(posterior["sigma_v"])) > SIGMA_V_FIELD:
+    sigma_v = float(np.median(posterior["sigma_v"])) if "sigma_v" in posterior else 0.0
+    if sigma_v > SIGMA_V_FIELD:
         problems.append(
             f"no cluster signal: the cluster component's velocity dispersion is "
-            f"{float(np.median(posterior['sigma_v'])):.0f} km/s (> {SIGMA_V_FIELD:g}), that of a field "
+            f"{sigma_v:.0f} km/s (> {SIGMA_V_FIELD:g}), that of a field "
             "population, not of a cluster: it models the field's proper motions rather than a cluster; "
             "a brighter magnitude limit or a smaller cone helps"
         )

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.kinematics import A_V, sky_basis
 
 __all__ = [
     "PM_ERROR_FACTORS_DR3",
@@ -151,10 +151,7 @@ def proper_motion_from_velocity(
     >>> round(float(pm.pmra), 2), round(float(pm.pmdec), 2)
     (-10.97, -2.94)
     """
-    a, d = np.deg2rad(np.asarray(ra_deg, float)), np.deg2rad(np.asarray(dec_deg, float))
+    p, q, _ = sky_basis(ra_deg, dec_deg)
     v = np.asarray(velocity_kms, float)
-    vx, vy, vz = v[..., 0], v[..., 1], v[..., 2]
     k = np.asarray(parallax_mas, float) / A_V
-    pv = -np.sin(a) * vx + np.cos(a) * vy
-    qv = -np.sin(d) * (np.cos(a) * vx + np.sin(a) * vy) + np.cos(d) * vz
-    return ProperMotion(k * pv, k * qv)
+    return ProperMotion(k * np.sum(p * v, axis=-1), k * np.sum(q * v, axis=-1))

@@ -51,6 +51,7 @@ __all__ = [
     "gaussian2_log_pdf",
     "perspective_geometry",
     "prepare_kinematic_data",
+    "sky_basis",
 ]
 
 #: km/s per (mas/yr x kpc): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr.
@@ -136,8 +137,8 @@ def prepare_kinematic_data(
     return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det, geometry)
 
 
-def _basis(ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The unit vectors ``p`` (towards increasing RA), ``q`` (increasing Dec) and ``r`` (radial), ``(..., 3)``."""
+def sky_basis(ra_deg: np.ndarray | float, dec_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ICRS unit vectors ``p`` (towards increasing RA), ``q`` (increasing Dec) and ``r`` (radial), ``(..., 3)``."""
     a, d = np.deg2rad(np.asarray(ra_deg, float)), np.deg2rad(np.asarray(dec_deg, float))
     p = np.stack([-np.sin(a), np.cos(a), np.zeros_like(a)], axis=-1)
     q = np.stack([-np.sin(d) * np.cos(a), -np.sin(d) * np.sin(a), np.cos(d)], axis=-1)
@@ -158,12 +159,12 @@ def perspective_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     [q.p0, q.q0]]`` and ``c = (p.r0, q.r0)``; the columns are ``(M11, M12,
     M21, M22, c1, c2)``. At the centre ``M = I`` and ``c = 0``.
     """
-    p, q, r = _basis(ra_deg, dec_deg)
+    p, q, r = sky_basis(ra_deg, dec_deg)
     centre = r.mean(axis=0)
     centre /= np.linalg.norm(centre)
     dec0 = np.rad2deg(np.arcsin(np.clip(centre[2], -1.0, 1.0)))
     ra0 = np.rad2deg(np.arctan2(centre[1], centre[0]))
-    p0, q0, r0 = _basis(ra0, dec0)
+    p0, q0, r0 = sky_basis(ra0, dec0)
     return np.stack([p @ p0, p @ q0, q @ p0, q @ q0, p @ r0, q @ r0], axis=1)
 
 
