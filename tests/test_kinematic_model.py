@@ -347,3 +347,39 @@ def test_fit_cluster_rejects_unknown_options():
         warnings.simplefilter("ignore")
         with pytest.raises(gd.MissingColumnsError):
             gd.fit_cluster(_pm_table(pmra=True), kinematics=True)
+
+
+def test_the_clump_finder_sees_a_one_percent_cluster_that_the_field_peak_hides():
+    """The proper-motion clump is the peak of the contrast over the field, not the field's own peak."""
+    from scipy.ndimage import gaussian_filter
+
+    from gaia_distances.core.search import _pm_clump
+
+    rng = np.random.default_rng(4)
+    field = rng.normal([-1.5, -0.5], [2.0, 1.5], size=(20_000, 2))
+    cluster = rng.normal([-7.8, -2.1], 0.1, size=(200, 2))
+    pm = np.concatenate([field, cluster])
+    found = _pm_clump(pm, bin_width=0.25)
+    assert np.hypot(*(found - [-7.8, -2.1])) < 0.25
+    # the smoothed histogram's peak (the clump finder before the contrast) is the field's
+    hist, ex, ey = np.histogram2d(pm[:, 0], pm[:, 1], bins=(120, 100), range=[(-12, 6), (-7, 5)])
+    i, j = np.unravel_index(np.argmax(gaussian_filter(hist, 1.0)), hist.shape)
+    assert np.hypot(ex[i] + 1.5, ey[j] + 0.5) < 1.0
+
+
+def test_candidates_of_a_deep_cone_include_a_one_percent_cluster():
+    """G < 20, 1 % members at 1.2 kpc: a candidate sits on the cluster in distance and proper motion."""
+    from gaia_distances.cluster.stars import prepare_data
+    from gaia_distances.core.search import cluster_candidates, field_start
+
+    t = gd.simulate_field(7920, n_cluster=80, cluster_distance=1200.0, magnitude_limit=20.0, seed=0)
+    truth = t.meta["gaia_distances"]["simulation"]
+    sel = select_stars(t, zero_point="parallax_zeropoint_true", kinematics=True)
+    model = ClusterModel(ClusterPriors(), "flexible", True)
+    data = prepare_data(sel.stars, model)
+    cand = cluster_candidates(data, model, field_start(data, model)[0])
+    D = np.exp(cand[:, model.position("log_D")])
+    pm = cand[:, [model.position("pmra"), model.position("pmdec")]]
+    near = np.abs(D / 1200.0 - 1) < 0.1
+    miss = np.hypot(pm[near, 0] - truth["cluster_pmra"], pm[near, 1] - truth["cluster_pmdec"])
+    assert miss.min() < 0.3
