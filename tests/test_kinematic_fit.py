@@ -214,6 +214,14 @@ def test_the_perspective_fit_reports_the_radial_velocity_and_round_trips(tmp_pat
     row = summary[list(summary["parameter"]).index("v_r")]
     assert row["unit"] == "km / s" and np.isfinite(row["sd"])
     assert fit.model.perspective and fit.table.meta["gaia_distances"]["cluster"]["perspective"] is True
+    # the predictive check projects the members' velocity too: their simulated proper motions fan out
+    # over the sky as the observed ones do (one proper motion for all members would have no gradient)
+    member = np.asarray(fit.table["membership_prob"]) > 0.9
+    simulated = fit.predictive_proper_motions(num_samples=50, seed=0).mean(axis=0)[member]
+    observed = np.column_stack([np.asarray(t["pmra"]), np.asarray(t["pmdec"])])[member]
+    sky = np.column_stack([np.ones(member.sum()), np.asarray(t["ra"])[member], np.asarray(t["dec"])[member]])
+    g_obs, g_sim = (np.linalg.lstsq(sky, pm, rcond=None)[0][1:] for pm in (observed, simulated))
+    assert np.linalg.norm(g_sim - g_obs) < 0.5 * np.linalg.norm(g_obs)
     gd.write_table(fit.table, str(tmp_path / "fit.ecsv"))
     fit.to_netcdf(str(tmp_path / "post.nc"))
     back = gd.ClusterFit.from_table(gd.load_table(str(tmp_path / "fit.ecsv")), str(tmp_path / "post.nc"))

@@ -46,6 +46,7 @@ __all__ = [
     "KinematicData",
     "Kinematics",
     "cluster_pm_log_term",
+    "cluster_pm_mean",
     "field_pm_log_term",
     "field_pm_log_term_at",
     "gaussian2_log_pdf",
@@ -189,6 +190,24 @@ def _det_plus(data: KinematicData, a11: Array, a12: Array, a22: Array) -> Array:
     return data.cond_det + (c[0] * a22 + c[2] * a11 - 2.0 * c[1] * a12) + (a11 * a22 - a12 * a12)
 
 
+def cluster_pm_mean(w_t: Array, kin: Kinematics, data: KinematicData, log_D: Array) -> tuple[Array, Array]:
+    """The members' mean proper motion ``(mu_a*, mu_d)`` at true parallax ``w_t`` (stars on the last axis).
+
+    One tangential velocity: ``kin.pm`` (the proper motion at the cluster's
+    distance ``D = exp(log_D)``) scaled by ``D / r``; with ``data.geometry``
+    the space velocity (with the radial velocity ``kin.v_r``) projected along
+    each star's line of sight (:func:`perspective_geometry`).
+    """
+    scale = w_t * (jnp.exp(log_D) / 1000.0)  # D / r
+    if data.geometry is None:
+        return kin.pm[0] * scale, kin.pm[1] * scale
+    g = data.geometry.T
+    radial = w_t * (kin.v_r / A_V)
+    mean_x = (g[0] * kin.pm[0] + g[1] * kin.pm[1]) * scale + g[4] * radial
+    mean_y = (g[2] * kin.pm[0] + g[3] * kin.pm[1]) * scale + g[5] * radial
+    return mean_x, mean_y
+
+
 def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: KinematicData, log_D: Array) -> Array:
     """The cluster's proper-motion log likelihood at distance nodes ``u = ln(r / pc)`` of shape ``(K, n)``.
 
@@ -203,14 +222,7 @@ def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: Kinema
     w_t = 1000.0 * jnp.exp(-u)
     resid_w = parallax - w_t
     b = data.slope.T
-    scale = w_t * (jnp.exp(log_D) / 1000.0)  # D / r
-    if data.geometry is None:
-        mean_x, mean_y = kin.pm[0] * scale, kin.pm[1] * scale
-    else:  # the space velocity projected along each star's line of sight
-        g = data.geometry.T
-        radial = w_t * (kin.v_r / A_V)
-        mean_x = (g[0] * kin.pm[0] + g[1] * kin.pm[1]) * scale + g[4] * radial
-        mean_y = (g[2] * kin.pm[0] + g[3] * kin.pm[1]) * scale + g[5] * radial
+    mean_x, mean_y = cluster_pm_mean(w_t, kin, data, log_D)
     dx = data.pm[:, 0] - mean_x - b[0] * resid_w
     dy = data.pm[:, 1] - mean_y - b[1] * resid_w
     var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)

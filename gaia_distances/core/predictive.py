@@ -21,7 +21,7 @@ import numpy as np
 
 from gaia_distances.core.field_bins import field_bins_log_likelihood
 from gaia_distances.core.field_table import field_moments
-from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.kinematics import A_V, cluster_pm_mean
 from gaia_distances.core.likelihood import StarData, parallax_component_log_likelihoods
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, to_population
@@ -60,7 +60,9 @@ def _simulator(model: ClusterModel) -> Any:
         w_t = jnp.where(member, w_cl, w_field)
         resid = data.parallax - w_t
         field_mean = kin.field_mean[comp] + kin.field_trend * w_t[:, None]
-        mean = jnp.where(member[:, None], kin.pm, field_mean) + obs.slope * resid[:, None]
+        # members at the cluster's parallax: its proper motion (projected per star with the perspective option)
+        cluster_mean = jnp.stack(cluster_pm_mean(jnp.broadcast_to(w_cl, (n,)), kin, obs, pop.log_D), axis=1)
+        mean = jnp.where(member[:, None], cluster_mean, field_mean) + obs.slope * resid[:, None]
         sd = jnp.exp(kin.field_log_sd[comp])
         sig_v = jnp.where(member, jnp.exp(kin.log_sigma_v), jnp.exp(kin.field_log_sigma_v[comp]))
         disp = jnp.square(sig_v * w_t / A_V)
