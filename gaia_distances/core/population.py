@@ -177,11 +177,19 @@ class ClusterModel(NamedTuple):
         return 1 if self.field == "edsd" else N_BINS - 1
 
     @property
+    def cluster_names(self) -> tuple[str, ...]:
+        """Names of the cluster's entries of ``z`` (the rest describe the field)."""
+        depth = "logit_size" if self.priors.depth_prior == "size" else "log_sigma"
+        if not self.kinematics:
+            return ("log_D", depth, "logit_Q")
+        return ("log_D", depth, "logit_Q", "pmra", "pmdec", "log_sigma_v", *(("v_r",) if self.perspective else ()))
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Names of the entries of ``z``, in order."""
-        depth = "logit_size" if self.priors.depth_prior == "size" else "log_sigma"
         field = ("log_L",) if self.field == "edsd" else tuple(f"field_step_{j}" for j in range(1, N_BINS))
-        out = (*field, "log_D", depth, "logit_Q")
+        cluster = self.cluster_names
+        out = (*field, *cluster[:3])
         if self.kinematics:
             m = range(1, self.n_field_pm + 1)
             comp = [
@@ -197,8 +205,7 @@ class ClusterModel(NamedTuple):
                 )
             ]
             weights = [f"field_logit_w_{k}" for k in range(2, self.n_field_pm + 1)]
-            cluster = ("pmra", "pmdec", "log_sigma_v", "v_r") if self.perspective else ("pmra", "pmdec", "log_sigma_v")
-            out = (*out, *cluster, *comp, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
+            out = (*out, *cluster[3:], *comp, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
         return out
 
     @property

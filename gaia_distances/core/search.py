@@ -127,8 +127,7 @@ def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]
 
 def _cluster_entries(model: ClusterModel) -> np.ndarray:
     """Boolean mask of the cluster's entries of ``z`` (the rest describe the field)."""
-    cluster = {"log_D", "log_sigma", "logit_size", "logit_Q", "pmra", "pmdec", "log_sigma_v", "v_r"}
-    return np.array([n in cluster for n in model.names])
+    return np.isin(model.names, model.cluster_names)
 
 
 #: Starting shapes of the field's proper-motion mixture: ``(sd scale, sigma_v km/s, weight)`` per
