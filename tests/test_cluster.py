@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,6 +86,29 @@ def test_component_integrals_match_brute_force_quadrature():
                 f = -np.log(2) + 3 * (u - lL) - np.exp(u) / np.exp(lL)
                 assert float(lc[i]) == pytest.approx(np.log(np.sum(np.exp(ll + c)) * h), abs=1e-6)
                 assert float(lf[i]) == pytest.approx(np.log(np.sum(np.exp(ll + f)) * h), abs=1e-5)
+
+
+def test_cluster_integral_keeps_float32_accuracy_for_unresolved_depths():
+    """A far cluster's depth can be far below its parallax errors (its posterior reaches sigma ~ 1e-6 in ln r):
+    in float32 the integral and its gradient stay those of the float64 rule (the limit: ln N(w | w_D, s))."""
+    from gaia_distances.core.cluster_integral import cluster_log_likelihood
+
+    w = np.array([0.2, 0.21, 0.19, 0.25, 0.05])
+    s = np.array([0.02, 0.01, 0.03, 0.05, 0.2])
+    log_D = np.log(5000.0)
+
+    def total(log_D, log_sigma, dtype):
+        return cluster_log_likelihood(jnp.asarray(w, dtype), jnp.asarray(s, dtype), log_D, log_sigma).sum()
+
+    for log_sigma in (-6.0, -9.0, -12.0):
+        with x64():
+            ref, ref_grad = jax.value_and_grad(total, argnums=(0, 1))(log_D, log_sigma, jnp.float64)
+        val, grad = jax.value_and_grad(total, argnums=(0, 1))(jnp.float32(log_D), jnp.float32(log_sigma), jnp.float32)
+        assert float(val) == pytest.approx(float(ref), abs=2e-4)
+        assert float(grad[0]) == pytest.approx(float(ref_grad[0]), rel=1e-3, abs=1e-2)
+        assert abs(float(grad[1]) - float(ref_grad[1])) < 1e-3
+    limit = -0.5 * ((w - 1000.0 / 5000.0) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+    assert float(ref) == pytest.approx(limit.sum(), abs=1e-6)
 
 
 def test_numpyro_marginal_model_is_the_sampled_density():

@@ -1,6 +1,7 @@
 """The cluster component's per-star likelihood: its distance integrated out by adaptive Gauss-Hermite.
 
-``ln p(w_i | cluster) = ln ∫ N(u | ln D, sigma) N(w_i | 1000 e^-u, s_i) du``.
+``ln p(w_i | cluster) = ln ∫ N(u | ln D, sigma) N(w_i | 1000 e^-u, s_i) du``,
+integrated over the offset ``d = u - ln D`` from the cluster's centre.
 The nodes are those of a Gaussian centred on the integrand's mode (the product
 of the cluster Gaussian and a Gaussian-in-``u`` approximation of the
 likelihood, polished by Newton steps on the exact integrand) with the
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.components import cluster_log_density_u
-from gaia_distances.core.numerics import Array, log_likelihood_u
+from gaia_distances.core.numerics import Array, normal_log_pdf
 
 __all__ = ["cluster_log_likelihood"]
 
@@ -53,18 +54,23 @@ def cluster_log_likelihood(
     w, s = parallax, parallax_error
     sigma = jnp.exp(log_sigma)
     x, log_wx = _gauss_hermite(n_gh)
-    # Gaussian-in-u approximation of the likelihood (none for w <= 0)
+    # Everything is placed in d = u - ln D, the offset from the cluster's centre: in float32, u itself
+    # (about 8 at a few kpc) carries an absolute error of 1e-6, as large as a well-resolved cluster's
+    # depth in the tail of an unresolved depth's posterior, so differences u - ln D would be noise.
+    w_D = 1000.0 * jnp.exp(-log_D)  # the cluster's parallax
+
+    def log_integrand(d: Array) -> Array:
+        return _log_integrand_offset(d, w, s, w_D, log_sigma)
+
+    # Gaussian-in-d approximation of the likelihood (none for w <= 0)
     prec_like = jnp.where(w > 0, jnp.square(w / s), 0.0)
-    u_like = jnp.log(1000.0 / jnp.maximum(w, 1e-12))
+    d_like = jnp.log(w_D / jnp.maximum(w, 1e-30))
     prec_c = 1.0 / (sigma * sigma)
     prec = prec_c + prec_like
-    mu = (log_D * prec_c + u_like * prec_like) / prec
+    mu = d_like * prec_like / prec
 
-    def log_integrand(u: Array) -> Array:
-        return cluster_log_density_u(u, log_D, log_sigma) + log_likelihood_u(u, w, s)
-
-    def d1(u: Array) -> Array:
-        return jax.jvp(log_integrand, (u,), (jnp.ones_like(u),))[1]
+    def d1(d: Array) -> Array:
+        return jax.jvp(log_integrand, (d,), (jnp.ones_like(d),))[1]
 
     # Laplace refinement: Newton steps towards the integrand's mode, so that
     # the nodes sit where the mass is even when the likelihood is not
@@ -82,15 +88,15 @@ def cluster_log_likelihood(
     mu = jax.lax.stop_gradient(mu)
     sd = jax.lax.stop_gradient(sd)
     xk = jnp.asarray(x, mu.dtype)[:, None]
-    u = mu + sd * xk  # (K, n)
-    # ln N(u | mu, sd) at the nodes, without recomputing (u - mu) / sd
+    d = mu + sd * xk  # (K, n)
+    # ln N(d | mu, sd) at the nodes, without recomputing (d - mu) / sd
     log_prop = -0.5 * jnp.square(xk) - jnp.log(sd) - 0.5 * math.log(2.0 * math.pi)
-    terms = jnp.asarray(log_wx, mu.dtype)[:, None] + log_integrand_nodes(u, w, s, log_D, log_sigma) - log_prop
+    terms = jnp.asarray(log_wx, mu.dtype)[:, None] + log_integrand(d) - log_prop
     if node_log_term is not None:
-        terms = terms + node_log_term(u)
+        terms = terms + node_log_term(log_D + d)
     return jax.nn.logsumexp(terms, axis=0)
 
 
-def log_integrand_nodes(u: Array, parallax: Array, parallax_error: Array, log_D: Array, log_sigma: Array) -> Array:
-    """``ln N(u | ln D, sigma) + ln N(w | 1000 e^-u, s)`` at nodes ``u`` of shape ``(K, n)``."""
-    return cluster_log_density_u(u, log_D, log_sigma) + log_likelihood_u(u, parallax, parallax_error)
+def _log_integrand_offset(d: Array, parallax: Array, parallax_error: Array, w_D: Array, log_sigma: Array) -> Array:
+    """``ln N(d | 0, sigma) + ln N(w | w_D e^-d, s)`` at offsets ``d = u - ln D`` from the cluster's centre."""
+    return cluster_log_density_u(d, 0.0, log_sigma) + normal_log_pdf(w_D * jnp.exp(-d), parallax, parallax_error)
