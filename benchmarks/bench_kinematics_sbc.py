@@ -17,8 +17,9 @@ field; ``systematics=None``, since the mocks have no Gaia systematics):
 - ``--set model``: fields drawn from the model itself, so that every
   population parameter has a truth: the flexible field's distances (a
   random smooth bin mixture; ``field_median`` is checked), its two-component
-  proper-motion mixture with trend, dispersions and weights, and the
-  cluster, all random; each star's errors and correlations are those of a
+  proper-motion mixture with trend, dispersions (a constant part shared by
+  the components, and each component's velocity dispersion) and weights,
+  and the cluster, all random; each star's errors and correlations are those of a
   star of a simulated G < 18 field. The field's components are reported
   in order of their velocity dispersion (the colder first).
 
@@ -50,7 +51,7 @@ from gaia_distances.core.population import field_distance_quantile
 
 LEVELS = (15.865525, 84.134475, 5.0, 95.0)
 CLUSTER = ("D", "sigma_log", "Q", "pmra", "pmdec", "sigma_v")
-FIELD_PM = ("field_pmra", "field_pmdec", "field_pm_sd_ra", "field_pm_sd_dec", "field_pm_corr", "field_sigma_v")
+FIELD_PM = ("field_pmra", "field_pmdec", "field_sigma_v")  # per component; the constant part is shared
 
 
 def _random_cluster(rng: np.random.Generator) -> dict[str, float]:
@@ -119,9 +120,6 @@ def model_mock(i: int, rng: np.random.Generator, n_stars: int, errors: Any) -> t
             {
                 "field_pmra": float(rng.normal(0.0, 2.0)),
                 "field_pmdec": float(rng.normal(0.0, 2.0)),
-                "field_pm_sd_ra": float(np.exp(rng.uniform(math.log(0.3), math.log(1.5)))),
-                "field_pm_sd_dec": float(np.exp(rng.uniform(math.log(0.3), math.log(1.5)))),
-                "field_pm_corr": float(rng.uniform(-0.6, 0.6)),
                 "field_sigma_v": float(np.exp(rng.uniform(math.log(lo), math.log(hi)))),
                 "field_pm_weight": 0.0,
             }
@@ -130,6 +128,10 @@ def model_mock(i: int, rng: np.random.Generator, n_stars: int, errors: Any) -> t
     comps[0]["field_pm_weight"], comps[1]["field_pm_weight"] = 1.0 - w2, w2
     for m, c in enumerate(comps):
         truth.update({f"{k}_{m + 1}": v for k, v in c.items()})
+    # the constant (distance-independent) part of the covariance, shared by the components
+    truth["field_pm_sd_ra"] = float(np.exp(rng.uniform(math.log(0.3), math.log(1.5))))
+    truth["field_pm_sd_dec"] = float(np.exp(rng.uniform(math.log(0.3), math.log(1.5))))
+    truth["field_pm_corr"] = float(rng.uniform(-0.6, 0.6))
     trend = rng.normal(0.0, 3.0, 2)
     truth["field_pm_trend_ra"], truth["field_pm_trend_dec"] = float(trend[0]), float(trend[1])
 
@@ -145,14 +147,10 @@ def model_mock(i: int, rng: np.random.Generator, n_stars: int, errors: Any) -> t
     w_t = 1000.0 * np.exp(-u)
     comp = (rng.uniform(size=n) < w2).astype(int)
     pm = np.empty((n, 2))
+    sa, sd, rho = truth["field_pm_sd_ra"], truth["field_pm_sd_dec"], truth["field_pm_corr"]
+    cov = np.array([[sa**2, rho * sa * sd], [rho * sa * sd, sd**2]])
     for m, c in enumerate(comps):
         sel = ~member & (comp == m)
-        cov = np.array(
-            [
-                [c["field_pm_sd_ra"] ** 2, c["field_pm_corr"] * c["field_pm_sd_ra"] * c["field_pm_sd_dec"]],
-                [c["field_pm_corr"] * c["field_pm_sd_ra"] * c["field_pm_sd_dec"], c["field_pm_sd_dec"] ** 2],
-            ]
-        )
         base = rng.multivariate_normal([c["field_pmra"], c["field_pmdec"]], cov, sel.sum())
         disp = (c["field_sigma_v"] * w_t[sel] / A_V)[:, None] * rng.standard_normal((sel.sum(), 2))
         pm[sel] = base + trend * w_t[sel, None] + disp

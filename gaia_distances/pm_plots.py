@@ -12,7 +12,9 @@ parallaxes ``w`` in mas, velocities in km/s, ``A_V`` = 4.740470446):
 - field component ``m`` (weight ``field_pm_weight_m``) at true parallax
   ``w``: mean ``(field_pmra_m + field_pm_trend_ra w, field_pmdec_m +
   field_pm_trend_dec w)`` and covariance ``[[sd_ra^2, corr sd_ra sd_dec],
-  [corr sd_ra sd_dec, sd_dec^2]] + (field_sigma_v_m w / A_V)^2 I``.
+  [corr sd_ra sd_dec, sd_dec^2]] + (field_sigma_v_m w / A_V)^2 I``, where
+  ``sd_ra``, ``sd_dec`` and ``corr`` (``field_pm_sd_ra``, ...) are shared by
+  the components (per component, ``_m``, in fits saved before they were).
 
 Each star's own errors (``pmra_error``, ``pmdec_error`` and, where the fit
 carries it, ``pmra_pmdec_corr``) add to these; the parallax-proper-motion
@@ -143,6 +145,8 @@ def _field(post: Mapping[str, Any], idx: np.ndarray | None) -> FieldProperMotion
     ms = range(1, _n_components(post) + 1)
 
     def comp(key: str) -> np.ndarray:
+        if key in post:  # shared by the components
+            return np.stack([get(key) for _ in ms], axis=-1)
         return np.stack([get(f"{key}_{m}") for m in ms], axis=-1)
 
     weight = comp("field_pm_weight")

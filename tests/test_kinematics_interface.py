@@ -186,6 +186,21 @@ def test_fake_fit_has_what_fitlike_asks_for(kin_fit):
     assert pm_plots.is_kinematic(kin_fit)
 
 
+def test_the_shared_constant_dispersion_enters_every_component(kin_fit):
+    """A fit with the components' shared ``field_pm_sd_ra``, ``field_pm_sd_dec``, ``field_pm_corr`` (no ``_m``)
+    gives every component that constant part."""
+    post = {k: v for k, v in kin_fit.posterior.items() if not k.startswith(("field_pm_sd_", "field_pm_corr_"))}
+    post["field_pm_sd_ra"], post["field_pm_sd_dec"] = np.full((2, 60), 0.4), np.full((2, 60), 0.9)
+    post["field_pm_corr"] = np.full((2, 60), -0.5)
+    shared = FakeFit(kin_fit.table, kin_fit.stars, post, kin_fit.diagnostics)
+    w = 2.0
+    model = pm_plots.proper_motion_model(shared, parallax=w)
+    for m in (1, 2):
+        iso = (float(np.mean(post[f"field_sigma_v_{m}"])) * w / A_V) ** 2
+        t12 = -0.5 * 0.4 * 0.9
+        np.testing.assert_allclose(model.field_cov[m - 1], [[0.16 + iso, t12], [t12, 0.81 + iso]], rtol=1e-12)
+
+
 def test_model_at_a_parallax_follows_the_documented_formulas(kin_fit):
     w = 2.0
     model = pm_plots.proper_motion_model(kin_fit, parallax=w)

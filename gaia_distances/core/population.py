@@ -122,6 +122,10 @@ class Population(NamedTuple):
     kin: Kinematics | None = None
 
 
+#: The field's proper-motion parameters that its components share: the constant (distance-independent)
+#: part of the covariance, ``T`` (log sds in pmra and pmdec, and the atanh of their correlation).
+FIELD_PM_SHARED = ("field_log_sd_ra", "field_log_sd_dec", "field_atanh_corr")
+
 #: The field distance models: the reference EDSD, or the flexible mixture of distance bins.
 FIELDS = ("edsd", "flexible")
 
@@ -192,20 +196,9 @@ class ClusterModel(NamedTuple):
         out = (*field, *cluster[:3])
         if self.kinematics:
             m = range(1, self.n_field_pm + 1)
-            comp = [
-                f"{p}_{k}"
-                for k in m
-                for p in (
-                    "field_pmra",
-                    "field_pmdec",
-                    "field_log_sd_ra",
-                    "field_log_sd_dec",
-                    "field_atanh_corr",
-                    "field_log_sigma_v",
-                )
-            ]
+            comp = [f"{p}_{k}" for k in m for p in ("field_pmra", "field_pmdec", "field_log_sigma_v")]
             weights = [f"field_logit_w_{k}" for k in range(2, self.n_field_pm + 1)]
-            out = (*out, *cluster[3:], *comp, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
+            out = (*out, *cluster[3:], *comp, *FIELD_PM_SHARED, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
         return out
 
     @property
@@ -231,7 +224,7 @@ class ClusterModel(NamedTuple):
             elif name == "v_r":
                 mu, sd = 0.0, p.v_r_sd
             elif name.startswith("field_"):
-                mu, sd = FIELD_PM_PRIORS[name.rsplit("_", 1)[0]]
+                mu, sd = FIELD_PM_PRIORS[name if name in FIELD_PM_PRIORS else name.rsplit("_", 1)[0]]
             else:
                 continue
             mus.append(mu)
@@ -263,18 +256,21 @@ def _field_log_w(steps: Array, model: ClusterModel, xp: Any) -> Array:
 def _kinematics(k: Array, model: ClusterModel, xp: Any) -> Kinematics:
     M = model.n_field_pm
     c = 4 if model.perspective else 3  # the cluster's entries
-    comp = k[..., c : c + 6 * M].reshape(*k.shape[:-1], M, 6)
-    trend = k[..., c + 6 * M : c + 2 + 6 * M]
-    logits = k[..., c + 2 + 6 * M :]
+    comp = k[..., c : c + 3 * M].reshape(*k.shape[:-1], M, 3)
+    shared = k[..., c + 3 * M : c + 3 * M + 3]
+    trend = k[..., c + 3 * M + 3 : c + 3 * M + 5]
+    logits = k[..., c + 3 * M + 5 :]
     logits = xp.concatenate([xp.zeros_like(trend[..., :1]), logits], axis=-1)
+    log_sd = xp.broadcast_to(shared[..., None, 0:2], (*k.shape[:-1], M, 2))
+    corr = xp.broadcast_to(xp.tanh(shared[..., 2:3]), (*k.shape[:-1], M))
     return Kinematics(
         pm=k[..., 0:2],
         log_sigma_v=k[..., 2],
         field_mean=comp[..., 0:2],
         field_trend=trend,
-        field_log_sd=comp[..., 2:4],
-        field_corr=xp.tanh(comp[..., 4]),
-        field_log_sigma_v=comp[..., 5],
+        field_log_sd=log_sd,
+        field_corr=corr,
+        field_log_sigma_v=comp[..., 2],
         field_log_w=_log_softmax(logits, xp),
         v_r=k[..., 3] if model.perspective else xp.zeros_like(k[..., 2]),
     )
@@ -426,9 +422,10 @@ def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[s
     distance); with kinematics the cluster's ``pmra``, ``pmdec`` (mas/yr)
     and ``sigma_v`` (km/s), with the perspective projection ``v_r`` (km/s),
     and the field's proper-motion mixture
-    (``field_pmra_m``, ``field_pmdec_m``, ``field_pm_sd_ra_m``,
-    ``field_pm_sd_dec_m``, ``field_pm_corr_m``, ``field_sigma_v_m``,
-    ``field_pm_weight_m`` for ``m = 1..M``, and ``field_pm_trend_ra``,
+    (``field_pmra_m``, ``field_pmdec_m``, ``field_sigma_v_m``,
+    ``field_pm_weight_m`` for ``m = 1..M``; ``field_pm_sd_ra``,
+    ``field_pm_sd_dec``, ``field_pm_corr``, the constant part of the
+    covariance that the components share; and ``field_pm_trend_ra``,
     ``field_pm_trend_dec``).
     """
     model = as_model(model)
@@ -453,11 +450,11 @@ def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[s
             k = m + 1
             out[f"field_pmra_{k}"] = kin.field_mean[..., m, 0]
             out[f"field_pmdec_{k}"] = kin.field_mean[..., m, 1]
-            out[f"field_pm_sd_ra_{k}"] = np.exp(kin.field_log_sd[..., m, 0])
-            out[f"field_pm_sd_dec_{k}"] = np.exp(kin.field_log_sd[..., m, 1])
-            out[f"field_pm_corr_{k}"] = kin.field_corr[..., m]
             out[f"field_sigma_v_{k}"] = np.exp(kin.field_log_sigma_v[..., m])
             out[f"field_pm_weight_{k}"] = np.exp(kin.field_log_w[..., m])
+        out["field_pm_sd_ra"] = np.exp(kin.field_log_sd[..., 0, 0])  # shared by the components
+        out["field_pm_sd_dec"] = np.exp(kin.field_log_sd[..., 0, 1])
+        out["field_pm_corr"] = kin.field_corr[..., 0]
         out["field_pm_trend_ra"], out["field_pm_trend_dec"] = kin.field_trend[..., 0], kin.field_trend[..., 1]
     return out
 

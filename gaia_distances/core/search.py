@@ -157,9 +157,10 @@ def field_pm_starts(data: StarData, model: ClusterModel, z: np.ndarray) -> list[
         for k in range(1, model.n_field_pm + 1):
             scale, sigma_v, weight = shape[min(k, len(shape)) - 1]
             z[model.position(f"field_pmra_{k}")], z[model.position(f"field_pmdec_{k}")] = centre
-            z[model.position(f"field_log_sd_ra_{k}")] = math.log(scale * spread[0])
-            z[model.position(f"field_log_sd_dec_{k}")] = math.log(scale * spread[1])
-            z[model.position(f"field_atanh_corr_{k}")] = 0.0
+            if k == 1:  # the components share the constant part; the first (coldest) sets it
+                z[model.position("field_log_sd_ra")] = math.log(scale * spread[0])
+                z[model.position("field_log_sd_dec")] = math.log(scale * spread[1])
+                z[model.position("field_atanh_corr")] = 0.0
             z[model.position(f"field_log_sigma_v_{k}")] = math.log(sigma_v)
             weights.append(weight)
             if k > 1:
