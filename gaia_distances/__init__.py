@@ -58,6 +58,7 @@ _EXPORTS = {
     "query_cluster": "gaia_distances.query",
     "ZeroPointFlag": "gaia_distances.zeropoint",
     "apply_zeropoint": "gaia_distances.zeropoint",
+    "set_compilation_cache": "gaia_distances.compile_cache",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         fit_cluster,
         fit_clusters,
     )
+    from gaia_distances.compile_cache import set_compilation_cache
     from gaia_distances.core.quadrature import DistanceFlag
     from gaia_distances.errors import (
         GaiaDistancesError,

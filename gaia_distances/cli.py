@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser
+from gaia_distances.compile_cache import set_compilation_cache
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning
 from gaia_distances.io import write_table
 
@@ -422,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.stdout = sys.stdout
     try:
+        if args.jax_cache is not None:
+            set_compilation_cache(args.jax_cache or False)
         _check_outputs(args)
         with _library_output(args.command, args.verbose):
             summary = COMMANDS[args.command](args)

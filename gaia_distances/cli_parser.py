@@ -67,7 +67,8 @@ def inflation_recipe(text: str) -> str | float | None:
 
 
 def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
-    """Add ``--quiet``, ``--json`` and ``-v``, with ``default``.
+    """Add ``--quiet``, ``--json``, ``-v`` and the compilation cache's ``--jax-cache`` / ``--no-jax-cache``, with
+    ``default`` (``None`` for the cache where ``default`` is ``False``).
 
     The main parser has them with ``default=False``; every subcommand with
     ``default=argparse.SUPPRESS``, so that a subcommand sets only those given
@@ -83,6 +84,21 @@ def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
         action="store_true",
         default=default,
         help="log progress at INFO level, with the messages and warnings of numpyro, jax and astroquery",
+    )
+    cache_default = None if default is False else default
+    parser.add_argument(
+        "--jax-cache",
+        metavar="DIR",
+        default=cache_default,
+        help="keep compiled programs in DIR (default: the user cache folder, or $GAIA_DISTANCES_JAX_CACHE)",
+    )
+    parser.add_argument(
+        "--no-jax-cache",
+        dest="jax_cache",
+        action="store_const",
+        const="",
+        default=cache_default,
+        help="compile every program anew (no persistent compilation cache)",
     )
 
 

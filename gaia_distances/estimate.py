@@ -25,6 +25,7 @@ from gaia_distances.columns import (
     warn,
     zero_point_record,
 )
+from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.quadrature import DistanceFlag, check_options, summarize_posteriors
 from gaia_distances.io import as_table
@@ -178,6 +179,7 @@ def estimate_distances(
     """
     if method not in ("quadrature", "nuts"):
         raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
+    enable_compilation_cache()
     levels = tuple(ONE_SIGMA_QUANTILES) + _checked_quantiles(extra_quantiles)
     check_options(
         quantiles=levels, n_nodes=n_nodes, chunk_size=chunk_size, prior_dominated_threshold=prior_dominated_threshold

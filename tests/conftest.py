@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +17,14 @@ __all__ = ["DATA_ENV", "shared_data_dir", "shared_file", "x64"]  # x64 lives in 
 
 
 def pytest_configure(config):
-    """Share compiled JAX programs between the test workers (and later runs) through JAX's persistent cache.
+    """The tests use the package's persistent compilation cache as a user's session would.
 
-    The fits compile the same programs in every ``pytest-xdist`` worker; the
-    second worker then loads them instead. ``GAIA_DISTANCES_JAX_CACHE`` names
-    the folder (default: one under the system's temporary folder); set it to
-    an empty string to turn the cache off. Keys include the JAX version and
-    the program, so a stale entry is never used.
+    Its first fit turns it on (:mod:`gaia_distances.compile_cache`: the
+    platform's user cache folder, or ``$GAIA_DISTANCES_JAX_CACHE``; empty to
+    turn it off), so the ``pytest-xdist`` workers and later runs load the
+    programs that another has compiled. Keys include the JAX version, the
+    machine and the program, so a stale entry is never used.
     """
-    folder = os.environ.get("GAIA_DISTANCES_JAX_CACHE", str(Path(tempfile.gettempdir()) / "gaia_distances_jax_cache"))
-    if folder:
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 #: Environment variable naming the shared reference-data folder.

@@ -21,6 +21,7 @@ from gaia_distances.cluster.stars import (
 )
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS
 from gaia_distances.columns import warn, zero_point_record
+from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
 from gaia_distances.core.likelihood import pad_star_data, padded_size
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
@@ -155,6 +156,7 @@ def fit_clusters(
     [500.0, 1500.0]
     """
     clock = Stopwatch()
+    enable_compilation_cache()
     prior = ClusterPriors() if prior is None else prior
     resolve_systematics(systematics), resolve_offset_prior(parallax_offset_prior)  # a bad option fails first
     if field not in FIELDS:

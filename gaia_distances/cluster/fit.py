@@ -25,6 +25,7 @@ from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
 from gaia_distances.columns import update_provenance, zero_point_record
+from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import (
     Draws,
     compile_marginal,
@@ -191,6 +192,7 @@ def fit_cluster(
     True
     """
     clock = Stopwatch()
+    enable_compilation_cache()
     prior = ClusterPriors() if prior is None else prior
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
