@@ -156,11 +156,11 @@ def value_and_grad(priors: ClusterModel | ClusterPriors) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def _batched_value(priors: ClusterPriors) -> Any:
+def _batched_value(priors: ClusterModel | ClusterPriors) -> Any:
     return jax.jit(jax.vmap(lambda z, data: log_posterior(z, data, priors), in_axes=(0, None)))
 
 
-def score_candidates(z: np.ndarray, data: StarData, priors: ClusterPriors) -> np.ndarray:
+def score_candidates(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
     """The log posterior of every row of ``z`` (``-inf`` where not finite).
 
     Candidates are scored in fixed-size batches (up to 32, fewer for big

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -44,9 +45,11 @@ from gaia_distances.core.initialisation import (
     candidate_distances,
     hessian,
     polish,
+    score_candidates,
     value_and_grad,
 )
 from gaia_distances.core.likelihood import StarData
+from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.population import ClusterModel, log_prior
 
 __all__ = [
@@ -121,8 +124,16 @@ def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]
     z[model.position("log_D")] = math.log(1000.0 / max(med, 0.05))
     z[model.position("logit_Q")] = _NO_CLUSTER
     starts = field_pm_starts(data, model, z) if model.kinematics and data.kin is not None else [z]
-    fits = [polish_lbfgs(z0, data, model, free=~_cluster_entries(model)) for z0 in starts]
+    fits = _each(lambda z0: polish_lbfgs(z0, data, model, free=~_cluster_entries(model)), starts)
     return max(fits, key=lambda fit: fit[1])
+
+
+def _each(fn: Callable[[np.ndarray], tuple[np.ndarray, float]], starts: list[np.ndarray]) -> list[Any]:
+    """``fn`` of every start, on the CPU cores at once (the optimisers are independent; XLA releases the GIL)."""
+    if len(starts) < 2 or usable_cores() < 2:
+        return [fn(z) for z in starts]
+    with ThreadPoolExecutor(max_workers=min(len(starts), usable_cores())) as pool:
+        return list(pool.map(fn, starts))
 
 
 def _cluster_entries(model: ClusterModel) -> np.ndarray:
@@ -308,10 +319,8 @@ def find_map_extended(
     """
     z_field, f_field = field_start(data, model)
     cand = cluster_candidates(data, model, z_field, distance_hint=distance_hint)
-    vg = value_and_grad(model)
     dtype = data.parallax.dtype
-    scores = np.array([float(vg(jnp.asarray(z, dtype), data)[0]) for z in cand])
-    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    scores = score_candidates(cand, data, model) if len(cand) else np.zeros(0)
     iD = model.position("log_D")
     starts: list[int] = []
     for i in np.argsort(scores)[::-1]:
@@ -352,10 +361,10 @@ def finish_candidate(z: np.ndarray, data: StarData, model: ClusterModel) -> tupl
     if not (model.kinematics and data.kin is not None):
         return polish_lbfgs(z, data, model)
     cluster = _cluster_entries(model)
-    fits = []
-    for z0 in field_pm_starts(data, model, z):
+    starts = field_pm_starts(data, model, z)
+    for z0 in starts:
         z0[cluster] = z[cluster]
-        fits.append(polish_lbfgs(polish_lbfgs(z0, data, model, free=~cluster)[0], data, model))
+    fits = _each(lambda z0: polish_lbfgs(polish_lbfgs(z0, data, model, free=~cluster)[0], data, model), starts)
     return max(fits, key=lambda fit: fit[1])
 
 
