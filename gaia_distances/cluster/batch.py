@@ -98,7 +98,8 @@ def fit_clusters(
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
-    target_accept_prob: float = 0.8,
+    target_accept_prob: float | None = None,
+    extend: bool = True,
     seed: int = 0,
     progress: bool | None = None,
     n_quantile_draws: int = 32,
@@ -126,10 +127,11 @@ def fit_clusters(
         As in :func:`~gaia_distances.fit_cluster`, the same for every
         cluster; under ``kinematics="auto"`` proper motions are used only when
         every table has them.
-    num_warmup, num_samples, num_chains, target_accept_prob, seed
+    num_warmup, num_samples, num_chains, target_accept_prob, extend, seed
         NUTS settings for every cluster, with the defaults of
         :func:`~gaia_distances.fit_cluster`'s marginal method; equal seeds give
-        equal results.
+        equal results. With the staged sampler each cluster is extended only
+        as far as its own draws need.
     progress
         Show a progress bar over all clusters' iterations (default: more than
         20 clusters).
@@ -200,7 +202,13 @@ def fit_clusters(
         desc = f"NUTS ({len(order)} clusters)"
         with clock.step("sampling"), progress_bar(chain_iterations(settings), show, desc, unit="it") as update:
             draws = sample_marginal_batch(
-                [data[i] for i in order], spec, [starts[i] for i in order], settings, seed=seed, progress=update
+                [data[i] for i in order],
+                spec,
+                [starts[i] for i in order],
+                settings,
+                seed=seed,
+                progress=update,
+                extend=bool(extend),
             )
         record = {
             "zero_point_arg": zero_point_record(zero_point),

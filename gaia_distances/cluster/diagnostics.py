@@ -35,7 +35,8 @@ PARAMETERS = ("D", "sigma", "Q", "L")
 #: A cluster's velocity dispersion above this (km/s) is that of a field population: bound open
 #: clusters have 0.3-3 km/s, young massive clusters and associations up to about 5.
 SIGMA_V_FIELD = 10.0
-#: Every parameter whose convergence is checked when the fit has it, in order.
+#: The science parameters, in order: checked for degenerate draws, and summarised per cluster by ``fit_clusters``
+#: (the convergence rule checks every reported parameter).
 CHECKED = ("D", "sigma", "Q", "L", "field_median", "pmra", "pmdec", "sigma_v")
 
 
@@ -110,20 +111,32 @@ def diagnose(
     n_stars: int,
     wall_time_s: float,
     extra_problems: tuple[str, ...] | list[str] = (),
+    ess_tail: Mapping[str, float] | None = None,
+    sampler: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fit's diagnostics (pure: nothing is warned): sampler statistics, problems and status.
 
-    ``extra_problems`` (those of the MAP search) are listed first.
+    Every parameter in ``r_hat`` (the reported ones) is checked by the
+    convergence rule, with its tail ESS where ``ess_tail`` gives it.
+    ``sampler`` is what the staged sampler ran (its ``stages``); a fit that
+    still fails the rule says what was tried. ``extra_problems`` (those of
+    the MAP search) are listed first.
     """
-    names = checked_parameters(posterior)
+    names = tuple(r_hat)
     r_hat = {k: float(r_hat[k]) for k in names}
     ess = {k: float(ess_bulk[k]) for k in names}
+    tail = {k: float(ess_tail[k]) for k in names if k in ess_tail} if ess_tail is not None else {}
     div = int(np.sum(sample_stats["diverging"]))
-    problems = (
-        list(extra_problems) + convergence_problems(r_hat, ess, div) + cluster_problems(posterior, r_hat, n_stars)
-    )
+    convergence = convergence_problems(r_hat, ess, div, tail)
+    if convergence and sampler and sampler.get("stages"):
+        convergence.append(
+            "the sampler stopped unconverged after: "
+            + "; ".join(sampler["stages"])
+            + "; rerun with a larger num_samples or num_warmup, or look for a second mode"
+        )
+    problems = list(extra_problems) + convergence + cluster_problems(posterior, r_hat, n_stars)
     min_ess = float(min(ess.values()))
-    return {
+    out = {
         "divergences": div,
         "r_hat": r_hat,
         "ess_bulk": ess,
@@ -134,6 +147,12 @@ def diagnose(
         "warnings": problems,
         "status": status(problems),
     }
+    if tail:
+        out["ess_tail"] = tail
+        out["min_ess_tail"] = float(min(tail.values()))
+    if sampler:
+        out["sampler"] = dict(sampler)
+    return out
 
 
 def warn_problems(method: str, problems: list[str]) -> None:

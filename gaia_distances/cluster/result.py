@@ -15,7 +15,7 @@ from astropy.table import QTable, Table
 from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
 from gaia_distances.cluster.stars import FittedStars, select_stars
 from gaia_distances.columns import META_KEY
-from gaia_distances.core.diagnostics import finite_or_nan
+from gaia_distances.core.diagnostics import ess_rhat
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import (
     ClusterModel,
@@ -124,18 +124,6 @@ def _thaw(obj: Any) -> Any:
     return obj
 
 
-def _ess_rhat(x: np.ndarray) -> tuple[float, float, float]:
-    """Bulk ESS, tail ESS and rank-normalised split R-hat of draws (chains, draws)."""
-    import arviz as az
-
-    if x.shape[1] <= 3 or not np.all(np.isfinite(x)):
-        return math.nan, math.nan, math.nan
-    with np.errstate(all="ignore"):  # constant draws give NaN, reported as such
-        rhat = float(az.rhat(x))  # split R-hat: defined for one chain too
-        ess = float(az.ess(x, method="bulk")), float(az.ess(x, method="tail"))
-    return finite_or_nan(ess[0]), finite_or_nan(ess[1]), finite_or_nan(rhat)
-
-
 def sampled_draws(posterior: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The draws the sampler gave: each parameter without its systematic term, and no offsets."""
     return {
@@ -160,7 +148,7 @@ def parameter_summary(posterior: Mapping[str, np.ndarray], *, method: str = "", 
     for name in reported_parameters(posterior):
         x = np.asarray(posterior[name])
         stat = np.asarray(posterior.get(name + STAT, x))
-        ess_b, ess_t, rhat = _ess_rhat(stat)
+        ess_b, ess_t, rhat = ess_rhat(stat)
         p16, p50, p84 = np.quantile(x, ONE_SIGMA_QUANTILES)
         sd = float(np.std(x))
         parts = (float(np.std(stat)), float(np.std(x - stat))) if split else ()
@@ -398,6 +386,8 @@ class ClusterFit:
             sample_stats,
             n_stars=sel.stars.n_stars,
             wall_time_s=float(saved.get("wall_time_s", math.nan)),
+            ess_tail={str(r["parameter"]): float(r["ess_tail"]) for r in summ},
+            sampler=saved.get("sampler"),
         )
         method = str(idata.posterior.attrs.get("method", prov.get("method", "marginal")))
         return cls(out, post, diagnostics, method, prior, sel.stars, z, sample_stats, model)

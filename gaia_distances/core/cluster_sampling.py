@@ -2,26 +2,31 @@
 
 The marginal samplers draw ``x``, the population parameters whitened by the
 Laplace approximation at the MAP (``z = z_map + chol @ x``), from starting
-points ``0.5 x N(0, I)``; they return the draws of ``z``. The joint sampler
-draws the population and one latent ``ln r`` per star, starting at the MAP and
-each star's EDSD posterior median. All use the one runner of
-:mod:`~gaia_distances.core.sampling`.
+points ``0.5 x N(0, I)``; they return the draws of ``z``. The extended models
+(flexible field, proper motions: tens of parameters) are sampled in stages
+until the draws of every reported parameter pass the convergence rule
+(:mod:`~gaia_distances.core.staged`); the reference model's four parameters by
+the one runner of :mod:`~gaia_distances.core.sampling`, with a dense mass
+matrix. The joint sampler draws the population and one latent ``ln r`` per
+star, starting at the MAP and each star's EDSD posterior median.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.diagnostics import convergence_problems, ess_rhat
 from gaia_distances.core.initialisation import MapResult, whitening
 from gaia_distances.core.kinematics import KinematicData
 from gaia_distances.core.likelihood import StarData, stack_star_data
 from gaia_distances.core.models import joint_potential_gen, whitened_potential_gen
-from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model
+from gaia_distances.core.nuts_segments import compile_segments
+from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model, physical_draws
 from gaia_distances.core.sampling import (
     NutsSettings,
     Progress,
@@ -29,25 +34,61 @@ from gaia_distances.core.sampling import (
     run_batched_chains,
     run_chains,
 )
+from gaia_distances.core.staged import Convergence, sample_staged
 
-__all__ = ["Draws", "compile_marginal", "sample_joint", "sample_marginal", "sample_marginal_batch"]
+__all__ = [
+    "Draws",
+    "compile_marginal",
+    "convergence_check",
+    "is_staged",
+    "sample_joint",
+    "sample_marginal",
+    "sample_marginal_batch",
+]
 
 
 class Draws(NamedTuple):
     """Unconstrained population draws (chains, draws, 4), the joint model's distances in pc
-    (chains, draws, stars) or ``None``, and per-draw statistics: ``diverging`` and ``n_steps``."""
+    (chains, draws, stars) or ``None``, per-draw statistics (``diverging`` and ``n_steps``) and, for the
+    staged sampler, what it ran (``stages``, ``gradients`` per chain, final ``step_size``)."""
 
     z: np.ndarray
     r: np.ndarray | None
     sample_stats: dict[str, np.ndarray]
+    sampler: dict[str, Any] | None = None
+
+
+def is_staged(prior: ClusterModel | ClusterPriors) -> bool:
+    """Whether the marginal sampler of this model is the staged one (every model but the reference)."""
+    return not as_model(prior).is_reference
 
 
 def compile_marginal(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
     """Compile the marginal sampler for ``data``'s shapes (thread-safe: run it beside the MAP search)."""
     dt = data.parallax.dtype
     n = as_model(prior).n_params
+    if is_staged(prior):
+        compile_segments(whitened_potential_gen(prior), stack_star_data([data]), n, settings)
+        return
     example = (jnp.zeros(n, dt), jnp.eye(n, dtype=dt), data)
     compile_chains(whitened_potential_gen(prior), jnp.zeros(n, dt), example, settings)
+
+
+def convergence_check(prior: ClusterModel | ClusterPriors) -> Callable[[int, np.ndarray], Convergence]:
+    """The convergence rule on every reported parameter's draws (R-hat, bulk and tail ESS), for the staged sampler."""
+    model = as_model(prior)
+
+    def check(b: int, z: np.ndarray) -> Convergence:
+        numbers = {k: ess_rhat(v) for k, v in physical_draws(z, model).items()}
+        bulk = {k: v[0] for k, v in numbers.items()}
+        tail = {k: v[1] for k, v in numbers.items()}
+        r_hat = {k: v[2] for k, v in numbers.items()}
+        problems = convergence_problems(r_hat, bulk, 0, tail)
+        ess = [e for v in numbers.values() for e in v[:2]]
+        min_ess = float(np.min(ess)) if np.all(np.isfinite(ess)) else math.nan
+        return Convergence(tuple(problems), min_ess, float(np.nanmax([v[2] for v in numbers.values()])))
+
+    return check
 
 
 def sample_marginal(
@@ -58,8 +99,11 @@ def sample_marginal(
     *,
     seed: int,
     progress: Progress | None = None,
+    extend: bool = True,
 ) -> Draws:
-    """NUTS over the population parameters of one field, whitened at the MAP."""
+    """NUTS over the population parameters of one field, whitened at the MAP (staged: extended until converged)."""
+    if is_staged(prior):
+        return sample_marginal_batch([data], prior, [start], settings, seed=seed, progress=progress, extend=extend)[0]
     rng = np.random.default_rng(seed)
     n = as_model(prior).n_params
     chol = whitening(start.covariance, n)
@@ -79,10 +123,39 @@ def sample_marginal_batch(
     *,
     seed: int,
     progress: Progress | None = None,
+    extend: bool = True,
 ) -> list[Draws]:
     """NUTS for many equally padded fields at once (one compiled program); one :class:`Draws` per field."""
     dt = data[0].parallax.dtype
     n = as_model(prior).n_params
+    if is_staged(prior):
+        cov = np.stack([s.covariance if s.covariance is not None else whitening(None, n) ** 2 for s in starts])
+        staged = sample_staged(
+            whitened_potential_gen(prior),
+            np.stack([s.z for s in starts]),
+            cov,
+            stack_star_data(list(data)),
+            settings,
+            seed=seed,
+            check=convergence_check(prior),
+            names=as_model(prior).names,
+            extend=extend,
+            progress=progress,
+        )
+        return [
+            Draws(
+                r.z,
+                None,
+                {"diverging": r.diverging, "n_steps": r.num_steps},
+                {
+                    "stages": list(r.stages),
+                    "gradients_per_chain": r.gradients,
+                    "step_size": [float(e) for e in r.step_size],
+                    "converged": not r.convergence.problems,
+                },
+            )
+            for r in staged
+        ]
     centre = np.stack([s.z for s in starts])
     chol = np.stack([whitening(s.covariance, n) for s in starts])
     x0 = 0.5 * np.random.default_rng(seed).standard_normal((len(data), settings.num_chains, n))

@@ -41,15 +41,23 @@ from gaia_distances.core.parallel import usable_cores
 __all__ = [
     "EXTENDED_MAX_TREE_DEPTH",
     "NUTS_DEFAULTS",
+    "PROGRESS_ROUTES",
+    "REPORT_EVERY",
+    "TARGET_ACCEPT",
     "ChainResult",
     "NutsSettings",
+    "ProgressRoutes",
     "aot_call",
     "chain_iterations",
+    "compile_cached",
     "compile_chains",
     "nuts_settings",
+    "per_chain",
     "precompile",
+    "resolve_chain_method",
     "run_batched_chains",
     "run_chains",
+    "signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,13 +87,23 @@ class NutsSettings(NamedTuple):
 #: everywhere; the cores only decide how the chains run.
 NUTS_DEFAULTS: dict[str, tuple[int, int, int]] = {
     "marginal": (400, 1000, 2),  # fit_cluster, fit_clusters: four parameters, whitened
-    "extended": (400, 500, 2),  # the same with the flexible field or proper motions: tens of parameters
+    "extended": (
+        150,
+        500,
+        2,
+    ),  # the flexible field or proper motions: staged (core/staged.py), extended until converged
     "joint": (2000, 4000, 2),  # fit_cluster(method="joint"): the reference analysis's settings
     "per_star": (500, 1000, 2),  # estimate_distances(method="nuts"): validation
 }
 
 #: The extended models' longest trajectory: ``2^8 - 1`` leapfrog steps per draw.
 EXTENDED_MAX_TREE_DEPTH = 8
+
+#: Default target acceptance statistic by method (0.8 where not listed). The staged sampler of the
+#: extended models runs in coordinates whitened by the posterior's own scales, where the posterior
+#: is close to a unit Gaussian and a step size tuned to 0.65 (near the optimum of Beskos et al.
+#: 2013) takes about 7 leapfrog steps per draw instead of 12.
+TARGET_ACCEPT = {"extended": 0.65}
 
 
 def nuts_settings(
@@ -94,11 +112,13 @@ def nuts_settings(
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
-    target_accept_prob: float = 0.8,
+    target_accept_prob: float | None = None,
     max_tree_depth: int | None = None,
     dense_mass: bool = True,
 ) -> NutsSettings:
     """The settings for ``method`` (a key of :data:`NUTS_DEFAULTS`), with ``None`` taken from its defaults.
+
+    ``target_accept_prob`` defaults to :data:`TARGET_ACCEPT` (0.8 where not listed).
 
     ``max_tree_depth`` defaults to 10 (1 023 leapfrog steps per draw), and to
     :data:`EXTENDED_MAX_TREE_DEPTH` for the extended models, whose tens of
@@ -116,7 +136,7 @@ def nuts_settings(
         num_warmup=warmup if num_warmup is None else int(num_warmup),
         num_samples=samples if num_samples is None else int(num_samples),
         num_chains=chains if num_chains is None else int(num_chains),
-        target_accept_prob=float(target_accept_prob),
+        target_accept_prob=float(TARGET_ACCEPT.get(method, 0.8) if target_accept_prob is None else target_accept_prob),
         max_tree_depth=int(max_tree_depth),
         dense_mass=bool(dense_mass),
     )
@@ -170,7 +190,7 @@ class _CompiledCache(OrderedDict):
 _COMPILED = _CompiledCache()
 
 
-def _compile(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def compile_cached(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """``fn`` (jitted here unless it already is) compiled for ``args``, kept in the shared cache."""
 
     def build() -> Any:
@@ -180,7 +200,7 @@ def _compile(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> A
     return _COMPILED.get_or_compile(cache_key, build)
 
 
-def _signature(tree: Any) -> Any:
+def signature(tree: Any) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
 
@@ -196,7 +216,7 @@ def precompile(fn: Callable[..., Any], *args: Any) -> None:
 
 
 def _aot(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    return _compile(("aot", fn, _signature(args)), fn, args)
+    return compile_cached(("aot", fn, signature(args)), fn, args)
 
 
 # --------------------------------------------------------------------------- progress
@@ -206,7 +226,7 @@ def _aot(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
 REPORT_EVERY = 50
 
 
-class _ProgressRoutes:
+class ProgressRoutes:
     """Token -> the ``progress`` callable of the run that holds it.
 
     Compiled programs are shared between runs, so the callable cannot be baked
@@ -238,13 +258,13 @@ class _ProgressRoutes:
             fn(int(np.ravel(n)[0]))
 
 
-_ROUTES = _ProgressRoutes()
+PROGRESS_ROUTES = ProgressRoutes()
 
 
 # --------------------------------------------------------------------------- the chain program
 
 
-def _resolve_chain_method(chain_method: str | None) -> str:
+def resolve_chain_method(chain_method: str | None) -> str:
     """Threads over CPU cores, or vectorised chains on an accelerator, unless told."""
     if chain_method is None:
         return "threads" if jax.default_backend() == "cpu" else "vectorized"
@@ -287,7 +307,7 @@ def _chain_program(potential_fn_gen: PotentialGen, settings: NutsSettings) -> Ca
             st = sample_kernel(st, model_args=model_args)
             jax.lax.cond(
                 (token > 0) & ((i + 1) % REPORT_EVERY == 0),
-                lambda: jax.debug.callback(_ROUTES.report, token, REPORT_EVERY),
+                lambda: jax.debug.callback(PROGRESS_ROUTES.report, token, REPORT_EVERY),
                 lambda: None,
             )
             return st, (st.z, st.diverging, st.num_steps)
@@ -295,7 +315,7 @@ def _chain_program(potential_fn_gen: PotentialGen, settings: NutsSettings) -> Ca
         state, (zs, div, nsteps) = jax.lax.scan(step, state, jnp.arange(total))
         if total % REPORT_EVERY:  # the iterations after the last report
             jax.lax.cond(
-                token > 0, lambda: jax.debug.callback(_ROUTES.report, token, total % REPORT_EVERY), lambda: None
+                token > 0, lambda: jax.debug.callback(PROGRESS_ROUTES.report, token, total % REPORT_EVERY), lambda: None
             )
         keep = slice(settings.num_warmup, total)
         zs = jax.tree_util.tree_map(lambda a: a[keep], zs)
@@ -304,7 +324,7 @@ def _chain_program(potential_fn_gen: PotentialGen, settings: NutsSettings) -> Ca
     return one_chain
 
 
-def _per_chain(run: Callable[[int], Any], n_chains: int, chain_method: str) -> list[Any]:
+def per_chain(run: Callable[[int], Any], n_chains: int, chain_method: str) -> list[Any]:
     """``run(c)`` for every chain: in a thread pool over the cores, or one after another."""
     if chain_method == "threads" and n_chains > 1:
         with ThreadPoolExecutor(max_workers=min(n_chains, usable_cores())) as pool:
@@ -330,7 +350,7 @@ def compile_chains(
     chain_method: str | None = None,
 ) -> Any:
     """Compile (or fetch) the program :func:`run_chains` will use; thread-safe, so it can run early."""
-    chain_method = _resolve_chain_method(chain_method)
+    chain_method = resolve_chain_method(chain_method)
     one_chain = _chain_program(potential_fn_gen, settings)
     key0 = jax.random.PRNGKey(0)
     token = np.int32(0)
@@ -340,10 +360,10 @@ def compile_chains(
         keys = jnp.stack([key0] * n)
         stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), example_init)
         args = (keys, stacked, model_args, inverse_mass_matrix, token)
-        cache_key = ("vmap", potential_fn_gen, config, _signature(args))
-        return _compile(cache_key, jax.vmap(one_chain, in_axes=(0, 0, None, None, None)), args)
+        cache_key = ("vmap", potential_fn_gen, config, signature(args))
+        return compile_cached(cache_key, jax.vmap(one_chain, in_axes=(0, 0, None, None, None)), args)
     args = (key0, example_init, model_args, inverse_mass_matrix, token)
-    return _compile(("one", potential_fn_gen, config, _signature(args)), one_chain, args)
+    return compile_cached(("one", potential_fn_gen, config, signature(args)), one_chain, args)
 
 
 def run_chains(
@@ -389,7 +409,7 @@ def run_chains(
     n_chains = len(inits)
     if n_chains != settings.num_chains:
         raise ValueError(f"{n_chains} starting points for {settings.num_chains} chains")
-    chain_method = _resolve_chain_method(chain_method)
+    chain_method = resolve_chain_method(chain_method)
     keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
     compiled = compile_chains(
         potential_fn_gen,
@@ -399,7 +419,7 @@ def run_chains(
         inverse_mass_matrix=inverse_mass_matrix,
         chain_method=chain_method,
     )
-    with _ROUTES.open(progress) as token:
+    with PROGRESS_ROUTES.open(progress) as token:
         if chain_method == "vectorized":
             stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *inits)
             return _as_result(*compiled(keys, stacked, model_args, inverse_mass_matrix, token))
@@ -407,7 +427,7 @@ def run_chains(
         def run(c: int) -> Any:
             return jax.block_until_ready(compiled(keys[c], inits[c], model_args, inverse_mass_matrix, token))
 
-        return _as_result(*_stack(_per_chain(run, n_chains, chain_method), axis=0))
+        return _as_result(*_stack(per_chain(run, n_chains, chain_method), axis=0))
 
 
 def run_batched_chains(
@@ -432,7 +452,7 @@ def run_batched_chains(
     B, C = inits.shape[:2]
     if C != settings.num_chains:
         raise ValueError(f"{C} starting points per problem for {settings.num_chains} chains")
-    chain_method = _resolve_chain_method(chain_method)
+    chain_method = resolve_chain_method(chain_method)
     over_problems = jax.vmap(_chain_program(potential_fn_gen, settings), in_axes=(0, 0, 0, None, None))
     keys = jax.random.split(jax.random.PRNGKey(seed), B * C).reshape(B, C, -1)
     token = np.int32(0)
@@ -442,19 +462,19 @@ def run_batched_chains(
     else:
         fn = over_problems
         args = (keys[:, 0], inits[:, 0], model_args, None, token)
-    cache_key = ("batched", chain_method, potential_fn_gen, _program_config(settings), _signature(args))
-    compiled = _compile(cache_key, fn, args)
-    with _ROUTES.open(progress) as token:
+    cache_key = ("batched", chain_method, potential_fn_gen, _program_config(settings), signature(args))
+    compiled = compile_cached(cache_key, fn, args)
+    with PROGRESS_ROUTES.open(progress) as token:
         if chain_method == "vectorized":
             return _as_result(*compiled(keys, inits, model_args, None, token))
 
         def run(c: int) -> Any:
             return jax.block_until_ready(compiled(keys[:, c], inits[:, c], model_args, None, token))
 
-        return _as_result(*_stack(_per_chain(run, C, chain_method), axis=1))
+        return _as_result(*_stack(per_chain(run, C, chain_method), axis=1))
 
 
 def chain_iterations(settings: NutsSettings, chain_method: str | None = None) -> int:
     """Iterations a run reports in all (vectorised chains share one counter): the total of a progress bar."""
-    programs = 1 if _resolve_chain_method(chain_method) == "vectorized" else settings.num_chains
+    programs = 1 if resolve_chain_method(chain_method) == "vectorized" else settings.num_chains
     return programs * settings.iterations

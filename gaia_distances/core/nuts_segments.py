@@ -1,0 +1,281 @@
+"""NUTS segments: a run of NUTS iterations for many chains of many problems, as one compiled program.
+
+The staged sampler (:mod:`~gaia_distances.core.staged`) advances its chains
+segment by segment: a pilot, a re-adaptation of the step size, draws, more
+draws. Each segment is ``n`` iterations of blackjax's NUTS kernel in whitened
+coordinates ``x`` (``z = centre + chol @ x``, unit mass matrix), adapting the
+step size by dual averaging or not; the step-size state, the whitening and
+``n`` are arguments, so one compiled program (:func:`compile_segments`)
+serves every segment, and fields of equal padded size share it.
+
+:class:`Chains` holds the chains' positions, step-size states and whitening
+between segments and advances them; the chains run in a thread each on the CPU
+cores, vectorised on an accelerator, and problems are vectorised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaia_distances.core.initialisation import whitening
+from gaia_distances.core.numerics import Array
+from gaia_distances.core.sampling import (
+    NutsSettings,
+    Progress,
+    compile_cached,
+    per_chain,
+    resolve_chain_method,
+    signature,
+)
+
+__all__ = ["INITIAL_STEP_SIZE", "Chains", "PotentialGen", "compile_segments"]
+
+#: The step size the first segment starts from (whitened coordinates: the posterior's scale is about 1).
+INITIAL_STEP_SIZE = 0.5
+
+PotentialGen = Callable[..., Callable[[Array], Array]]
+
+
+def _segment_program(potential_gen: PotentialGen, settings: NutsSettings, buffer: int) -> Callable[..., Any]:
+    """``n`` NUTS iterations of one chain of one problem, adapting the step size or not; draws in a buffer."""
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+    from blackjax.mcmc import nuts
+
+    kernel = nuts.build_kernel()
+    _, da_update, _ = dual_averaging_adaptation(settings.target_accept_prob)
+    doublings = settings.max_tree_depth
+
+    def segment(
+        key: Array, x: Array, da: Any, n: Array, centre: Array, chol: Array, data: Any, adapt: Array
+    ) -> tuple[Array, Any, Array, Array, Array]:
+        potential = potential_gen(centre, chol, data)
+
+        def log_density(y: Array) -> Array:
+            return -potential(y)
+
+        d = x.shape[0]
+        unit = jnp.ones(d, x.dtype)
+        carry0 = (
+            nuts.init(x, log_density),
+            da,
+            jnp.zeros((buffer, d), x.dtype),
+            jnp.zeros(buffer, jnp.int32),
+            jnp.zeros(buffer, bool),
+        )
+
+        def body(i: Array, carry: Any) -> Any:
+            state, da, draws, steps, div = carry
+            log_eps = jnp.where(adapt, da.log_step_size, da.log_step_size_avg)
+            state, info = kernel(jax.random.fold_in(key, i), state, log_density, jnp.exp(log_eps), unit, doublings)
+            adapted = da_update(da, jnp.nan_to_num(info.acceptance_rate))
+            da = jax.tree_util.tree_map(lambda a, b: jnp.where(adapt, a, b), adapted, da)
+            return (
+                state,
+                da,
+                draws.at[i].set(state.position),
+                steps.at[i].set(info.num_integration_steps),
+                div.at[i].set(info.is_divergent),
+            )
+
+        state, da, draws, steps, div = jax.lax.fori_loop(0, n, body, carry0)
+        return state.position, da, draws, steps, div
+
+    return segment
+
+
+def _program(
+    potential_gen: PotentialGen, settings: NutsSettings, buffer: int, vectorised: bool, n_problems: int
+) -> Callable[..., Any]:
+    """The segment over a leading axis of problems (and of chains when ``vectorised``).
+
+    One problem is sliced rather than vectorised: XLA runs a ``vmap`` over an
+    axis of length 1 about three times slower than the same program without it.
+    """
+    one = _segment_program(potential_gen, settings, buffer)
+    if n_problems == 1:
+
+        def over_problems(*args: Any) -> Any:
+            first = [jax.tree_util.tree_map(lambda v: v[0], a) for a in args[:7]]
+            return jax.tree_util.tree_map(lambda v: v[None], one(*first, *args[7:]))
+
+    else:
+        over_problems = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
+    if not vectorised:
+        return over_problems
+    return jax.vmap(over_problems, in_axes=(0, 0, 0, None, None, None, None, None))
+
+
+#: The most iterations of one program call (its draws fill a buffer of this many); progress is reported
+#: between calls, from the host: a program that calls back to the host cannot be kept in the persistent
+#: compilation cache.
+SEGMENT = 100
+
+
+def _da_init(step_size: Any) -> Any:
+    """Dual averaging's state (blackjax's, one per element of ``step_size``), starting from ``step_size``.
+
+    Unlike blackjax's own start, the averaged step size starts there too, so
+    a run without adaptation iterations keeps it.
+    """
+    from blackjax.adaptation.step_size import DualAveragingAdaptationState
+
+    eps = jnp.asarray(step_size)
+    log_eps = jnp.log(eps)
+    return DualAveragingAdaptationState(
+        log_eps, log_eps, jnp.ones(eps.shape, jnp.int32), jnp.zeros_like(eps), jnp.log(10.0) + log_eps
+    )
+
+
+def _example_args(n_problems: int, n_chains: int, d: int, data: Any, dtype: Any, vectorised: bool) -> tuple[Any, ...]:
+    lead = (n_chains, n_problems) if vectorised else (n_problems,)
+    key = jnp.zeros((*lead, 2), jnp.uint32)
+    da = _da_init(jnp.full(lead, INITIAL_STEP_SIZE, dtype))
+    return (
+        key,
+        jnp.zeros((*lead, d), dtype),
+        da,
+        jnp.zeros(n_problems, jnp.int32),
+        jnp.zeros((n_problems, d), dtype),
+        jnp.zeros((n_problems, d, d), dtype),
+        data,
+        jnp.asarray(True),
+    )
+
+
+def compile_segments(
+    potential_gen: PotentialGen, data: Any, d: int, settings: NutsSettings, *, chain_method: str | None = None
+) -> Any:
+    """The compiled stage program for ``data`` (stacked over problems), kept in the shared cache.
+
+    Thread-safe, so a fit compiles it while its MAP search runs.
+    """
+    vectorised = resolve_chain_method(chain_method) == "vectorized"
+    n_problems = int(jax.tree_util.tree_leaves(data)[0].shape[0])
+    dtype = jax.tree_util.tree_leaves(data)[0].dtype
+    buffer = SEGMENT
+    args = _example_args(n_problems, settings.num_chains, d, data, dtype, vectorised)
+    key = (
+        "staged",
+        potential_gen,
+        buffer,
+        settings.target_accept_prob,
+        settings.max_tree_depth,
+        vectorised,
+        settings.num_chains if vectorised else 0,
+        signature(args),
+    )
+    return compile_cached(key, _program(potential_gen, settings, buffer, vectorised, n_problems), args)
+
+
+class Chains:
+    """The chains of ``B`` problems: their positions, step-size states and whitening, advanced stage by stage."""
+
+    def __init__(
+        self,
+        potential_gen: PotentialGen,
+        centre: np.ndarray,
+        cov: np.ndarray,
+        data: Any,
+        settings: NutsSettings,
+        seed: int,
+        chain_method: str | None,
+        progress: Progress | None,
+    ) -> None:
+        self.settings = settings
+        self.method = resolve_chain_method(chain_method)
+        self.vectorised = self.method == "vectorized"
+        self.B, self.d = centre.shape
+        self.C = settings.num_chains
+        self.dtype = jax.tree_util.tree_leaves(data)[0].dtype
+        self.data = data
+        self.centre = np.asarray(centre, float)
+        self.cov = np.asarray(cov, float)
+        self.chol = np.stack([whitening(c, self.d) for c in self.cov])
+        self.program = compile_segments(potential_gen, data, self.d, settings, chain_method=chain_method)
+        self.buffer = SEGMENT
+        rng = np.random.default_rng(seed)
+        self.x = 0.5 * rng.standard_normal((self.C, self.B, self.d))
+        keys = jax.random.split(jax.random.PRNGKey(seed), self.C * self.B)
+        self.keys = np.asarray(keys).reshape(self.C, self.B, -1)
+        self.calls = 0
+        eps = jnp.full((self.C, self.B), INITIAL_STEP_SIZE, self.dtype)
+        self.da = _da_init(eps)
+        self.gradients = np.zeros((self.C, self.B), np.int64)
+        self.progress = progress
+
+    # positions <-> z
+    def z_of(self, x: np.ndarray) -> np.ndarray:
+        """``(C, B, ..., d)`` whitened positions -> z."""
+        return self.centre[None, :, None] + np.einsum("bij,cbnj->cbni", self.chol, x)
+
+    def rewhiten(self, b: int, centre: np.ndarray, cov: np.ndarray) -> None:
+        """Problem ``b``'s new whitening; its chains keep their places in z."""
+        z_now = self.centre[b] + self.x[:, b] @ self.chol[b].T
+        chol = whitening(cov, self.d)
+        self.centre[b], self.cov[b], self.chol[b] = centre, cov, chol
+        self.x[:, b] = np.linalg.solve(chol, (z_now - centre).T).T
+
+    def restart_adaptation(self) -> None:
+        """Dual averaging starts again from the step sizes reached."""
+        self.da = _da_init(jnp.exp(self.da.log_step_size_avg))
+
+    def advance(self, n: Sequence[int], adapt: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n[b]`` iterations of every chain of problem ``b``: draws ``(C, B, max n, d)`` in z, steps, divergences."""
+        counts = np.asarray(n, int)
+        total = int(counts.max(initial=0))
+        zs, steps, divs = [], [], []
+        done = 0
+        while done < total:
+            m = np.clip(counts - done, 0, self.buffer)
+            x, st, dv = self._call(m, adapt)
+            k = int(m.max())
+            zs.append(self.z_of(x[:, :, :k]))
+            steps.append(st[:, :, :k])
+            divs.append(dv[:, :, :k])
+            done += k
+        if not zs:
+            return (
+                np.zeros((self.C, self.B, 0, self.d)),
+                np.zeros((self.C, self.B, 0), int),
+                np.zeros((self.C, self.B, 0), bool),
+            )
+        return np.concatenate(zs, axis=2), np.concatenate(steps, axis=2), np.concatenate(divs, axis=2)
+
+    def _call(self, m: np.ndarray, adapt: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.calls += 1
+        keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, self.calls)))(jnp.asarray(self.keys))
+        x = jnp.asarray(self.x, self.dtype)
+        centre, chol = jnp.asarray(self.centre, self.dtype), jnp.asarray(self.chol, self.dtype)
+        n = jnp.asarray(m, jnp.int32)
+        flag = jnp.asarray(adapt)
+        if self.vectorised:
+            pos, da, draws, steps, div = self.program(keys, x, self.da, n, centre, chol, self.data, flag)
+        else:
+
+            def run(c: int) -> Any:
+                da_c = jax.tree_util.tree_map(lambda v: v[c], self.da)
+                out = jax.block_until_ready(self.program(keys[c], x[c], da_c, n, centre, chol, self.data, flag))
+                if self.progress is not None:
+                    self.progress(int(m.max()))
+                return out
+
+            res = per_chain(run, self.C, self.method)
+            pos = np.stack([np.asarray(r[0]) for r in res])
+            da = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *[r[1] for r in res])
+            draws = np.stack([np.asarray(r[2]) for r in res])
+            steps = np.stack([np.asarray(r[3]) for r in res])
+            div = np.stack([np.asarray(r[4]) for r in res])
+        if self.vectorised and self.progress is not None:
+            self.progress(int(m.max()) * self.C)
+        self.x, self.da = np.asarray(pos, float), da
+        mask = np.arange(self.buffer)[None, None, :] < m[None, :, None]
+        self.gradients += np.where(mask, np.asarray(steps), 0).sum(axis=2)
+        return np.asarray(draws, float), np.asarray(steps), np.asarray(div)
+
+    def step_sizes(self) -> np.ndarray:
+        return np.exp(np.asarray(self.da.log_step_size_avg, float))  # (C, B)
