@@ -39,6 +39,7 @@ __all__ = [
     "U_RANGE",
     "bin_centres",
     "bins_log_density_u",
+    "bins_posterior",
     "field_bins_log_likelihood",
     "precompute_field_bins",
 ]
@@ -60,11 +61,15 @@ N_BINS = int(bin_centres().size)
 
 
 class FieldBins(NamedTuple):
-    """Per-star bin integrals and the moments of the true parallax within each bin."""
+    """Per-star bin integrals and the moments of the true parallax within each bin, shape ``(J, n)``.
 
-    log_mass: Array  # (n, J): ln ∫ N(u | u_j, delta) N(w | 1000 e^-u, s) du
-    mean: Array  # (n, J): E[w_t | bin j, w]
-    var: Array  # (n, J): Var[w_t | bin j, w] (two-pass: E[w_t^2] - E[w_t]^2 cancels in float32)
+    The stars are on the last axis, so that the sums over the bins run
+    vectorised over the stars (about 1.6 times faster than ``(n, J)``).
+    """
+
+    log_mass: Array  # (J, n): ln ∫ N(u | u_j, delta) N(w | 1000 e^-u, s) du
+    mean: Array  # (J, n): E[w_t | bin j, w]
+    var: Array  # (J, n): Var[w_t | bin j, w] (two-pass: E[w_t^2] - E[w_t]^2 cancels in float32)
 
 
 def bins_log_density_u(u: Array, log_w: Array) -> Array:
@@ -104,19 +109,29 @@ def precompute_field_bins(
             dest[chunk.start : chunk.stop] = np.asarray(x)[:m]
     # a star far outside every bin: a finite, negligible likelihood instead of -inf
     out[0] = np.maximum(out[0], -1e4)
-    return FieldBins(*out)
+    return FieldBins(*(np.ascontiguousarray(x.T) for x in out))
 
 
-def field_bins_log_likelihood(log_w: Array, bins: FieldBins) -> tuple[Array, Array, Array]:
-    """``ln p(w_i | field)`` per star, and ``E[w_t]``, ``Var[w_t]`` under the field's posterior.
+def bins_posterior(log_w: Array, bins: FieldBins) -> tuple[Array, Array, Array, Array]:
+    """``ln p(w_i | field)`` per star, each star's posterior weights over the bins ``(J, n)``, and its
+    true parallax's mean ``E[w_t]`` and variance ``Var[w_t]`` under the field.
 
     The variance is the law of total variance over the bins (the mean within-bin
     variance plus the variance of the bin means): a sum of non-negative terms,
     so it does not cancel in float32 for precise parallaxes.
     """
-    log_terms = log_w[None, :] + bins.log_mass
-    value = jax.nn.logsumexp(log_terms, axis=1)
-    post = jnp.exp(log_terms - value[:, None])
-    mean = jnp.sum(post * bins.mean, axis=1)
-    var = jnp.sum(post * (bins.var + jnp.square(bins.mean - mean[:, None])), axis=1)
+    log_terms = log_w[:, None] + bins.log_mass
+    top = jnp.max(log_terms, axis=0)
+    e = jnp.exp(log_terms - top)
+    total = jnp.sum(e, axis=0)
+    post = e / total
+    mean = jnp.sum(post * bins.mean, axis=0)
+    var = jnp.sum(post * (bins.var + jnp.square(bins.mean - mean)), axis=0)
+    return top + jnp.log(total), post, mean, var
+
+
+def field_bins_log_likelihood(log_w: Array, bins: FieldBins) -> tuple[Array, Array, Array]:
+    """``ln p(w_i | field)`` per star, and ``E[w_t]``, ``Var[w_t]`` under the field's posterior
+    (:func:`bins_posterior` without the weights)."""
+    value, _, mean, var = bins_posterior(log_w, bins)
     return value, mean, var

@@ -43,6 +43,8 @@ from gaia_distances.core.numerics import LOG_SQRT_2PI, Array
 
 __all__ = [
     "A_V",
+    "GH3_LOG_W",
+    "GH3_X",
     "KinematicData",
     "Kinematics",
     "cluster_pm_log_term",
@@ -268,8 +270,8 @@ def _field_pm_terms(w_t: Array, parallax: Array, kin: Kinematics, data: Kinemati
 
 
 #: Three-point Gauss-Hermite rule for ``N(0, 1)``: nodes and weights.
-_GH3_X = (-math.sqrt(3.0), 0.0, math.sqrt(3.0))
-_GH3_LOG_W = (math.log(1.0 / 6.0), math.log(2.0 / 3.0), math.log(1.0 / 6.0))
+GH3_X = (-math.sqrt(3.0), 0.0, math.sqrt(3.0))
+GH3_LOG_W = (math.log(1.0 / 6.0), math.log(2.0 / 3.0), math.log(1.0 / 6.0))
 
 
 def field_pm_log_term(mean_w: Array, var_w: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
@@ -284,7 +286,7 @@ def field_pm_log_term(mean_w: Array, var_w: Array, parallax: Array, kin: Kinemat
     """
     # floored above 0, so that the square root's derivative stays finite where the floor applies
     sd = jnp.sqrt(jnp.maximum(var_w, 1e-12 * jnp.square(mean_w) + 1e-30))
-    x = jnp.asarray(_GH3_X, mean_w.dtype)
-    log_wx = jnp.asarray(_GH3_LOG_W, mean_w.dtype)
+    x = jnp.asarray(GH3_X, mean_w.dtype)
+    log_wx = jnp.asarray(GH3_LOG_W, mean_w.dtype)
     terms = _field_pm_terms(mean_w + sd * x[:, None], parallax, kin, data) + log_wx[:, None]
     return jnp.where(data.has_pm > 0, jax.nn.logsumexp(terms, axis=(0, 1)), 0.0)

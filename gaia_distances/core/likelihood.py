@@ -36,6 +36,7 @@ from gaia_distances.core.field_bins import (
     precompute_field_bins,
 )
 from gaia_distances.core.field_table import FieldTable, field_log_likelihood, field_moments, precompute_field_table
+from gaia_distances.core.field_term import field_log_likelihood_pm
 from gaia_distances.core.kinematics import KinematicData, cluster_pm_log_term, field_pm_log_term
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, ClusterPriors, Population, log_prior, to_population
@@ -194,12 +195,15 @@ def per_star_map(fn: Any, data: StarData) -> StarData:
     def table(t: Any) -> Any:  # a field table: its grid scalars are not per star, its columns are
         return None if t is None else t._replace(**{k: one(v) for k, v in t._asdict().items() if k not in GRID})
 
+    def bins(b: FieldBins | None) -> FieldBins | None:  # the bins' arrays hold the stars on their last axis
+        return None if b is None else FieldBins(*(fn(x.T).T for x in b))
+
     truncation = data.truncation
     if truncation is not None:
         rows = jax.tree_util.tree_map(one, truncation._replace(field=None))
         truncation = rows._replace(field=table(truncation.field))
-    rest = jax.tree_util.tree_map(one, data._replace(field=None, truncation=None))
-    return rest._replace(field=table(data.field), truncation=truncation)
+    rest = jax.tree_util.tree_map(one, data._replace(field=None, truncation=None, bins=None))
+    return rest._replace(field=table(data.field), truncation=truncation, bins=bins(data.bins))
 
 
 def stack_star_data(items: Sequence[StarData]) -> StarData:
@@ -240,15 +244,19 @@ def component_log_likelihoods(
         n_newton=n_newton,
         node_log_term=node_term,
     )
-    if pop.field_log_w is not None and data.bins is not None:
-        field, mean_w, var_w = field_bins_log_likelihood(pop.field_log_w, data.bins)
-    elif data.field is not None:
-        field = field_log_likelihood(pop.log_L, data.field)
-        mean_w, var_w = field_moments(pop.log_L, data.field) if kin is not None else (None, None)
+    if pop.field_log_w is not None and data.bins is not None and kin is not None and obs is not None:
+        # the default model: the same terms as below, with the gradient written out (core/field_term.py)
+        field = field_log_likelihood_pm(pop.field_log_w, kin, data.bins, obs, data.parallax)
     else:
-        raise ValueError("the star data does not match the model's field")
-    if kin is not None and obs is not None:
-        field = field + field_pm_log_term(mean_w, var_w, data.parallax, kin, obs)
+        if pop.field_log_w is not None and data.bins is not None:
+            field, mean_w, var_w = field_bins_log_likelihood(pop.field_log_w, data.bins)
+        elif data.field is not None:
+            field = field_log_likelihood(pop.log_L, data.field)
+            mean_w, var_w = field_moments(pop.log_L, data.field) if kin is not None else (None, None)
+        else:
+            raise ValueError("the star data does not match the model's field")
+        if kin is not None and obs is not None:
+            field = field + field_pm_log_term(mean_w, var_w, data.parallax, kin, obs)
     if data.truncation is not None:
         pass_c, pass_f = component_log_pass(pop, data)
         cluster, field = cluster - pass_c, field - pass_f
