@@ -152,12 +152,12 @@ def map_candidates(
 @functools.lru_cache(maxsize=16)
 def value_and_grad(priors: ClusterModel | ClusterPriors) -> Any:
     """The jitted ``(z, data) -> (log posterior, gradient)`` of a model (compiled once per model and shape)."""
-    return jax.jit(jax.value_and_grad(lambda z, data: log_posterior(z, data, priors)))
+    return jax.jit(jax.value_and_grad(lambda z, data: log_posterior(z, data, priors, blocked=True)))
 
 
 @functools.lru_cache(maxsize=16)
 def _batched_value(priors: ClusterModel | ClusterPriors) -> Any:
-    return jax.jit(jax.vmap(lambda z, data: log_posterior(z, data, priors), in_axes=(0, None)))
+    return jax.jit(jax.vmap(lambda z, data: log_posterior(z, data, priors, blocked=True), in_axes=(0, None)))
 
 
 def score_candidates(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
@@ -198,20 +198,20 @@ def select_starts(cand: Candidates, scores: np.ndarray, *, n_best: int = 4) -> l
     return order
 
 
+@functools.lru_cache(maxsize=16)
+def _hessian_program(priors: ClusterModel | ClusterPriors) -> Any:
+    return jax.jit(jax.jacrev(jax.grad(lambda z, data: log_posterior(z, data, priors, blocked=True))))
+
+
 def hessian(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
-    """Finite-difference Hessian of the log posterior from its gradients (symmetrised)."""
-    vg = value_and_grad(priors)
-    dtype = data.parallax.dtype
-    h = 1e-3 * np.maximum(1.0, np.abs(z)) * (1e-1 if dtype == jnp.float64 else 1.0)
-    rows = []
-    n = len(z)
-    for i in range(n):
-        e = np.zeros(n)
-        e[i] = h[i]
-        gp = np.asarray(vg(jnp.asarray(z + e, dtype), data)[1], float)
-        gm = np.asarray(vg(jnp.asarray(z - e, dtype), data)[1], float)
-        rows.append((gp - gm) / (2 * h[i]))
-    H = np.array(rows)
+    """The Hessian of the log posterior, differentiated twice in reverse mode (symmetrised).
+
+    Exact up to float32 rounding. Central differences of float32 gradients
+    were not: whitened by their inverse, the exact posterior precision of a
+    2 500-star field had eigenvalues from 0.56 to 1.42 (all 1 when exact), and
+    a 22 000-star field's was not even positive definite.
+    """
+    H = np.asarray(_hessian_program(priors)(jnp.asarray(z, data.parallax.dtype), data), float)
     return 0.5 * (H + H.T)
 
 
