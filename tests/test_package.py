@@ -62,6 +62,7 @@ DATA_ARGUMENTS = {
     "query_cluster": ["name", "radius"],
     "query_field": ["centre", "radius"],
     "simulate_field": ["n_field"],
+    "set_compilation_cache": ["folder"],
     "write_table": ["table", "path"],
     "estimate_distances_dask": ["frame"],
     "estimate_distances_hats": ["catalog"],

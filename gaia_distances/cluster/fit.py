@@ -324,7 +324,8 @@ def _find_start(
 
 
 def _prepare_sampler(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
-    """Compile the sampler and import arviz (about 2 s the first time; the convergence checks use it)."""
+    """Compile what the sampler needs before the MAP is known, and import arviz (about 2 s the first time;
+    the convergence checks use it)."""
     compile_marginal(data, prior, settings)
     import arviz  # noqa: F401
 

@@ -23,7 +23,14 @@ import numpy as np
 from gaia_distances.core.diagnostics import convergence_problems, ess_rhat
 from gaia_distances.core.initialisation import MapResult, whitening
 from gaia_distances.core.kinematics import KinematicData
-from gaia_distances.core.likelihood import StarData, stack_star_data
+from gaia_distances.core.likelihood import StarData, split_star_data, stack_star_data
+from gaia_distances.core.membership import (
+    SCREEN_POINTS,
+    SKIP_CHECK_LOG_ODDS,
+    certain_non_members,
+    log_odds_program,
+    max_log_odds,
+)
 from gaia_distances.core.models import joint_potential_gen, whitened_potential_gen
 from gaia_distances.core.nuts_segments import compile_segments
 from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model, physical_draws
@@ -31,12 +38,14 @@ from gaia_distances.core.sampling import (
     NutsSettings,
     Progress,
     compile_chains,
+    precompile,
     run_batched_chains,
     run_chains,
 )
 from gaia_distances.core.staged import Convergence, sample_staged
 
 __all__ = [
+    "SPLIT_ABOVE",
     "Draws",
     "compile_marginal",
     "convergence_check",
@@ -58,17 +67,31 @@ class Draws(NamedTuple):
     sampler: dict[str, Any] | None = None
 
 
+#: Fields of more stars than this skip the cluster integral of their certain non-members (smaller ones
+#: gain less than the sampler's compilation for the split shapes costs, which cannot overlap the search).
+SPLIT_ABOVE = 2048
+
+
 def is_staged(prior: ClusterModel | ClusterPriors) -> bool:
     """Whether the marginal sampler of this model is the staged one (every model but the reference)."""
     return not as_model(prior).is_reference
 
 
 def compile_marginal(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
-    """Compile the marginal sampler for ``data``'s shapes (thread-safe: run it beside the MAP search)."""
+    """Compile the marginal sampler for ``data``'s shapes (thread-safe: run it beside the MAP search).
+
+    For the staged sampler of a field of more than :data:`SPLIT_ABOVE` stars
+    that is the screen for certain non-members; the sampler itself is
+    compiled once the screen has split the stars (its shapes depend on the
+    split).
+    """
     dt = data.parallax.dtype
     n = as_model(prior).n_params
     if is_staged(prior):
-        compile_segments(whitened_potential_gen(prior), stack_star_data([data]), n, settings)
+        if data.n_stars > SPLIT_ABOVE:
+            precompile(log_odds_program(prior), jnp.zeros((SCREEN_POINTS, n), dt), data)
+        else:
+            compile_segments(whitened_potential_gen(prior), stack_star_data([data]), n, settings)
         return
     example = (jnp.zeros(n, dt), jnp.eye(n, dtype=dt), data)
     compile_chains(whitened_potential_gen(prior), jnp.zeros(n, dt), example, settings)
@@ -101,9 +124,41 @@ def sample_marginal(
     progress: Progress | None = None,
     extend: bool = True,
 ) -> Draws:
-    """NUTS over the population parameters of one field, whitened at the MAP (staged: extended until converged)."""
+    """NUTS over the population parameters of one field, whitened at the MAP (staged: extended until converged).
+
+    For a field of more than :data:`SPLIT_ABOVE` stars the staged sampler
+    gives the stars that cannot be members at any
+    population near the posterior (:func:`~gaia_distances.core.membership.certain_non_members`)
+    the field's term alone, which skips their cluster integral: exact to
+    ``e^-30`` per star. Afterwards their log-odds at the draws are checked;
+    where one exceeds :data:`~gaia_distances.core.membership.SKIP_CHECK_LOG_ODDS`
+    the field is sampled again with every star's cluster term.
+    """
     if is_staged(prior):
-        return sample_marginal_batch([data], prior, [start], settings, seed=seed, progress=progress, extend=extend)[0]
+
+        def run(d: StarData) -> Draws:
+            return sample_marginal_batch([d], prior, [start], settings, seed=seed, progress=progress, extend=extend)[0]
+
+        if data.n_stars <= SPLIT_ABOVE:
+            return run(data)
+        skip = certain_non_members(data, prior, start.z, start.covariance, seed=seed)
+        split = split_star_data(data, skip)
+        out = run(split)
+        if split is data or out.sampler is None:
+            return out
+        flat = out.z.reshape(-1, out.z.shape[-1])
+        check = flat[np.linspace(0, len(flat) - 1, SCREEN_POINTS).astype(int)]
+        worst = float(np.max(max_log_odds(check, data, prior)[skip], initial=-np.inf))
+        note = f"{int(skip.sum())} of {int(data.real().sum())} stars sampled as certain field stars"
+        if worst < SKIP_CHECK_LOG_ODDS:
+            out.sampler["stages"].insert(0, f"{note} (largest membership log-odds at the draws {worst:.0f})")
+            return out
+        again = run(data)
+        assert again.sampler is not None
+        again.sampler["stages"].insert(
+            0, f"{note}, but one reached log-odds {worst:.1f} at the draws: sampled again with every star"
+        )
+        return again
     rng = np.random.default_rng(seed)
     n = as_model(prior).n_params
     chol = whitening(start.covariance, n)

@@ -43,19 +43,25 @@ from gaia_distances.core.population import ClusterModel, ClusterPriors, Populati
 from gaia_distances.core.selection import Truncation, cluster_log_pass, field_log_pass, prepare_truncation
 
 __all__ = [
+    "BLOCK",
+    "BLOCKS_ABOVE",
     "ComponentLikelihoods",
     "StarData",
     "component_log_likelihoods",
     "component_log_pass",
+    "field_component_log_likelihood",
     "log_posterior",
     "marginal_log_likelihood",
     "membership_log_odds",
     "pad_star_data",
+    "on_device",
+    "on_host",
     "padded_size",
     "parallax_component_log_likelihoods",
     "per_star_map",
     "prepare_star_data",
     "rough_length_scale",
+    "split_star_data",
     "stack_star_data",
 ]
 
@@ -67,7 +73,10 @@ class StarData(NamedTuple):
     likelihood, so that fields of different sizes share one array shape.
     ``field`` or ``bins`` is set, as the model's field needs; ``kin`` only
     for a kinematic model; ``truncation`` only when the stars were selected
-    by a parallax cut that the likelihood accounts for.
+    by a parallax cut that the likelihood accounts for. ``field_only``
+    (:func:`split_star_data`, for the sampler) holds the stars whose
+    cluster term is negligible at every population the sampler visits:
+    their likelihood is the field's alone.
     """
 
     parallax: Array  # zero-point corrected
@@ -77,6 +86,7 @@ class StarData(NamedTuple):
     bins: FieldBins | None = None  # the flexible field's bin integrals
     kin: KinematicData | None = None  # proper motions (kinematic models)
     truncation: Truncation | None = None  # the parallax cut, modelled as a truncation
+    field_only: Any = None  # a StarData of stars that are certainly not members (see split_star_data)
 
     @property
     def n_stars(self) -> int:
@@ -134,7 +144,7 @@ def prepare_star_data(
     dt = dtype or jnp.asarray(0.0).dtype
 
     def cast(tree: Any) -> Any:
-        return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dt), tree)
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x, dt)), tree)
 
     table = bins = None
     if field == "edsd":
@@ -158,13 +168,27 @@ def prepare_star_data(
     return StarData(jnp.asarray(w, dt), jnp.asarray(s, dt), table, None, bins, kin, truncation)
 
 
+#: Stars per block of a big field's likelihood (:func:`marginal_log_likelihood`).
+BLOCK = 4096
+#: Fields of more stars than this are summed block by block.
+BLOCKS_ABOVE = 16384
+
+
 def padded_size(n: int) -> int:
-    """The array size ``n`` stars are padded to: a multiple of ``max(256, 2^(bit_length(n) - 4))``.
+    """The array size ``n`` stars are padded to: a multiple of ``max(256, 2^(bit_length(n) - 4))``,
+    and of :data:`BLOCK` above :data:`BLOCKS_ABOVE` stars.
 
     Fields of similar sizes then share compiled programs; the padding costs at
-    most 256 stars or about 12 % of the field.
+    most 256 stars or about 12 % of the field (25 % just above 16 384 stars).
+
+    Examples
+    --------
+    >>> padded_size(2753), padded_size(16000), padded_size(21500), padded_size(40000)
+    (2816, 16384, 24576, 40960)
     """
     step = max(256, 1 << max(0, int(n).bit_length() - 4))
+    if n > BLOCKS_ABOVE:
+        step = max(step, BLOCK)
     return -(-int(n) // step) * step
 
 
@@ -177,8 +201,40 @@ def pad_star_data(data: StarData, n: int) -> StarData:
     weight = (np.arange(n) < m).astype(np.asarray(data.parallax).dtype)
     if data.weight is not None:
         weight = weight * np.asarray(data.weight)[idx]
-    padded = per_star_map(lambda x: x[idx], data)
-    return padded._replace(weight=jnp.asarray(weight))
+    padded = per_star_map(lambda x: x[idx], on_host(data))
+    return on_device(padded._replace(weight=weight))
+
+
+def on_host(tree: Any) -> Any:
+    """Every array of ``tree`` as a NumPy array: host-side indexing then compiles no XLA programs."""
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def on_device(tree: Any) -> Any:
+    """Every array of ``tree`` as a JAX array (a copy to the device; nothing is compiled)."""
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+def split_star_data(data: StarData, field_only: np.ndarray) -> StarData:
+    """``data`` with the stars marked ``field_only`` moved to its ``field_only`` part (each part padded).
+
+    The marginal likelihood then gives those stars the field's term alone,
+    ``ln(1 - Q) + ln p(obs | field)``, skipping the cluster's distance
+    integral. Exact where their cluster term is negligible: a star whose
+    membership log-odds stays below ``-t`` changes the log likelihood by less
+    than ``e^-t``. Only the real stars of ``data`` are kept.
+    """
+    real = data.real()
+    keep = np.flatnonzero(real & ~np.asarray(field_only, bool))
+    drop = np.flatnonzero(real & np.asarray(field_only, bool))
+    if drop.size == 0 or keep.size == 0:
+        return data
+
+    def part(rows: np.ndarray) -> StarData:
+        sub = per_star_map(lambda x: x[rows], on_host(data._replace(weight=None)))
+        return pad_star_data(sub, padded_size(rows.size))
+
+    return part(keep)._replace(field_only=part(drop))
 
 
 #: The fields of a :class:`~gaia_distances.core.field_table.FieldTable` that describe its grid, not the stars.
@@ -195,20 +251,25 @@ def per_star_map(fn: Any, data: StarData) -> StarData:
     def table(t: Any) -> Any:  # a field table: its grid scalars are not per star, its columns are
         return None if t is None else t._replace(**{k: one(v) for k, v in t._asdict().items() if k not in GRID})
 
-    def bins(b: FieldBins | None) -> FieldBins | None:  # the bins' arrays hold the stars on their last axis
-        return None if b is None else FieldBins(*(fn(x.T).T for x in b))
+    def bins(b: FieldBins | None) -> FieldBins | None:
+        # the bins' arrays hold the stars on their last axis: ``fn`` maps them on the first, and the
+        # bins' axis goes back just before the last of the axes it made
+        if b is None:
+            return None
+        out = [fn(x.T) for x in b]
+        return FieldBins(*(r.transpose(*range(r.ndim - 2), r.ndim - 1, r.ndim - 2) for r in out))
 
     truncation = data.truncation
     if truncation is not None:
         rows = jax.tree_util.tree_map(one, truncation._replace(field=None))
         truncation = rows._replace(field=table(truncation.field))
-    rest = jax.tree_util.tree_map(one, data._replace(field=None, truncation=None, bins=None))
+    rest = jax.tree_util.tree_map(one, data._replace(field=None, truncation=None, bins=None, field_only=None))
     return rest._replace(field=table(data.field), truncation=truncation, bins=bins(data.bins))
 
 
 def stack_star_data(items: Sequence[StarData]) -> StarData:
     """Stack equally sized :class:`StarData` along a new leading (field) axis, for ``vmap``."""
-    return jax.tree_util.tree_map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *items)
+    return on_device(jax.tree_util.tree_map(lambda *x: np.stack([np.asarray(v) for v in x]), *items))
 
 
 class ComponentLikelihoods(NamedTuple):
@@ -244,6 +305,14 @@ def component_log_likelihoods(
         n_newton=n_newton,
         node_log_term=node_term,
     )
+    if data.truncation is not None:
+        cluster = cluster - cluster_log_pass(data.truncation, data.parallax_error, pop.log_D, pop.log_sigma)
+    return ComponentLikelihoods(cluster, field_component_log_likelihood(pop, data))
+
+
+def field_component_log_likelihood(pop: Population, data: StarData) -> Array:
+    """The field component's per-star log likelihood at one population (see :func:`component_log_likelihoods`)."""
+    kin, obs = pop.kin, data.kin
     if pop.field_log_w is not None and data.bins is not None and kin is not None and obs is not None:
         # the default model: the same terms as below, with the gradient written out (core/field_term.py)
         field = field_log_likelihood_pm(pop.field_log_w, kin, data.bins, obs, data.parallax)
@@ -258,9 +327,8 @@ def component_log_likelihoods(
         if kin is not None and obs is not None:
             field = field + field_pm_log_term(mean_w, var_w, data.parallax, kin, obs)
     if data.truncation is not None:
-        pass_c, pass_f = component_log_pass(pop, data)
-        cluster, field = cluster - pass_c, field - pass_f
-    return ComponentLikelihoods(cluster, field)
+        field = field - _field_log_pass(pop, data.truncation)
+    return field
 
 
 def component_log_pass(pop: Population, data: StarData) -> ComponentLikelihoods:
@@ -270,11 +338,13 @@ def component_log_pass(pop: Population, data: StarData) -> ComponentLikelihoods:
         zero = jnp.zeros_like(data.parallax)
         return ComponentLikelihoods(zero, zero)
     cluster = cluster_log_pass(tr, data.parallax_error, pop.log_D, pop.log_sigma)
+    return ComponentLikelihoods(cluster, _field_log_pass(pop, tr))
+
+
+def _field_log_pass(pop: Population, tr: Truncation) -> Array:
     if pop.field_log_w is not None and tr.bins_log_pass is not None:
-        field = field_log_pass(tr, log_w=pop.field_log_w)
-    else:
-        field = field_log_pass(tr, log_L=pop.log_L)
-    return ComponentLikelihoods(cluster, field)
+        return field_log_pass(tr, log_w=pop.field_log_w)
+    return field_log_pass(tr, log_L=pop.log_L)
 
 
 def parallax_component_log_likelihoods(pop: Population, data: StarData) -> ComponentLikelihoods:
@@ -286,13 +356,38 @@ def _weighted(pop: Population, comp: ComponentLikelihoods) -> tuple[Array, Array
     return jnp.log(pop.Q) + comp.cluster, jnp.log1p(-pop.Q) + comp.field
 
 
-def marginal_log_likelihood(pop: Population, data: StarData, *, n_gh: int = 10, n_newton: int = 2) -> Array:
-    """Total ``ln p(w | population)`` with every distance integrated out (padding stars excluded)."""
-    log_c, log_f = _weighted(pop, component_log_likelihoods(pop, data, n_gh=n_gh, n_newton=n_newton))
-    terms = jnp.logaddexp(log_c, log_f)
-    if data.weight is not None:
-        terms = jnp.where(data.weight > 0, terms, 0.0)
-    return jnp.sum(terms)
+def marginal_log_likelihood(
+    pop: Population, data: StarData, *, n_gh: int = 10, n_newton: int = 2, blocked: bool = False
+) -> Array:
+    """Total ``ln p(w | population)`` with every distance integrated out (padding stars excluded).
+
+    ``blocked``: a field of more than :data:`BLOCKS_ABOVE` stars is summed in
+    blocks of :data:`BLOCK` stars, each recomputed in the backward pass
+    (``jax.checkpoint``), so that a block's intermediates stay in the CPU's
+    cache. On this project's 2-core machine a stand-alone gradient over
+    24 576 stars takes 9.6 ms blocked and 17.5 ms not; inside the sampler's
+    loops XLA schedules the unblocked sum well (11 ms) and the blocked one
+    badly (21 ms), so the MAP search asks for blocks and the sampler does not.
+    """
+
+    def total(d: StarData) -> Array:
+        log_c, log_f = _weighted(pop, component_log_likelihoods(pop, d, n_gh=n_gh, n_newton=n_newton))
+        terms = jnp.logaddexp(log_c, log_f)
+        if d.weight is not None:
+            terms = jnp.where(d.weight > 0, terms, 0.0)
+        return jnp.sum(terms)
+
+    n = data.n_stars
+    extra: Array | float = 0.0
+    if data.field_only is not None:  # certain non-members: the field's term alone
+        fo = data.field_only
+        terms = jnp.log1p(-pop.Q) + field_component_log_likelihood(pop, fo)
+        extra = jnp.sum(jnp.where(fo.weight > 0, terms, 0.0) if fo.weight is not None else terms)
+        data = data._replace(field_only=None)
+    if not blocked or n <= BLOCKS_ABOVE or n % BLOCK:
+        return total(data) + extra
+    blocks = per_star_map(lambda x: x.reshape(n // BLOCK, BLOCK, *x.shape[1:]), data)
+    return jnp.sum(jax.lax.map(jax.checkpoint(total), blocks)) + extra
 
 
 def membership_log_odds(pop: Population, data: StarData, *, n_gh: int = 10, n_newton: int = 2) -> Array:
@@ -306,6 +401,7 @@ def log_evidence_per_star(pop: Population, data: StarData) -> Array:
     return jnp.logaddexp(*_weighted(pop, component_log_likelihoods(pop, data)))
 
 
-def log_posterior(z: Array, data: StarData, model: ClusterModel | ClusterPriors) -> Array:
-    """Unnormalised log posterior of the marginal model at unconstrained ``z``."""
-    return log_prior(z, model) + marginal_log_likelihood(to_population(z, model), data)
+def log_posterior(z: Array, data: StarData, model: ClusterModel | ClusterPriors, *, blocked: bool = False) -> Array:
+    """Unnormalised log posterior of the marginal model at unconstrained ``z`` (``blocked``: see
+    :func:`marginal_log_likelihood`)."""
+    return log_prior(z, model) + marginal_log_likelihood(to_population(z, model), data, blocked=blocked)

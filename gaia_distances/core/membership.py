@@ -37,7 +37,12 @@ from gaia_distances.core.population import ClusterModel, ClusterPriors, Populati
 from gaia_distances.core.sampling import aot_call, precompile
 
 __all__ = [
+    "SKIP_CHECK_LOG_ODDS",
+    "SKIP_LOG_ODDS",
     "PerStarResults",
+    "certain_non_members",
+    "log_odds_program",
+    "max_log_odds",
     "cluster_model_quantiles",
     "joint_per_star",
     "per_star_results",
@@ -189,6 +194,46 @@ def per_star_results(
         q = aot_call(quant, zq, _chunk_data(data, chunk.rows), jnp.asarray(grid[chunk.rows], dt))
         dist[chunk.start : chunk.stop] = np.asarray(q)[: chunk.stop - chunk.start]
     return PerStarResults(member, dist)
+
+
+#: A star whose membership log-odds stay below this at the MAP and at draws from twice its Laplace
+#: approximation is sampled with the field's term alone (its cluster term changes the log likelihood
+#: by less than e^-30).
+SKIP_LOG_ODDS = -30.0
+#: After sampling, those stars' log-odds at the posterior draws must stay below this (else the fit
+#: samples again with every star's cluster term).
+SKIP_CHECK_LOG_ODDS = -20.0
+#: Population points at which the screen and its check evaluate every star.
+SCREEN_POINTS = 17
+
+
+@functools.lru_cache(maxsize=16)
+def log_odds_program(priors: ClusterModel | ClusterPriors) -> Any:
+    """Jitted ``(z (k, d), data) ->`` each star's largest membership log-odds over the ``k`` points."""
+
+    def at(zs: Array, data: StarData) -> Array:
+        return jax.lax.map(lambda z: membership_log_odds(to_population(z, priors), data), zs).max(axis=0)
+
+    return jax.jit(at)
+
+
+def max_log_odds(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
+    """Each star's largest membership log-odds over the population points ``z`` (:data:`SCREEN_POINTS`, d)."""
+    return np.asarray(aot_call(log_odds_program(priors), jnp.asarray(z, data.parallax.dtype), data), float)
+
+
+def certain_non_members(
+    data: StarData, priors: ClusterModel | ClusterPriors, centre: np.ndarray, cov: np.ndarray | None, *, seed: int = 0
+) -> np.ndarray:
+    """Stars whose membership log-odds stay below :data:`SKIP_LOG_ODDS` at the MAP ``centre`` and at
+    draws from a Gaussian of twice the Laplace covariance's width (boolean, padding stars False)."""
+    if cov is None:
+        return np.zeros(data.n_stars, bool)
+    rng = np.random.default_rng(seed)
+    chol = np.linalg.cholesky(cov)
+    z = centre + 2.0 * rng.standard_normal((SCREEN_POINTS, centre.size)) @ chol.T
+    z[0] = centre
+    return (max_log_odds(z, data, priors) < SKIP_LOG_ODDS) & data.real()
 
 
 def joint_per_star(

@@ -124,17 +124,17 @@ def _da_init(step_size: Any) -> Any:
     """
     from blackjax.adaptation.step_size import DualAveragingAdaptationState
 
-    eps = jnp.asarray(step_size)
-    log_eps = jnp.log(eps)
+    eps = np.asarray(step_size)
+    log_eps = np.log(eps)  # host-side NumPy: no XLA program is compiled for it
     return DualAveragingAdaptationState(
-        log_eps, log_eps, jnp.ones(eps.shape, jnp.int32), jnp.zeros_like(eps), jnp.log(10.0) + log_eps
+        log_eps, log_eps, np.ones(eps.shape, np.int32), np.zeros_like(eps), (np.log(10.0) + log_eps).astype(eps.dtype)
     )
 
 
 def _example_args(n_problems: int, n_chains: int, d: int, data: Any, dtype: Any, vectorised: bool) -> tuple[Any, ...]:
     lead = (n_chains, n_problems) if vectorised else (n_problems,)
     key = jnp.zeros((*lead, 2), jnp.uint32)
-    da = _da_init(jnp.full(lead, INITIAL_STEP_SIZE, dtype))
+    da = _da_init(np.full(lead, INITIAL_STEP_SIZE, dtype))
     return (
         key,
         jnp.zeros((*lead, d), dtype),
@@ -198,13 +198,9 @@ class Chains:
         self.chol = np.stack([whitening(c, self.d) for c in self.cov])
         self.program = compile_segments(potential_gen, data, self.d, settings, chain_method=chain_method)
         self.buffer = SEGMENT
-        rng = np.random.default_rng(seed)
-        self.x = 0.5 * rng.standard_normal((self.C, self.B, self.d))
-        keys = jax.random.split(jax.random.PRNGKey(seed), self.C * self.B)
-        self.keys = np.asarray(keys).reshape(self.C, self.B, -1)
-        self.calls = 0
-        eps = jnp.full((self.C, self.B), INITIAL_STEP_SIZE, self.dtype)
-        self.da = _da_init(eps)
+        self.rng = np.random.default_rng(seed)  # starting points and each call's PRNG keys
+        self.x = 0.5 * self.rng.standard_normal((self.C, self.B, self.d))
+        self.da = _da_init(np.full((self.C, self.B), INITIAL_STEP_SIZE, self.dtype))
         self.gradients = np.zeros((self.C, self.B), np.int64)
         self.progress = progress
 
@@ -222,7 +218,7 @@ class Chains:
 
     def restart_adaptation(self) -> None:
         """Dual averaging starts again from the step sizes reached."""
-        self.da = _da_init(jnp.exp(self.da.log_step_size_avg))
+        self.da = _da_init(np.exp(self.da.log_step_size_avg))
 
     def advance(self, n: Sequence[int], adapt: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n[b]`` iterations of every chain of problem ``b``: draws ``(C, B, max n, d)`` in z, steps, divergences."""
@@ -247,8 +243,7 @@ class Chains:
         return np.concatenate(zs, axis=2), np.concatenate(steps, axis=2), np.concatenate(divs, axis=2)
 
     def _call(self, m: np.ndarray, adapt: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        self.calls += 1
-        keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, self.calls)))(jnp.asarray(self.keys))
+        keys = self.rng.integers(0, 2**32, size=(self.C, self.B, 2), dtype=np.uint32)  # raw PRNG keys
         x = jnp.asarray(self.x, self.dtype)
         centre, chol = jnp.asarray(self.centre, self.dtype), jnp.asarray(self.chol, self.dtype)
         n = jnp.asarray(m, jnp.int32)
@@ -266,13 +261,13 @@ class Chains:
 
             res = per_chain(run, self.C, self.method)
             pos = np.stack([np.asarray(r[0]) for r in res])
-            da = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *[r[1] for r in res])
+            da = jax.tree_util.tree_map(lambda *v: np.stack([np.asarray(x) for x in v]), *[r[1] for r in res])
             draws = np.stack([np.asarray(r[2]) for r in res])
             steps = np.stack([np.asarray(r[3]) for r in res])
             div = np.stack([np.asarray(r[4]) for r in res])
         if self.vectorised and self.progress is not None:
             self.progress(int(m.max()) * self.C)
-        self.x, self.da = np.asarray(pos, float), da
+        self.x, self.da = np.asarray(pos, float), jax.tree_util.tree_map(np.asarray, da)
         mask = np.arange(self.buffer)[None, None, :] < m[None, :, None]
         self.gradients += np.where(mask, np.asarray(steps), 0).sum(axis=2)
         return np.asarray(draws, float), np.asarray(steps), np.asarray(div)
