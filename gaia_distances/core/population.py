@@ -423,7 +423,9 @@ def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[s
     and ``sigma_v`` (km/s), with the perspective projection ``v_r`` (km/s),
     and the field's proper-motion mixture
     (``field_pmra_m``, ``field_pmdec_m``, ``field_sigma_v_m``,
-    ``field_pm_weight_m`` for ``m = 1..M``; ``field_pm_sd_ra``,
+    ``field_pm_weight_m`` for ``m = 1..M``, in order of velocity dispersion
+    in each draw (the labels of the exchangeable components are not
+    identified otherwise); ``field_pm_sd_ra``,
     ``field_pm_sd_dec``, ``field_pm_corr``, the constant part of the
     covariance that the components share; and ``field_pm_trend_ra``,
     ``field_pm_trend_dec``).
@@ -446,12 +448,21 @@ def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[s
         out["sigma_v"] = np.exp(kin.log_sigma_v)
         if model.perspective:
             out["v_r"] = np.asarray(kin.v_r)
+        # the components are exchangeable (their labels can swap between and within chains): each draw
+        # reports them in order of velocity dispersion, the coldest first, which is what identifies them
+        order = np.argsort(np.asarray(kin.field_log_sigma_v), axis=-1)
+
+        def ordered(x: np.ndarray) -> np.ndarray:
+            return np.take_along_axis(np.asarray(x), order, axis=-1)
+
+        mean_ra, mean_dec = ordered(kin.field_mean[..., 0]), ordered(kin.field_mean[..., 1])
+        log_sigma_v, log_w = ordered(kin.field_log_sigma_v), ordered(kin.field_log_w)
         for m in range(model.n_field_pm):
             k = m + 1
-            out[f"field_pmra_{k}"] = kin.field_mean[..., m, 0]
-            out[f"field_pmdec_{k}"] = kin.field_mean[..., m, 1]
-            out[f"field_sigma_v_{k}"] = np.exp(kin.field_log_sigma_v[..., m])
-            out[f"field_pm_weight_{k}"] = np.exp(kin.field_log_w[..., m])
+            out[f"field_pmra_{k}"] = mean_ra[..., m]
+            out[f"field_pmdec_{k}"] = mean_dec[..., m]
+            out[f"field_sigma_v_{k}"] = np.exp(log_sigma_v[..., m])
+            out[f"field_pm_weight_{k}"] = np.exp(log_w[..., m])
         out["field_pm_sd_ra"] = np.exp(kin.field_log_sd[..., 0, 0])  # shared by the components
         out["field_pm_sd_dec"] = np.exp(kin.field_log_sd[..., 0, 1])
         out["field_pm_corr"] = kin.field_corr[..., 0]
