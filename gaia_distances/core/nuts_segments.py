@@ -51,7 +51,7 @@ def _segment_program(potential_gen: PotentialGen, settings: NutsSettings, buffer
     doublings = settings.max_tree_depth
 
     def segment(
-        key: Array, x: Array, da: Any, n: Array, centre: Array, chol: Array, data: Any, adapt: Array
+        key: Array, x: Array, da: Any, n: Array, centre: Array, chol: Array, data: Any, adapt: Array, target: Array
     ) -> tuple[Array, Any, Array, Array, Array]:
         potential = potential_gen(centre, chol, data)
 
@@ -72,7 +72,9 @@ def _segment_program(potential_gen: PotentialGen, settings: NutsSettings, buffer
             state, da, draws, steps, div = carry
             log_eps = jnp.where(adapt, da.log_step_size, da.log_step_size_avg)
             state, info = kernel(jax.random.fold_in(key, i), state, log_density, jnp.exp(log_eps), unit, doublings)
-            adapted = da_update(da, jnp.nan_to_num(info.acceptance_rate))
+            # dual averaging towards ``target`` (an argument: the update was built for the settings' target)
+            shifted = jnp.nan_to_num(info.acceptance_rate) + (settings.target_accept_prob - target)
+            adapted = da_update(da, shifted)
             da = jax.tree_util.tree_map(lambda a, b: jnp.where(adapt, a, b), adapted, da)
             return (
                 state,
@@ -104,10 +106,10 @@ def _program(
             return jax.tree_util.tree_map(lambda v: v[None], one(*first, *args[7:]))
 
     else:
-        over_problems = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
+        over_problems = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None))
     if not vectorised:
         return over_problems
-    return jax.vmap(over_problems, in_axes=(0, 0, 0, None, None, None, None, None))
+    return jax.vmap(over_problems, in_axes=(0, 0, 0, None, None, None, None, None, None))
 
 
 #: The most iterations of one program call (its draws fill a buffer of this many); progress is reported
@@ -144,6 +146,7 @@ def _example_args(n_problems: int, n_chains: int, d: int, data: Any, dtype: Any,
         jnp.zeros((n_problems, d, d), dtype),
         data,
         jnp.asarray(True),
+        jnp.asarray(0.8, dtype),
     )
 
 
@@ -201,6 +204,7 @@ class Chains:
         self.rng = np.random.default_rng(seed)  # starting points and each call's PRNG keys
         self.x = 0.5 * self.rng.standard_normal((self.C, self.B, self.d))
         self.da = _da_init(np.full((self.C, self.B), INITIAL_STEP_SIZE, self.dtype))
+        self.target = settings.target_accept_prob  # dual averaging's target (raised after divergences)
         self.gradients = np.zeros((self.C, self.B), np.int64)
         self.progress = progress
 
@@ -248,13 +252,14 @@ class Chains:
         centre, chol = jnp.asarray(self.centre, self.dtype), jnp.asarray(self.chol, self.dtype)
         n = jnp.asarray(m, jnp.int32)
         flag = jnp.asarray(adapt)
+        target = jnp.asarray(self.target, self.dtype)
         if self.vectorised:
-            pos, da, draws, steps, div = self.program(keys, x, self.da, n, centre, chol, self.data, flag)
+            pos, da, draws, steps, div = self.program(keys, x, self.da, n, centre, chol, self.data, flag, target)
         else:
 
             def run(c: int) -> Any:
                 da_c = jax.tree_util.tree_map(lambda v: v[c], self.da)
-                out = jax.block_until_ready(self.program(keys[c], x[c], da_c, n, centre, chol, self.data, flag))
+                out = jax.block_until_ready(self.program(keys[c], x[c], da_c, n, centre, chol, self.data, flag, target))
                 if self.progress is not None:
                     self.progress(int(m.max()))
                 return out
