@@ -146,10 +146,12 @@ def test_same_seed_same_draws_and_extend_false_stops_at_num_samples():
     np.testing.assert_array_equal(a.z, c.z)
 
 
-def test_progress_counts_every_iteration_of_every_chain():
+def test_progress_counts_every_iteration_and_divergent_draws_are_drawn_again():
+    """The banana's curved tail makes some transitions diverge at a 0.65 target: those draws are replaced by
+    draws after re-adapting at 0.85, which have none; progress counts the iterations of every stage."""
     calls = []
     settings = SETTINGS._replace(num_warmup=90, num_samples=250)
-    sample_staged(
+    out = sample_staged(
         _banana_gen,
         np.zeros((1, 3)),
         np.eye(3)[None],
@@ -158,5 +160,10 @@ def test_progress_counts_every_iteration_of_every_chain():
         seed=2,
         check=lambda b, z: Convergence((), 1000.0, 1.0),
         progress=calls.append,
-    )
-    assert sum(calls) == settings.num_chains * (settings.num_warmup + settings.num_samples)
+    )[0]
+    again = [s for s in out.stages if "divergent transitions" in s]
+    assert len(again) == 1 and "0.85 acceptance target" in again[0]
+    assert out.diverging.sum() == 0 and out.z.shape == (2, settings.num_samples, 3)
+    adapt = settings.num_warmup - round(settings.num_warmup * 2 / 3)
+    per_chain = settings.num_warmup + settings.num_samples + len(again) * (adapt + settings.num_samples)
+    assert sum(calls) == settings.num_chains * per_chain

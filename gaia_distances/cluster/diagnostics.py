@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from gaia_distances.columns import warn
-from gaia_distances.core.diagnostics import RHAT_MAX, convergence_problems
+from gaia_distances.core.diagnostics import RHAT_MAX, SIGMA_V_FIELD, convergence_problems, no_cluster_signal
 
 __all__ = [
     "CHECKED",
@@ -32,9 +32,6 @@ __all__ = [
 
 #: The reference model's population parameters, checked and reported, in order.
 PARAMETERS = ("D", "sigma", "Q", "L")
-#: A cluster's velocity dispersion above this (km/s) is that of a field population: bound open
-#: clusters have 0.3-3 km/s, young massive clusters and associations up to about 5.
-SIGMA_V_FIELD = 10.0
 #: The science parameters, in order: checked for degenerate draws, and summarised per cluster by ``fit_clusters``
 #: (the convergence rule checks every reported parameter).
 CHECKED = ("D", "sigma", "Q", "L", "field_median", "pmra", "pmdec", "sigma_v")
@@ -68,27 +65,8 @@ def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, fl
             + ", ".join(f"{math.exp(x):.0f}" for x in d_chain)
             + " pc): the posterior is multimodal; pass distance_hint= or ClusterPriors.physical()"
         )
+    problems += no_cluster_signal(posterior, n_stars)
     q = posterior["Q"]
-    if np.percentile(q, 84) * n_stars < 3:
-        problems.append(
-            f"no cluster signal: Q piles at 0 (84th percentile {np.percentile(q, 84):.2g}, "
-            f"fewer than 3 expected members among {n_stars} stars)"
-        )
-    sig = float(np.median(posterior["sigma_log"]))
-    if sig > 0.25:
-        problems.append(
-            f"no cluster signal: the cluster component is as broad as a field (sigma = {sig:.2f} in ln r, "
-            f"i.e. {100 * sig:.0f} % of D), so it models field structure rather than a cluster; "
-            "try ClusterPriors.physical() or distance_hint="
-        )
-    sigma_v = float(np.median(posterior["sigma_v"])) if "sigma_v" in posterior else 0.0
-    if sigma_v > SIGMA_V_FIELD:
-        problems.append(
-            f"no cluster signal: the cluster component's velocity dispersion is "
-            f"{sigma_v:.0f} km/s (> {SIGMA_V_FIELD:g}), that of a field "
-            "population, not of a cluster: it models the field's proper motions rather than a cluster; "
-            "a brighter magnitude limit or a smaller cone helps"
-        )
     if np.percentile(q, 16) > 0.97:
         problems.append(
             "Q piles at 1: the table looks like cluster members only, so the field length scale L "

@@ -19,12 +19,26 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["ESS_MIN", "RHAT_MAX", "convergence_problems", "ess_rhat", "finite_or_nan"]
+__all__ = [
+    "ESS_MIN",
+    "RHAT_MAX",
+    "SIGMA_LOG_FIELD",
+    "SIGMA_V_FIELD",
+    "convergence_problems",
+    "ess_rhat",
+    "finite_or_nan",
+    "no_cluster_signal",
+]
 
 #: Largest acceptable split R-hat.
 RHAT_MAX = 1.01
 #: Smallest acceptable bulk effective sample size.
 ESS_MIN = 400
+#: A cluster's depth above this (in ln r, i.e. 25 % of its distance) is that of a field population.
+SIGMA_LOG_FIELD = 0.25
+#: A cluster's velocity dispersion above this (km/s) is that of a field population: bound open
+#: clusters have 0.3-3 km/s, young massive clusters and associations up to about 5.
+SIGMA_V_FIELD = 10.0
 
 
 def convergence_problems(
@@ -65,6 +79,43 @@ def convergence_problems(
         problems.append(f"tail ESS < {ESS_MIN} for {', '.join(bad_tail)}")
     if divergences:
         problems.append(f"{int(divergences)} divergent transitions")
+    return problems
+
+
+def no_cluster_signal(posterior: Mapping[str, np.ndarray], n_stars: int) -> list[str]:
+    """Why the draws of a cluster fit show no cluster (empty: they show one).
+
+    ``posterior`` holds the draws of ``Q``, ``sigma_log`` and, for kinematic
+    models, ``sigma_v``. The cluster parameters of such a posterior are not
+    identified, so no number of draws makes them converge.
+
+    Examples
+    --------
+    >>> no_cluster_signal({"Q": np.full(100, 1e-4), "sigma_log": np.full(100, 0.01)}, 1000)[0][:35]
+    'no cluster signal: Q piles at 0 (84'
+    """
+    problems = []
+    q = np.asarray(posterior["Q"], float)
+    if np.percentile(q, 84) * n_stars < 3:
+        problems.append(
+            f"no cluster signal: Q piles at 0 (84th percentile {np.percentile(q, 84):.2g}, "
+            f"fewer than 3 expected members among {n_stars} stars)"
+        )
+    sig = float(np.median(posterior["sigma_log"]))
+    if sig > SIGMA_LOG_FIELD:
+        problems.append(
+            f"no cluster signal: the cluster component is as broad as a field (sigma = {sig:.2f} in ln r, "
+            f"i.e. {100 * sig:.0f} % of D), so it models field structure rather than a cluster; "
+            "try ClusterPriors.physical() or distance_hint="
+        )
+    sigma_v = float(np.median(posterior["sigma_v"])) if "sigma_v" in posterior else 0.0
+    if sigma_v > SIGMA_V_FIELD:
+        problems.append(
+            f"no cluster signal: the cluster component's velocity dispersion is "
+            f"{sigma_v:.0f} km/s (> {SIGMA_V_FIELD:g}), that of a field "
+            "population, not of a cluster: it models the field's proper motions rather than a cluster; "
+            "a brighter magnitude limit or a smaller cone helps"
+        )
     return problems
 
 

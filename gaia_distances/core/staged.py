@@ -15,11 +15,15 @@ mass matrix in ``x``) in stages:
    correlations are kept), and the chains move to the new coordinates;
 3. **adapt**: the rest of ``num_warmup``, adapting the step size again;
 4. **draw**: ``num_samples`` draws per chain;
-5. **extend**: while the draws fail the convergence rule (``check``), more
+5. **smaller steps**: draws with divergent transitions (a region of high
+   curvature the step size is too large for) are discarded and drawn again
+   after adapting the step size to a higher acceptance target
+   (:data:`DIVERGENCE_TARGETS`);
+6. **extend**: while the draws fail the convergence rule (``check``), more
    draws, as many as the smallest effective sample size asks for, up to
    :data:`MAX_DRAWS_FACTOR` times ``num_samples`` per chain;
-6. **re-whiten**: if they still fail, the covariance of the draws themselves
-   whitens one more round of stages 3 to 5.
+7. **re-whiten**: if they still fail, the covariance of the draws themselves
+   whitens one more round of stages 3, 4 and 6.
 
 Every stage is a segment of the same compiled program
 (:mod:`~gaia_distances.core.nuts_segments`), whose step size, whitening and
@@ -39,6 +43,8 @@ from gaia_distances.core.nuts_segments import Chains, PotentialGen
 from gaia_distances.core.sampling import NutsSettings, Progress
 
 __all__ = [
+    "CRAWL_STEPS",
+    "DIVERGENCE_TARGETS",
     "MAX_DRAWS_FACTOR",
     "RESCALE_FACTOR",
     "Convergence",
@@ -51,15 +57,24 @@ __all__ = [
 RESCALE_FACTOR = 2.0
 #: Extensions stop at this many times ``num_samples`` draws per chain (per round).
 MAX_DRAWS_FACTOR = 4
+#: Acceptance targets tried in turn while the draws have divergent transitions.
+DIVERGENCE_TARGETS = (0.85, 0.95)
+#: Draws whose trajectories average more leapfrog steps than this are not extended (a whitened, well
+#: identified posterior needs 3-30): the posterior's geometry (a funnel, an unidentified parameter), not
+#: the number of draws, is what fails, and more draws would cost minutes without fixing it.
+CRAWL_STEPS = 200
 
 
 class Convergence(NamedTuple):
-    """The convergence rule's verdict on some draws: its ``problems`` (empty: converged) and the
-    smallest bulk or tail effective sample size over the checked quantities (NaN: undefined)."""
+    """The convergence rule's verdict on some draws: its ``problems`` (empty: converged), the
+    smallest bulk or tail effective sample size over the checked quantities (NaN: undefined), the
+    largest R-hat, and why more draws cannot help (``hopeless``, e.g. a posterior without a
+    cluster, whose cluster parameters are not identified: empty when they can)."""
 
     problems: tuple[str, ...]
     min_ess: float
     max_r_hat: float
+    hopeless: tuple[str, ...] = ()
 
 
 #: ``check(b, z)``: the verdict on problem ``b``'s draws ``z`` of shape ``(chains, draws, d)``.
@@ -106,8 +121,8 @@ def rescaled_covariance(cov: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray,
 
 
 def _more_draws(verdict: Convergence, n_drawn: int, settings: NutsSettings, cap: int) -> int:
-    """How many more draws per chain the verdict asks for (0: none, or the cap is reached)."""
-    if not verdict.problems:
+    """How many more draws per chain the verdict asks for (0: none, hopeless, or the cap is reached)."""
+    if not verdict.problems or verdict.hopeless:
         return 0
     want = 1.2 * ESS_MIN / verdict.min_ess if verdict.min_ess > 0 and math.isfinite(verdict.min_ess) else 2.0
     more = int(math.ceil(n_drawn * (max(want, 1.0) - 1.0)))
@@ -176,13 +191,19 @@ def sample_staged(
     for b in range(B):
         stages[b].append(f"adapted the step size: {adapt} iterations; drew {settings.num_samples} per chain")
     draws = [(z[:, b], steps[:, b], div[:, b]) for b in range(B)]
+    check = _with_crawling(check, draws, settings)
     verdicts = [check(b, draws[b][0]) for b in range(B)]
+    for b in range(B):
+        if extend and verdicts[b].problems and verdicts[b].hopeless:
+            stages[b].append("not extended (more draws cannot help): " + "; ".join(verdicts[b].hopeless))
+    if extend and _fewer_divergences(run, draws, verdicts, adapt, settings, stages):
+        verdicts = [check(b, draws[b][0]) for b in range(B)]
     cap = MAX_DRAWS_FACTOR * settings.num_samples
     for rewhitened in (False, True):
         if not extend:
             break
         draws, verdicts = _extend(run, draws, verdicts, check, settings, cap, stages)
-        failing = [b for b in range(B) if verdicts[b].problems]
+        failing = [b for b in range(B) if verdicts[b].problems and not verdicts[b].hopeless]
         if rewhitened or not failing:
             break
         # one more round, whitened by the draws themselves
@@ -202,6 +223,9 @@ def sample_staged(
             stages[b].append(f"adapted the step size: {adapt} iterations; drew {settings.num_samples} per chain")
             draws[b] = (z[:, b], steps[:, b], div[:, b])
             verdicts[b] = check(b, draws[b][0])
+    if extend and _fewer_divergences(run, draws, verdicts, adapt, settings, stages):
+        verdicts = [check(b, draws[b][0]) for b in range(B)]
+        draws, verdicts = _extend(run, draws, verdicts, check, settings, cap, stages)
     eps = run.step_sizes()
     return [
         StagedDraws(
@@ -215,6 +239,57 @@ def sample_staged(
         )
         for b in range(B)
     ]
+
+
+def _with_crawling(
+    check: Check, draws: list[tuple[np.ndarray, np.ndarray, np.ndarray]], settings: NutsSettings
+) -> Check:
+    """``check`` whose failing verdicts are also hopeless while the latest draws of their problem
+    (``draws``, updated in place by the stages) crawl (:data:`CRAWL_STEPS`)."""
+    cap = 2**settings.max_tree_depth - 1
+
+    def crawling(b: int, z: np.ndarray) -> Convergence:
+        verdict = check(b, z)
+        steps = float(np.mean(draws[b][1]))
+        if verdict.problems and steps > CRAWL_STEPS:
+            why = (
+                f"its trajectories average {steps:.0f} leapfrog steps per draw (the cap is {cap}): the "
+                "posterior's geometry, not the number of draws, is the problem"
+            )
+            return verdict._replace(hopeless=(*verdict.hopeless, why))
+        return verdict
+
+    return crawling
+
+
+def _fewer_divergences(
+    run: Chains,
+    draws: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    verdicts: list[Convergence],
+    adapt: int,
+    settings: NutsSettings,
+    stages: list[list[str]],
+) -> bool:
+    """Draws with divergent transitions drawn again after adapting the step size to the next acceptance
+    target of :data:`DIVERGENCE_TARGETS` (in place, except for hopeless verdicts); whether any were."""
+    again = False
+    for target in DIVERGENCE_TARGETS:
+        diverging = [b for b in range(run.B) if draws[b][2].any() and not verdicts[b].hopeless]
+        if not diverging or target <= run.target:
+            continue
+        run.target = target
+        run.restart_adaptation()
+        run.advance([adapt if b in diverging else 0 for b in range(run.B)], adapt=True)
+        n = settings.num_samples
+        z, steps, div = run.advance([n if b in diverging else 0 for b in range(run.B)], adapt=False)
+        for b in diverging:
+            stages[b].append(
+                f"{int(draws[b][2].sum())} divergent transitions: re-adapted the step size to a {target} "
+                f"acceptance target ({adapt} iterations) and drew {n} per chain again"
+            )
+            draws[b] = (z[:, b], steps[:, b], div[:, b])
+        again = True
+    return again
 
 
 def _draw_round(run: Chains, adapt: int, settings: NutsSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
