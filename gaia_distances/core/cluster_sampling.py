@@ -5,10 +5,9 @@ Laplace approximation at the MAP (``z = z_map + chol @ x``), from starting
 points ``0.5 x N(0, I)``; they return the draws of ``z``. The extended models
 (flexible field, proper motions: tens of parameters) are sampled in stages
 until the draws of every reported parameter pass the convergence rule
-(:mod:`~gaia_distances.core.staged`); the reference model's four parameters by
-the one runner of :mod:`~gaia_distances.core.sampling`, with a dense mass
-matrix. The joint sampler draws the population and one latent ``ln r`` per
-star, starting at the MAP and each star's EDSD posterior median.
+(:mod:`~gaia_distances.core.staged`), and so is the reference model's
+four-parameter one (one sampler for every marginal model). The joint sampler
+draws the population and one latent ``ln r`` per star, starting at the MAP and each star's EDSD posterior median.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from gaia_distances.core.diagnostics import convergence_problems, ess_rhat
+from gaia_distances.core.diagnostics import convergence_problems, ess_rhat, no_cluster_signal
 from gaia_distances.core.initialisation import MapResult, whitening
 from gaia_distances.core.kinematics import KinematicData
 from gaia_distances.core.likelihood import StarData, split_star_data, stack_star_data
@@ -37,9 +36,7 @@ from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model
 from gaia_distances.core.sampling import (
     NutsSettings,
     Progress,
-    compile_chains,
     precompile,
-    run_batched_chains,
     run_chains,
 )
 from gaia_distances.core.staged import Convergence, sample_staged
@@ -49,7 +46,6 @@ __all__ = [
     "Draws",
     "compile_marginal",
     "convergence_check",
-    "is_staged",
     "sample_joint",
     "sample_marginal",
     "sample_marginal_batch",
@@ -72,11 +68,6 @@ class Draws(NamedTuple):
 SPLIT_ABOVE = 2048
 
 
-def is_staged(prior: ClusterModel | ClusterPriors) -> bool:
-    """Whether the marginal sampler of this model is the staged one (every model but the reference)."""
-    return not as_model(prior).is_reference
-
-
 def compile_marginal(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
     """Compile the marginal sampler for ``data``'s shapes (thread-safe: run it beside the MAP search).
 
@@ -87,29 +78,31 @@ def compile_marginal(data: StarData, prior: ClusterModel | ClusterPriors, settin
     """
     dt = data.parallax.dtype
     n = as_model(prior).n_params
-    if is_staged(prior):
-        if data.n_stars > SPLIT_ABOVE:
-            precompile(log_odds_program(prior), jnp.zeros((SCREEN_POINTS, n), dt), data)
-        else:
-            compile_segments(whitened_potential_gen(prior), stack_star_data([data]), n, settings)
-        return
-    example = (jnp.zeros(n, dt), jnp.eye(n, dtype=dt), data)
-    compile_chains(whitened_potential_gen(prior), jnp.zeros(n, dt), example, settings)
+    if data.n_stars > SPLIT_ABOVE:
+        precompile(log_odds_program(prior), jnp.zeros((SCREEN_POINTS, n), dt), data)
+    else:
+        compile_segments(whitened_potential_gen(prior), stack_star_data([data]), n, settings)
 
 
-def convergence_check(prior: ClusterModel | ClusterPriors) -> Callable[[int, np.ndarray], Convergence]:
-    """The convergence rule on every reported parameter's draws (R-hat, bulk and tail ESS), for the staged sampler."""
+def convergence_check(
+    prior: ClusterModel | ClusterPriors, n_stars: Sequence[int]
+) -> Callable[[int, np.ndarray], Convergence]:
+    """The convergence rule on every reported parameter's draws (R-hat, bulk and tail ESS), for the staged
+    sampler; draws of problem ``b`` (``n_stars[b]`` stars) without a cluster signal are hopeless (more
+    draws do not identify a cluster that is not there)."""
     model = as_model(prior)
 
     def check(b: int, z: np.ndarray) -> Convergence:
-        numbers = {k: ess_rhat(v) for k, v in physical_draws(z, model).items()}
+        physical = physical_draws(z, model)
+        numbers = {k: ess_rhat(v) for k, v in physical.items()}
         bulk = {k: v[0] for k, v in numbers.items()}
         tail = {k: v[1] for k, v in numbers.items()}
         r_hat = {k: v[2] for k, v in numbers.items()}
         problems = convergence_problems(r_hat, bulk, 0, tail)
         ess = [e for v in numbers.values() for e in v[:2]]
         min_ess = float(np.min(ess)) if np.all(np.isfinite(ess)) else math.nan
-        return Convergence(tuple(problems), min_ess, float(np.nanmax([v[2] for v in numbers.values()])))
+        max_r_hat = float(np.nanmax([v[2] for v in numbers.values()]))
+        return Convergence(tuple(problems), min_ess, max_r_hat, tuple(no_cluster_signal(physical, n_stars[b])))
 
     return check
 
@@ -134,40 +127,31 @@ def sample_marginal(
     where one exceeds :data:`~gaia_distances.core.membership.SKIP_CHECK_LOG_ODDS`
     the field is sampled again with every star's cluster term.
     """
-    if is_staged(prior):
 
-        def run(d: StarData) -> Draws:
-            return sample_marginal_batch([d], prior, [start], settings, seed=seed, progress=progress, extend=extend)[0]
+    def run(d: StarData) -> Draws:
+        return sample_marginal_batch([d], prior, [start], settings, seed=seed, progress=progress, extend=extend)[0]
 
-        if data.n_stars <= SPLIT_ABOVE:
-            return run(data)
-        skip = certain_non_members(data, prior, start.z, start.covariance, seed=seed)
-        split = split_star_data(data, skip)
-        out = run(split)
-        if split is data or out.sampler is None:
-            return out
-        flat = out.z.reshape(-1, out.z.shape[-1])
-        check = flat[np.linspace(0, len(flat) - 1, SCREEN_POINTS).astype(int)]
-        worst = float(np.max(max_log_odds(check, data, prior)[skip], initial=-np.inf))
-        note = f"{int(skip.sum())} of {int(data.real().sum())} stars sampled as certain field stars"
-        if worst < SKIP_CHECK_LOG_ODDS:
-            out.sampler["stages"].insert(0, f"{note} (largest membership log-odds at the draws {worst:.0f})")
-            return out
-        again = run(data)
-        assert again.sampler is not None
-        again.sampler["stages"].insert(
-            0, f"{note}, but one reached log-odds {worst:.1f} at the draws: sampled again with every star"
-        )
-        return again
-    rng = np.random.default_rng(seed)
-    n = as_model(prior).n_params
-    chol = whitening(start.covariance, n)
-    dt = data.parallax.dtype
-    inits = [jnp.asarray(0.5 * rng.standard_normal(n), dt) for _ in range(settings.num_chains)]
-    args = (jnp.asarray(start.z, dt), jnp.asarray(chol, dt), data)
-    res = run_chains(whitened_potential_gen(prior), inits, args, settings, seed=seed, progress=progress)
-    x = np.asarray(res.samples, dtype=float)  # (chains, draws, n_params)
-    return Draws(start.z + x @ chol.T, None, {"diverging": res.diverging, "n_steps": res.num_steps})
+    if data.n_stars <= SPLIT_ABOVE:
+        return run(data)
+    skip = certain_non_members(data, prior, start.z, start.covariance, seed=seed)
+    split = split_star_data(data, skip)
+    out = run(split)
+    if split is data:
+        return out
+    flat = out.z.reshape(-1, out.z.shape[-1])
+    check = flat[np.linspace(0, len(flat) - 1, SCREEN_POINTS).astype(int)]
+    worst = float(np.max(max_log_odds(check, data, prior)[skip], initial=-np.inf))
+    note = f"{int(skip.sum())} of {int(data.real().sum())} stars sampled as certain field stars"
+    assert out.sampler is not None
+    if worst < SKIP_CHECK_LOG_ODDS:
+        out.sampler["stages"].insert(0, f"{note} (largest membership log-odds at the draws {worst:.0f})")
+        return out
+    again = run(data)
+    assert again.sampler is not None
+    again.sampler["stages"].insert(
+        0, f"{note}, but one reached log-odds {worst:.1f} at the draws: sampled again with every star"
+    )
+    return again
 
 
 def sample_marginal_batch(
@@ -181,48 +165,39 @@ def sample_marginal_batch(
     extend: bool = True,
 ) -> list[Draws]:
     """NUTS for many equally padded fields at once (one compiled program); one :class:`Draws` per field."""
-    dt = data[0].parallax.dtype
     n = as_model(prior).n_params
-    if is_staged(prior):
-        cov = np.stack([s.covariance if s.covariance is not None else whitening(None, n) ** 2 for s in starts])
-        staged = sample_staged(
-            whitened_potential_gen(prior),
-            np.stack([s.z for s in starts]),
-            cov,
-            stack_star_data(list(data)),
-            settings,
-            seed=seed,
-            check=convergence_check(prior),
-            names=as_model(prior).names,
-            extend=extend,
-            progress=progress,
-        )
-        return [
-            Draws(
-                r.z,
-                None,
-                {"diverging": r.diverging, "n_steps": r.num_steps},
-                {
-                    "stages": list(r.stages),
-                    "gradients_per_chain": r.gradients,
-                    "step_size": [float(e) for e in r.step_size],
-                    "converged": not r.convergence.problems,
-                },
-            )
-            for r in staged
-        ]
-    centre = np.stack([s.z for s in starts])
-    chol = np.stack([whitening(s.covariance, n) for s in starts])
-    x0 = 0.5 * np.random.default_rng(seed).standard_normal((len(data), settings.num_chains, n))
-    args = (jnp.asarray(centre, dt), jnp.asarray(chol, dt), stack_star_data(list(data)))
-    res = run_batched_chains(
-        whitened_potential_gen(prior), jnp.asarray(x0, dt), args, settings, seed=seed, progress=progress
+    cov = np.stack([s.covariance if s.covariance is not None else whitening(None, n) ** 2 for s in starts])
+    staged = sample_staged(
+        whitened_potential_gen(prior),
+        np.stack([s.z for s in starts]),
+        cov,
+        stack_star_data(list(data)),
+        settings,
+        seed=seed,
+        check=convergence_check(prior, [_n_real(d) for d in data]),
+        names=as_model(prior).names,
+        extend=extend,
+        progress=progress,
     )
-    x = np.asarray(res.samples, dtype=float)  # (fields, chains, draws, n_params)
     return [
-        Draws(centre[b] + x[b] @ chol[b].T, None, {"diverging": res.diverging[b], "n_steps": res.num_steps[b]})
-        for b in range(len(data))
+        Draws(
+            r.z,
+            None,
+            {"diverging": r.diverging, "n_steps": r.num_steps},
+            {
+                "stages": list(r.stages),
+                "gradients_per_chain": r.gradients,
+                "step_size": [float(e) for e in r.step_size],
+                "converged": not r.convergence.problems,
+            },
+        )
+        for r in staged
     ]
+
+
+def _n_real(data: StarData) -> int:
+    """The real stars of ``data``, with those of its ``field_only`` part."""
+    return int(data.real().sum()) + (_n_real(data.field_only) if data.field_only is not None else 0)
 
 
 def sample_joint(

@@ -1,4 +1,6 @@
-"""The one NUTS runner: whole chains as compiled programs, run side by side on the CPU cores.
+"""The NUTS runner of the joint model and of per-star validation.
+
+Whole chains are compiled programs, run side by side on the CPU cores.
 
 NumPyro runs several chains in parallel only across XLA devices, and a CPU
 has one device unless ``XLA_FLAGS`` is set before JAX starts. Here a whole
@@ -10,9 +12,11 @@ chains are vectorised on the one device instead.
 
 - :class:`NutsSettings` and :func:`nuts_settings`: the sampler's settings, with
   the defaults of every method in one table (:data:`NUTS_DEFAULTS`);
-- :func:`run_chains`: independent chains of one problem;
-- :func:`run_batched_chains`: many independent problems in one program;
-- both return a :class:`ChainResult`.
+- :func:`run_chains`: independent chains of one problem, as a
+  :class:`ChainResult`.
+
+The marginal cluster models run the staged sampler instead
+(:mod:`~gaia_distances.core.staged` on :mod:`~gaia_distances.core.nuts_segments`).
 
 Progress: a run reports to the ``progress`` callable it is given (for example
 a tqdm bar's ``update``). The compiled program calls back with a token passed
@@ -55,7 +59,6 @@ __all__ = [
     "per_chain",
     "precompile",
     "resolve_chain_method",
-    "run_batched_chains",
     "run_chains",
     "signature",
 ]
@@ -148,8 +151,7 @@ def nuts_settings(
 
 
 class ChainResult(NamedTuple):
-    """Draws and sampler statistics of :func:`run_chains` (leading axes ``(chains, draws)``)
-    or :func:`run_batched_chains` (``(problems, chains, draws)``)."""
+    """Draws and sampler statistics of :func:`run_chains` (leading axes ``(chains, draws)``)."""
 
     samples: Any  # pytree of arrays
     diverging: np.ndarray
@@ -428,50 +430,6 @@ def run_chains(
             return jax.block_until_ready(compiled(keys[c], inits[c], model_args, inverse_mass_matrix, token))
 
         return _as_result(*_stack(per_chain(run, n_chains, chain_method), axis=0))
-
-
-def run_batched_chains(
-    potential_fn_gen: PotentialGen,
-    inits: Array,
-    model_args: tuple[Any, ...],
-    settings: NutsSettings,
-    *,
-    seed: int,
-    chain_method: str | None = None,
-    progress: Progress | None = None,
-) -> ChainResult:
-    """NUTS for ``B`` independent problems at once, ``C`` chains each, in one compiled program.
-
-    ``inits`` has shape ``(B, C, d)`` with ``C == settings.num_chains``; every
-    leaf of ``model_args`` has a leading axis of length ``B``. The problems are
-    vectorised with ``vmap``; on CPU the ``C`` chains run in a thread pool (one
-    vectorised program per chain), on an accelerator they are vectorised too.
-    Each problem adapts its own step size and mass matrix.
-    """
-    inits = jnp.asarray(inits)
-    B, C = inits.shape[:2]
-    if C != settings.num_chains:
-        raise ValueError(f"{C} starting points per problem for {settings.num_chains} chains")
-    chain_method = resolve_chain_method(chain_method)
-    over_problems = jax.vmap(_chain_program(potential_fn_gen, settings), in_axes=(0, 0, 0, None, None))
-    keys = jax.random.split(jax.random.PRNGKey(seed), B * C).reshape(B, C, -1)
-    token = np.int32(0)
-    if chain_method == "vectorized":
-        fn = jax.vmap(over_problems, in_axes=(1, 1, None, None, None), out_axes=1)
-        args: tuple[Any, ...] = (keys, inits, model_args, None, token)
-    else:
-        fn = over_problems
-        args = (keys[:, 0], inits[:, 0], model_args, None, token)
-    cache_key = ("batched", chain_method, potential_fn_gen, _program_config(settings), signature(args))
-    compiled = compile_cached(cache_key, fn, args)
-    with PROGRESS_ROUTES.open(progress) as token:
-        if chain_method == "vectorized":
-            return _as_result(*compiled(keys, inits, model_args, None, token))
-
-        def run(c: int) -> Any:
-            return jax.block_until_ready(compiled(keys[:, c], inits[:, c], model_args, None, token))
-
-        return _as_result(*_stack(per_chain(run, C, chain_method), axis=1))
 
 
 def chain_iterations(settings: NutsSettings, chain_method: str | None = None) -> int:
