@@ -41,6 +41,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.optimize import minimize
 
 from gaia_distances.core.initialisation import (
+    NEWTON_DECREMENT,
     MapResult,
     candidate_distances,
     hessian,
@@ -71,8 +72,6 @@ AGREE_LOG_POST = 5.0
 MIN_EVIDENCE = 15.0
 #: Candidates whose cluster-only polish ends further than this below the best are not finished.
 CONTENDER_MARGIN = 50.0
-#: The Newton polish stops when a full step would gain less than this in log posterior.
-_NEWTON_DECREMENT = 1e-3
 #: logit(Q) of "no cluster" in the field-only fit.
 _NO_CLUSTER = -12.0
 #: The field's smoothing scale in the proper-motion clump finder, in bins (:func:`_pm_clump`).
@@ -344,7 +343,7 @@ def find_map_extended(
     z_best, f_best = solutions[i_best]
     # Newton steps finish what L-BFGS (float32 gradients) leaves: the Laplace
     # covariance needs the maximum itself, not a point near a saddle
-    z_new, f_new = polish(z_best, data, model, max_iter=8, decrement=_NEWTON_DECREMENT)
+    z_new, f_new = polish(z_best, data, model, max_iter=8, decrement=NEWTON_DECREMENT)
     if f_new >= f_best:
         z_best, f_best = z_new, f_new
     return MapResult(z_best, f_best, soft_laplace_covariance(z_best, data, model), problems, evidence)

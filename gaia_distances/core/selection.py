@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
+from scipy.special import ndtr as scipy_ndtr
 
 from gaia_distances.core.field_table import FieldTable, field_log_likelihood
 from gaia_distances.core.numerics import Array
@@ -149,7 +150,7 @@ def _edsd_side(s: np.ndarray, h: np.ndarray, L: np.ndarray) -> tuple[np.ndarray,
         log_p = 3.0 * u - np.exp(u) / L[..., None] - math.log(2.0) - 3.0 * np.log(L)[..., None]
         p = np.exp(log_p) * du
         a = (h[..., None] - 1000.0 * np.exp(-u)) / s[..., None]
-        phi, phi_c = np.asarray(ndtr(a)), np.asarray(ndtr(-a))
+        phi, phi_c = scipy_ndtr(a), scipy_ndtr(-a)  # on the host: the table is float64 NumPy
         below_u, above_u = np.sum(p * phi, axis=-1), np.sum(p * phi_c, axis=-1)
         dlog = np.exp(u) / L[..., None] - 3.0
         d_u = np.sum(p * dlog * phi, axis=-1)
