@@ -150,6 +150,7 @@ def cluster_fit(cluster_input):
         cluster_input,
         kinematics=False,
         field="edsd",
+        num_warmup=150,
         num_samples=300,
         seed=3,
         parallax_limits=(-1.0, 50.0),

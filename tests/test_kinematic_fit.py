@@ -14,9 +14,12 @@ import gaia_distances as gd
 from gaia_distances.cluster.stars import ClusterFlag
 from gaia_distances.core.predictive import proper_motion_check
 
-#: Small fields in one padding bucket (768 stars), so that the fits share compiled programs.
+#: Small fields in one padding bucket (768 stars), so that the fits share compiled programs. Their
+#: 500 field stars barely identify the field's two proper-motion components, so the sampler would extend
+#: its chains to the cap: these tests check the model's answers, so they take the first draws
+#: (``extend=False``); the extension is tested in test_staged.py and on the real cones.
 N_FIELD, N_CLUSTER = 500, 200
-SETTINGS = dict(zero_point="parallax_zeropoint_true", num_warmup=200, num_samples=200, seed=1)
+SETTINGS = dict(zero_point="parallax_zeropoint_true", num_warmup=200, num_samples=200, seed=1, extend=False)
 
 
 def _quiet(fn, *args, **kwargs):
@@ -170,8 +173,8 @@ def test_the_joint_method_takes_the_same_kinematic_likelihood():
         t,
         method="joint",
         zero_point="parallax_zeropoint_true",
-        num_warmup=200,
-        num_samples=200,
+        num_warmup=100,
+        num_samples=100,
         seed=2,
         progress=False,
     )
