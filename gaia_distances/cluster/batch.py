@@ -173,7 +173,7 @@ def fit_clusters(
         num_samples=num_samples,
         num_chains=num_chains,
         target_accept_prob=target_accept_prob,
-        dense_mass=model.is_reference,
+        dense_mass=False,  # whitened by the Laplace approximation: the staged sampler adapts no mass matrix
     )
     fits: list[ClusterFit | None] = [None] * len(names)
     errors: dict[Any, str] = {}

@@ -238,10 +238,9 @@ def fit_cluster(
         num_samples=num_samples,
         num_chains=num_chains,
         target_accept_prob=target_accept_prob,
-        # a dense mass matrix for the four whitened reference parameters; the
-        # extended models' tens are whitened too, and a dense adaptation of
-        # them from a few hundred warm-up draws costs more steps than it saves
-        dense_mass=method == "marginal" and model.is_reference,
+        # no mass matrix is adapted: the marginal models are whitened by the Laplace approximation
+        # (and the staged sampler's pilot), the joint model's thousands of distances adapt a diagonal
+        dense_mass=False,
     )
     spec = model.key
     with clock.step("prepare"):
