@@ -167,3 +167,22 @@ def test_progress_counts_every_iteration_and_divergent_draws_are_drawn_again():
     adapt = settings.num_warmup - round(settings.num_warmup * 2 / 3)
     per_chain = settings.num_warmup + settings.num_samples + len(again) * (adapt + settings.num_samples)
     assert sum(calls) == settings.num_chains * per_chain
+
+
+def test_hopeless_draws_are_not_extended_and_crawling_ones_count_as_hopeless(monkeypatch):
+    """Draws that more draws cannot fix (a verdict's ``hopeless``, or trajectories above CRAWL_STEPS) stop after
+    the first round, and the stages say why."""
+    from gaia_distances.core import staged
+
+    args = (_banana_gen, np.zeros((1, 3)), np.eye(3)[None], _data([3.0], [[1.0]]), SETTINGS)
+    hopeless = lambda b, z: Convergence(("R-hat > 1.01 for Q",), 10.0, 1.2, ("no cluster signal",))  # noqa: E731
+    out = sample_staged(*args, seed=1, check=hopeless)[0]
+    assert out.z.shape[1] == SETTINGS.num_samples
+    assert any(s.startswith("not extended (more draws cannot help): no cluster signal") for s in out.stages)
+    assert out.convergence.problems
+    # the same rule for trajectories: every draw takes more leapfrog steps than a (lowered) threshold
+    monkeypatch.setattr(staged, "CRAWL_STEPS", 0)
+    failing = lambda b, z: Convergence(("bulk ESS < 400 for Q",), 10.0, 1.0)  # noqa: E731
+    out = sample_staged(*args, seed=1, check=failing)[0]
+    assert out.z.shape[1] == SETTINGS.num_samples
+    assert any("leapfrog steps per draw" in s and s.startswith("not extended") for s in out.stages)
