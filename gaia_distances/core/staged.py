@@ -193,9 +193,8 @@ def sample_staged(
     draws = [(z[:, b], steps[:, b], div[:, b]) for b in range(B)]
     check = _with_crawling(check, draws, settings)
     verdicts = [check(b, draws[b][0]) for b in range(B)]
-    for b in range(B):
-        if extend and verdicts[b].problems and verdicts[b].hopeless:
-            stages[b].append("not extended (more draws cannot help): " + "; ".join(verdicts[b].hopeless))
+    if extend:
+        _note_hopeless(verdicts, stages)
     if extend and _fewer_divergences(run, draws, verdicts, adapt, settings, stages):
         verdicts = [check(b, draws[b][0]) for b in range(B)]
     cap = MAX_DRAWS_FACTOR * settings.num_samples
@@ -226,6 +225,8 @@ def sample_staged(
     if extend and _fewer_divergences(run, draws, verdicts, adapt, settings, stages):
         verdicts = [check(b, draws[b][0]) for b in range(B)]
         draws, verdicts = _extend(run, draws, verdicts, check, settings, cap, stages)
+    if extend:
+        _note_hopeless(verdicts, stages)  # verdicts that turned hopeless in a later stage
     eps = run.step_sizes()
     return [
         StagedDraws(
@@ -239,6 +240,13 @@ def sample_staged(
         )
         for b in range(B)
     ]
+
+
+def _note_hopeless(verdicts: list[Convergence], stages: list[list[str]]) -> None:
+    """Say once in each problem's stages why its failing draws were not extended (hopeless verdicts)."""
+    for verdict, said in zip(verdicts, stages):
+        if verdict.problems and verdict.hopeless and not any(s.startswith("not extended") for s in said):
+            said.append("not extended (more draws cannot help): " + "; ".join(verdict.hopeless))
 
 
 def _with_crawling(
