@@ -475,7 +475,8 @@ def test_vectorised_candidate_scores_equal_one_at_a_time(sim_field):
     idx = np.arange(0, cand.z.shape[0], 37)
     scores = initialisation.score_candidates(cand.z[idx], data, prior)
     dt = data.parallax.dtype
-    one = [float(likelihood.log_posterior(jnp.asarray(z, dt), data, prior)) for z in cand.z[idx]]
+    one_at_a_time = jax.jit(lambda z: likelihood.log_posterior(z, data, prior))
+    one = [float(one_at_a_time(jnp.asarray(z, dt))) for z in cand.z[idx]]
     np.testing.assert_allclose(scores, one, rtol=1e-5)
     res = initialisation.find_map(data, prior)
     assert res.log_posterior >= scores.max() - 1e-3

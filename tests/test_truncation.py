@@ -98,8 +98,11 @@ def _no_confident_cluster(fit):
 
 @pytest.mark.slow
 def test_cut_pure_field_is_no_cluster_and_the_untruncated_cut_is_fooled():
-    """(Slow: the truncated fit's cluster is unidentified, so its chains crawl; the default run fits a
-    truncated field through the ``cluster_fit`` fixture.) The issue's case: a field without a cluster, cut to 0.9 < parallax < 1.5 mas."""
+    """The issue's case: a field without a cluster, cut to 0.9 < parallax < 1.5 mas.
+
+    Slow: the truncated fit's cluster is unidentified, so its chains crawl; the default run fits a
+    truncated field through the ``cluster_fit`` fixture.
+    """
     t = gd.simulate_field(1500, n_cluster=0, seed=7)
     old, _ = _fit(t, (0.9, 1.5), truncate=False, num_warmup=100, num_samples=100)
     # the reference's cut finds a confident, false cluster
