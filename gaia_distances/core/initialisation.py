@@ -28,6 +28,7 @@ from gaia_distances.core.likelihood import StarData, log_posterior
 from gaia_distances.core.population import N_PARAMS, ClusterModel, ClusterPriors, Population, from_population
 
 __all__ = [
+    "NEWTON_DECREMENT",
     "Candidates",
     "candidate_distances",
     "MapResult",
@@ -198,6 +199,11 @@ def select_starts(cand: Candidates, scores: np.ndarray, *, n_best: int = 4) -> l
     return order
 
 
+#: A polish stops once a full Newton step would raise the log posterior by less than this: float32 sums
+#: of thousands of stars resolve ln p to about 1e-3, so a smaller change is rounding, not ascent.
+NEWTON_DECREMENT = 1e-3
+
+
 @functools.lru_cache(maxsize=16)
 def _hessian_program(priors: ClusterModel | ClusterPriors) -> Any:
     return jax.jit(jax.jacrev(jax.grad(lambda z, data: log_posterior(z, data, priors, blocked=True))))
@@ -294,16 +300,10 @@ def find_map(
     starts = select_starts(cand, scores, n_best=n_polish)
     best, best_val = cand.z[starts[0]].copy(), float(scores[starts[0]])
     for k in starts:
-        # stop once a full Newton step would gain < 1e-3 in ln p: float32 sums of thousands of stars
-        # resolve ln p to about 1e-3, so a smaller change is rounding, not ascent
         x, fx = polish(cand.z[k], data, priors, max_iter=max_iter, decrement=NEWTON_DECREMENT)
         if fx > best_val:
             best, best_val = x, fx
     return MapResult(best, best_val, laplace_covariance(best, data, priors))
-
-
-#: A polish stops once a full Newton step would raise the log posterior by less than this.
-NEWTON_DECREMENT = 1e-3
 
 
 def whitening(cov: np.ndarray | None, n: int = N_PARAMS) -> np.ndarray:
