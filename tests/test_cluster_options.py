@@ -10,9 +10,32 @@ from __future__ import annotations
 import math
 import pickle
 
+import numpy as np
 import pytest
 
 import gaia_distances as gd
+import gaia_distances.cluster.fit as fit_module
+import gaia_distances.estimate as estimate_module
+from gaia_distances.core.sampling import checked_seed
+from gaia_distances.systematics import resolve_offset_prior
+
+FITS = {"fit_cluster": gd.fit_cluster, "fit_clusters": lambda t, **kw: gd.fit_clusters([t], **kw)}
+
+
+@pytest.fixture(scope="module")
+def field():
+    return gd.simulate_field(80, n_cluster=30, seed=1)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Selecting stars (the first work of either fit) fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fit started work before checking its options")
+
+    monkeypatch.setattr(fit_module, "select_stars", refuse)
+    monkeypatch.setattr("gaia_distances.cluster.batch.select_stars", refuse)
 
 
 def _message(fn, *args, **kwargs) -> str:
@@ -54,3 +77,51 @@ def test_cluster_priors_that_are_valid_behave_as_before():
     assert gd.ClusterPriors()._replace(Q_a=2).Q_a == 2.0
     with pytest.raises(TypeError, match="ClusterPriors"):
         gd.ClusterPriors(not_a_field=1.0)
+
+
+# --------------------------------------------------------------------------- the fits' shared options
+
+
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize("option", ["n_membership_draws", "n_quantile_draws"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "400"])
+def test_per_star_draw_counts_are_refused_before_any_work(field, no_work, fit, option, value):
+    assert f"{option} must be an integer >= 1" in _message(FITS[fit], field, **{option: value})
+
+
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", True, np.float64(3.0), 2**63])
+def test_a_bad_seed_is_refused_before_any_work(field, no_work, fit, seed):
+    assert "seed must be a non-negative integer" in _message(FITS[fit], field, seed=seed)
+
+
+def test_estimate_distances_refuses_a_bad_seed_before_any_work(field, monkeypatch):
+    monkeypatch.setattr(estimate_module, "as_table", lambda *a, **k: pytest.fail("read the table first"))
+    for seed in (-1, 1.5, "7", False):
+        assert "seed must be" in _message(gd.estimate_distances, field, method="nuts", seed=seed)
+
+
+def test_numpy_integer_seeds_are_accepted():
+    assert checked_seed(np.int64(7)) == 7 and type(checked_seed(np.uint32(3))) is int
+    assert checked_seed(2**63 - 1) == 2**63 - 1
+
+
+def test_a_prior_that_is_not_cluster_priors_is_refused(field, no_work):
+    assert "prior must be a ClusterPriors" in _message(gd.fit_cluster, field, prior=gd.EDSD())
+    assert "prior must be a ClusterPriors" in _message(gd.fit_clusters, [field], prior={"log_D_sd": 1.0})
+
+
+@pytest.mark.parametrize("spec", [(1, 2, 3), (0.01,), 5, ("a", 0.003), "bogus"])
+def test_a_malformed_offset_prior_names_the_option(field, no_work, spec):
+    expected = "parallax_offset_prior must be 'vasiliev2021', a (mean, sigma) pair in mas or None"
+    assert expected in _message(resolve_offset_prior, spec)
+    for fit in FITS.values():
+        assert expected in _message(fit, field, parallax_offset_prior=spec)
+
+
+def test_group_by_that_is_not_a_column_names_the_option(field, no_work):
+    for group_by in ("nope", 3):
+        text = _message(gd.fit_clusters, field, group_by=group_by)
+        assert "group_by must name a column" in text and repr(group_by) in text
+    with pytest.raises(gd.MissingColumnsError):
+        gd.fit_clusters(field, group_by="nope")
