@@ -16,6 +16,8 @@ import pytest
 import gaia_distances as gd
 import gaia_distances.cluster.fit as fit_module
 import gaia_distances.estimate as estimate_module
+from gaia_distances.cluster.stars import select_stars
+from gaia_distances.cluster.systematics import add_systematics, fit_systematics
 from gaia_distances.core.sampling import checked_seed
 from gaia_distances.systematics import resolve_offset_prior
 
@@ -125,3 +127,24 @@ def test_group_by_that_is_not_a_column_names_the_option(field, no_work):
         assert "group_by must name a column" in text and repr(group_by) in text
     with pytest.raises(gd.MissingColumnsError):
         gd.fit_clusters(field, group_by="nope")
+
+
+# --------------------------------------------------------------------------- the offset prior alone
+
+
+def test_the_offset_prior_applies_without_a_systematics_kernel():
+    """``systematics=None`` with ``parallax_offset_prior`` draws the offset from that prior alone."""
+    t = gd.simulate_field(200, n_cluster=100, seed=4)
+    stars = select_stars(t, zero_point="parallax_zeropoint_true").stars
+    rng = np.random.default_rng(0)
+    posterior = {"D": 850.0 + rng.normal(0, 2.0, (2, 500)), "sigma": np.full((2, 500), 3.0)}
+    member = np.full(stars.n_stars, 0.5)
+    assert fit_systematics(None, t, stars, member, posterior) is None  # neither: the reference model
+    sys = fit_systematics(None, t, stars, member, posterior, offset_prior=(0.02, 0.004))
+    assert sys is not None and sys.kernel is None and sys.parallax_variance == 0.0 and sys.pm_variance is None
+    assert (sys.offset_mean, sys.offset_sigma) == (0.02, 0.004)  # no magnitude limit: every member
+    assert sys.record()["kernel"] is None and sys.positions == "no kernel"
+    out = add_systematics(posterior, sys, seed=1)
+    assert np.std(out["parallax_offset"]) == pytest.approx(0.004, rel=0.1)
+    # a positive offset (parallaxes too large) puts the cluster further away: 0.02 mas at 850 pc is ~15 pc
+    assert out["D"].mean() - out["D_stat"].mean() == pytest.approx(850.0**2 / 1000 * 0.02, rel=0.15)
