@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -16,8 +17,11 @@ import pytest
 import gaia_distances as gd
 import gaia_distances.cluster.fit as fit_module
 import gaia_distances.estimate as estimate_module
+from gaia_distances.cluster.diagnostics import diagnose
 from gaia_distances.cluster.stars import select_stars
 from gaia_distances.cluster.systematics import add_systematics, fit_systematics
+from gaia_distances.core.cluster_sampling import convergence_check
+from gaia_distances.core.diagnostics import SINGLE_CHAIN
 from gaia_distances.core.sampling import checked_seed
 from gaia_distances.systematics import resolve_offset_prior
 
@@ -148,3 +152,98 @@ def test_the_offset_prior_applies_without_a_systematics_kernel():
     assert np.std(out["parallax_offset"]) == pytest.approx(0.004, rel=0.1)
     # a positive offset (parallaxes too large) puts the cluster further away: 0.02 mas at 850 pc is ~15 pc
     assert out["D"].mean() - out["D_stat"].mean() == pytest.approx(850.0**2 / 1000 * 0.02, rel=0.15)
+
+
+# --------------------------------------------------------------------------- a single chain
+
+
+def _single_chain_draws(n: int, rng: np.random.Generator, rho: float = 0.0) -> dict[str, np.ndarray]:
+    """Well-identified population draws of one chain, AR(1) with correlation ``rho``."""
+    x = rng.standard_normal((5, n))
+    for i in range(1, n):
+        x[:, i] = rho * x[:, i - 1] + math.sqrt(1 - rho**2) * x[:, i]
+    d = 850.0 + 2.0 * x[0]
+    sig_log = 0.004 + 0.0002 * x[1]
+    return {
+        "D": d[None],
+        "sigma_log": sig_log[None],
+        "sigma": (sig_log * d)[None],
+        "Q": (0.4 + 0.01 * x[2])[None],
+        "L": (1200.0 + 20.0 * x[3])[None],
+    }
+
+
+def _diagnose_one_chain(post: dict[str, np.ndarray]) -> dict:
+    from gaia_distances.core.diagnostics import ess_rhat
+
+    numbers = {k: ess_rhat(v) for k, v in post.items()}
+    n = post["D"].shape[1]
+    stats = {"diverging": np.zeros((1, n), bool), "n_steps": np.full((1, n), 7)}
+    return diagnose(
+        post,
+        {k: v[2] for k, v in numbers.items()},
+        {k: v[0] for k, v in numbers.items()},
+        stats,
+        n_stars=1000,
+        wall_time_s=1.0,
+        ess_tail={k: v[1] for k, v in numbers.items()},
+    )
+
+
+def test_a_single_chain_is_judged_by_its_ess_and_says_r_hat_needs_two_chains():
+    rng = np.random.default_rng(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor does arviz complain about the one chain
+        good = _diagnose_one_chain(_single_chain_draws(2000, rng))
+    assert math.isnan(good["r_hat"]["D"]) and good["min_ess_bulk"] > 400
+    assert good["warnings"] == [] and good["status"].startswith("ok (") and "two or more chains" in good["status"]
+    assert good["num_chains"] == 1 and good["notes"] == [SINGLE_CHAIN]
+    poor = _diagnose_one_chain(_single_chain_draws(400, rng, rho=0.9))
+    assert any("bulk ESS < 400" in w for w in poor["warnings"]) and poor["warnings"][-1] == SINGLE_CHAIN
+    assert "undefined" not in poor["status"] and "two or more chains" in poor["status"]
+
+
+def test_the_staged_check_of_a_single_chain_asks_only_for_ess():
+    """The staged sampler extends a chain while its verdict has problems: one chain must not fail on R-hat."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    z = np.stack(
+        [
+            np.log(1200.0) + 0.02 * rng.standard_normal(n),  # log_L
+            np.log(850.0) + 0.002 * rng.standard_normal(n),  # log_D
+            np.log(0.004) + 0.05 * rng.standard_normal(n),  # log_sigma
+            -0.4 + 0.05 * rng.standard_normal(n),  # logit_Q
+        ],
+        axis=-1,
+    )[None]
+    check = convergence_check(gd.ClusterPriors(), [1000])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        verdict = check(0, z)
+    assert verdict.problems == () and math.isnan(verdict.max_r_hat) and verdict.min_ess > 400
+    assert check(0, z[:, :100]).problems  # too few draws still fail, on their ESS
+    assert check(0, np.concatenate([z, z[:, ::-1]])).problems == ()  # two chains: R-hat is checked
+
+
+@pytest.mark.slow
+def test_a_single_chain_fit_is_not_reported_as_failed():
+    """End to end (about 15 s): one chain, a tiny field, the reference model."""
+    t = gd.simulate_field(300, n_cluster=150, seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = gd.fit_cluster(
+            t,
+            kinematics=False,
+            field="edsd",
+            zero_point="parallax_zeropoint_true",
+            systematics=None,
+            num_chains=1,
+            num_warmup=100,
+            num_samples=200,
+            seed=1,
+            progress=False,
+        )
+    d = fit.diagnostics
+    assert d["num_chains"] == 1 and d["status"].startswith("ok (") and "two or more chains" in d["status"]
+    assert not [w for w in caught if issubclass(w.category, gd.GaiaDistancesWarning)]
+    assert d["min_ess_bulk"] >= 400 and math.isnan(fit.summary()["r_hat"][0])
