@@ -177,7 +177,8 @@ def fit_cluster(
         warm-up is a pilot that corrects the Laplace whitening where it
         misjudges a parameter's scale, the rest adapts the step size, then
         ``num_samples`` draws per chain, extended (``extend``) until every
-        reported parameter has R-hat <= 1.01 and bulk and tail ESS >= 400.
+        reported parameter has R-hat <= 1.01 and bulk and tail ESS >= 400
+        (a single chain: the ESS alone, as R-hat needs two or more chains).
         Reference model (``kinematics=False, field="edsd"``): 400 / 1000 / 2;
         joint: 2000 / 4000 / 2 (the reference settings). The chains run in
         parallel on the CPU cores (vectorised on an accelerator); their
