@@ -138,7 +138,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--parallax-offset-prior",
         choices=["none", "vasiliev2021"],
         default="none",
-        help="with --systematics: prior on the mean offset; vasiliev2021: +0.010 +- 0.003 mas for G > 13",
+        help="prior on the members' mean parallax offset, with or without --systematics (with none it is the "
+        "offset's whole uncertainty); vasiliev2021: +0.010 +- 0.003 mas for G > 13",
     )
 
 

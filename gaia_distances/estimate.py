@@ -28,6 +28,7 @@ from gaia_distances.columns import (
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.quadrature import DistanceFlag, check_options, summarize_posteriors
+from gaia_distances.core.sampling import checked_seed
 from gaia_distances.io import as_table
 from gaia_distances.priors import EDSD, resolve_prior
 from gaia_distances.progress import progress_bar, show_progress
@@ -144,7 +145,8 @@ def estimate_distances(
         samples (wide binaries; clusters and quasars) and the choice is the
         user's to make and report; it is recorded in the provenance.
     seed
-        Seed of the NUTS method (quadrature is deterministic).
+        Seed of the NUTS method (quadrature is deterministic): a non-negative
+        integer, checked whatever the method.
     progress
         Show a progress bar; default: for tables above 200 000 rows.
     n_nodes, chunk_size
@@ -184,6 +186,7 @@ def estimate_distances(
     check_options(
         quantiles=levels, n_nodes=n_nodes, chunk_size=chunk_size, prior_dominated_threshold=prior_dominated_threshold
     )
+    seed = checked_seed(seed)
     out = as_table(table)
     prior = EDSD() if prior is None else prior
     plx, zp_source = corrected_parallax(out, zero_point, step="estimate_distances")

@@ -99,15 +99,19 @@ def resolve_offset_prior(spec: str | OffsetPrior | tuple[float, float] | None) -
     """
     if spec is None or isinstance(spec, OffsetPrior):
         return spec
+    valid = ", ".join(repr(k) for k in OFFSET_PRIORS)
+    expected = f"{valid}, a (mean, sigma) pair in mas or None"
     if isinstance(spec, str):
         prior = OFFSET_PRIORS.get(spec.strip().lower())
         if prior is None:
-            valid = ", ".join(repr(k) for k in OFFSET_PRIORS)
-            raise ValueError(f"unknown parallax offset prior {spec!r}; valid: {valid}, (mean, sigma) in mas or None")
+            raise ValueError(f"parallax_offset_prior must be {expected}; got {spec!r}")
         return prior
-    mean, sigma = (float(x) for x in spec)
+    try:
+        mean, sigma = (float(x) for x in spec)
+    except (TypeError, ValueError):  # not a pair, or not numbers
+        raise ValueError(f"parallax_offset_prior must be {expected}; got {spec!r}") from None
     if not (np.isfinite(mean) and np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"parallax offset prior (mean, sigma) needs finite values and sigma > 0, got {spec!r}")
+        raise ValueError(f"parallax_offset_prior (mean, sigma) needs finite values and sigma > 0; got {spec!r}")
     return OffsetPrior(mean, sigma, -np.inf, "user")
 
 

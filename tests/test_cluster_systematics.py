@@ -108,7 +108,7 @@ def test_options_are_checked_before_any_work():
     t = gd.simulate_field(60, n_cluster=20, seed=1)
     with pytest.raises(ValueError, match="vasiliev2021"):
         gd.fit_cluster(t, systematics="gaia")
-    with pytest.raises(ValueError, match="offset prior"):
+    with pytest.raises(ValueError, match="parallax_offset_prior"):
         gd.fit_cluster(t, parallax_offset_prior="unknown")
 
 

@@ -9,6 +9,7 @@ from astropy import units as u
 from astropy.table import QTable
 
 from gaia_distances.cluster.fit import Stopwatch, assemble_fit, find_start
+from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, ClusterFits
 from gaia_distances.cluster.stars import (
     CLUSTER_DISTANCE_COLUMNS,
@@ -25,12 +26,12 @@ from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
 from gaia_distances.core.likelihood import pad_star_data, padded_size
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
-from gaia_distances.core.population import FIELDS, ClusterModel, ClusterPriors
+from gaia_distances.core.population import ClusterModel, ClusterPriors
 from gaia_distances.core.sampling import chain_iterations, nuts_settings
-from gaia_distances.errors import GaiaDistancesError
+from gaia_distances.errors import GaiaDistancesError, MissingColumnsError
 from gaia_distances.io import as_table
 from gaia_distances.progress import progress_bar
-from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
+from gaia_distances.systematics import SystematicsSpec
 
 __all__ = ["fit_clusters"]
 
@@ -44,6 +45,11 @@ def _split_groups(tables: Any, group_by: str | None) -> tuple[list[Any], list[An
     if group_by is None:
         raise TypeError("fit_clusters takes a list or dict of tables, or one table with group_by=<column name>")
     whole = as_table(tables)
+    if not isinstance(group_by, str) or group_by not in whole.colnames:
+        raise MissingColumnsError(
+            f"group_by must name a column of the table (its cluster names); got {group_by!r}, "
+            f"the table has {whole.colnames}"
+        )
     col = whole[group_by]
     missing = np.ma.getmaskarray(col) if hasattr(col, "mask") else np.zeros(len(whole), bool)
     keys = np.asarray(getattr(col, "value", col))
@@ -121,8 +127,9 @@ def fit_clusters(
         accepts), or one table with a column naming each row's cluster
         (``group_by``).
     group_by
-        The cluster-name column of a single table. Rows with a missing name
-        are kept, flagged ``NOT_FITTED``.
+        The cluster-name column of a single table (a column it lacks raises
+        :class:`~gaia_distances.MissingColumnsError`). Rows with a missing
+        name are kept, flagged ``NOT_FITTED``.
     prior, kinematics, field, zero_point, parallax_limits, truncate, systematics, parallax_offset_prior
         As in :func:`~gaia_distances.fit_cluster`, the same for every
         cluster; under ``kinematics="auto"`` proper motions are used only when
@@ -136,7 +143,8 @@ def fit_clusters(
         Show a progress bar over all clusters' iterations (default: more than
         20 clusters).
     n_quantile_draws, n_membership_draws
-        As in :func:`~gaia_distances.fit_cluster`.
+        As in :func:`~gaia_distances.fit_cluster`; every option is checked
+        as there, before any work, with the same messages.
 
     Returns
     -------
@@ -159,10 +167,15 @@ def fit_clusters(
     """
     clock = Stopwatch()
     enable_compilation_cache()
-    prior = ClusterPriors() if prior is None else prior
-    resolve_systematics(systematics), resolve_offset_prior(parallax_offset_prior)  # a bad option fails first
-    if field not in FIELDS:
-        raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+    prior, seed, n_per_star = checked_fit_options(
+        prior=prior,
+        field=field,
+        systematics=systematics,
+        parallax_offset_prior=parallax_offset_prior,
+        seed=seed,
+        n_quantile_draws=n_quantile_draws,
+        n_membership_draws=n_membership_draws,
+    )
     names, parts, whole, rows = _split_groups(tables, group_by)
     use_pm = all(resolve_kinematics(as_table(p), kinematics, step="fit_clusters") for p in parts) if parts else False
     model = ClusterModel(prior, field, use_pm)
@@ -227,7 +240,7 @@ def fit_clusters(
                 search_problems=starts[i].problems,
                 settings=settings,
                 seed=seed,
-                n_per_star=(n_membership_draws, n_quantile_draws),
+                n_per_star=n_per_star,
                 clock=Stopwatch(start=clock.start),  # each fit's wall time counts from the batch's start
                 systematics=systematics,
                 offset_prior=parallax_offset_prior,

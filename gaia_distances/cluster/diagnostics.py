@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from gaia_distances.columns import warn
-from gaia_distances.core.diagnostics import RHAT_MAX, SIGMA_V_FIELD, convergence_problems, no_cluster_signal
+from gaia_distances.core.diagnostics import (
+    RHAT_MAX,
+    SIGMA_V_FIELD,
+    SINGLE_CHAIN,
+    convergence_problems,
+    no_cluster_signal,
+)
 
 __all__ = [
     "CHECKED",
@@ -75,9 +81,19 @@ def cluster_problems(posterior: Mapping[str, np.ndarray], r_hat: Mapping[str, fl
     return problems
 
 
-def status(problems: list[str]) -> str:
-    """``"ok"``, or the problems joined by ``"; "``."""
-    return "; ".join(problems) or "ok"
+def status(problems: list[str], notes: list[str] | tuple[str, ...] = ()) -> str:
+    """``"ok"``, or the problems joined by ``"; "``; ``notes`` (what was not checked) follow either.
+
+    Examples
+    --------
+    >>> status([]), status(["bulk ESS < 400 for D"], ["R-hat not checked"])
+    ('ok', 'bulk ESS < 400 for D; R-hat not checked')
+    >>> status([], ["R-hat not checked"])
+    'ok (R-hat not checked)'
+    """
+    if problems:
+        return "; ".join([*problems, *notes])
+    return f"ok ({'; '.join(notes)})" if notes else "ok"
 
 
 def diagnose(
@@ -95,7 +111,11 @@ def diagnose(
     """The fit's diagnostics (pure: nothing is warned): sampler statistics, problems and status.
 
     Every parameter in ``r_hat`` (the reported ones) is checked by the
-    convergence rule, with its tail ESS where ``ess_tail`` gives it.
+    convergence rule, with its tail ESS where ``ess_tail`` gives it. A
+    single chain (``sample_stats`` of shape ``(1, draws)``) is checked by its
+    ESS and divergences alone: ``notes`` says that R-hat needs two or more
+    chains (:data:`~gaia_distances.core.diagnostics.SINGLE_CHAIN`), and so do
+    the status and, when the fit has problems, its warnings.
     ``sampler`` is what the staged sampler ran (its ``stages``); a fit that
     still fails the rule says what was tried. ``extra_problems`` (those of
     the MAP search) are listed first.
@@ -105,7 +125,9 @@ def diagnose(
     ess = {k: float(ess_bulk[k]) for k in names}
     tail = {k: float(ess_tail[k]) for k in names if k in ess_tail} if ess_tail is not None else {}
     div = int(np.sum(sample_stats["diverging"]))
-    convergence = convergence_problems(r_hat, ess, div, tail)
+    num_chains = int(np.shape(sample_stats["diverging"])[0])
+    notes = [SINGLE_CHAIN] if num_chains < 2 else []
+    convergence = convergence_problems(r_hat, ess, div, tail, num_chains=num_chains)
     if convergence and sampler and sampler.get("stages"):
         convergence.append(
             "the sampler stopped unconverged after: "
@@ -115,6 +137,7 @@ def diagnose(
     problems = list(extra_problems) + convergence + cluster_problems(posterior, r_hat, n_stars)
     min_ess = float(min(ess.values()))
     out = {
+        "num_chains": num_chains,
         "divergences": div,
         "r_hat": r_hat,
         "ess_bulk": ess,
@@ -122,8 +145,9 @@ def diagnose(
         "wall_time_s": wall_time_s,
         "ess_per_s": min_ess / wall_time_s if wall_time_s > 0 else math.nan,
         "mean_steps_per_draw": float(np.mean(sample_stats["n_steps"])),
-        "warnings": problems,
-        "status": status(problems),
+        "warnings": [*problems, *notes] if problems else [],
+        "notes": notes,
+        "status": status(problems, notes),
     }
     if tail:
         out["ess_tail"] = tail

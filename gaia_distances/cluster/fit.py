@@ -21,6 +21,7 @@ import numpy as np
 from astropy import units as u
 
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
+from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
@@ -36,11 +37,11 @@ from gaia_distances.core.initialisation import MapResult, find_map
 from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size
 from gaia_distances.core.membership import PerStarResults, joint_per_star, per_star_results, precompile_per_star
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
-from gaia_distances.core.population import FIELDS, ClusterModel, ClusterPriors, as_model, physical_draws
+from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model, physical_draws
 from gaia_distances.core.sampling import NutsSettings, chain_iterations, nuts_settings
 from gaia_distances.core.search import find_map_extended
 from gaia_distances.progress import progress_bar
-from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
+from gaia_distances.systematics import SystematicsSpec
 
 __all__ = ["Stopwatch", "assemble_fit", "find_start", "fit_cluster"]
 
@@ -162,9 +163,13 @@ def fit_cluster(
         (:mod:`gaia_distances.cluster.systematics`). Needs ``ra``/``dec``
         (without them the zero-separation variance is used, with a warning).
     parallax_offset_prior
-        With ``systematics``: an optional prior on the mean offset,
+        An optional prior on the members' mean parallax offset,
         ``"vasiliev2021"`` (+0.010 +- 0.003 mas for G > 13, after the
         Lindegren zero point) or ``(mean, sigma)`` in mas. ``None``: mean 0.
+        With ``systematics`` its uncertainty adds to the kernel's variance;
+        with ``systematics=None`` it is the offset's whole distribution (the
+        summary then has the ``parallax_offset`` row and the ``sd`` split
+        too).
     num_warmup, num_samples, num_chains
         Defaults (:data:`~gaia_distances.core.sampling.NUTS_DEFAULTS`):
         with the flexible field or proper motions 150 / 500 / 2, sampled in
@@ -172,7 +177,8 @@ def fit_cluster(
         warm-up is a pilot that corrects the Laplace whitening where it
         misjudges a parameter's scale, the rest adapts the step size, then
         ``num_samples`` draws per chain, extended (``extend``) until every
-        reported parameter has R-hat <= 1.01 and bulk and tail ESS >= 400.
+        reported parameter has R-hat <= 1.01 and bulk and tail ESS >= 400
+        (a single chain: the ESS alone, as R-hat needs two or more chains).
         Reference model (``kinematics=False, field="edsd"``): 400 / 1000 / 2;
         joint: 2000 / 4000 / 2 (the reference settings). The chains run in
         parallel on the CPU cores (vectorised on an accelerator); their
@@ -188,12 +194,22 @@ def fit_cluster(
         ``False`` stops after ``num_samples`` draws, converged or not (the
         diagnostics still say which).
     seed
-        Equal seeds give equal results.
+        A non-negative integer (Python or NumPy); equal seeds give equal results.
     progress
         Show a NUTS progress bar (default: only for ``method="joint"``).
     n_quantile_draws, n_membership_draws
         Posterior draws averaged (Rao-Blackwellised) for each star's
-        cluster-model distance quantiles and membership probability.
+        cluster-model distance quantiles and membership probability:
+        integers >= 1 (at most the number of draws are used).
+
+    Raises
+    ------
+    ValueError
+        An option out of range (``method``, ``field``, ``systematics``,
+        ``parallax_offset_prior``, ``seed``, ``n_quantile_draws``,
+        ``n_membership_draws``, ``distance_hint``), before any work; the
+        message names it. :class:`~gaia_distances.ClusterPriors` check their
+        own fields when they are made.
 
     Returns
     -------
@@ -210,18 +226,23 @@ def fit_cluster(
     """
     clock = Stopwatch()
     enable_compilation_cache()
-    prior = ClusterPriors() if prior is None else prior
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    if field not in FIELDS:
-        raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+    prior, seed, n_per_star = checked_fit_options(
+        prior=prior,
+        field=field,
+        systematics=systematics,
+        parallax_offset_prior=parallax_offset_prior,
+        seed=seed,
+        n_quantile_draws=n_quantile_draws,
+        n_membership_draws=n_membership_draws,
+    )
     if method == "joint" and parallax_limits is not None and truncate:
         raise ValueError(
             "method='joint' does not model a parallax cut: pass truncate=False to cut as the reference "
             "analysis did, or use method='marginal'"
         )
     distance_hint = _checked_distance_hint(distance_hint)
-    resolve_systematics(systematics), resolve_offset_prior(parallax_offset_prior)  # a bad option fails first
     show = method == "joint" if progress is None else bool(progress)
     sel = select_stars(
         table,
@@ -249,8 +270,8 @@ def fit_cluster(
         data = pad_star_data(data, padded_size(sel.stars.n_stars))
     with clock.step("map"):
         n_draws = settings.num_chains * settings.num_samples
-        n_per_star = (min(n_draws, n_membership_draws), min(n_draws, n_quantile_draws))
-        start = _find_start(data, model, settings, method, distance_hint=distance_hint, n_per_star=n_per_star)
+        compiled = (min(n_draws, n_per_star[0]), min(n_draws, n_per_star[1]))
+        start = _find_start(data, model, settings, method, distance_hint=distance_hint, n_per_star=compiled)
     log.info("fit_cluster: %d stars, MAP D = %.1f pc", sel.stars.n_stars, math.exp(start.z[model.position("log_D")]))
     with clock.step("sampling"), _nuts_progress(settings, show) as update:
         if method == "marginal":
@@ -274,7 +295,7 @@ def fit_cluster(
         },
         settings=settings,
         seed=seed,
-        n_per_star=(n_membership_draws, n_quantile_draws),
+        n_per_star=n_per_star,
         clock=clock,
         systematics=systematics,
         offset_prior=parallax_offset_prior,

@@ -27,7 +27,9 @@ posterior draw from ``N(m, V_c)``:
   (``tests/test_cluster_systematics.py``);
 - ``m`` is 0, or the optional prior of Vasiliev & Baumgardt (2021) on the
   residual zero point (``parallax_offset_prior="vasiliev2021"``: +0.010 +-
-  0.003 mas for G > 13), whose uncertainty adds to ``V_c``.
+  0.003 mas for G > 13), whose uncertainty adds to ``V_c``. Without a kernel
+  (``systematics=None``) such a prior is the offset's whole distribution
+  (``V_c = 0``): the members share the prior's offset and nothing else.
 
 The depth scales with the distance as a fixed parallax spread implies:
 ``sigma_log`` by ``D / D_stat`` and ``sigma`` (pc) by ``(D / D_stat)^2``. The
@@ -69,7 +71,8 @@ class FitSystematics(NamedTuple):
     Attributes
     ----------
     kernel
-        The covariance function of the offsets.
+        The covariance function of the offsets; ``None`` when only a prior on
+        the mean offset is given (then ``parallax_variance`` is 0).
     parallax_variance
         ``V_c`` (mas^2): the systematic variance of the members' mean parallax.
     pm_variance
@@ -81,10 +84,10 @@ class FitSystematics(NamedTuple):
     positions
         ``"weighted pairs"``, or ``"no positions"`` when the table has no
         ``ra``/``dec`` (then ``V(0)``: every member at one place, the largest
-        value the kernel allows).
+        value the kernel allows); ``"no kernel"`` without one.
     """
 
-    kernel: SystematicsKernel
+    kernel: SystematicsKernel | None
     parallax_variance: float
     pm_variance: float | None
     offset_mean: float
@@ -99,8 +102,8 @@ class FitSystematics(NamedTuple):
     def record(self) -> dict[str, Any]:
         """JSON-ready provenance."""
         return {
-            "kernel": self.kernel.name,
-            "reference": self.kernel.reference,
+            "kernel": None if self.kernel is None else self.kernel.name,
+            "reference": None if self.kernel is None else self.kernel.reference,
             "parallax_offset_sigma_mas": math.sqrt(self.parallax_variance),
             "pm_offset_sigma_masyr": None if self.pm_variance is None else math.sqrt(self.pm_variance),
             "offset_prior_mean_mas": self.offset_mean,
@@ -125,16 +128,18 @@ def fit_systematics(
     offset_prior: str | OffsetPrior | tuple[float, float] | None = None,
     seed: int = 0,
 ) -> FitSystematics | None:
-    """The members' shared-offset variances for a fit (``None`` when ``spec`` names no systematics).
+    """The members' shared-offset variances for a fit (``None`` when there are no systematics and no offset prior).
 
     ``table`` holds the fitted rows (``stars.rows``); ``membership`` their
     membership probabilities; ``posterior`` the physical draws of the fit
     without systematics (for the cluster's parallax and proper-motion spread).
+    An ``offset_prior`` without a kernel (``spec`` ``None``) is applied alone:
+    the offset is drawn from it, with no correlated variance.
     """
     kernel = resolve_systematics(spec)
-    if kernel is None:
-        return None
     prior = resolve_offset_prior(offset_prior)
+    if kernel is None and prior is None:
+        return None
     rows = stars.rows
     ra, dec = _column(table, "ra", u.deg, rows), _column(table, "dec", u.deg, rows)
     g = _column(table, "phot_g_mean_mag", u.mag, rows)
@@ -143,7 +148,9 @@ def fit_systematics(
     plx = 1000.0 / float(np.median(d))
     spread = plx * float(np.median(np.asarray(posterior.get("sigma", 0.0 * d), float) / d))
     w = p / (np.asarray(stars.parallax_error, float) ** 2 + spread**2)
-    if ra is None or dec is None:
+    if kernel is None:  # an offset prior alone
+        ra, dec, positions = np.zeros(len(rows)), np.zeros(len(rows)), "no kernel"
+    elif ra is None or dec is None:
         warn(
             "fit_cluster: the table has no ra/dec, so the members' shared parallax offset takes the kernel's "
             "zero-separation variance V(0), its largest value"
@@ -151,9 +158,15 @@ def fit_systematics(
         ra, dec, positions = np.zeros(len(rows)), np.zeros(len(rows)), "no positions"
     else:
         positions = "weighted pairs"
-    v_plx = weighted_offset_variance(ra, dec, w, kernel, g, seed=seed)
+    v_plx = 0.0 if kernel is None else weighted_offset_variance(ra, dec, w, kernel, g, seed=seed)
     v_pm = None
-    if stars.kinematic and "sigma_v" in posterior and stars.pmra_error is not None and stars.pmdec_error is not None:
+    if (
+        kernel is not None
+        and stars.kinematic
+        and "sigma_v" in posterior
+        and stars.pmra_error is not None
+        and stars.pmdec_error is not None
+    ):
         pm_spread = float(np.median(np.asarray(posterior["sigma_v"], float))) * plx / 4.740470463
         var_pm = 0.5 * (np.asarray(stars.pmra_error, float) ** 2 + np.asarray(stars.pmdec_error, float) ** 2)
         v_pm = weighted_offset_variance(ra, dec, p / (var_pm + pm_spread**2), kernel, component="proper_motion")

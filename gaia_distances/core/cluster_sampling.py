@@ -89,7 +89,8 @@ def convergence_check(
 ) -> Callable[[int, np.ndarray], Convergence]:
     """The convergence rule on every reported parameter's draws (R-hat, bulk and tail ESS), for the staged
     sampler; draws of problem ``b`` (``n_stars[b]`` stars) without a cluster signal are hopeless (more
-    draws do not identify a cluster that is not there)."""
+    draws do not identify a cluster that is not there). A single chain is judged by its ESS alone (R-hat
+    is undefined for it), so its draws are extended only while their ESS asks."""
     model = as_model(prior)
 
     def check(b: int, z: np.ndarray) -> Convergence:
@@ -98,10 +99,11 @@ def convergence_check(
         bulk = {k: v[0] for k, v in numbers.items()}
         tail = {k: v[1] for k, v in numbers.items()}
         r_hat = {k: v[2] for k, v in numbers.items()}
-        problems = convergence_problems(r_hat, bulk, 0, tail)
+        problems = convergence_problems(r_hat, bulk, 0, tail, num_chains=z.shape[0])
         ess = [e for v in numbers.values() for e in v[:2]]
         min_ess = float(np.min(ess)) if np.all(np.isfinite(ess)) else math.nan
-        max_r_hat = float(np.nanmax([v[2] for v in numbers.values()]))
+        finite_r_hat = [v[2] for v in numbers.values() if np.isfinite(v[2])]  # none for a single chain
+        max_r_hat = float(max(finite_r_hat)) if finite_r_hat else math.nan
         return Convergence(tuple(problems), min_ess, max_r_hat, tuple(no_cluster_signal(physical, n_stars[b])))
 
     return check

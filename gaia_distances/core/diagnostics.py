@@ -6,6 +6,8 @@ bulk effective sample size at least :data:`ESS_MIN` (their recommendation:
 enough for stable R-hat and for quantiles out to the 5th and 95th
 percentiles), with no divergent transitions; where the tail ESS is given
 (the 5 % and 95 % quantiles' ESS), it must reach :data:`ESS_MIN` too.
+R-hat compares chains, so a single chain is judged by its ESS and
+divergences alone, and says so (:data:`SINGLE_CHAIN`).
 :func:`ess_rhat` estimates the three numbers for one quantity;
 :func:`convergence_problems` lists what fails; the user-facing layer decides
 how to warn.
@@ -23,6 +25,7 @@ __all__ = [
     "ESS_MIN",
     "RHAT_MAX",
     "SIGMA_LOG_FIELD",
+    "SINGLE_CHAIN",
     "SIGMA_V_FIELD",
     "convergence_problems",
     "ess_rhat",
@@ -34,6 +37,8 @@ __all__ = [
 RHAT_MAX = 1.01
 #: Smallest acceptable bulk effective sample size.
 ESS_MIN = 400
+#: What a single chain's diagnostics say of R-hat: it is not checked, and why.
+SINGLE_CHAIN = "R-hat not checked, as it needs two or more chains and num_chains=1"
 #: A cluster's depth above this (in ln r, i.e. 25 % of its distance) is that of a field population.
 SIGMA_LOG_FIELD = 0.25
 #: A cluster's velocity dispersion above this (km/s) is that of a field population: bound open
@@ -46,11 +51,15 @@ def convergence_problems(
     ess_bulk: Mapping[str, float],
     divergences: int,
     ess_tail: Mapping[str, float] | None = None,
+    *,
+    num_chains: int = 2,
 ) -> list[str]:
     """Plain-language problems with a NUTS run, naming the quantities that fail (empty: none).
 
     A NaN (or negative) R-hat or ESS is a failed check too: it means too few
-    draws, or a quantity whose draws never change.
+    draws, or a quantity whose draws never change. With ``num_chains=1``
+    R-hat (undefined for one chain) is not checked, the ESS and divergences
+    are; the caller says so (:data:`SINGLE_CHAIN`).
 
     Examples
     --------
@@ -60,7 +69,11 @@ def convergence_problems(
     ['tail ESS < 400 for D']
     >>> convergence_problems({"D": float("nan")}, {"D": float("nan")}, 0)
     ['R-hat and bulk ESS undefined (NaN) for D: too few draws, or draws that never change']
+    >>> convergence_problems({"D": float("nan")}, {"D": 900.0}, 0, num_chains=1)
+    []
     """
+    if num_chains < 2:
+        r_hat = {}  # undefined for one chain: not a failed check
     undefined = [k for k in r_hat if not np.isfinite(r_hat[k]) or not np.isfinite(ess_bulk.get(k, 0.0))]
     undefined += [k for k in ess_bulk if k not in r_hat and not np.isfinite(ess_bulk[k])]
     bad_rhat = [k for k, v in r_hat.items() if k not in undefined and v > RHAT_MAX]
@@ -68,8 +81,9 @@ def convergence_problems(
     bad_tail = [k for k, v in (ess_tail or {}).items() if k not in undefined and not (v >= ESS_MIN)]
     problems = []
     if undefined:
+        which = "R-hat and bulk ESS" if num_chains >= 2 else "bulk ESS"
         problems.append(
-            f"R-hat and bulk ESS undefined (NaN) for {', '.join(undefined)}: too few draws, or draws that never change"
+            f"{which} undefined (NaN) for {', '.join(undefined)}: too few draws, or draws that never change"
         )
     if bad_rhat:
         problems.append(f"R-hat > {RHAT_MAX} for {', '.join(bad_rhat)}")
@@ -123,7 +137,8 @@ def ess_rhat(draws: np.ndarray) -> tuple[float, float, float]:
     """Bulk ESS, tail ESS and rank-normalised split R-hat of one quantity's draws ``(chains, draws)``.
 
     NaN where they are undefined: four draws per chain or fewer, non-finite
-    draws, or draws that never change.
+    draws, or draws that never change; R-hat also for a single chain (the
+    ESS are defined for one chain).
 
     Examples
     --------
@@ -139,7 +154,7 @@ def ess_rhat(draws: np.ndarray) -> tuple[float, float, float]:
         return math.nan, math.nan, math.nan
     with np.errstate(all="ignore"), warnings.catch_warnings():  # constant draws give NaN, reported as such
         warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = float(az.rhat(x))  # split R-hat: defined for one chain too
+        rhat = float(az.rhat(x)) if x.shape[0] >= 2 else math.nan  # arviz logs a warning for one chain
         ess = float(az.ess(x, method="bulk")), float(az.ess(x, method="tail"))
     return finite_or_nan(ess[0]), finite_or_nan(ess[1]), finite_or_nan(rhat)
 

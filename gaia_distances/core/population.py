@@ -9,7 +9,8 @@ the cluster's log size within its allowed range.
 
 :func:`to_population` maps ``z`` to the population and :func:`from_population`
 inverts it; :func:`log_prior` is the prior density of ``z`` and
-:func:`sample_population` the same prior as numpyro sites.
+:func:`sample_population` the same prior as numpyro sites. The prior
+settings, :class:`ClusterPriors`, live in :mod:`~gaia_distances.core.cluster_priors`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.cluster_priors import ClusterPriors
 from gaia_distances.core.field_bins import N_BINS, bin_centres
 from gaia_distances.core.kinematics import Kinematics
 from gaia_distances.core.numerics import Array, normal_log_pdf
@@ -43,66 +45,6 @@ __all__ = [
 
 #: Number of population parameters (the length of ``z``).
 N_PARAMS = 4
-
-
-class ClusterPriors(NamedTuple):
-    """Normal priors on ``ln L``, ``ln D`` (pc) and the depth; ``Q ~ Beta(a, b)``.
-
-    The defaults are the reference analysis: ``ln L ~ N(ln 370, 2)``,
-    ``ln D ~ N(ln 920, 2)``, ``ln sigma ~ N(0, 2)``, ``Q ~ Uniform(0, 1)``.
-
-    With ``depth_prior="size"`` the depth prior is on the cluster's
-    line-of-sight size ``sigma * D`` in pc instead: log-uniform between
-    ``size_min_pc`` and ``size_max_pc`` (see :meth:`physical`).
-
-    With proper motions the cluster's mean proper motion has a
-    ``N(0, pm_sd)`` prior per component (mas/yr) and its velocity dispersion
-    ``sigma_v`` a log-normal one with median ``sigma_v_median`` (km/s) and
-    ``sigma_v_log_sd``. ``field_smoothness`` is the random-walk scale of the
-    flexible field's log weights between neighbouring bins
-    (:mod:`~gaia_distances.core.field_bins`). The field's proper-motion
-    priors are fixed and broad (:data:`FIELD_PM_PRIORS`). With the
-    perspective projection the cluster's radial velocity has a ``N(0,
-    v_r_sd)`` prior (km/s).
-    """
-
-    log_L_mu: float = math.log(370.0)
-    log_L_sd: float = 2.0
-    log_D_mu: float = math.log(920.0)
-    log_D_sd: float = 2.0
-    log_sigma_mu: float = 0.0
-    log_sigma_sd: float = 2.0
-    Q_a: float = 1.0
-    Q_b: float = 1.0
-    depth_prior: str = "log_sigma"
-    size_min_pc: float = 0.3
-    size_max_pc: float = 40.0
-    pm_sd: float = 50.0
-    sigma_v_median: float = 1.0
-    sigma_v_log_sd: float = 1.5
-    field_smoothness: float = 1.0
-    v_r_sd: float = 50.0
-
-    @classmethod
-    def reference(cls) -> ClusterPriors:
-        """The priors of the reference M67 analysis."""
-        return cls()
-
-    @classmethod
-    def physical(cls, *, size_min_pc: float = 0.3, size_max_pc: float = 40.0, **kw: Any) -> ClusterPriors:
-        """A cluster whose line-of-sight size ``sigma * D`` lies in ``[size_min_pc, size_max_pc]``.
-
-        The size is log-uniform in that range. Open clusters are a few pc deep,
-        so the cluster component can no longer swallow the bulk of a big field
-        (which a soft prior cannot prevent: tens of thousands of field stars
-        outweigh any prior). ``kw`` overrides the other fields.
-        """
-        return cls(depth_prior="size", size_min_pc=size_min_pc, size_max_pc=size_max_pc, **kw)
-
-    @property
-    def log_size_range(self) -> tuple[float, float]:
-        """``ln`` of the allowed size range (pc) under ``depth_prior="size"``."""
-        return math.log(self.size_min_pc), math.log(self.size_max_pc)
 
 
 class Population(NamedTuple):

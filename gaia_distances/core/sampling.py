@@ -47,12 +47,14 @@ __all__ = [
     "NUTS_DEFAULTS",
     "PROGRESS_ROUTES",
     "REPORT_EVERY",
+    "SEED_LIMIT",
     "TARGET_ACCEPT",
     "ChainResult",
     "NutsSettings",
     "ProgressRoutes",
     "aot_call",
     "chain_iterations",
+    "checked_seed",
     "compile_cached",
     "compile_chains",
     "nuts_settings",
@@ -148,6 +150,29 @@ def nuts_settings(
     if not 0.0 < out.target_accept_prob < 1.0:
         raise ValueError(f"target_accept_prob must lie in (0, 1); got {out.target_accept_prob}")
     return out
+
+
+#: Seeds are non-negative integers below this: NumPy's generators refuse negative seeds, JAX's keys larger ones.
+SEED_LIMIT = 2**63
+
+
+def checked_seed(seed: Any) -> int:
+    """``seed`` as an ``int``, or ``ValueError`` naming it: a non-negative integer (Python or NumPy), not a bool.
+
+    Every sampling function checks its seed with this before any work.
+
+    Examples
+    --------
+    >>> checked_seed(np.int64(7))
+    7
+    >>> checked_seed(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be a non-negative integer below 2**63; got -1
+    """
+    if isinstance(seed, bool | np.bool_) or not isinstance(seed, int | np.integer) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be a non-negative integer below 2**63; got {seed!r}")
+    return int(seed)
 
 
 class ChainResult(NamedTuple):

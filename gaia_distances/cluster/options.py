@@ -1,0 +1,75 @@
+"""The options :func:`~gaia_distances.fit_cluster` and :func:`~gaia_distances.fit_clusters` share, checked once.
+
+Both fits call :func:`checked_fit_options` before any work (no star is
+selected, nothing compiled, no start searched), so a bad option fails at
+once, with the same one-line message from either, naming the option and what
+it must be.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gaia_distances.core.population import FIELDS, ClusterPriors
+from gaia_distances.core.sampling import checked_seed
+from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
+
+__all__ = ["FitOptions", "checked_count", "checked_fit_options"]
+
+
+class FitOptions(NamedTuple):
+    """The shared options once checked: the priors (the reference ones for ``None``), the seed as an ``int``
+    and ``(n_membership_draws, n_quantile_draws)``."""
+
+    prior: ClusterPriors
+    seed: int
+    n_per_star: tuple[int, int]
+
+
+def checked_count(name: str, value: Any, least: int = 1) -> int:
+    """``value`` as an ``int``, or ``ValueError`` naming option ``name``: an integer (not a bool) >= ``least``.
+
+    Examples
+    --------
+    >>> checked_count("n_membership_draws", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_membership_draws must be an integer >= 1; got 0
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}; got {value!r}")
+    return int(value)
+
+
+def checked_fit_options(
+    *,
+    prior: Any,
+    field: Any,
+    systematics: SystematicsSpec,
+    parallax_offset_prior: Any,
+    seed: Any,
+    n_quantile_draws: Any,
+    n_membership_draws: Any,
+) -> FitOptions:
+    """Check the options both cluster fits take; raise ``ValueError`` (``TypeError`` for a prior that is not
+    a :class:`~gaia_distances.ClusterPriors`) naming the first bad one.
+
+    ``systematics`` and ``parallax_offset_prior`` are checked by resolving
+    them (:func:`~gaia_distances.systematics.resolve_systematics`,
+    :func:`~gaia_distances.systematics.resolve_offset_prior`); the
+    :class:`~gaia_distances.ClusterPriors` check their own fields when made.
+    """
+    prior = ClusterPriors() if prior is None else prior
+    if not isinstance(prior, ClusterPriors):
+        raise TypeError(
+            f"prior must be a ClusterPriors (e.g. ClusterPriors.physical()) or None; got {type(prior).__name__}"
+        )
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
+    resolve_systematics(systematics)
+    resolve_offset_prior(parallax_offset_prior)
+    n_member = checked_count("n_membership_draws", n_membership_draws)
+    n_quant = checked_count("n_quantile_draws", n_quantile_draws)
+    return FitOptions(prior, checked_seed(seed), (n_member, n_quant))
