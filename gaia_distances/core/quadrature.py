@@ -87,6 +87,10 @@ class DistanceFlag(enum.IntFlag):
     #: ``parallax_error_inflation`` was asked for but needs ``phot_g_mean_mag``, which
     #: the row lacks; results are NaN (never an uninflated, too-narrow posterior)
     NOT_INFLATED = 256
+    #: ``parallax_error_inflation`` was applied outside its recipe's calibration: G outside
+    #: the recipe's calibrated range, or (``"maiz-apellaniz2022"``) no solution type, taken as
+    #: 5-parameter; the inflated error is an extrapolation (results as computed)
+    INFLATION_UNCALIBRATED = 512
 
 
 def log_posterior_logr(log_r: Array, parallax: Array, parallax_error: Array, prior: Any) -> Array:
