@@ -21,7 +21,7 @@ from astropy import units as u
 from astropy.table import Column, MaskedColumn, QTable, Table
 
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES, SUMMARY_LEVELS
-from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
+from gaia_distances.errors import ExistingColumnsError, GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
 
 __all__ = [
     "COLUMN_UNITS",
@@ -37,6 +37,7 @@ __all__ = [
     "find_column",
     "normalise_columns",
     "parallax_without_zero_point",
+    "refuse_existing_columns",
     "require_columns",
     "update_provenance",
 ]
@@ -388,6 +389,37 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
     if mask is not None and np.any(mask):
         values[np.asarray(mask)] = np.nan
     return values
+
+
+def refuse_existing_columns(
+    existing: Iterable[str], names: Sequence[str], *, overwrite: bool, step: str, other: str | None = None
+) -> None:
+    """Raise :class:`~gaia_distances.ExistingColumnsError` naming the columns of ``names`` that are among a
+    table's ``existing`` column names, unless ``overwrite`` (a bool; ``ValueError`` otherwise) is true.
+
+    A step that appends columns calls this before any work, so a user's own
+    columns are never replaced silently. ``other`` names another way out for
+    the message (``"pass another prefix="``).
+
+    Examples
+    --------
+    >>> refuse_existing_columns(["parallax", "distance_median"], ["distance_median", "distance_flag"],
+    ...                         overwrite=False, step="estimate_distances")
+    Traceback (most recent call last):
+    ...
+    gaia_distances.errors.ExistingColumnsError: estimate_distances would replace the table's column distance_median; \
+pass overwrite=True to replace it
+    """
+    if not isinstance(overwrite, bool | np.bool_):
+        raise ValueError(f"overwrite must be True or False; got {overwrite!r}")
+    have = set(existing)
+    clash = [name for name in names if name in have]
+    if clash and not overwrite:
+        which = "column" if len(clash) == 1 else "columns"
+        raise ExistingColumnsError(
+            f"{step} would replace the table's {which} {', '.join(clash)}; "
+            f"pass overwrite=True to replace {'it' if len(clash) == 1 else 'them'}" + (f", or {other}" if other else "")
+        )
 
 
 def add_column(

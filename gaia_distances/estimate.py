@@ -21,6 +21,7 @@ from gaia_distances.columns import (
     corrected_parallax,
     distance_column_names,
     parallax_without_zero_point,
+    refuse_existing_columns,
     update_provenance,
     warn,
     zero_point_record,
@@ -88,6 +89,7 @@ def estimate_distances(
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
+    overwrite: bool = False,
 ) -> QTable:
     """Estimate each star's distance from its parallax and a prior.
 
@@ -161,6 +163,12 @@ def estimate_distances(
         star passes :func:`~gaia_distances.core.diagnostics.convergence_problems`
         (R-hat <= 1.01, ESS >= 400, no divergences); otherwise a
         :class:`~gaia_distances.GaiaDistancesWarning` says what failed.
+    overwrite
+        Replace columns the table already has under the names this call
+        writes (``<prefix>_median`` ... ``<prefix>_flag``, and the NUTS
+        columns), as when it is run again on its own output. ``False``
+        (default): :class:`~gaia_distances.ExistingColumnsError` names them,
+        before any work.
 
     Returns
     -------
@@ -189,6 +197,13 @@ def estimate_distances(
         quantiles=levels, n_nodes=n_nodes, chunk_size=chunk_size, prior_dominated_threshold=prior_dominated_threshold
     )
     out = as_table(table)
+    refuse_existing_columns(
+        out.colnames,
+        _written_columns(prefix, extra_quantiles, method),
+        overwrite=overwrite,
+        step="estimate_distances",
+        other="pass another prefix=",
+    )
     prior = EDSD() if prior is None else prior
     plx, zp_source = corrected_parallax(out, zero_point, step="estimate_distances")
     err = column_values(out, "parallax_error", u.mas)
@@ -273,6 +288,13 @@ def estimate_distances(
         },
     )
     return out
+
+
+def _written_columns(prefix: str, extra_quantiles: Sequence[float], method: str) -> list[str]:
+    """The names of the columns :func:`estimate_distances` writes (as :func:`_add_distance_columns` does)."""
+    names = distance_column_names(prefix, extra_quantiles)
+    nuts = [names.rhat, names.ess] if method == "nuts" else []
+    return [*names.quantiles, names.mode, names.flag, *nuts]
 
 
 def _checked_quantiles(extra_quantiles: Any) -> tuple[float, ...]:

@@ -22,7 +22,14 @@ from astropy import units as u
 
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
-from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
+from gaia_distances.cluster.stars import (
+    Selection,
+    kinematic_data,
+    prepare_data,
+    refuse_star_columns,
+    select_stars,
+    write_star_columns,
+)
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
 from gaia_distances.columns import update_provenance, zero_point_record
 from gaia_distances.compile_cache import enable_compilation_cache
@@ -91,6 +98,7 @@ def fit_cluster(
     progress: bool | None = None,
     n_quantile_draws: int = 32,
     n_membership_draws: int = 400,
+    overwrite: bool = False,
 ) -> ClusterFit:
     """Fit the hierarchical cluster + field model to a table of parallaxes.
 
@@ -194,6 +202,12 @@ def fit_cluster(
     n_quantile_draws, n_membership_draws
         Posterior draws averaged (Rao-Blackwellised) for each star's
         cluster-model distance quantiles and membership probability.
+    overwrite
+        Replace columns the table already has under the names of the fit's
+        per-star columns (``membership_prob``, ``cluster_distance_median``,
+        ``_lo``, ``_hi`` and ``cluster_flag``), as when a fit's own output is
+        fitted again. ``False`` (default):
+        :class:`~gaia_distances.ExistingColumnsError` names them, before the fit.
 
     Returns
     -------
@@ -231,6 +245,7 @@ def fit_cluster(
         truncate=truncate,
         perspective=bool(perspective),
     )
+    refuse_star_columns(sel.table, overwrite=overwrite, step="fit_cluster")
     model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
     settings = nuts_settings(
         method if method == "joint" or model.is_reference else "extended",
