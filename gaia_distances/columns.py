@@ -394,31 +394,21 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
 def refuse_existing_columns(
     existing: Iterable[str], names: Sequence[str], *, overwrite: bool, step: str, other: str | None = None
 ) -> None:
-    """Raise :class:`~gaia_distances.ExistingColumnsError` naming the columns of ``names`` that are among a
-    table's ``existing`` column names, unless ``overwrite`` (a bool; ``ValueError`` otherwise) is true.
+    """Before a step appends ``names``: :class:`~gaia_distances.ExistingColumnsError` naming those among ``existing``
+    (a table's column names), unless ``overwrite`` (a bool); ``other`` adds another way out to the message.
 
-    A step that appends columns calls this before any work, so a user's own
-    columns are never replaced silently. ``other`` names another way out for
-    the message (``"pass another prefix="``).
-
-    Examples
-    --------
-    >>> refuse_existing_columns(["parallax", "distance_median"], ["distance_median", "distance_flag"],
-    ...                         overwrite=False, step="estimate_distances")
+    >>> refuse_existing_columns(["distance_flag"], ["distance_flag"], overwrite=False, step="estimate_distances")
     Traceback (most recent call last):
-    ...
-    gaia_distances.errors.ExistingColumnsError: estimate_distances would replace the table's column distance_median; \
-pass overwrite=True to replace it
+    gaia_distances.errors.ExistingColumnsError: estimate_distances would replace the table's column(s) distance_flag; \
+pass overwrite=True to replace them
     """
     if not isinstance(overwrite, bool | np.bool_):
         raise ValueError(f"overwrite must be True or False; got {overwrite!r}")
-    have = set(existing)
-    clash = [name for name in names if name in have]
+    clash = [name for name in names if name in set(existing)]
     if clash and not overwrite:
-        which = "column" if len(clash) == 1 else "columns"
+        hint = f", or {other}" if other else ""
         raise ExistingColumnsError(
-            f"{step} would replace the table's {which} {', '.join(clash)}; "
-            f"pass overwrite=True to replace {'it' if len(clash) == 1 else 'them'}" + (f", or {other}" if other else "")
+            f"{step} would replace the table's column(s) {', '.join(clash)}; pass overwrite=True to replace them{hint}"
         )
 
 

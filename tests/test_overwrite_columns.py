@@ -87,7 +87,9 @@ def test_fit_cluster_refuses_a_users_membership_column_before_fitting(monkeypatc
     monkeypatch.setattr(fit_module, "_find_start", no_fit)
     t = gd.simulate_field(60, n_cluster=30, seed=3)
     t["membership_prob"] = np.full(len(t), 0.9)  # e.g. a published membership
-    with pytest.raises(gd.ExistingColumnsError, match="fit_cluster would replace the table's column membership_prob"):
+    with pytest.raises(
+        gd.ExistingColumnsError, match=r"fit_cluster would replace the table's column\(s\) membership_prob"
+    ):
         gd.fit_cluster(t, kinematics=False, zero_point=0.0)
     with pytest.raises(AssertionError, match="the fit started"):
         gd.fit_cluster(t, kinematics=False, zero_point=0.0, overwrite=True)
@@ -104,7 +106,9 @@ def test_fit_clusters_refuses_a_users_cluster_columns_before_fitting(monkeypatch
     half = len(t) // 2
     t["group"] = np.where(np.arange(len(t)) < half, "a", "b")
     t["cluster_flag"] = np.zeros(len(t), dtype=np.int16)
-    with pytest.raises(gd.ExistingColumnsError, match="fit_clusters would replace the table's column cluster_flag"):
+    with pytest.raises(
+        gd.ExistingColumnsError, match=r"fit_clusters would replace the table's column\(s\) cluster_flag"
+    ):
         gd.fit_clusters(t, group_by="group", kinematics=False, zero_point=0.0)
     with pytest.raises(gd.ExistingColumnsError, match=r"fit_clusters \(cluster 0\) would replace .*cluster_flag"):
         gd.fit_clusters([t[:half], t[half:]], kinematics=False, zero_point=0.0)

@@ -54,6 +54,7 @@ from gaia_distances.core.numerics import (
     likelihood_bracket,
     log_likelihood_offset,
     padded_chunks,
+    separated_peaks,
 )
 from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.posterior_range import certified_range, scanned_range
@@ -71,9 +72,7 @@ class DistanceFlag(enum.IntFlag):
     BAD_ERROR = 2
     #: fractional parallax error above ``prior_dominated_threshold`` (or w <= 0)
     PRIOR_DOMINATED = 4
-    #: the posterior (in ln r) has more than one significant peak: two peaks of at least
-    #: 1 % of the highest, with a valley between them more than 1 % below the lower one
-    #: (a test on the density's values, independent of ``n_nodes``)
+    #: the posterior has two significant, separated peaks (:func:`~gaia_distances.core.numerics.separated_peaks`)
     MULTIMODAL = 8
     #: the prior and the likelihood barely overlap (strong tension)
     PRIOR_CONFLICT = 16
@@ -89,9 +88,7 @@ class DistanceFlag(enum.IntFlag):
     #: ``parallax_error_inflation`` was asked for but needs ``phot_g_mean_mag``, which
     #: the row lacks; results are NaN (never an uninflated, too-narrow posterior)
     NOT_INFLATED = 256
-    #: ``parallax_error_inflation`` was applied outside its recipe's calibration: G outside
-    #: the recipe's calibrated range, or (``"maiz-apellaniz2022"``) no solution type, taken as
-    #: 5-parameter; the inflated error is an extrapolation (results as computed)
+    #: ``parallax_error_inflation`` was applied outside its recipe's calibration; results as computed
     INFLATION_UNCALIBRATED = 512
 
 
@@ -266,33 +263,11 @@ def _integrate(grid: _Grid, prior: Any, *, quantiles: tuple[float, ...], n_nodes
     qarr = jnp.where(nan_rows[:, None], jnp.nan, qarr)
     mode = jnp.where(nan_rows, jnp.nan, mode)
     failed = ~nan_rows & ~(jnp.all(jnp.isfinite(qarr), axis=1) & jnp.isfinite(mode))
-    multimodal = (~nan_rows & _separated_peaks(f)) * int(DistanceFlag.MULTIMODAL)
+    multimodal = (~nan_rows & separated_peaks(f)) * int(DistanceFlag.MULTIMODAL)
     inaccurate = (failed | (~nan_rows & coarse)) * int(DistanceFlag.INACCURATE)
     flag = grid.flag | multimodal.astype(jnp.int32) | inaccurate.astype(jnp.int32)
     return qarr, mode, flag
 
-
-def _separated_peaks(f: Array) -> Array:
-    """Whether each row's density ``f`` (nodes along axis 1, peak 1) has two significant, separated peaks.
-
-    Two peaks count when each reaches :data:`_MIN_PEAK` of the maximum and the
-    density between them falls more than :data:`_MIN_DIP` below the lower one:
-    a node ``j`` with ``f_j < (1 - _MIN_DIP) min(max_{i<=j} f_i, max_{k>=j} f_k)``
-    and that minimum at least ``_MIN_PEAK``. The test reads the density's values,
-    not its neighbours', so it does not depend on the grid's resolution: the
-    rounding ripples of a flat peak on a fine grid (local maxima of relative
-    height ~1e-6) are not peaks, and a real valley is found at any resolution
-    that samples it.
-    """
-    lower = jnp.minimum(jax.lax.cummax(f, axis=1), jax.lax.cummax(f, axis=1, reverse=True))
-    return jnp.any((lower >= _MIN_PEAK) & (f < (1.0 - _MIN_DIP) * lower), axis=1)
-
-
-#: Least height of a second peak, relative to the highest, for ``MULTIMODAL``.
-_MIN_PEAK = 1e-2
-#: Least depth of the valley between two peaks, relative to the lower peak, for ``MULTIMODAL``:
-#: far above the rounding of the density (~1e-6 relative in float32).
-_MIN_DIP = 1e-2
 
 #: Flag bits whose rows get NaN results.
 _NAN_CAUSES = int(DistanceFlag.NO_PARALLAX | DistanceFlag.BAD_ERROR | DistanceFlag.INVALID_PRIOR)
