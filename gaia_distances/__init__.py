@@ -31,6 +31,7 @@ except PackageNotFoundError:  # pragma: no cover - not installed
 
 _EXPORTS = {
     "DistanceFlag": "gaia_distances.core.quadrature",
+    "ExistingColumnsError": "gaia_distances.errors",
     "GaiaDistancesError": "gaia_distances.errors",
     "GaiaDistancesWarning": "gaia_distances.errors",
     "GaiaQueryError": "gaia_distances.errors",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from gaia_distances.compile_cache import set_compilation_cache
     from gaia_distances.core.quadrature import DistanceFlag
     from gaia_distances.errors import (
+        ExistingColumnsError,
         GaiaDistancesError,
         GaiaDistancesWarning,
         GaiaQueryError,

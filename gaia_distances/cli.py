@@ -15,8 +15,9 @@ Table formats are chosen by file extension (.fits, .vot, .ecsv, .csv, .parquet).
 Units: parallaxes in mas, distances in pc. ``distance_lo``/``distance_hi`` are
 the 15.866th/84.134th posterior percentiles.
 
-An existing output file (or report) is replaced only with ``--overwrite``;
-outputs are written whole or not at all. ``--quiet``, ``--json`` and ``-v``
+An existing output file (or report) is replaced only with ``--overwrite``, as
+are the columns ``estimate`` and ``cluster`` write when the input already has
+them; outputs are written whole or not at all. ``--quiet``, ``--json`` and ``-v``
 go before or after the subcommand. Standard output holds only the summary
 (``--json``: strict JSON, ``null`` for NaN); the libraries' own messages
 (numpyro, jax, astroquery) show only with ``-v``. Errors print one line on
@@ -201,6 +202,7 @@ def _cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
         parallax_error_inflation=args.parallax_error_inflation,
         seed=args.seed,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     write_table(t, args.output, overwrite=args.overwrite)
     return {**_summary(t), "output": args.output}
@@ -325,6 +327,7 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
         num_chains=args.num_chains,
         seed=args.seed,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     with contextlib.ExitStack() as stack:  # the posterior and the table are both written, or neither
         if args.save_posterior:

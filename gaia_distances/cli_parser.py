@@ -197,7 +197,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     e = add("estimate", help="per-star distance posteriors (pc)")
     e.add_argument("input", help="input table (format from extension)")
     e.add_argument("-o", "--output", required=True, help="output table")
-    _overwrite_option(e, "the output table")
+    _overwrite_option(e, "the output table and the input's own distance_* columns")
     e.add_argument(
         "--prior",
         choices=["edsd", "ggd", "uniform"],
@@ -235,7 +235,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     c.add_argument("input", help="input table (format from extension)")
     c.add_argument("-o", "--output", required=True, help="output table with membership_prob, cluster_distance_*")
-    _overwrite_option(c, "the output table and the --save-posterior file")
+    _overwrite_option(c, "the output table, the --save-posterior file and the input's own cluster columns")
     c.add_argument(
         "--method",
         choices=["marginal", "joint"],

@@ -21,7 +21,7 @@ from astropy import units as u
 from astropy.table import Column, MaskedColumn, QTable, Table
 
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES, SUMMARY_LEVELS
-from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
+from gaia_distances.errors import ExistingColumnsError, GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
 
 __all__ = [
     "COLUMN_UNITS",
@@ -37,6 +37,7 @@ __all__ = [
     "find_column",
     "normalise_columns",
     "parallax_without_zero_point",
+    "refuse_existing_columns",
     "require_columns",
     "update_provenance",
 ]
@@ -388,6 +389,27 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
     if mask is not None and np.any(mask):
         values[np.asarray(mask)] = np.nan
     return values
+
+
+def refuse_existing_columns(
+    existing: Iterable[str], names: Sequence[str], *, overwrite: bool, step: str, other: str | None = None
+) -> None:
+    """Before a step appends ``names``: :class:`~gaia_distances.ExistingColumnsError` naming those among ``existing``
+    (a table's column names), unless ``overwrite`` (a bool); ``other`` adds another way out to the message.
+
+    >>> refuse_existing_columns(["distance_flag"], ["distance_flag"], overwrite=False, step="estimate_distances")
+    Traceback (most recent call last):
+    gaia_distances.errors.ExistingColumnsError: estimate_distances would replace the table's column(s) distance_flag; \
+pass overwrite=True to replace them
+    """
+    if not isinstance(overwrite, bool | np.bool_):
+        raise ValueError(f"overwrite must be True or False; got {overwrite!r}")
+    clash = [name for name in names if name in set(existing)]
+    if clash and not overwrite:
+        hint = f", or {other}" if other else ""
+        raise ExistingColumnsError(
+            f"{step} would replace the table's column(s) {', '.join(clash)}; pass overwrite=True to replace them{hint}"
+        )
 
 
 def add_column(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ExistingColumnsError",
     "GaiaDistancesError",
     "GaiaDistancesWarning",
     "GaiaQueryError",
@@ -24,6 +25,10 @@ class MissingColumnsError(GaiaDistancesError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ExistingColumnsError(GaiaDistancesError, ValueError):
+    """The table already has a column the step would write; pass ``overwrite=True`` to replace it."""
 
 
 class PriorTableError(GaiaDistancesError):

@@ -21,6 +21,7 @@ from gaia_distances.columns import (
     corrected_parallax,
     distance_column_names,
     parallax_without_zero_point,
+    refuse_existing_columns,
     update_provenance,
     warn,
     zero_point_record,
@@ -89,6 +90,7 @@ def estimate_distances(
     num_warmup: int | None = None,
     num_samples: int | None = None,
     num_chains: int | None = None,
+    overwrite: bool = False,
 ) -> QTable:
     """Estimate each star's distance from its parallax and a prior.
 
@@ -138,9 +140,13 @@ def estimate_distances(
         Heintz (2021)'s f(G) (eq. 16, clipped at 1 past G = 18.6);
         ``"maiz-apellaniz2022"`` applies Maiz Apellaniz (2022)'s k(G), times
         1.25 for 6-parameter solutions, with its 10.3 uas floor in quadrature;
-        a number multiplies every error. The named recipes need
+        a number (not a bool) multiplies every error. The named recipes need
         ``phot_g_mean_mag``: rows without it get NaN flagged ``NOT_INFLATED``
         (see :func:`~gaia_distances.systematics.parallax_error_inflation`).
+        Rows outside a recipe's calibration (G outside 6-21 mag for El-Badry,
+        6-18 for Maiz Apellaniz, or no ``astrometric_params_solved`` for the
+        latter) keep their results, flagged ``INFLATION_UNCALIBRATED``, and
+        one warning counts them.
         Off by default because both recipes were calibrated on particular
         samples (wide binaries; clusters and quasars) and the choice is the
         user's to make and report; it is recorded in the provenance.
@@ -159,6 +165,12 @@ def estimate_distances(
         star passes :func:`~gaia_distances.core.diagnostics.convergence_problems`
         (R-hat <= 1.01, ESS >= 400, no divergences); otherwise a
         :class:`~gaia_distances.GaiaDistancesWarning` says what failed.
+    overwrite
+        Replace columns the table already has under the names this call
+        writes (``<prefix>_median`` ... ``<prefix>_flag``, and the NUTS
+        columns), as when it is run again on its own output. ``False``
+        (default): :class:`~gaia_distances.ExistingColumnsError` names them,
+        before any work.
 
     Returns
     -------
@@ -188,15 +200,24 @@ def estimate_distances(
     )
     seed = checked_seed(seed)
     out = as_table(table)
+    refuse_existing_columns(
+        out.colnames,
+        _written_columns(prefix, extra_quantiles, method),
+        overwrite=overwrite,
+        step="estimate_distances",
+        other="pass another prefix=",
+    )
     prior = EDSD() if prior is None else prior
     plx, zp_source = corrected_parallax(out, zero_point, step="estimate_distances")
     err = column_values(out, "parallax_error", u.mas)
     n = len(out)
     not_inflated = np.zeros(n, dtype=bool)
+    uncalibrated = np.zeros(n, dtype=bool)
     inflation_record = None
     if parallax_error_inflation is not None:
         inflated = inflate_errors(out, parallax_error_inflation)
         not_inflated = inflated.not_applied & np.isfinite(err) & (err > 0)
+        uncalibrated = inflated.uncalibrated
         err = inflated.error.to_value(u.mas)
         inflation_record = inflated.record
     core_prior, prior_desc = resolve_prior(prior, out)
@@ -226,11 +247,13 @@ def estimate_distances(
         )
     # a parallax whose zero point is missing is not a missing parallax: say which it is
     # and an error left uninflated for want of G is not a bad error
+    # and an error inflated outside its recipe's calibration is flagged as such
     no_zp = parallax_without_zero_point(out, plx)
-    if no_zp.any() or not_inflated.any():
+    if no_zp.any() or not_inflated.any() or uncalibrated.any():
         flag = result.flag.copy()
         flag[no_zp] = (flag[no_zp] & ~int(DistanceFlag.NO_PARALLAX)) | int(DistanceFlag.NO_ZERO_POINT)
         flag[not_inflated] = (flag[not_inflated] & ~int(DistanceFlag.BAD_ERROR)) | int(DistanceFlag.NOT_INFLATED)
+        flag[uncalibrated] |= int(DistanceFlag.INFLATION_UNCALIBRATED)
         result = result._replace(flag=flag)
     _add_distance_columns(out, result, levels=levels, prefix=prefix, extra_quantiles=extra_quantiles)
 
@@ -268,6 +291,13 @@ def estimate_distances(
         },
     )
     return out
+
+
+def _written_columns(prefix: str, extra_quantiles: Sequence[float], method: str) -> list[str]:
+    """The names of the columns :func:`estimate_distances` writes (as :func:`_add_distance_columns` does)."""
+    names = distance_column_names(prefix, extra_quantiles)
+    nuts = [names.rhat, names.ess] if method == "nuts" else []
+    return [*names.quantiles, names.mode, names.flag, *nuts]
 
 
 def _checked_quantiles(extra_quantiles: Any) -> tuple[float, ...]:
@@ -332,7 +362,7 @@ def _add_distance_columns(
         result.flag.astype(np.int16),
         description="DistanceFlag bits: 1 no parallax, 2 bad error, 4 prior-dominated, "
         "8 multimodal, 16 prior/likelihood conflict, 32 invalid prior, 64 inaccurate, 128 no zero point, "
-        "256 not inflated",
+        "256 not inflated, 512 inflation outside its calibration",
     )
     if result.r_hat is not None and result.ess is not None:
         add_column(out, names.rhat, result.r_hat, description="NUTS split R-hat of ln r")

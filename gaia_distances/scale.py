@@ -83,6 +83,7 @@ def estimate_partition(
     apply_zeropoint: bool | dict[str, Any] = False,
     extra_quantiles: Sequence[float] = (),
     prefix: str = "distance",
+    overwrite: bool = False,
 ) -> Any:
     """Distances for one partition: the same rows, in order, with the new columns.
 
@@ -91,7 +92,7 @@ def estimate_partition(
     frame
         A pandas (or nested-pandas) DataFrame; pyarrow and nullable dtypes are
         accepted, nulls become NaN and are flagged in ``<prefix>_flag``.
-    prior, zero_point, extra_quantiles, prefix
+    prior, zero_point, extra_quantiles, prefix, overwrite
         As in :func:`~gaia_distances.estimate_distances`.
     apply_zeropoint
         Run :func:`~gaia_distances.apply_zeropoint` first (a dict gives its
@@ -117,7 +118,13 @@ def estimate_partition(
         options = apply_zeropoint if isinstance(apply_zeropoint, dict) else {}
         table = zeropoint.apply_zeropoint(table, progress=False, **options)
     result = estimate_distances(
-        table, prior=prior, zero_point=zero_point, extra_quantiles=extra_quantiles, prefix=prefix, progress=False
+        table,
+        prior=prior,
+        zero_point=zero_point,
+        extra_quantiles=extra_quantiles,
+        prefix=prefix,
+        progress=False,
+        overwrite=overwrite,
     )
     for name, dtype in cols.items():
         col = result[name]
@@ -171,6 +178,7 @@ def estimate_distances_hats(
     extra_quantiles: Sequence[float] = (),
     prefix: str = "distance",
     client: Any = None,
+    overwrite: bool = False,
 ) -> Any:
     """Per-star distances over an lsdb ``Catalog``, lazily, partition by partition.
 
@@ -180,8 +188,10 @@ def estimate_distances_hats(
         An ``lsdb.Catalog`` with ``parallax`` and ``parallax_error`` (and
         ``source_id`` for the Bailer-Jones 2021 priors; the zero-point inputs
         with ``apply_zeropoint=True``).
-    prior, zero_point, extra_quantiles, prefix
-        As in :func:`~gaia_distances.estimate_distances`.
+    prior, zero_point, extra_quantiles, prefix, overwrite
+        As in :func:`~gaia_distances.estimate_distances` (a catalogue that
+        already has the distance columns is refused before any partition runs,
+        unless ``overwrite``).
     apply_zeropoint
         Apply the Lindegren et al. (2021) zero points in each partition first
         (a dict gives :func:`~gaia_distances.apply_zeropoint`'s keywords).
@@ -214,6 +224,7 @@ def estimate_distances_hats(
         apply_zeropoint=apply_zeropoint,
         extra_quantiles=extra_quantiles,
         prefix=prefix,
+        overwrite=overwrite,
     )
 
 
@@ -226,6 +237,7 @@ def estimate_distances_dask(
     extra_quantiles: Sequence[float] = (),
     prefix: str = "distance",
     client: Any = None,
+    overwrite: bool = False,
 ) -> Any:
     """Per-star distances over a ``dask.dataframe.DataFrame`` (or Parquet path), lazily.
 
@@ -246,6 +258,7 @@ def estimate_distances_dask(
         apply_zeropoint=apply_zeropoint,
         extra_quantiles=extra_quantiles,
         prefix=prefix,
+        overwrite=overwrite,
     )
 
 
@@ -259,9 +272,22 @@ def _map(
     apply_zeropoint: bool | dict[str, Any],
     extra_quantiles: Sequence[float],
     prefix: str,
+    overwrite: bool,
 ) -> Any:
-    """``collection.map_partitions(estimate_partition, ...)`` with the output meta and the shared prior."""
+    """``collection.map_partitions(estimate_partition, ...)`` with the output meta and the shared prior.
+
+    A collection that already has the distance columns is refused here, before any task runs, unless ``overwrite``.
+    """
+    from gaia_distances.columns import canonical_name, refuse_existing_columns
+
     cols = output_columns(prefix=prefix, extra_quantiles=extra_quantiles, apply_zeropoint=bool(apply_zeropoint))
+    refuse_existing_columns(
+        [canonical_name(str(c)) for c in meta.columns],
+        list(output_columns(prefix=prefix, extra_quantiles=extra_quantiles)),
+        overwrite=overwrite,
+        step="estimate_distances",
+        other="pass another prefix=",
+    )
     return collection.map_partitions(
         _partition_task,
         _shared_prior(prior, client),
@@ -269,6 +295,7 @@ def _map(
         apply_zeropoint=apply_zeropoint,
         extra_quantiles=tuple(extra_quantiles),
         prefix=prefix,
+        overwrite=overwrite,
         meta=_meta(meta, cols),
     )
 

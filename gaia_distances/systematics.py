@@ -24,7 +24,12 @@ from astropy import units as u
 from astropy.table import Table
 
 from gaia_distances.columns import column_values, find_column, warn
-from gaia_distances.core.inflation import INFLATION_RECIPES, inflate_parallax_error
+from gaia_distances.core.inflation import (
+    CALIBRATED_G_RANGE,
+    INFLATION_RECIPES,
+    checked_factor,
+    inflate_parallax_error,
+)
 from gaia_distances.core.systematics import (
     OFFSET_PRIORS,
     SYSTEMATICS_KERNELS,
@@ -154,11 +159,16 @@ class ParallaxErrorInflation(NamedTuple):
         True for rows with no G, where a G-dependent recipe could not be applied.
     record
         The provenance of the inflation, for ``table.meta``.
+    uncalibrated
+        True for rows where a named recipe was applied outside its calibration
+        (G outside its range, or an unknown solution type for
+        ``"maiz-apellaniz2022"``); their error is as computed.
     """
 
     error: u.Quantity
     not_applied: np.ndarray
     record: dict[str, Any]
+    uncalibrated: np.ndarray
 
 
 def parallax_error_inflation(
@@ -171,9 +181,10 @@ def parallax_error_inflation(
     table
         A Table (any column-name case) or anything :func:`~gaia_distances.load_table`
         accepts, with ``parallax_error`` and, for a named recipe,
-        ``phot_g_mean_mag``; ``astrometric_params_solved`` (95 = 6-parameter)
-        is used by ``"maiz-apellaniz2022"`` when present (else every row is taken
-        as a 5-parameter solution, with a warning). The table is not modified.
+        ``phot_g_mean_mag``; ``astrometric_params_solved`` (95 = 6-parameter,
+        31 = 5-parameter) is used by ``"maiz-apellaniz2022"``: a row without
+        one (the column absent, masked, or another value) is taken as a
+        5-parameter solution and counted as uncalibrated. The table is not modified.
     recipe
         ``"el-badry2021"`` (El-Badry, Rix & Heintz 2021),
         ``"maiz-apellaniz2022"`` (Maiz Apellaniz 2022), a plain factor or
@@ -188,7 +199,10 @@ def parallax_error_inflation(
     -------
     ParallaxErrorInflation
         Rows with no G get a NaN error and ``not_applied`` True (a warning
-        counts them): flag them.
+        counts them): flag them. Rows outside the recipe's calibration (G
+        outside :data:`~gaia_distances.core.inflation.CALIBRATED_G_RANGE`, or
+        no solution type for ``"maiz-apellaniz2022"``) get ``uncalibrated``
+        True (one warning counts them): flag them too.
 
     Examples
     --------
@@ -206,16 +220,7 @@ def parallax_error_inflation(
     sigma = column_values(tbl, find_column(tbl, "parallax_error", step=step), u.mas)
     named = isinstance(name, str)
     g = column_values(tbl, find_column(tbl, "phot_g_mean_mag", step=step), u.mag) if named else None
-    six = None
-    if name == "maiz-apellaniz2022":
-        sol = [c for c in tbl.colnames if c.lower() == "astrometric_params_solved"]
-        if sol:
-            six = column_values(tbl, sol[0]) == 95
-        else:
-            warn(
-                "parallax error inflation 'maiz-apellaniz2022': no astrometric_params_solved column, "
-                "so every row is taken as a 5-parameter solution (k not multiplied by 1.25 for 6-parameter ones)"
-            )
+    six = _six_parameter(tbl) if name == "maiz-apellaniz2022" else None
     out = inflate_parallax_error(sigma, g, name, six_parameter=six, include_floor=include_floor)
     n_missing = int(out.not_applied.sum())
     if n_missing:
@@ -224,9 +229,41 @@ def parallax_error_inflation(
             "their inflated parallax_error is NaN and they are flagged as not inflated"
         )
     record: dict[str, Any] = {"recipe": name, "n_not_applied": n_missing}
+    if named:
+        record["n_uncalibrated"] = _warn_uncalibrated(str(name), g, six, out.uncalibrated)
     if name == "maiz-apellaniz2022":
         record["include_floor"] = bool(include_floor)
-    return ParallaxErrorInflation(u.Quantity(out.error, u.mas), out.not_applied, record)
+    return ParallaxErrorInflation(u.Quantity(out.error, u.mas), out.not_applied, record, out.uncalibrated)
+
+
+def _six_parameter(tbl: Table) -> np.ndarray | None:
+    """Per row: 1.0 for a 6-parameter solution (``astrometric_params_solved`` 95), 0.0 for a 5-parameter one (31),
+    NaN where unknown (masked or another value); ``None`` when the table has no such column."""
+    sol = [c for c in tbl.colnames if c.lower() == "astrometric_params_solved"]
+    if not sol:
+        return None
+    code = column_values(tbl, sol[0])
+    return np.where(code == 95, 1.0, np.where(code == 31, 0.0, np.nan))
+
+
+def _warn_uncalibrated(name: str, g: np.ndarray | None, six: np.ndarray | None, uncalibrated: np.ndarray) -> int:
+    """Warn once, with the count and its causes, about the rows a recipe was applied to outside its calibration."""
+    n_bad = int(uncalibrated.sum())
+    if not n_bad:
+        return 0
+    lo, hi = CALIBRATED_G_RANGE[name]
+    g_out = int(np.sum(uncalibrated & ((g < lo) | (g > hi)))) if g is not None else 0
+    causes = [f"{g_out} with G outside its calibrated {lo:g}-{hi:g} mag"] if g_out else []
+    if name == "maiz-apellaniz2022":
+        n_sol = int(np.sum(uncalibrated & (np.isnan(six) if six is not None else True)))
+        if n_sol:
+            where = "no astrometric_params_solved column" if six is None else "no astrometric_params_solved 31 or 95"
+            causes.append(f"{n_sol} with {where}, taken as 5-parameter solutions")
+    warn(
+        f"parallax error inflation {name!r}: {n_bad} of {uncalibrated.size} rows are outside its calibration "
+        f"({'; '.join(causes)}); their inflated errors are extrapolations, flagged INFLATION_UNCALIBRATED"
+    )
+    return n_bad
 
 
 def _recipe_record(recipe: str | float | None) -> str | float | None:
@@ -239,13 +276,7 @@ def _recipe_record(recipe: str | float | None) -> str | float | None:
             valid = ", ".join(repr(r) for r in INFLATION_RECIPES)
             raise ValueError(f"unknown parallax error inflation {recipe!r}; valid: {valid}, a factor > 0 or None")
         return name
-    try:
-        factor = float(recipe)
-    except (TypeError, ValueError):
-        factor = float("nan")
-    if not np.isfinite(factor) or factor <= 0:
-        raise ValueError(f"parallax error inflation factor must be a finite number > 0, got {recipe!r}")
-    return factor
+    return checked_factor(recipe)
 
 
 def systematics_record(

@@ -120,6 +120,23 @@ def test_bimodal_posterior_is_flagged():
     assert out["flag"][0] & DistanceFlag.MULTIMODAL
 
 
+def test_multimodal_flag_does_not_depend_on_the_grid_resolution(rng):
+    # EDSD posteriors over a range of fractional errors, and two that are bimodal (a likelihood
+    # peak near 200-350 pc and the prior's near 4 kpc): a fine grid must not see extra peaks
+    # in the rounding of a flat top
+    n = 16
+    r = rng.gamma(3.0, 1000.0, n)
+    s = rng.uniform(0.005, 1.0, n) * 1000 / r
+    w = 1000 / r + s * rng.standard_normal(n)
+    w[:2], s[:2] = [5.0, 2.9], [1.5, 0.9]
+    prior = EDSDPrior(np.full(n, 1350.0))
+    coarse, fine = (summarize_posteriors(w, s, prior, n_nodes=k, chunk_size=16) for k in (128, 200_000))
+    multimodal = [(out["flag"] & DistanceFlag.MULTIMODAL) != 0 for out in (coarse, fine)]
+    np.testing.assert_array_equal(multimodal[1], multimodal[0])
+    assert multimodal[0].tolist() == [True, True] + [False] * (n - 2)
+    np.testing.assert_allclose(fine["quantiles"], coarse["quantiles"], rtol=1e-4)
+
+
 def test_chunking_and_threads_do_not_change_results(rng):
     n = 5000
     r = rng.gamma(3.0, 1000.0, n)

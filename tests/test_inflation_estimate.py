@@ -120,3 +120,46 @@ def test_cli_estimate_parallax_error_inflation(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--parallax-error-inflation" in capsys.readouterr().err
     json.dumps(t.meta["gaia_distances"]["distances"])  # the record is JSON-ready
+
+
+def _magnitudes_table(g, solved):
+    n = len(g)
+    return QTable(
+        {
+            "parallax_corrected": np.full(n, 1.0) * u.mas,
+            "parallax_error": np.full(n, 0.05) * u.mas,
+            "phot_g_mean_mag": np.asarray(g, dtype=float) * u.mag,
+            "astrometric_params_solved": solved,
+        }
+    )
+
+
+@pytest.mark.parametrize("recipe", ["el-badry2021", "maiz-apellaniz2022"])
+def test_inflation_outside_its_calibrated_magnitudes_is_flagged_with_one_warning(recipe):
+    g = [-3.0, 2.0, 12.0, 25.0, 1e6, 15.0]
+    t = _magnitudes_table(g, np.full(len(g), 31, dtype=np.int16))
+    with pytest.warns(gd.GaiaDistancesWarning) as record:
+        out = gd.estimate_distances(t, prior=gd.EDSD(1350.0), parallax_error_inflation=recipe)
+    calibration = [str(w.message) for w in record if "outside its calibration" in str(w.message)]
+    assert len(calibration) == 1 and "4 of 6 rows" in calibration[0], calibration
+    uncalibrated = (out["distance_flag"] & DistanceFlag.INFLATION_UNCALIBRATED) != 0
+    assert uncalibrated.tolist() == [True, True, False, True, True, False]
+    assert np.all(np.isfinite(out["distance_median"]))  # results as computed, only flagged
+    assert out.meta["gaia_distances"]["distances"]["parallax_error_inflation"]["n_uncalibrated"] == 4
+
+
+def test_maiz_apellaniz_without_a_solution_type_is_flagged():
+    masked = np.ma.masked_array([31, 95, 31], mask=[True, True, True])
+    t = _magnitudes_table([10.0, 12.0, 14.0], masked)
+    with pytest.warns(gd.GaiaDistancesWarning, match="3 of 3 rows are outside its calibration.*5-parameter"):
+        out = gd.estimate_distances(t, prior=gd.EDSD(1350.0), parallax_error_inflation="maiz-apellaniz2022")
+    assert np.all(out["distance_flag"] & DistanceFlag.INFLATION_UNCALIBRATED)
+    known = _magnitudes_table([10.0, 12.0, 14.0], np.array([31, 95, 31], dtype=np.int16))
+    out = gd.estimate_distances(known, prior=gd.EDSD(1350.0), parallax_error_inflation="maiz-apellaniz2022")
+    assert not np.any(out["distance_flag"] & DistanceFlag.INFLATION_UNCALIBRATED)
+
+
+@pytest.mark.parametrize("flag", [True, False, np.True_])
+def test_a_boolean_inflation_factor_is_refused(flag):
+    with pytest.raises(ValueError, match="parallax error inflation must be .*a factor > 0 or None; got (True|False)$"):
+        gd.estimate_distances(_table(), parallax_error_inflation=flag)

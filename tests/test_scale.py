@@ -219,3 +219,12 @@ def test_partition_keeps_a_source_id_index(sky_frame):
     assert indexed.index.name == "source_id"
     assert list(indexed.index) == list(sky_frame.head(50)["source_id"])
     np.testing.assert_array_equal(indexed["distance_median"].to_numpy(), plain["distance_median"].to_numpy())
+
+
+def test_a_dask_frame_with_distance_columns_is_refused_before_any_task():
+    frame = pd.DataFrame({"parallax": [1.0, 2.0], "parallax_error": [0.1, 0.1], "distance_median": [5.0, 5.0]})
+    ddf = dd.from_pandas(frame, npartitions=1)
+    with pytest.raises(gd.ExistingColumnsError, match="distance_median"):
+        scale.estimate_distances_dask(ddf, zero_point=0.0)
+    lazy = scale.estimate_distances_dask(ddf, zero_point=0.0, overwrite=True)
+    assert "distance_flag" in lazy.columns

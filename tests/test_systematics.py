@@ -313,7 +313,12 @@ def test_parallax_error_inflation_reads_the_table_and_flags_rows_without_g():
     assert out.error.unit == u.mas
     np.testing.assert_allclose(out.error.value[:2], np.hypot([1.25 * 1.90 * 0.05, 1.90 * 0.05], 0.0103))
     assert out.not_applied.tolist() == [False, False, True] and np.isnan(out.error.value[2])
-    assert out.record == {"recipe": "maiz-apellaniz2022", "n_not_applied": 1, "include_floor": True}
+    assert out.record == {
+        "recipe": "maiz-apellaniz2022",
+        "n_not_applied": 1,
+        "n_uncalibrated": 0,
+        "include_floor": True,
+    }
     assert all(np.array_equal(t[c], before[c], equal_nan=True) for c in t.colnames)  # input untouched
     with pytest.warns(GaiaDistancesWarning, match="5-parameter"):
         parallax_error_inflation(Table({"parallax_error": [0.05], "phot_g_mean_mag": [12.0]}), "maiz-apellaniz2022")
@@ -358,3 +363,17 @@ def test_offset_prior_and_provenance_record():
         warnings.simplefilter("error")
         rec = systematics_record("lindegren2021", inflation="maiz-apellaniz2022", include_floor=False)
     assert rec["inflation_floor"] is False
+
+
+def test_inflation_marks_magnitudes_and_solution_types_outside_its_calibration():
+    sigma, g = np.full(5, 0.05), np.array([5.0, 6.0, 18.0, 18.5, 21.5])
+    eb = inflate_parallax_error(sigma, g, "el-badry2021")
+    assert eb.uncalibrated.tolist() == [True, False, False, False, True]
+    ma = inflate_parallax_error(sigma, g, "maiz-apellaniz2022", six_parameter=np.array([0.0, 1.0, np.nan, 0.0, 0.0]))
+    assert ma.uncalibrated.tolist() == [True, False, True, True, True]
+    assert ma.error[2] == inflate_parallax_error(sigma, g, "maiz-apellaniz2022", six_parameter=False).error[2]
+    assert inflate_parallax_error(sigma, g[[1, 1, 1, 1, 1]], "maiz-apellaniz2022").uncalibrated.all()  # no type
+    assert not inflate_parallax_error(sigma, g, 1.3).uncalibrated.any()
+    for flag in (True, False, np.bool_(True)):
+        with pytest.raises(ValueError, match="a factor > 0 or None; got"):
+            inflate_parallax_error(sigma, g, flag)

@@ -16,6 +16,7 @@ from gaia_distances.cluster.stars import (
     ClusterFlag,
     Selection,
     prepare_data,
+    refuse_star_columns,
     resolve_kinematics,
     select_stars,
     write_star_columns,
@@ -110,6 +111,7 @@ def fit_clusters(
     progress: bool | None = None,
     n_quantile_draws: int = 32,
     n_membership_draws: int = 400,
+    overwrite: bool = False,
 ) -> ClusterFits:
     """Fit many independent clusters in one vectorised program (the marginal method).
 
@@ -142,9 +144,10 @@ def fit_clusters(
     progress
         Show a progress bar over all clusters' iterations (default: more than
         20 clusters).
-    n_quantile_draws, n_membership_draws
+    n_quantile_draws, n_membership_draws, overwrite
         As in :func:`~gaia_distances.fit_cluster`; every option is checked
-        as there, before any work, with the same messages.
+        as there, before any work, with the same messages, and a table that
+        already has a per-star column of the fit is refused unless ``overwrite``.
 
     Returns
     -------
@@ -177,6 +180,8 @@ def fit_clusters(
         n_membership_draws=n_membership_draws,
     )
     names, parts, whole, rows = _split_groups(tables, group_by)
+    if whole is not None:
+        refuse_star_columns(whole, overwrite=overwrite, step="fit_clusters")
     use_pm = all(resolve_kinematics(as_table(p), kinematics, step="fit_clusters") for p in parts) if parts else False
     model = ClusterModel(prior, field, use_pm)
     spec = model.key
@@ -204,6 +209,8 @@ def fit_clusters(
         except GaiaDistancesError as exc:
             errors[name] = str(exc)
             warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
+        if i in selected:
+            refuse_star_columns(selected[i].table, overwrite=overwrite, step=f"fit_clusters (cluster {name!r})")
     if selected:
         order = sorted(selected)
         with clock.step("prepare"):

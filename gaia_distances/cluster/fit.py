@@ -23,7 +23,14 @@ from astropy import units as u
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
-from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
+from gaia_distances.cluster.stars import (
+    Selection,
+    kinematic_data,
+    prepare_data,
+    refuse_star_columns,
+    select_stars,
+    write_star_columns,
+)
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
 from gaia_distances.columns import update_provenance, zero_point_record
 from gaia_distances.compile_cache import enable_compilation_cache
@@ -92,6 +99,7 @@ def fit_cluster(
     progress: bool | None = None,
     n_quantile_draws: int = 32,
     n_membership_draws: int = 400,
+    overwrite: bool = False,
 ) -> ClusterFit:
     """Fit the hierarchical cluster + field model to a table of parallaxes.
 
@@ -201,6 +209,12 @@ def fit_cluster(
         Posterior draws averaged (Rao-Blackwellised) for each star's
         cluster-model distance quantiles and membership probability:
         integers >= 1 (at most the number of draws are used).
+    overwrite
+        Replace columns the table already has under the names of the fit's
+        per-star columns (``membership_prob``, ``cluster_distance_median``,
+        ``_lo``, ``_hi`` and ``cluster_flag``), as when a fit's own output is
+        fitted again. ``False`` (default):
+        :class:`~gaia_distances.ExistingColumnsError` names them, before the fit.
 
     Raises
     ------
@@ -210,6 +224,9 @@ def fit_cluster(
         ``n_membership_draws``, ``distance_hint``), before any work; the
         message names it. :class:`~gaia_distances.ClusterPriors` check their
         own fields when they are made.
+    ExistingColumnsError
+        The table has a column the fit would write, and ``overwrite`` is
+        ``False``.
 
     Returns
     -------
@@ -252,6 +269,7 @@ def fit_cluster(
         truncate=truncate,
         perspective=bool(perspective),
     )
+    refuse_star_columns(sel.table, overwrite=overwrite, step="fit_cluster")
     model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
     settings = nuts_settings(
         method if method == "joint" or model.is_reference else "extended",

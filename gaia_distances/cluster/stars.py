@@ -9,7 +9,14 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable
 
-from gaia_distances.columns import add_column, column_values, corrected_parallax, distance_column_names, warn
+from gaia_distances.columns import (
+    add_column,
+    column_values,
+    corrected_parallax,
+    distance_column_names,
+    refuse_existing_columns,
+    warn,
+)
 from gaia_distances.core.kinematics import KinematicData, prepare_kinematic_data
 from gaia_distances.core.likelihood import StarData, prepare_star_data
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
@@ -22,10 +29,12 @@ __all__ = [
     "MIN_STARS",
     "PM_COLUMNS",
     "PM_CORRELATIONS",
+    "STAR_COLUMNS",
     "ClusterFlag",
     "FittedStars",
     "kinematic_data",
     "prepare_data",
+    "refuse_star_columns",
     "Selection",
     "resolve_kinematics",
     "select_stars",
@@ -217,6 +226,20 @@ def select_stars(
         pm["limit_hi"] = np.full(used.size, float(parallax_limits[1])) - zp
     stars = FittedStars(*(_read_only(x) for x in (used, w, s, zp)), **{k: _read_only(v) for k, v in pm.items()})
     return Selection(out, flag, stars, zp_source)
+
+
+#: The per-star columns a cluster fit appends (:func:`write_star_columns`).
+STAR_COLUMNS = ("membership_prob", *CLUSTER_DISTANCE_COLUMNS, "cluster_flag")
+
+
+def refuse_star_columns(table: QTable, *, overwrite: bool, step: str) -> None:
+    """Refuse a table that already has a column of :data:`STAR_COLUMNS`, unless ``overwrite``.
+
+    Raises :class:`~gaia_distances.ExistingColumnsError` naming them; called
+    before the fit, so that a user's own ``membership_prob`` is never replaced
+    silently.
+    """
+    refuse_existing_columns(table.colnames, STAR_COLUMNS, overwrite=overwrite, step=step)
 
 
 def write_star_columns(

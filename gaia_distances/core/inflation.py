@@ -15,6 +15,11 @@ Two published recipes, both functions of the G magnitude:
   with a latent shared parallax offset
   (:func:`~gaia_distances.core.systematics.shared_offset_variance`) already
   holds it and must use ``include_floor=False``, so as not to count it twice.
+
+Each recipe holds over the G range it was calibrated on
+(:data:`CALIBRATED_G_RANGE`); outside it (and, for Maiz Apellaniz, for a
+star whose solution type is unknown) the factor is an extrapolation, and
+:func:`inflate_parallax_error` marks the row ``uncalibrated``.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
+    "CALIBRATED_G_RANGE",
     "INFLATION_RECIPES",
     "MAIZ_APELLANIZ_2022_FLOOR",
     "MAIZ_APELLANIZ_2022_G",
     "MAIZ_APELLANIZ_2022_K",
     "InflatedErrors",
+    "checked_factor",
     "f_el_badry_2021",
     "inflate_parallax_error",
     "k_maiz_apellaniz_2022",
+    "unknown_solution_type",
 ]
 
 #: The named recipes of :func:`inflate_parallax_error`.
@@ -51,6 +59,15 @@ MAIZ_APELLANIZ_2022_K: tuple[float, ...] = (
 )
 _SIX_PARAMETER_K = 1.25
 _G_CLAMP = (6.0, 18.0)
+
+#: G (mag) over which each named recipe was calibrated, inclusive; outside it the factor is an
+#: extrapolation. Maiz Apellaniz (2022): the span of its k table's bins (6-18). El-Badry et al.
+#: (2021): the fit is to wide binaries from bright, well-measured stars to Gaia's faint limit (the
+#: paper finds the errors reliable, f = 1, past G ~ 18), taken as 6-21.
+CALIBRATED_G_RANGE: dict[str, tuple[float, float]] = {
+    "el-badry2021": (6.0, 21.0),
+    "maiz-apellaniz2022": _G_CLAMP,
+}
 
 
 def f_el_badry_2021(g: np.ndarray | float) -> np.ndarray:
@@ -72,7 +89,8 @@ def k_maiz_apellaniz_2022(g: np.ndarray | float, six_parameter: np.ndarray | boo
     Linear in G between the tabulated points (:data:`MAIZ_APELLANIZ_2022_G`),
     with G clamped to 6-18: brighter than 6.5 or fainter than 17.75 it keeps
     the end value. ``six_parameter`` (bool, or one per star) multiplies k by
-    1.25 for 6-parameter solutions; ``None`` means 5-parameter.
+    1.25 for 6-parameter solutions; ``None`` or NaN (an unknown solution type)
+    gives the 5-parameter k.
 
     Examples
     --------
@@ -84,12 +102,13 @@ def k_maiz_apellaniz_2022(g: np.ndarray | float, six_parameter: np.ndarray | boo
     g = np.asarray(g, dtype=float)
     k = np.interp(np.clip(g, *_G_CLAMP), MAIZ_APELLANIZ_2022_G, MAIZ_APELLANIZ_2022_K)
     if six_parameter is not None:
-        k = np.where(np.asarray(six_parameter, dtype=bool), _SIX_PARAMETER_K * k, k)
+        six = np.nan_to_num(np.asarray(six_parameter, dtype=float), nan=0.0) != 0
+        k = np.where(six, _SIX_PARAMETER_K * k, k)
     return np.where(np.isnan(g), np.nan, k)
 
 
 class InflatedErrors(NamedTuple):
-    """Inflated parallax errors and the rows the recipe could not be applied to.
+    """Inflated parallax errors, the rows the recipe could not be applied to and those outside its calibration.
 
     Attributes
     ----------
@@ -97,10 +116,15 @@ class InflatedErrors(NamedTuple):
         Inflated standard errors (mas); NaN where ``not_applied``.
     not_applied
         True where the recipe needs G and G is missing (NaN): flag these rows.
+    uncalibrated
+        True where a named recipe was applied outside its calibration: G
+        outside :data:`CALIBRATED_G_RANGE`, or (Maiz Apellaniz) an unknown
+        solution type, taken as 5-parameter. The error is as computed: flag these rows.
     """
 
     error: np.ndarray
     not_applied: np.ndarray
+    uncalibrated: np.ndarray
 
 
 def inflate_parallax_error(
@@ -122,10 +146,12 @@ def inflate_parallax_error(
     recipe
         ``"el-badry2021"`` (:func:`f_el_badry_2021`), ``"maiz-apellaniz2022"``
         (:func:`k_maiz_apellaniz_2022` and the floor), a number (a plain factor
-        ``> 0``) or ``None`` (errors unchanged).
+        ``> 0``; not a bool) or ``None`` (errors unchanged).
     six_parameter
-        Per star (or one bool): 6-parameter solution (``astrometric_params_solved
-        == 95``). Used by the Maiz Apellaniz recipe (k x 1.25); ``None``: 5-parameter.
+        Per star (or one value): 6-parameter solution (``astrometric_params_solved
+        == 95``). Used by the Maiz Apellaniz recipe (k x 1.25). NaN for a star,
+        or ``None`` for all, means the solution type is unknown: such a star is
+        taken as 5-parameter and marked ``uncalibrated``.
     include_floor
         Maiz Apellaniz only: add the 10.3 uas floor in quadrature (default).
         Pass ``False`` when the model also has a latent shared parallax offset,
@@ -135,25 +161,26 @@ def inflate_parallax_error(
     Returns
     -------
     InflatedErrors
-        The errors (a new array) and the rows with no G (NaN error) for a named recipe.
+        The errors (a new array), the rows with no G (NaN error) for a named
+        recipe and the rows outside its calibration.
 
     Examples
     --------
-    >>> out = inflate_parallax_error([0.02, 0.02], [12.25, float("nan")], "maiz-apellaniz2022")
+    >>> out = inflate_parallax_error([0.02, 0.02], [12.25, float("nan")], "maiz-apellaniz2022", six_parameter=False)
     >>> out.error.round(5).tolist(), out.not_applied.tolist()
     ([0.03937, nan], [False, True])
     >>> inflate_parallax_error([0.02], [12.25], "maiz-apellaniz2022", include_floor=False).error.round(5).tolist()
     [0.038]
+    >>> inflate_parallax_error([0.02, 0.02], [12.0, 25.0], "el-badry2021").uncalibrated.tolist()
+    [False, True]
     """
     sigma = np.array(sigma, dtype=float, copy=True)
     no_g = np.zeros(sigma.shape, dtype=bool)
     if recipe is None:
-        return InflatedErrors(sigma, no_g)
+        return InflatedErrors(sigma, no_g, no_g.copy())
     if not isinstance(recipe, str):
-        factor = float(recipe)
-        if not np.isfinite(factor) or factor <= 0:
-            raise ValueError(f"parallax error inflation factor must be a finite number > 0, got {recipe!r}")
-        return InflatedErrors(sigma * factor, no_g)
+        factor = checked_factor(recipe)
+        return InflatedErrors(sigma * factor, no_g, no_g.copy())
     name = recipe.strip().lower()
     if name not in INFLATION_RECIPES:
         valid = ", ".join(repr(r) for r in INFLATION_RECIPES)
@@ -162,10 +189,52 @@ def inflate_parallax_error(
         raise ValueError(f"parallax error inflation {recipe!r} needs G magnitudes (g=None was given)")
     g_arr = np.broadcast_to(np.asarray(g, dtype=float), sigma.shape)
     no_g = ~np.isfinite(g_arr)
+    g_lo, g_hi = CALIBRATED_G_RANGE[name]
+    uncalibrated = ~no_g & ((g_arr < g_lo) | (g_arr > g_hi))
     if name == "el-badry2021":
         out = f_el_badry_2021(g_arr) * sigma
     else:
         out = k_maiz_apellaniz_2022(g_arr, six_parameter) * sigma
         if include_floor:
             out = np.hypot(out, MAIZ_APELLANIZ_2022_FLOOR)
-    return InflatedErrors(np.where(no_g, np.nan, out), no_g)
+        uncalibrated |= ~no_g & unknown_solution_type(six_parameter, sigma.shape)
+    return InflatedErrors(np.where(no_g, np.nan, out), no_g, uncalibrated)
+
+
+def unknown_solution_type(six_parameter: np.ndarray | bool | float | None, shape: tuple[int, ...]) -> np.ndarray:
+    """True for each star (of ``shape``) whose solution type is unknown: ``six_parameter`` NaN, or ``None`` for all.
+
+    Examples
+    --------
+    >>> unknown_solution_type([1.0, 0.0, float("nan")], (3,)).tolist()
+    [False, False, True]
+    >>> unknown_solution_type(None, (2,)).tolist()
+    [True, True]
+    """
+    if six_parameter is None:
+        return np.ones(shape, dtype=bool)
+    return np.broadcast_to(np.isnan(np.asarray(six_parameter, dtype=float)), shape).copy()
+
+
+def checked_factor(recipe: object) -> float:
+    """A plain inflation factor as a float: a finite number > 0, and not a bool; else ``ValueError``.
+
+    Examples
+    --------
+    >>> checked_factor(1.3)
+    1.3
+    >>> checked_factor(True)
+    Traceback (most recent call last):
+    ...
+    ValueError: parallax error inflation must be 'el-badry2021', 'maiz-apellaniz2022', a factor > 0 or None; got True
+    """
+    if isinstance(recipe, bool | np.bool_):
+        valid = ", ".join(repr(r) for r in INFLATION_RECIPES)
+        raise ValueError(f"parallax error inflation must be {valid}, a factor > 0 or None; got {bool(recipe)!r}")
+    try:
+        factor = float(recipe)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"parallax error inflation factor must be a finite number > 0, got {recipe!r}")
+    return factor

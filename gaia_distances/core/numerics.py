@@ -43,6 +43,7 @@ __all__ = [
     "log_likelihood_u",
     "normal_log_pdf",
     "padded_chunks",
+    "separated_peaks",
     "trapezoid_nodes",
 ]
 
@@ -130,6 +131,29 @@ def hermite_derivative(t: Array, v0: Array, m0: Array, v1: Array, m1: Array) -> 
     """``d/dt`` of :func:`hermite`."""
     t2 = t * t
     return (6 * t2 - 6 * t) * v0 + (3 * t2 - 4 * t + 1) * m0 + (-6 * t2 + 6 * t) * v1 + (3 * t2 - 2 * t) * m1
+
+
+def separated_peaks(f: Array, *, min_peak: float = 1e-2, min_dip: float = 1e-2) -> Array:
+    """Whether each row of a density ``f`` (nodes along axis 1, maximum 1) has two separated peaks.
+
+    The test of :attr:`~gaia_distances.core.quadrature.DistanceFlag.MULTIMODAL`.
+    Two peaks count when each reaches ``min_peak`` (1 % of the highest) and
+    the density between them falls more than ``min_dip`` (1 %, far above the
+    density's rounding, ~1e-6 relative in float32) below the lower one: a node
+    ``j`` with ``f_j < (1 - min_dip) min(max_{i<=j} f_i, max_{k>=j} f_k)`` and
+    that minimum at least ``min_peak``. The test reads the density's values,
+    not its neighbours', so it does not depend on the grid's resolution: the
+    rounding ripples of a flat top on a fine grid (relative height ~1e-6) are
+    no peaks, and a real valley is found at any resolution that samples it.
+
+    Examples
+    --------
+    >>> f = jnp.array([[0.1, 1.0, 0.99999, 1.0, 0.2], [0.1, 1.0, 0.3, 0.5, 0.0]])
+    >>> separated_peaks(f, min_peak=1e-2, min_dip=1e-2).tolist()
+    [False, True]
+    """
+    lower = jnp.minimum(jax.lax.cummax(f, axis=1), jax.lax.cummax(f, axis=1, reverse=True))
+    return jnp.any((lower >= min_peak) & (f < (1.0 - min_dip) * lower), axis=1)
 
 
 def invert_cdf(

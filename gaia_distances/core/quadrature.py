@@ -54,6 +54,7 @@ from gaia_distances.core.numerics import (
     likelihood_bracket,
     log_likelihood_offset,
     padded_chunks,
+    separated_peaks,
 )
 from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.posterior_range import certified_range, scanned_range
@@ -71,7 +72,7 @@ class DistanceFlag(enum.IntFlag):
     BAD_ERROR = 2
     #: fractional parallax error above ``prior_dominated_threshold`` (or w <= 0)
     PRIOR_DOMINATED = 4
-    #: the posterior has more than one significant peak
+    #: the posterior has two significant, separated peaks (:func:`~gaia_distances.core.numerics.separated_peaks`)
     MULTIMODAL = 8
     #: the prior and the likelihood barely overlap (strong tension)
     PRIOR_CONFLICT = 16
@@ -87,6 +88,8 @@ class DistanceFlag(enum.IntFlag):
     #: ``parallax_error_inflation`` was asked for but needs ``phot_g_mean_mag``, which
     #: the row lacks; results are NaN (never an uninflated, too-narrow posterior)
     NOT_INFLATED = 256
+    #: ``parallax_error_inflation`` was applied outside its recipe's calibration; results as computed
+    INFLATION_UNCALIBRATED = 512
 
 
 def log_posterior_logr(log_r: Array, parallax: Array, parallax_error: Array, prior: Any) -> Array:
@@ -256,14 +259,11 @@ def _integrate(grid: _Grid, prior: Any, *, quantiles: tuple[float, ...], n_nodes
     mode = jnp.exp(jax.lax.fori_loop(0, 5, polish, um))
 
     # flags ----------------------------------------------------------------
-    sig = f > 1e-2
-    peaks = (f[:, 1:-1] > f[:, :-2]) & (f[:, 1:-1] >= f[:, 2:]) & sig[:, 1:-1]
-    npeaks = jnp.sum(peaks, axis=1) + (f[:, 0] > f[:, 1]) * sig[:, 0] + (f[:, -1] > f[:, -2]) * sig[:, -1]
     nan_rows = (grid.flag & _NAN_CAUSES) != 0
     qarr = jnp.where(nan_rows[:, None], jnp.nan, qarr)
     mode = jnp.where(nan_rows, jnp.nan, mode)
     failed = ~nan_rows & ~(jnp.all(jnp.isfinite(qarr), axis=1) & jnp.isfinite(mode))
-    multimodal = (~nan_rows & (npeaks > 1)) * int(DistanceFlag.MULTIMODAL)
+    multimodal = (~nan_rows & separated_peaks(f)) * int(DistanceFlag.MULTIMODAL)
     inaccurate = (failed | (~nan_rows & coarse)) * int(DistanceFlag.INACCURATE)
     flag = grid.flag | multimodal.astype(jnp.int32) | inaccurate.astype(jnp.int32)
     return qarr, mode, flag
