@@ -19,7 +19,7 @@ from gaia_distances.cluster.stars import (
     select_stars,
     write_star_columns,
 )
-from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS
+from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, check_kernel_over_stars
 from gaia_distances.columns import warn, zero_point_record
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
@@ -191,6 +191,8 @@ def fit_clusters(
         except GaiaDistancesError as exc:
             errors[name] = str(exc)
             warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
+        else:
+            check_kernel_over_stars(systematics, selected[i].table, selected[i].stars)
     if selected:
         order = sorted(selected)
         with clock.step("prepare"):

@@ -23,7 +23,12 @@ from astropy import units as u
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
-from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
+from gaia_distances.cluster.systematics import (
+    DEFAULT_SYSTEMATICS,
+    add_systematics,
+    check_kernel_over_stars,
+    fit_systematics,
+)
 from gaia_distances.columns import update_provenance, zero_point_record
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import (
@@ -231,6 +236,7 @@ def fit_cluster(
         truncate=truncate,
         perspective=bool(perspective),
     )
+    check_kernel_over_stars(systematics, sel.table, sel.stars)
     model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
     settings = nuts_settings(
         method if method == "joint" or model.is_reference else "extended",
