@@ -367,11 +367,13 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
     """Float64 values of ``table[name]`` in ``unit``, with masked entries as NaN.
 
     Raises :class:`InvalidTableError` naming the column, a value and its row
-    when the column holds text that is not a number.
+    when the column holds text that is not a number, and naming the column,
+    its unit and ``unit`` when its unit does not convert to ``unit``
+    (proper motions in ``mas`` where ``mas / yr`` is needed).
     """
     col = table[name]
     if isinstance(col, u.Quantity):
-        values = col.to_value(unit) if unit is not None else col.value
+        values = _converted(col.value, col.unit, unit, name) if unit is not None else col.value
         values = np.array(values, dtype=float)
     else:
         masked = np.ma.asarray(col)
@@ -383,11 +385,22 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
                 f"column {name!r} holds {bad!r} in row {row} (counting from 0), which is not a number"
             ) from None
         if unit is not None and getattr(col, "unit", None) not in (None, ""):
-            values = (values * u.Unit(col.unit)).to_value(unit)
+            values = _converted(values, col.unit, unit, name)
     mask = getattr(col, "mask", None)
     if mask is not None and np.any(mask):
         values[np.asarray(mask)] = np.nan
     return values
+
+
+def _converted(values: Any, src: Any, unit: u.UnitBase, name: str) -> Any:
+    """``values`` in unit ``src`` converted to ``unit``, or :class:`InvalidTableError` naming column ``name``."""
+    try:
+        return (np.asarray(values) * u.Unit(src)).to_value(unit)
+    except (u.UnitsError, ValueError, TypeError):
+        raise InvalidTableError(
+            f"column {name!r} has unit {str(src)!r}, which does not convert to {unit.to_string()!r}: "
+            f"give {name} in {unit.to_string()} (or a unit convertible to it)"
+        ) from None
 
 
 def add_column(
