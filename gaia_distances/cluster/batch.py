@@ -126,7 +126,7 @@ def fit_clusters(
     prior, kinematics, field, zero_point, parallax_limits, truncate, systematics, parallax_offset_prior
         As in :func:`~gaia_distances.fit_cluster`, the same for every
         cluster; under ``kinematics="auto"`` proper motions are used only when
-        every table has them.
+        every table has them (and 20 rows with usable ones).
     num_warmup, num_samples, num_chains, target_accept_prob, extend, seed
         NUTS settings for every cluster, with the defaults of
         :func:`~gaia_distances.fit_cluster`'s marginal method; equal seeds give

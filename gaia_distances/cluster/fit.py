@@ -118,11 +118,13 @@ def fit_cluster(
         ``pmra``, ``pmdec``, ``pmra_error`` and ``pmdec_error`` (with the
         correlations ``parallax_pmra_corr``, ``parallax_pmdec_corr``,
         ``pmra_pmdec_corr`` when present, else 0 with a warning); a table
-        with proper motions but no errors gets a warning and a parallax-only
-        fit. ``True`` requires those columns
-        (:class:`~gaia_distances.MissingColumnsError`); ``False`` fits the
-        parallaxes alone. A star without a usable proper motion is fitted
-        with its parallax alone and flagged.
+        with proper motions but no errors, or with fewer than 20 fitted rows
+        whose proper motions are usable (finite values, finite positive
+        errors), gets a warning and a parallax-only fit. ``True`` requires
+        those columns (:class:`~gaia_distances.MissingColumnsError`) and 20
+        such rows (:class:`~gaia_distances.GaiaDistancesError`); ``False``
+        fits the parallaxes alone. A star without a usable proper motion is
+        fitted with its parallax alone and flagged.
     field
         The field's distance model: ``"flexible"`` (default), a smooth
         mixture of log-normal distance bins that fits magnitude-limited
@@ -159,13 +161,16 @@ def fit_cluster(
         Gaia's angularly correlated parallax (and proper-motion) systematics:
         ``"vasiliev2021"`` (default; Vasiliev & Baumgardt 2021, calibrated on
         star clusters), ``"lindegren2021"``, ``"maiz-apellaniz2021"``, a
-        callable ``V(theta_deg) -> mas^2``, or ``None`` for the reference
-        model as it was. The members share one offset whose variance is the
+        callable ``V(theta_deg) -> mas^2`` (checked before the fit: finite,
+        ``V(0) > 0``, positive semi-definite over the fitted stars, else
+        ``ValueError``; a scalar is a constant kernel), or ``None`` for the
+        reference model as it was. The members share one offset whose variance is the
         weighted mean of ``V`` over their pairs; ``D`` (and ``pmra``/``pmdec``)
         then include it, and the summary splits ``sd`` into ``sd_stat`` and
         ``sd_sys`` and adds a ``parallax_offset`` row
         (:mod:`gaia_distances.cluster.systematics`). Needs ``ra``/``dec``
-        (without them the zero-separation variance is used, with a warning).
+        (without them, or for stars whose position is NaN, the
+        zero-separation variance is used, with a warning).
     parallax_offset_prior
         With ``systematics``: an optional prior on the mean offset,
         ``"vasiliev2021"`` (+0.010 +- 0.003 mas for G > 13, after the
