@@ -373,7 +373,7 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
     """
     col = table[name]
     if isinstance(col, u.Quantity):
-        values = _converted(col.value, col.unit, unit, name) if unit is not None else col.value
+        values = _converted(col, col.unit, unit, name) if unit is not None else col.value
         values = np.array(values, dtype=float)
     else:
         masked = np.ma.asarray(col)
@@ -393,9 +393,10 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
 
 
 def _converted(values: Any, src: Any, unit: u.UnitBase, name: str) -> Any:
-    """``values`` in unit ``src`` converted to ``unit``, or :class:`InvalidTableError` naming column ``name``."""
+    """``values`` (a Quantity, or numbers in ``src``) in ``unit``, or :class:`InvalidTableError` naming ``name``."""
     try:
-        return (np.asarray(values) * u.Unit(src)).to_value(unit)
+        quantity = values if isinstance(values, u.Quantity) else np.asarray(values) * u.Unit(src)
+        return quantity.to_value(unit)
     except (u.UnitsError, ValueError, TypeError):
         raise InvalidTableError(
             f"column {name!r} has unit {str(src)!r}, which does not convert to {unit.to_string()!r}: "
