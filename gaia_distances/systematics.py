@@ -25,13 +25,13 @@ from astropy.table import Table
 
 from gaia_distances.columns import column_values, find_column, warn
 from gaia_distances.core.inflation import INFLATION_RECIPES, inflate_parallax_error
+from gaia_distances.core.kernel_checks import check_kernel
 from gaia_distances.core.systematics import (
     OFFSET_PRIORS,
     SYSTEMATICS_KERNELS,
     OffsetPrior,
     OffsetVariance,
     SystematicsKernel,
-    check_kernel,
     get_kernel,
     shared_offset_variance,
 )

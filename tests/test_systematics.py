@@ -17,11 +17,11 @@ from gaia_distances.core.inflation import (
     inflate_parallax_error,
     k_maiz_apellaniz_2022,
 )
+from gaia_distances.core.kernel_checks import check_covariance_psd
 from gaia_distances.core.offset_field import clip_to_psd, draw_offset_field, leading_modes
 from gaia_distances.core.systematics import (
     SYSTEMATICS_KERNELS,
     angular_separation,
-    check_covariance_psd,
     covariance_matrix,
     get_kernel,
     shared_offset_variance,

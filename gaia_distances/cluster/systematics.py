@@ -49,13 +49,8 @@ from astropy.table import Table
 
 from gaia_distances.cluster.stars import FittedStars
 from gaia_distances.columns import column_values, warn
-from gaia_distances.core.systematics import (
-    OffsetPrior,
-    SystematicsKernel,
-    check_covariance_psd,
-    is_published,
-    weighted_offset_variance,
-)
+from gaia_distances.core.kernel_checks import check_covariance_psd, is_published
+from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel, weighted_offset_variance
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
 __all__ = ["DEFAULT_SYSTEMATICS", "FitSystematics", "add_systematics", "check_kernel_over_stars", "fit_systematics"]

@@ -31,10 +31,12 @@ Sign convention: an offset ``d`` makes the zero-point-corrected parallax
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import numpy as np
+
+from gaia_distances.core.user_kernel import KernelFunction, UserKernel, callable_name, evaluate_kernel
 
 __all__ = [
     "OFFSET_PRIORS",
@@ -44,13 +46,9 @@ __all__ = [
     "OffsetVariance",
     "SystematicsKernel",
     "angular_separation",
-    "check_covariance_psd",
-    "check_kernel",
     "covariance_matrix",
     "evaluate_kernel",
     "get_kernel",
-    "is_published",
-    "kernel_label",
     "lindegren2021_parallax",
     "lindegren2021_proper_motion",
     "magnitude_scale",
@@ -63,8 +61,6 @@ __all__ = [
     "vasiliev2021_proper_motion",
 ]
 
-#: A covariance kernel: angular separation (deg) -> covariance (mas^2, or (mas/yr)^2 for proper motions).
-KernelFunction = Callable[[np.ndarray], np.ndarray]
 #: Which covariance a kernel gives: parallax (mas^2) or proper motion ((mas/yr)^2 per component).
 Component = Literal["parallax", "proper_motion"]
 
@@ -213,7 +209,8 @@ def get_kernel(spec: str | KernelFunction | SystematicsKernel) -> SystematicsKer
     Names are matched case-insensitively. A callable becomes a ``"custom"``
     parallax kernel, not assumed positive semi-definite; a scalar it returns
     (a constant kernel) is broadcast to the separations' shape
-    (:func:`evaluate_kernel`). :func:`check_kernel` checks its values.
+    (:func:`evaluate_kernel`).
+    :func:`~gaia_distances.core.kernel_checks.check_kernel` checks its values.
 
     Examples
     --------
@@ -235,198 +232,8 @@ def get_kernel(spec: str | KernelFunction | SystematicsKernel) -> SystematicsKer
             )
         return kernel
     if callable(spec):
-        return SystematicsKernel("custom", UserKernel(spec), reference=_callable_name(spec))
+        return SystematicsKernel("custom", UserKernel(spec), reference=callable_name(spec))
     raise TypeError(f"parallax systematics must be a name or a callable V(theta_deg) -> mas^2, not {spec!r}")
-
-
-def _callable_name(fn: object) -> str:
-    """A user callable's qualified name (``my_kernel``, ``<lambda>``), else its repr."""
-    if isinstance(fn, UserKernel):
-        fn = fn.function
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
-
-
-class UserKernel:
-    """A user's ``V(theta_deg)``, evaluated with :func:`evaluate_kernel` (a scalar result is broadcast).
-
-    Its repr is that of the user's callable, so messages name the user's own function.
-    """
-
-    def __init__(self, function: KernelFunction) -> None:
-        self.function = function
-
-    def __call__(self, theta_deg: np.ndarray) -> np.ndarray:
-        return evaluate_kernel(self.function, theta_deg)
-
-    def __repr__(self) -> str:
-        return repr(self.function)
-
-
-def kernel_label(kernel: SystematicsKernel) -> str:
-    """How messages name a kernel: its registry name, or ``custom kernel <the callable's name>``.
-
-    Examples
-    --------
-    >>> def my_kernel(theta):
-    ...     return 1e-4 * np.exp(-theta)
-    >>> kernel_label(get_kernel("vasiliev2021")), kernel_label(get_kernel(my_kernel))
-    ("'vasiliev2021'", 'custom kernel my_kernel')
-    """
-    if kernel.name != "custom":
-        return repr(kernel.name)
-    return f"custom kernel {_callable_name(kernel.parallax)}"
-
-
-def evaluate_kernel(function: KernelFunction, theta_deg: np.ndarray | float) -> np.ndarray:
-    """``function(theta_deg)`` as float64 of ``theta_deg``'s shape: a scalar result (a constant kernel) is broadcast.
-
-    Raises
-    ------
-    ValueError
-        When the result is neither a number nor an array of that shape, naming the function.
-
-    Examples
-    --------
-    >>> evaluate_kernel(lambda theta: 2.0, np.zeros((2, 2))).tolist()
-    [[2.0, 2.0], [2.0, 2.0]]
-    """
-    theta = np.asarray(theta_deg, dtype=float)
-    if isinstance(function, UserKernel):
-        return function(theta)
-    name = _callable_name(function)
-    try:
-        values = np.asarray(function(theta), dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"systematics kernel {name} must return numbers (mas^2) for separations in deg; it gave: {err}"
-        ) from None
-    if values.ndim == 0:
-        return np.full(theta.shape, float(values))
-    if values.shape != theta.shape:
-        raise ValueError(
-            f"systematics kernel {name} returned shape {values.shape} for separations of shape {theta.shape}; "
-            "it must return one value per separation (or one number for a constant kernel)"
-        )
-    return values
-
-
-def _check_separations(max_separation: float) -> np.ndarray:
-    """The separations (deg) a kernel is checked at: 0 to ``max_separation``, dense below a degree."""
-    top = float(np.clip(max_separation, 1e-6, 180.0))
-    return np.unique(np.concatenate([[0.0], np.geomspace(min(1e-4, top), top, 400), np.linspace(0.0, top, 361)]))
-
-
-def _where(theta: np.ndarray, bad: np.ndarray) -> str:
-    """The separations (deg) flagged in ``bad``, as ranges: ``0.3-2 deg, 40-180 deg``."""
-    idx = np.flatnonzero(bad)
-    runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
-    parts = [f"{theta[r[0]]:.4g}" if r.size == 1 else f"{theta[r[0]]:.4g}-{theta[r[-1]]:.4g}" for r in runs[:4]]
-    return ", ".join(parts) + (", ..." if len(runs) > 4 else "") + " deg"
-
-
-def is_published(kernel: SystematicsKernel) -> bool:
-    """Whether ``kernel`` is one of :data:`SYSTEMATICS_KERNELS`, whose properties are known and tested.
-
-    Examples
-    --------
-    >>> is_published(get_kernel("maiz-apellaniz2021")), is_published(get_kernel(lambda theta: 1e-4))
-    (True, False)
-    """
-    return any(kernel is k for k in SYSTEMATICS_KERNELS.values())
-
-
-def check_kernel(kernel: SystematicsKernel, max_separation: float = 180.0) -> None:
-    """Check a user's kernel on a grid of separations from 0 to ``max_separation`` (deg).
-
-    Each of its components (parallax, and proper motion if it has one) must
-    return one finite number per separation (a scalar is broadcast), positive
-    at 0, and no larger in magnitude than at 0 (``|V(theta)| <= V(0)``, which
-    every covariance of two stars needs). The published kernels
-    (:func:`is_published`) pass unchecked: Maiz Apellaniz et al. (2021) is
-    known not to be a covariance (its oscillating term rises 0.4 % above
-    ``V(0)`` near 0.04 deg), and is clipped where that matters.
-
-    Raises
-    ------
-    ValueError
-        Naming the kernel (:func:`kernel_label`) and the separations where it fails.
-
-    Examples
-    --------
-    >>> def my_kernel(theta):
-    ...     return -1e-4 + 0 * theta
-    >>> check_kernel(get_kernel(my_kernel))  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: parallax systematics custom kernel my_kernel: V(0) must be positive (mas^2), got -0.0001; ...
-    """
-    if is_published(kernel):
-        return
-    theta = _check_separations(max_separation)
-    label = kernel_label(kernel)
-    components: tuple[Component, ...] = ("parallax",) if kernel.proper_motion is None else ("parallax", "proper_motion")
-    for component in components:
-        what = f"{component.replace('_', '-')} systematics {label}"
-        v = evaluate_kernel(kernel.function(component), theta)
-        bad = ~np.isfinite(v)
-        if bad.any():
-            raise ValueError(f"{what} must return finite values; it gives NaN or inf at {_where(theta, bad)}")
-        if not v[0] > 0:
-            raise ValueError(f"{what}: V(0) must be positive (mas^2), got {v[0]:.4g}; pass None for no systematics")
-        bad = np.abs(v) > v[0] * (1.0 + 1e-9)
-        if bad.any():
-            raise ValueError(
-                f"{what} is not a covariance: |V(theta)| exceeds V(0) = {v[0]:.4g} mas^2 at {_where(theta, bad)}"
-            )
-
-
-def check_covariance_psd(
-    kernel: SystematicsKernel,
-    ra: np.ndarray,
-    dec: np.ndarray,
-    g: np.ndarray | None = None,
-    *,
-    max_stars: int = 1000,
-    rtol: float = 1e-6,
-    seed: int = 0,
-) -> None:
-    """Check that the kernel's covariance matrix over the stars at (ra, dec) [deg] is positive semi-definite.
-
-    The smallest eigenvalue of ``V(theta_ij)`` (with the kernel's magnitude
-    scaling when ``g`` is given) must be at least ``-rtol`` times its largest
-    diagonal entry. Stars with a NaN position take no part; above
-    ``max_stars`` a seeded random subset is checked (a principal submatrix:
-    if it fails, the whole matrix does).
-
-    Raises
-    ------
-    ValueError
-        Naming the kernel, the most negative eigenvalue and the widest separation checked.
-
-    Examples
-    --------
-    >>> check_covariance_psd(get_kernel("lindegren2021"), [10.0, 10.5], [0.0, 0.0])
-    """
-    ra, dec = np.asarray(ra, dtype=float).ravel(), np.asarray(dec, dtype=float).ravel()
-    s_all = star_scales(kernel, g, ra.size)
-    keep = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
-    if keep.size > max_stars:
-        keep = np.sort(np.random.default_rng(seed).choice(keep, max_stars, replace=False))
-    if keep.size < 2:
-        return
-    ra, dec = ra[keep], dec[keep]
-    s = None if s_all is None else s_all[keep]
-    scales = None if s is None else (s[:, None], s[None, :])
-    c = pair_covariance(kernel, ra[:, None], dec[:, None], ra[None, :], dec[None, :], scales=scales)
-    low = float(np.linalg.eigvalsh(c)[0])
-    scale = float(np.max(np.diag(c)))
-    if low < -rtol * scale:
-        widest = float(angular_separation(ra[:, None], dec[:, None], ra[None, :], dec[None, :]).max())
-        raise ValueError(
-            f"parallax systematics {kernel_label(kernel)} is not positive semi-definite over the fitted stars: "
-            f"its covariance matrix over {keep.size} of them (separations up to {widest:.3g} deg) has an eigenvalue "
-            f"{low:.3g} mas^2 ({low / scale:.2g} V(0)); a covariance needs none below 0"
-        )
 
 
 def magnitude_scale(g: np.ndarray | float) -> np.ndarray:
