@@ -118,7 +118,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         choices=list(KINEMATICS_CHOICES),
         default="auto",
         help="fit proper motions too: auto (default) when pmra, pmdec, pmra_error and pmdec_error are in the "
-        "table; on: require them; off: parallaxes only",
+        "table and usable on at least 20 rows; on: require them; off: parallaxes only",
     )
     parser.add_argument(
         "--field",

@@ -30,6 +30,7 @@ from gaia_distances.core.inflation import (
     checked_factor,
     inflate_parallax_error,
 )
+from gaia_distances.core.kernel_checks import check_kernel
 from gaia_distances.core.systematics import (
     OFFSET_PRIORS,
     SYSTEMATICS_KERNELS,
@@ -65,12 +66,18 @@ def resolve_systematics(spec: SystematicsSpec | bool) -> SystematicsKernel | Non
         :data:`~gaia_distances.core.systematics.SYSTEMATICS_KERNELS`
         (case-insensitive), a :class:`~gaia_distances.core.systematics.SystematicsKernel`
         or a callable ``V(theta_deg) -> mas^2`` (not assumed positive
-        semi-definite).
+        semi-definite). A callable may return one number for a constant
+        kernel; it is broadcast to the separations.
 
     Raises
     ------
     ValueError
-        For an unknown name; the message lists the valid ones.
+        For an unknown name (the message lists the valid ones), or a kernel
+        whose values on separations from 0 to 180 deg are not those of a
+        covariance: not one finite number per separation, ``V(0) <= 0``, or
+        ``|V(theta)| > V(0)``
+        (:func:`~gaia_distances.core.systematics.check_kernel`; the message
+        names the kernel and the separations).
 
     Examples
     --------
@@ -83,9 +90,11 @@ def resolve_systematics(spec: SystematicsSpec | bool) -> SystematicsKernel | Non
         valid = ", ".join(repr(k) for k in SYSTEMATICS_KERNELS)
         raise ValueError(f"parallax_systematics=True is ambiguous; name a kernel: {valid}")
     try:
-        return get_kernel(spec)
+        kernel = get_kernel(spec)
     except TypeError as err:
         raise ValueError(str(err)) from None
+    check_kernel(kernel)
+    return kernel
 
 
 def resolve_offset_prior(spec: str | OffsetPrior | tuple[float, float] | None) -> OffsetPrior | None:

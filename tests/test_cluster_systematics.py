@@ -214,3 +214,62 @@ def _quiet_fit(t, kernel):
             t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", systematics=kernel,
             num_samples=1000, seed=4, progress=False,
         )  # fmt: skip
+
+
+def _fake_fit(t):
+    """The stars a parallax-only fit of ``t`` selects, the true memberships and a posterior near the truth."""
+    from gaia_distances.cluster.stars import select_stars
+
+    sel = select_stars(t, zero_point="parallax_zeropoint_true", kinematics=False)
+    rng = np.random.default_rng(0)
+    post = {"D": 850.0 + rng.normal(0, 1.0, (2, 100)), "sigma": 10.0 + rng.normal(0, 0.5, (2, 100))}
+    return sel, np.asarray(t["is_member"], float)[sel.stars.rows], post
+
+
+def test_a_user_kernel_that_is_not_a_covariance_is_refused_before_any_fit():
+    t = gd.simulate_field(300, n_cluster=100, seed=4)
+    with pytest.raises(ValueError, match=r"custom kernel .*<lambda>.*NaN or inf at 0-180 deg"):
+        gd.fit_cluster(t, systematics=lambda theta: np.full_like(theta, np.nan), kinematics=False)
+    with pytest.raises(ValueError, match=r"V\(0\) must be positive"):
+        gd.fit_clusters([t, t], systematics=lambda theta: -1e-4 + 0 * theta, kinematics=False)
+    with pytest.raises(ValueError, match="not positive semi-definite over the fitted stars"):
+        gd.fit_cluster(
+            t,
+            systematics=lambda theta: np.where(theta < 0.1, 1e-4, -1e-4),
+            kinematics=False,
+            zero_point="parallax_zeropoint_true",
+        )
+
+
+def test_all_nan_positions_take_the_zero_separation_variance_with_a_warning():
+    t = gd.simulate_field(300, n_cluster=100, seed=4)
+    t["ra"] = np.full(len(t), np.nan) * t["ra"].unit
+    t["dec"] = np.full(len(t), np.nan) * t["dec"].unit
+    sel, member, post = _fake_fit(t)
+    with pytest.warns(gd.GaiaDistancesWarning, match="no fitted star has a finite ra/dec"):
+        sys = fit_systematics("lindegren2021", sel.table, sel.stars, member, post)
+    assert sys.positions == "no positions" and sys.parallax_variance == pytest.approx(142e-6)
+    assert sys.n_without_position == sel.stars.n_stars
+
+
+def test_stars_without_a_position_count_at_zero_separation():
+    """A few members without ra/dec raise the shared variance to what V(0) for their pairs gives, with a warning."""
+    t = gd.simulate_field(300, n_cluster=100, seed=4)
+    sel, member, post = _fake_fit(t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gd.GaiaDistancesWarning)
+        placed = fit_systematics("lindegren2021", sel.table, sel.stars, member, post)
+    lost = sel.stars.rows[np.flatnonzero(member > 0)[:10]]
+    table = sel.table.copy()
+    table["ra"][lost] = np.nan * table["ra"].unit
+    with pytest.warns(gd.GaiaDistancesWarning, match="10 of .* fitted stars have no finite ra/dec"):
+        sys = fit_systematics("lindegren2021", table, sel.stars, member, post)
+    assert sys.positions == "weighted pairs" and sys.n_without_position == 10
+    # the dense sum with theta = 0 for every pair that involves a star without a position
+    ra = np.asarray(table["ra"].value)[sel.stars.rows]
+    dec = np.asarray(table["dec"].value)[sel.stars.rows]
+    w = member / (np.asarray(sel.stars.parallax_error) ** 2 + (1000 / 850 * 10 / 850) ** 2)
+    cov = covariance_matrix(ra, dec, "lindegren2021")
+    cov[np.isnan(cov)] = 142e-6
+    assert sys.parallax_variance == pytest.approx(w @ cov @ w / w.sum() ** 2, rel=1e-3)
+    assert sys.parallax_variance > placed.parallax_variance

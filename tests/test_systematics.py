@@ -17,6 +17,7 @@ from gaia_distances.core.inflation import (
     inflate_parallax_error,
     k_maiz_apellaniz_2022,
 )
+from gaia_distances.core.kernel_checks import check_covariance_psd
 from gaia_distances.core.offset_field import clip_to_psd, draw_offset_field, leading_modes
 from gaia_distances.core.systematics import (
     SYSTEMATICS_KERNELS,
@@ -24,6 +25,7 @@ from gaia_distances.core.systematics import (
     covariance_matrix,
     get_kernel,
     shared_offset_variance,
+    weighted_offset_variance,
 )
 from gaia_distances.errors import GaiaDistancesWarning, MissingColumnsError
 from gaia_distances.systematics import (
@@ -377,3 +379,61 @@ def test_inflation_marks_magnitudes_and_solution_types_outside_its_calibration()
     for flag in (True, False, np.bool_(True)):
         with pytest.raises(ValueError, match="a factor > 0 or None; got"):
             inflate_parallax_error(sigma, g, flag)
+
+
+# --- a user's kernel, checked -----------------------------------------------------------------------------
+
+
+def negative_kernel(theta):
+    return -1e-4 * np.exp(-theta)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "message"),
+    [
+        (negative_kernel, r"negative_kernel: V\(0\) must be positive"),
+        (lambda theta: 0.0 * theta, r"V\(0\) must be positive"),
+        (lambda theta: np.full_like(theta, np.nan), r"NaN or inf at 0-180 deg"),
+        (lambda theta: np.where(theta > 40.0, np.inf, 1e-4), r"NaN or inf at 40\.5-180 deg"),
+        (lambda theta: 1e-4 * np.exp(theta / 10.0), r"exceeds V\(0\) = 0\.0001 mas\^2 at 0\.0001-180 deg"),
+        (lambda theta: np.ones(3), r"returned shape \(3,\)"),
+        (lambda theta: "wide", r"must return numbers"),
+    ],
+)
+def test_a_kernel_that_is_not_a_covariance_is_refused(kernel, message):
+    with pytest.raises(ValueError, match=message) as err:
+        resolve_systematics(kernel)
+    assert "<lambda>" in str(err.value) or "negative_kernel" in str(err.value)
+
+
+def test_a_constant_kernel_returning_one_number_is_broadcast():
+    kernel = resolve_systematics(lambda theta: 1e-4)
+    assert kernel is not None
+    ra, dec = _cone(50, 0.5)
+    np.testing.assert_array_equal(covariance_matrix(ra, dec, kernel), np.full((50, 50), 1e-4))
+    assert shared_offset_variance(ra, dec, kernel).variance == pytest.approx(1e-4)
+    assert shared_offset_variance(ra[:1], dec[:1], kernel).variance == pytest.approx(1e-4)
+    assert weighted_offset_variance(ra, dec, np.ones(50), kernel) == pytest.approx(1e-4)
+
+
+def test_the_published_kernels_pass_the_checks():
+    for name in SYSTEMATICS_KERNELS:
+        assert resolve_systematics(name) is SYSTEMATICS_KERNELS[name]
+    ra, dec = _cone(300, 1.0)
+    for name in ("lindegren2021", "vasiliev2021"):  # both positive definite: they would pass the matrix check too
+        check_covariance_psd(SYSTEMATICS_KERNELS[name], ra, dec)
+
+
+def test_a_kernel_that_is_not_positive_semi_definite_over_the_stars_is_refused():
+    """A step function passes the pointwise checks (|V| <= V(0)) but is no covariance over a field of stars."""
+
+    def step(theta):
+        return np.where(theta < 0.1, 1e-4, -1e-4)
+
+    kernel = resolve_systematics(step)
+    ra, dec = _cone(400, 0.5)
+    with pytest.raises(ValueError, match="custom kernel .*step is not positive semi-definite over the fitted stars"):
+        check_covariance_psd(kernel, ra, dec)
+    check_covariance_psd(resolve_systematics(lambda theta: 1e-4 * np.exp(-theta / 0.3)), ra, dec)
+    # stars without a position take no part; fewer than two placed stars leave nothing to check
+    check_covariance_psd(kernel, np.full(5, np.nan), np.full(5, np.nan))

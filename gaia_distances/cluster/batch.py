@@ -21,7 +21,7 @@ from gaia_distances.cluster.stars import (
     select_stars,
     write_star_columns,
 )
-from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS
+from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, check_kernel_over_stars
 from gaia_distances.columns import warn, zero_point_record
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
@@ -135,7 +135,7 @@ def fit_clusters(
     prior, kinematics, field, zero_point, parallax_limits, truncate, systematics, parallax_offset_prior
         As in :func:`~gaia_distances.fit_cluster`, the same for every
         cluster; under ``kinematics="auto"`` proper motions are used only when
-        every table has them.
+        every table has them (and 20 rows with usable ones).
     num_warmup, num_samples, num_chains, target_accept_prob, extend, seed
         NUTS settings for every cluster, with the defaults of
         :func:`~gaia_distances.fit_cluster`'s marginal method; equal seeds give
@@ -211,6 +211,7 @@ def fit_clusters(
             warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
         if i in selected:
             refuse_star_columns(selected[i].table, overwrite=overwrite, step=f"fit_clusters (cluster {name!r})")
+            check_kernel_over_stars(systematics, selected[i].table, selected[i].stars)
     if selected:
         order = sorted(selected)
         with clock.step("prepare"):

@@ -31,7 +31,12 @@ from gaia_distances.cluster.stars import (
     select_stars,
     write_star_columns,
 )
-from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
+from gaia_distances.cluster.systematics import (
+    DEFAULT_SYSTEMATICS,
+    add_systematics,
+    check_kernel_over_stars,
+    fit_systematics,
+)
 from gaia_distances.columns import update_provenance, zero_point_record
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import (
@@ -122,11 +127,13 @@ def fit_cluster(
         ``pmra``, ``pmdec``, ``pmra_error`` and ``pmdec_error`` (with the
         correlations ``parallax_pmra_corr``, ``parallax_pmdec_corr``,
         ``pmra_pmdec_corr`` when present, else 0 with a warning); a table
-        with proper motions but no errors gets a warning and a parallax-only
-        fit. ``True`` requires those columns
-        (:class:`~gaia_distances.MissingColumnsError`); ``False`` fits the
-        parallaxes alone. A star without a usable proper motion is fitted
-        with its parallax alone and flagged.
+        with proper motions but no errors, or with fewer than 20 fitted rows
+        whose proper motions are usable (finite values, finite positive
+        errors), gets a warning and a parallax-only fit. ``True`` requires
+        those columns (:class:`~gaia_distances.MissingColumnsError`) and 20
+        such rows (:class:`~gaia_distances.GaiaDistancesError`); ``False``
+        fits the parallaxes alone. A star without a usable proper motion is
+        fitted with its parallax alone and flagged.
     field
         The field's distance model: ``"flexible"`` (default), a smooth
         mixture of log-normal distance bins that fits magnitude-limited
@@ -163,13 +170,16 @@ def fit_cluster(
         Gaia's angularly correlated parallax (and proper-motion) systematics:
         ``"vasiliev2021"`` (default; Vasiliev & Baumgardt 2021, calibrated on
         star clusters), ``"lindegren2021"``, ``"maiz-apellaniz2021"``, a
-        callable ``V(theta_deg) -> mas^2``, or ``None`` for the reference
-        model as it was. The members share one offset whose variance is the
+        callable ``V(theta_deg) -> mas^2`` (checked before the fit: finite,
+        ``V(0) > 0``, positive semi-definite over the fitted stars, else
+        ``ValueError``; a scalar is a constant kernel), or ``None`` for the
+        reference model as it was. The members share one offset whose variance is the
         weighted mean of ``V`` over their pairs; ``D`` (and ``pmra``/``pmdec``)
         then include it, and the summary splits ``sd`` into ``sd_stat`` and
         ``sd_sys`` and adds a ``parallax_offset`` row
         (:mod:`gaia_distances.cluster.systematics`). Needs ``ra``/``dec``
-        (without them the zero-separation variance is used, with a warning).
+        (without them, or for stars whose position is NaN, the
+        zero-separation variance is used, with a warning).
     parallax_offset_prior
         An optional prior on the members' mean parallax offset,
         ``"vasiliev2021"`` (+0.010 +- 0.003 mas for G > 13, after the
@@ -270,6 +280,7 @@ def fit_cluster(
         perspective=bool(perspective),
     )
     refuse_star_columns(sel.table, overwrite=overwrite, step="fit_cluster")
+    check_kernel_over_stars(systematics, sel.table, sel.stars)
     model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
     settings = nuts_settings(
         method if method == "joint" or model.is_reference else "extended",

@@ -38,6 +38,7 @@ __all__ = [
     "Selection",
     "resolve_kinematics",
     "select_stars",
+    "usable_proper_motions",
     "write_star_columns",
 ]
 
@@ -119,27 +120,58 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def resolve_kinematics(table: Any, kinematics: bool | str, *, step: str = "fit_cluster") -> bool:
+def resolve_kinematics(
+    table: Any, kinematics: bool | str, *, step: str = "fit_cluster", rows: np.ndarray | None = None
+) -> bool:
     """Whether a fit uses proper motions: ``kinematics`` is ``True``, ``False`` or ``"auto"``.
 
     ``True`` with a column of :data:`PM_COLUMNS` missing raises
-    :class:`~gaia_distances.MissingColumnsError` naming them; ``"auto"`` uses
-    proper motions when all are present, and warns (then fits parallaxes
-    alone) when the table has proper motions but not their errors.
+    :class:`~gaia_distances.MissingColumnsError` naming them, and with fewer
+    than :data:`MIN_STARS` usable proper motions (:func:`usable_proper_motions`)
+    among ``rows`` (a mask or indices of the rows to fit; default all)
+    raises :class:`~gaia_distances.GaiaDistancesError`. ``"auto"`` uses
+    proper motions when all the columns are present and at least
+    :data:`MIN_STARS` of those rows have a usable one; else it fits the
+    parallaxes alone, and warns when the table has proper motions that it
+    cannot use (no errors, or too few usable rows).
     """
     if kinematics not in (True, False, "auto"):
         raise ValueError(f"kinematics must be True, False or 'auto'; got {kinematics!r}")
     missing = [c for c in PM_COLUMNS if c not in table.colnames]
     if kinematics is True and missing:
         raise MissingColumnsError(f"{step}(kinematics=True) needs the columns {', '.join(missing)}")
-    if kinematics == "auto":
-        if missing and any(c in table.colnames for c in ("pmra", "pmdec")):
+    if kinematics == "auto" and missing:
+        if any(c in table.colnames for c in ("pmra", "pmdec")):
             warn(
                 f"{step}: the table has proper motions but not {', '.join(missing)}; "
                 "fitting the parallaxes alone (kinematics=False)"
             )
-        return not missing
-    return bool(kinematics)
+        return False
+    if kinematics is False:
+        return False
+    usable = usable_proper_motions(table)
+    if rows is not None:
+        usable = usable[rows]
+    n_usable, n_rows = int(usable.sum()), int(usable.size)
+    if n_usable >= MIN_STARS:
+        return True
+    what = (
+        f"{n_usable} of {n_rows} rows to fit have a usable proper motion (finite pmra and pmdec, "
+        "finite and positive pmra_error and pmdec_error)"
+    )
+    if kinematics is True:
+        raise GaiaDistancesError(
+            f"{step}(kinematics=True) needs at least {MIN_STARS} stars with proper motions: {what}"
+        )
+    warn(f"{step}: {what}; fitting the parallaxes alone (kinematics=False)")
+    return False
+
+
+def usable_proper_motions(table: Any) -> np.ndarray:
+    """Rows with a finite ``pmra`` and ``pmdec`` and finite, positive ``pmra_error`` and ``pmdec_error``."""
+    vals = np.stack([column_values(table, c, u.mas / u.yr) for c in ("pmra", "pmdec")])
+    errs = np.stack([column_values(table, c, u.mas / u.yr) for c in ("pmra_error", "pmdec_error")])
+    return np.all(np.isfinite(vals), axis=0) & np.all(np.isfinite(errs) & (errs > 0), axis=0)
 
 
 def _proper_motions(out: QTable, used: np.ndarray, flag: np.ndarray, step: str) -> dict[str, np.ndarray]:
@@ -208,7 +240,7 @@ def select_stars(
         cut = raw if raw is not None else plx
         inside = (cut > lo) & (cut < hi)
         flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
-    use_pm = resolve_kinematics(out, kinematics, step=step)
+    use_pm = resolve_kinematics(out, kinematics, step=step, rows=flag == 0)
     used = np.flatnonzero(flag == 0)
     if used.size < MIN_STARS:
         raise GaiaDistancesError(

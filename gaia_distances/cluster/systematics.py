@@ -51,10 +51,11 @@ from astropy.table import Table
 
 from gaia_distances.cluster.stars import FittedStars
 from gaia_distances.columns import column_values, warn
+from gaia_distances.core.kernel_checks import check_covariance_psd, is_published
 from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel, weighted_offset_variance
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
-__all__ = ["DEFAULT_SYSTEMATICS", "FitSystematics", "add_systematics", "fit_systematics"]
+__all__ = ["DEFAULT_SYSTEMATICS", "FitSystematics", "add_systematics", "check_kernel_over_stars", "fit_systematics"]
 
 #: The default kernel of ``fit_cluster(systematics=...)``: Vasiliev & Baumgardt (2021), calibrated
 #: on star clusters (globular clusters' internal parallax and proper-motion scatter) with a
@@ -83,8 +84,13 @@ class FitSystematics(NamedTuple):
         ``parallax_offset_prior`` was given.
     positions
         ``"weighted pairs"``, or ``"no positions"`` when the table has no
-        ``ra``/``dec`` (then ``V(0)``: every member at one place, the largest
-        value the kernel allows); ``"no kernel"`` without one.
+        ``ra``/``dec``, or none that is finite for a fitted star (then
+        ``V(0)``: every member at one place, the largest value the kernel
+        allows); ``"no kernel"`` without one.
+    n_without_position
+        Fitted stars without a finite ``ra``/``dec``: they are taken at zero
+        separation from every other star (``V(0)``), so that the variance is
+        not underestimated.
     """
 
     kernel: SystematicsKernel | None
@@ -93,6 +99,7 @@ class FitSystematics(NamedTuple):
     offset_mean: float
     offset_sigma: float
     positions: str
+    n_without_position: int = 0
 
     @property
     def parallax_sigma(self) -> float:
@@ -109,6 +116,7 @@ class FitSystematics(NamedTuple):
             "offset_prior_mean_mas": self.offset_mean,
             "offset_prior_sigma_mas": self.offset_sigma,
             "positions": self.positions,
+            "n_without_position": self.n_without_position,
         }
 
 
@@ -149,16 +157,10 @@ def fit_systematics(
     spread = plx * float(np.median(np.asarray(posterior.get("sigma", 0.0 * d), float) / d))
     w = p / (np.asarray(stars.parallax_error, float) ** 2 + spread**2)
     if kernel is None:  # an offset prior alone
-        ra, dec, positions = np.zeros(len(rows)), np.zeros(len(rows)), "no kernel"
-    elif ra is None or dec is None:
-        warn(
-            "fit_cluster: the table has no ra/dec, so the members' shared parallax offset takes the kernel's "
-            "zero-separation variance V(0), its largest value"
-        )
-        ra, dec, positions = np.zeros(len(rows)), np.zeros(len(rows)), "no positions"
+        ra, dec, positions, n_unplaced = np.zeros(len(rows)), np.zeros(len(rows)), "no kernel", 0
     else:
-        positions = "weighted pairs"
-    v_plx = 0.0 if kernel is None else weighted_offset_variance(ra, dec, w, kernel, g, seed=seed)
+        ra, dec, positions, n_unplaced = _positions(ra, dec, len(rows))
+    v_plx = 0.0 if kernel is None else weighted_offset_variance(ra, dec, w, kernel, g, seed=seed, unplaced="coincide")
     v_pm = None
     if (
         kernel is not None
@@ -169,7 +171,8 @@ def fit_systematics(
     ):
         pm_spread = float(np.median(np.asarray(posterior["sigma_v"], float))) * plx / 4.740470463
         var_pm = 0.5 * (np.asarray(stars.pmra_error, float) ** 2 + np.asarray(stars.pmdec_error, float) ** 2)
-        v_pm = weighted_offset_variance(ra, dec, p / (var_pm + pm_spread**2), kernel, component="proper_motion")
+        w_pm = p / (var_pm + pm_spread**2)
+        v_pm = weighted_offset_variance(ra, dec, w_pm, kernel, component="proper_motion", unplaced="coincide")
         v_pm = 0.0 if not math.isfinite(v_pm) else v_pm
     mean, sigma = 0.0, 0.0
     if prior is not None:
@@ -177,7 +180,65 @@ def fit_systematics(
         share = float(np.sum(w * applies) / np.sum(w)) if np.sum(w) > 0 else 1.0
         mean, sigma = prior.mean * share, prior.sigma * share
     v_plx = 0.0 if not math.isfinite(v_plx) else v_plx  # no weighted member: nothing to shift
-    return FitSystematics(kernel, v_plx, v_pm, mean, sigma, positions)
+    return FitSystematics(kernel, v_plx, v_pm, mean, sigma, positions, n_unplaced)
+
+
+def _positions(ra: np.ndarray | None, dec: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, str, int]:
+    """The fitted stars' positions (deg; NaN where unknown), how they enter and how many are unknown.
+
+    Stars without a finite ``ra``/``dec`` are counted at zero separation from
+    every other star (``V(0)``, the kernel's largest value), with a warning:
+    a table without positions, or with none finite, gets ``V(0)`` for the
+    whole shared offset; a few unknown positions only raise it.
+    """
+    if ra is None or dec is None:
+        warn(
+            "fit_cluster: the table has no ra/dec, so the members' shared parallax offset takes the kernel's "
+            "zero-separation variance V(0), its largest value"
+        )
+        return np.full(n, np.nan), np.full(n, np.nan), "no positions", n
+    unplaced = ~(np.isfinite(ra) & np.isfinite(dec))
+    n_unplaced = int(unplaced.sum())
+    if n_unplaced == n:
+        warn(
+            "fit_cluster: no fitted star has a finite ra/dec, so the members' shared parallax offset takes the "
+            "kernel's zero-separation variance V(0), its largest value"
+        )
+        return ra, dec, "no positions", n
+    if n_unplaced:
+        warn(
+            f"fit_cluster: {n_unplaced} of {n} fitted stars have no finite ra/dec; the members' shared parallax "
+            "offset counts them at zero separation from every other star (V(0), the kernel's largest value)"
+        )
+    return ra, dec, "weighted pairs", n_unplaced
+
+
+def check_kernel_over_stars(spec: SystematicsSpec, table: Table, stars: FittedStars) -> None:
+    """Refuse a user's kernel whose covariance over the fitted stars is not positive semi-definite.
+
+    Before any fit: the kernel's values from 0 to the widest separation
+    (:func:`~gaia_distances.core.systematics.check_kernel`, done over
+    0-180 deg by :func:`~gaia_distances.systematics.resolve_systematics`) and
+    its matrix over the stars with a position
+    (:func:`~gaia_distances.core.systematics.check_covariance_psd`; at most
+    1 000 of them). The published kernels are not checked (Maiz Apellaniz
+    et al. 2021 is known not to be positive semi-definite; its weighted
+    variance is clipped at 0).
+
+    Raises
+    ------
+    ValueError
+        Naming the kernel and what fails.
+    """
+    kernel = resolve_systematics(spec)
+    if kernel is None or is_published(kernel):
+        return
+    rows = stars.rows
+    ra, dec = _column(table, "ra", u.deg, rows), _column(table, "dec", u.deg, rows)
+    if ra is None or dec is None:
+        return  # every star at one place: V(0) > 0 is all a covariance needs
+    g = _column(table, "phot_g_mean_mag", u.mag, rows)
+    check_covariance_psd(kernel, ra, dec, g)
 
 
 def add_systematics(posterior: Mapping[str, np.ndarray], sys: FitSystematics, *, seed: int) -> dict[str, np.ndarray]:

@@ -31,10 +31,12 @@ Sign convention: an offset ``d`` makes the zero-point-corrected parallax
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import numpy as np
+
+from gaia_distances.core.user_kernel import KernelFunction, UserKernel, callable_name, evaluate_kernel
 
 __all__ = [
     "OFFSET_PRIORS",
@@ -45,6 +47,7 @@ __all__ = [
     "SystematicsKernel",
     "angular_separation",
     "covariance_matrix",
+    "evaluate_kernel",
     "get_kernel",
     "lindegren2021_parallax",
     "lindegren2021_proper_motion",
@@ -58,8 +61,6 @@ __all__ = [
     "vasiliev2021_proper_motion",
 ]
 
-#: A covariance kernel: angular separation (deg) -> covariance (mas^2, or (mas/yr)^2 for proper motions).
-KernelFunction = Callable[[np.ndarray], np.ndarray]
 #: Which covariance a kernel gives: parallax (mas^2) or proper motion ((mas/yr)^2 per component).
 Component = Literal["parallax", "proper_motion"]
 
@@ -206,7 +207,10 @@ def get_kernel(spec: str | KernelFunction | SystematicsKernel) -> SystematicsKer
     """A :class:`SystematicsKernel` from a registry name, a kernel or a callable ``V(theta_deg) -> mas^2``.
 
     Names are matched case-insensitively. A callable becomes a ``"custom"``
-    parallax kernel, not assumed positive semi-definite.
+    parallax kernel, not assumed positive semi-definite; a scalar it returns
+    (a constant kernel) is broadcast to the separations' shape
+    (:func:`evaluate_kernel`).
+    :func:`~gaia_distances.core.kernel_checks.check_kernel` checks its values.
 
     Examples
     --------
@@ -214,6 +218,8 @@ def get_kernel(spec: str | KernelFunction | SystematicsKernel) -> SystematicsKer
     'lindegren2021'
     >>> get_kernel(lambda theta: 1e-4 + 0 * theta).positive_definite
     False
+    >>> get_kernel(lambda theta: 1e-4).parallax(np.zeros(3)).tolist()  # a constant kernel
+    [0.0001, 0.0001, 0.0001]
     """
     if isinstance(spec, SystematicsKernel):
         return spec
@@ -226,7 +232,7 @@ def get_kernel(spec: str | KernelFunction | SystematicsKernel) -> SystematicsKer
             )
         return kernel
     if callable(spec):
-        return SystematicsKernel("custom", spec, reference=getattr(spec, "__name__", "user callable"))
+        return SystematicsKernel("custom", UserKernel(spec), reference=callable_name(spec))
     raise TypeError(f"parallax systematics must be a name or a callable V(theta_deg) -> mas^2, not {spec!r}")
 
 
@@ -268,9 +274,18 @@ def pair_covariance(
     *,
     scales: tuple[np.ndarray, np.ndarray] | None = None,
     component: Component = "parallax",
+    unplaced_coincide: bool = False,
 ) -> np.ndarray:
-    """``V(theta)`` between positions 1 and 2 (deg, broadcast), times ``min(s1, s2)`` for ``scales=(s1, s2)``."""
-    v = np.asarray(kernel.function(component)(angular_separation(ra1, dec1, ra2, dec2)), dtype=float)
+    """``V(theta)`` between positions 1 and 2 (deg, broadcast), times ``min(s1, s2)`` for ``scales=(s1, s2)``.
+
+    With ``unplaced_coincide`` a pair with a NaN position is taken at zero
+    separation (``V(0)``, the largest covariance a kernel allows); else its
+    covariance is NaN.
+    """
+    theta = angular_separation(ra1, dec1, ra2, dec2)
+    if unplaced_coincide:
+        theta = np.where(np.isnan(theta), 0.0, theta)
+    v = evaluate_kernel(kernel.function(component), theta)
     return v if scales is None else v * np.minimum(scales[0], scales[1])
 
 
@@ -303,7 +318,12 @@ def covariance_matrix(
 
 
 def _covariance_rows(
-    kernel: SystematicsKernel, ra: np.ndarray, dec: np.ndarray, s: np.ndarray | None, component: Component
+    kernel: SystematicsKernel,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    s: np.ndarray | None,
+    component: Component,
+    unplaced_coincide: bool = False,
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """The matrix ``V(theta_ij)`` of the stars, a block of rows at a time (about 2e6 entries each).
 
@@ -314,7 +334,16 @@ def _covariance_rows(
     for start in range(0, n, block):
         rows = slice(start, start + block)
         scales = None if s is None else (s[rows, None], s[None, :])
-        v = pair_covariance(kernel, ra[rows, None], dec[rows, None], ra, dec, scales=scales, component=component)
+        v = pair_covariance(
+            kernel,
+            ra[rows, None],
+            dec[rows, None],
+            ra,
+            dec,
+            scales=scales,
+            component=component,
+            unplaced_coincide=unplaced_coincide,
+        )
         yield rows, v
 
 
@@ -400,7 +429,9 @@ def shared_offset_variance(
     s = None if s_all is None else s_all[good]
     n = ra.size
     if n < 2:
-        v0 = float(k.function(component)(np.zeros(1))[0]) * (1.0 if s is None or n == 0 else float(s[0]))
+        v0 = float(evaluate_kernel(k.function(component), np.zeros(1))[0]) * (
+            1.0 if s is None or n == 0 else float(s[0])
+        )
         return OffsetVariance(max(v0, 0.0), 0.0, 0, True)
     if n <= max_exact:
         blocks = _covariance_rows(k, ra, dec, s, component)
@@ -427,6 +458,7 @@ def weighted_offset_variance(
     max_exact: int = 3000,
     n_pairs: int = 400_000,
     seed: int = 0,
+    unplaced: Literal["exclude", "coincide"] = "exclude",
 ) -> float:
     """Systematic variance of a weighted mean of the stars' parallaxes (or proper motions).
 
@@ -434,8 +466,11 @@ def weighted_offset_variance(
     component), the diagonal included: a single star keeps its own ``V(0)``.
     With inverse-variance weights this is the systematic part of the variance
     of the cluster's mean parallax under ``C = V + diag(sigma^2)``; its
-    statistical part is ``1 / sum(1 / sigma^2)``. Stars with a NaN position
-    or a weight that is not positive take no part. Up to ``max_exact`` stars
+    statistical part is ``1 / sum(1 / sigma^2)``. Stars with a weight that
+    is not positive take no part; stars with a NaN position take no part
+    either (``unplaced="exclude"``), or are taken at zero separation from
+    every other star (``unplaced="coincide"``: ``V(0)``, the kernel's largest
+    value, so that the variance is not underestimated). Up to ``max_exact`` stars
     every pair is summed; above it, ``n_pairs`` pairs are drawn with
     probability ``w_i w_j`` (an unbiased estimate, deterministic for a seed).
     The result is clipped at 0 (a kernel that is not positive semi-definite
@@ -451,17 +486,21 @@ def weighted_offset_variance(
     ra, dec = np.asarray(ra, dtype=float).ravel(), np.asarray(dec, dtype=float).ravel()
     w = np.broadcast_to(np.asarray(weights, dtype=float), ra.shape)
     s_all = star_scales(k, g, ra.size, component)
-    good = np.isfinite(ra) & np.isfinite(dec) & np.isfinite(w) & (w > 0)
+    if unplaced not in ("exclude", "coincide"):
+        raise ValueError(f"unplaced must be 'exclude' or 'coincide'; got {unplaced!r}")
+    coincide = unplaced == "coincide"
+    good = np.isfinite(w) & (w > 0) & (coincide | (np.isfinite(ra) & np.isfinite(dec)))
     if not good.any():
         return math.nan
     ra, dec, w = ra[good], dec[good], w[good] / w[good].sum()
     s = None if s_all is None else s_all[good]
     n = ra.size
     if n <= max_exact:
-        total = sum(float(w[rows] @ v @ w) for rows, v in _covariance_rows(k, ra, dec, s, component))
+        blocks = _covariance_rows(k, ra, dec, s, component, unplaced_coincide=coincide)
+        total = sum(float(w[rows] @ v @ w) for rows, v in blocks)
         return max(total, 0.0)
     rng = np.random.default_rng(seed)
     i, j = rng.choice(n, n_pairs, p=w), rng.choice(n, n_pairs, p=w)
     scales = None if s is None else (s[i], s[j])
-    v = pair_covariance(k, ra[i], dec[i], ra[j], dec[j], scales=scales, component=component)
+    v = pair_covariance(k, ra[i], dec[i], ra[j], dec[j], scales=scales, component=component, unplaced_coincide=coincide)
     return max(float(v.mean()), 0.0)
