@@ -21,7 +21,7 @@ from astropy import units as u
 from astropy.table import Column, MaskedColumn, QTable, Table
 
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
-from gaia_distances.output_columns import DistanceColumnNames, distance_column_names, refuse_existing_columns
+from gaia_distances.appended_columns import DistanceColumnNames, distance_column_names, refuse_existing_columns
 
 __all__ = [
     "COLUMN_UNITS",
