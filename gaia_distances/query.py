@@ -285,10 +285,11 @@ def query_adql(
         Seconds any one network operation (connection, read) may take.
     job_timeout
         Seconds the whole query may take, from the first submission to the
-        result, retries included (default :data:`DEFAULT_JOB_TIMEOUT`, two
-        hours; ``None``: no limit). A job still queued or executing then is
-        aborted on the server (UWS ``PHASE=ABORT``) and a
-        :class:`~gaia_distances.GaiaQueryError` names it.
+        end of the result's download, retries included (default
+        :data:`DEFAULT_JOB_TIMEOUT`, two hours; ``None``: no limit). A job
+        still queued or executing then is aborted on the server (UWS
+        ``PHASE=ABORT``), a download still under way is stopped, and a
+        :class:`~gaia_distances.GaiaQueryError` names the job.
     retries, backoff
         Failed attempts are retried ``retries`` times, waiting ``backoff *
         2**k`` s. A job abandoned by a failed or interrupted attempt is
@@ -339,8 +340,7 @@ def query_adql(
         job = None
         running = False  # a job of ours is queued or executing on the server
         try:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            with _socket_timeout(left if timeout is None else min(timeout, left or timeout)):
+            with _socket_timeout(_read_timeout(deadline, timeout)):
                 arch = archive if archive is not None else _make_archive(server, login)
                 if progress:
                     log.info("submitting Gaia archive job to %s", server)
@@ -363,8 +363,7 @@ def query_adql(
                         detail = str(job.get_error())
                     error = _Definitive if phase == "ERROR" else GaiaQueryError
                     raise error(f"job {jobid} ended in phase {phase}: {detail}".strip())
-                job.outputFile = str(tmp)
-                job.save_results()
+                _download(job, tmp, deadline=deadline, timeout=timeout, job_timeout=job_timeout, start=start)
             rows, status = _check_votable(tmp)
             truncated = status == "OVERFLOW" or (maxrec is not None and rows >= maxrec)
             if truncated:
@@ -403,6 +402,58 @@ def query_adql(
         f"{_one_line(last) if last else 'no answer'}. Check the server URL and your network, increase "
         "timeout= or job_timeout=, or use offline=True with a cached result."
     ) from last
+
+
+#: Bytes asked for per read of a result: a read returns what has arrived, up to this.
+_CHUNK = 65536
+
+
+def _download(
+    job: Any, path: Path, *, deadline: float | None, timeout: float | None, job_timeout: float | None, start: float
+) -> None:
+    """Save the job's result to ``path``, within ``deadline`` (monotonic s) for the whole download.
+
+    Each read returns what has arrived (at most :data:`_CHUNK` bytes) and the
+    deadline is checked between reads, so a server that trickles the result
+    cannot hold the query past ``job_timeout``; each read waits at most
+    ``timeout`` or the time left. A job without a connection handler (an
+    injected archive) saves its result itself.
+    """
+    conn = getattr(job, "connHandler", None)
+    jobid = getattr(job, "jobid", None)
+    if conn is None or jobid is None:
+        job.outputFile = str(path)
+        job.save_results()
+        return
+    with _socket_timeout(_read_timeout(deadline, timeout)):
+        response = conn.execute_tapget(f"async/{jobid}/results/result")
+        if response.status != 200:
+            response.read()
+            raise GaiaQueryError(
+                f"the result of job {jobid} could not be fetched: HTTP {response.status} {response.reason}"
+            )
+        received = 0
+        read = getattr(response, "read1", response.read)
+        with open(path, "wb") as fh:
+            while chunk := read(_CHUNK):
+                fh.write(chunk)
+                received += len(chunk)
+                if deadline is not None and time.monotonic() > deadline:
+                    response.close()
+                    raise _Definitive(
+                        f"the result of job {jobid} was still downloading after {time.monotonic() - start:.0f} s "
+                        f"({received} bytes received), past job_timeout={job_timeout:g} s; the server sends it "
+                        "slowly. Try again later, split the query (smaller cones, magnitude slices) or raise "
+                        "job_timeout"
+                    )
+
+
+def _read_timeout(deadline: float | None, timeout: float | None) -> float | None:
+    """Seconds one network read may wait: ``timeout``, or less where the deadline comes first."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.001)
+    return left if timeout is None else min(timeout, left)
 
 
 def _cleanup(tmp: Path) -> None:
