@@ -292,8 +292,11 @@ def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from gaia_distances.report import write_report
 
     truths = _parse_truths(args.truth)
-    t = gd.load_table(args.input)
-    source: Any = gd.ClusterFit.from_table(t, args.posterior) if args.posterior else t
+    if args.posterior:  # from the file, so that a posterior of another fit is refused naming both files
+        source: Any = gd.ClusterFit.from_table(args.input, args.posterior)
+        t = source.table
+    else:
+        source = t = gd.load_table(args.input)
     path = write_report(source, args.output_dir, truths=truths, title=args.title)
     figures = sorted(p.name for p in Path(args.output_dir).glob("*.png"))
     return {"rows": len(t), "report": str(path), "figures": figures}

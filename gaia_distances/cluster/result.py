@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -13,8 +15,9 @@ from astropy import units as u
 from astropy.table import QTable, Table
 
 from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
+from gaia_distances.cluster.fingerprint import describe_mismatch, fit_fingerprint
 from gaia_distances.cluster.stars import FittedStars, select_stars
-from gaia_distances.columns import META_KEY
+from gaia_distances.columns import META_KEY, warn
 from gaia_distances.core.diagnostics import ess_rhat
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import (
@@ -23,7 +26,7 @@ from gaia_distances.core.population import (
     from_population,
     population_from_physical,
 )
-from gaia_distances.errors import GaiaDistancesError
+from gaia_distances.errors import GaiaDistancesError, PosteriorMismatchError
 from gaia_distances.io import as_table
 
 __all__ = ["ClusterFit", "ClusterFits", "parameter_summary"]
@@ -84,6 +87,8 @@ DESCRIPTIONS = {
 STAT = "_stat"
 #: The systematic offsets themselves (their ``sd`` is all ``sd_sys``).
 SYSTEMATIC_ONLY = ("parallax_offset", "pmra_offset", "pmdec_offset")
+#: Attribute of a saved posterior that holds its fit's fingerprint (JSON).
+FINGERPRINT_ATTR = "gaia_distances_fingerprint"
 
 
 def _base(name: str) -> str:
@@ -241,14 +246,34 @@ class ClusterFit:
         posterior = dict(self.posterior)
         if self.model is not None and not self.model.is_reference:
             posterior["unconstrained"] = np.asarray(self.draws)  # what from_table rebuilds the fit from
-        return az.from_dict(
-            posterior=posterior,
-            sample_stats=dict(self.sample_stats),
-            attrs={"method": self.method, "package": "gaia_distances"},
-        )
+        attrs = {"method": self.method, "package": "gaia_distances"}
+        fingerprint = self._fingerprint()
+        if fingerprint is not None:
+            attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
+        idata = az.from_dict(posterior=posterior, sample_stats=dict(self.sample_stats), attrs=attrs)
+        idata.posterior.attrs.update(attrs)  # from_dict does not set them on every arviz version
+        return idata
+
+    def _fingerprint(self) -> dict[str, Any] | None:
+        """The fingerprint of the fit's data and options (:mod:`~gaia_distances.cluster.fingerprint`).
+
+        The one ``fit_cluster`` recorded in the table's provenance, else one
+        computed from :attr:`stars` and that provenance; ``None`` for a table
+        without ``fit_cluster`` provenance.
+        """
+        prov = self.table.meta.get(META_KEY, {}).get("cluster")
+        if not isinstance(prov, Mapping):
+            return None
+        saved = prov.get("fingerprint")
+        return dict(saved) if isinstance(saved, Mapping) else fit_fingerprint(self.table, self.stars, prov)
 
     def to_netcdf(self, path: str) -> str:
-        """Write :attr:`inference_data` to a netCDF file; returns the path."""
+        """Write :attr:`inference_data` to a netCDF file; returns the path.
+
+        The file carries the fingerprint of the fit's rows, data and options
+        (:mod:`~gaia_distances.cluster.fingerprint`), by which
+        :meth:`from_table` refuses it with any other table.
+        """
         return str(self.inference_data.to_netcdf(path))
 
     def predictive(self, kind: str = "posterior", *, num_samples: int = 100, seed: int = 0) -> np.ndarray:
@@ -337,14 +362,29 @@ class ClusterFit:
         ``InferenceData``. The rebuilt fit supports :meth:`summary`,
         :meth:`predictive`, :meth:`plot` and :meth:`report`; its diagnostics
         are recomputed without warning again.
+
+        The posterior must come from the fit that wrote the table: the
+        fingerprint :meth:`to_netcdf` stored (the fitted rows and their
+        ``source_id``, the parallaxes, errors and zero points the fit used,
+        and its options) must match the one the table gives now. A posterior
+        saved before fingerprints were recorded loads with a
+        :class:`~gaia_distances.GaiaDistancesWarning` that it cannot be checked.
+
+        Raises
+        ------
+        PosteriorMismatchError
+            (a :class:`~gaia_distances.GaiaDistancesError`) If the posterior
+            belongs to another fit; the message names both and what differs.
         """
         import arviz as az
 
+        table_name = str(table) if isinstance(table, str | os.PathLike) else "the given table"
+        post_name = str(posterior) if isinstance(posterior, str | os.PathLike) else "the given posterior"
         out = as_table(table)
         prov = out.meta.get(META_KEY, {}).get("cluster")
         if not prov or "cluster_flag" not in out.colnames:
-            raise GaiaDistancesError("the table has no fit_cluster provenance or cluster_flag column")
-        idata = az.from_netcdf(posterior) if isinstance(posterior, str) else posterior
+            raise GaiaDistancesError(f"{table_name} has no fit_cluster provenance or cluster_flag column")
+        idata = az.from_netcdf(str(posterior)) if isinstance(posterior, str | os.PathLike) else posterior
         prior = ClusterPriors(**prov.get("prior", prov.get("priors", {})))
         model = ClusterModel(
             prior,
@@ -366,6 +406,7 @@ class ClusterFit:
             truncate=bool(prov.get("truncate", False)),
             perspective=model.perspective,
         )
+        _check_posterior_belongs(idata, fit_fingerprint(out, sel.stars, prov), table_name, post_name)
         sampled = sampled_draws(post)
         if model.is_reference:
             z = from_population(population_from_physical(sampled), prior, clip=1e-12)
@@ -391,6 +432,27 @@ class ClusterFit:
         )
         method = str(idata.posterior.attrs.get("method", prov.get("method", "marginal")))
         return cls(out, post, diagnostics, method, prior, sel.stars, z, sample_stats, model)
+
+
+def _check_posterior_belongs(idata: Any, now: Mapping[str, Any], table_name: str, post_name: str) -> None:
+    """Refuse a posterior whose fingerprint is not the table's; warn if it has none."""
+    text = idata.posterior.attrs.get(FINGERPRINT_ATTR)
+    if text is None:
+        warn(
+            f"{post_name} records no fingerprint of its fit (saved by an earlier version), so it cannot be "
+            f"checked against {table_name}; make sure it is the posterior of the fit that wrote the table"
+        )
+        return
+    try:
+        saved = json.loads(str(text))
+    except ValueError:
+        raise PosteriorMismatchError(f"{post_name} has an unreadable fit fingerprint ({FINGERPRINT_ATTR})") from None
+    differs = describe_mismatch(saved, now)
+    if differs:
+        raise PosteriorMismatchError(
+            f"the posterior {post_name} is not from the fit that wrote {table_name}: {differs}. "
+            "Pass the posterior saved with this table (cluster --save-posterior, ClusterFit.to_netcdf)"
+        )
 
 
 @dataclass(frozen=True)
