@@ -16,7 +16,15 @@ from astropy.table import MaskedColumn, QTable, Table
 from gaia_distances.columns import META_KEY, InvalidTableError, normalise_columns, warn
 from gaia_distances.errors import GaiaDistancesWarning
 
-__all__ = ["InvalidTableError", "as_table", "guess_format", "load_table", "read_archive_json", "write_table"]
+__all__ = [
+    "InvalidTableError",
+    "as_table",
+    "guess_format",
+    "load_table",
+    "output_format",
+    "read_archive_json",
+    "write_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,30 @@ def guess_format(path: Path) -> str | None:
     """The astropy format for a file name, from its extension (None if unknown)."""
     ext = _extension(path)
     return None if ext is None else _FORMATS[ext]
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    """The astropy format :func:`write_table` writes ``path`` in, from its extension.
+
+    Raises
+    ------
+    InvalidTableError
+        If the extension names no format :func:`write_table` writes; the
+        message names the file and the extensions it accepts.
+
+    Examples
+    --------
+    >>> output_format("members.fits"), output_format("members.csv")
+    ('fits', 'ascii.csv')
+    """
+    p = Path(path)
+    ext = _extension(p)
+    if ext is None:
+        raise InvalidTableError(
+            f"cannot tell the table format of {p} from its extension; use one of "
+            f"{SUPPORTED_EXTENSIONS.replace(', .json', '')}"
+        )
+    return _FORMATS[ext]
 
 
 def _extension(path: Path) -> str | None:
@@ -322,13 +354,8 @@ def write_table(table: Table, path: str | os.PathLike[str], *, overwrite: bool =
     FileExistsError: ... already exists; pass overwrite=True (--overwrite on the command line) to replace it
     """
     p = Path(path)
+    fmt = output_format(p)
     ext = _extension(p)
-    if ext is None:
-        raise InvalidTableError(
-            f"cannot tell the table format of {p} from its extension; use one of "
-            f"{SUPPORTED_EXTENSIONS.replace(', .json', '')}"
-        )
-    fmt = _FORMATS[ext]
     if not overwrite and p.exists():
         raise _exists(p)
     p.parent.mkdir(parents=True, exist_ok=True)
