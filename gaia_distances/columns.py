@@ -244,8 +244,13 @@ def normalise_columns(table: Table | QTable) -> QTable:
       empty, ``null``, ``none``, ``nan``, ``--`` and ``n/a`` become missing, any
       other non-number raises :class:`InvalidTableError` naming the column,
       the value and its row;
-    - masked floating-point values become NaN; masked integer columns stay
-      masked (``source_id``) so that no row is ever dropped.
+    - masked floating-point values of the archive's columns become NaN;
+      masked integer columns stay masked (``source_id``) so that no row is
+      ever dropped;
+    - every other column (yours, or one a step of this package added) is
+      copied untouched: unit (function units too), description, format,
+      meta and mask; only a floating-point column's mask that hides nothing
+      but NaN is dropped.
 
     The input is not modified.
 
@@ -270,9 +275,57 @@ def normalise_columns(table: Table | QTable) -> QTable:
 
 
 def _normalise_column(col: Any, key: str) -> Any:
-    unit = COLUMN_UNITS.get(key)
     if key in _NUMERIC_COLUMNS and np.asarray(getattr(col, "unmasked", col)).dtype.kind in "USO":
         col = _parse_numbers(col, key)
+    if key not in GAIA_ARCHIVE_COLUMNS:
+        return _user_column(col, key)
+    out = _archive_column(col, key)
+    if out is not col:
+        _copy_info(col, out)
+    return out
+
+
+def _user_column(col: Any, key: str) -> Any:
+    """A copy of a column that is not the archive's, untouched: its unit (function units such as
+    ``dex(cm / s2)`` too), description, format, meta and mask.
+
+    Only the mask of a floating-point column that hides nothing but NaN (as
+    FITS and VOTable readers put on every NaN, or on no row) is dropped, so
+    that the column reads as the NaN it holds.
+    """
+    if not hasattr(col, "info"):
+        return np.array(col, copy=True)
+    new = col.copy()
+    new.info.name = key
+    if isinstance(new, Column) and new.unit is not None and str(new.unit) == "":
+        new.unit = None  # dimensionless: no unit, as before
+    mask = getattr(new, "mask", None)
+    if mask is None or np.ndim(mask) == 0:
+        return new
+    values = np.asarray(getattr(new, "unmasked", np.ma.getdata(new)))
+    if values.dtype.kind != "f" or not np.all(np.isnan(values[np.asarray(mask)])):
+        return new
+    plain = new.filled(np.nan) if isinstance(new, MaskedColumn) else new.unmasked
+    _copy_info(new, plain)
+    return plain
+
+
+def _copy_info(src: Any, dst: Any) -> None:
+    """Give ``dst`` the description, format and meta of ``src`` (where ``src`` has them)."""
+    info = getattr(src, "info", None)
+    if info is None:
+        return
+    for attr in ("description", "format"):
+        value = getattr(info, attr, None)
+        if value is not None:
+            setattr(dst.info, attr, value)
+    if info.meta:
+        dst.info.meta = dict(info.meta)
+
+
+def _archive_column(col: Any, key: str) -> Any:
+    """A column of the Gaia archive: its unit where the package knows it, masked floats as NaN."""
+    unit = COLUMN_UNITS.get(key)
     src_unit = getattr(col, "unit", None)
     raw = getattr(col, "unmasked", col)  # astropy Masked quantities
     raw = getattr(raw, "value", raw) if isinstance(raw, u.Quantity) else raw
