@@ -20,6 +20,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Column, MaskedColumn, QTable, Table
 
+from gaia_distances.column_copy import copy_column, copy_info
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES, SUMMARY_LEVELS
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
 
@@ -278,49 +279,11 @@ def _normalise_column(col: Any, key: str) -> Any:
     if key in _NUMERIC_COLUMNS and np.asarray(getattr(col, "unmasked", col)).dtype.kind in "USO":
         col = _parse_numbers(col, key)
     if key not in GAIA_ARCHIVE_COLUMNS:
-        return _user_column(col, key)
+        return copy_column(col, key)
     out = _archive_column(col, key)
     if out is not col:
-        _copy_info(col, out)
+        copy_info(col, out)
     return out
-
-
-def _user_column(col: Any, key: str) -> Any:
-    """A copy of a column that is not the archive's, untouched: its unit (function units such as
-    ``dex(cm / s2)`` too), description, format, meta and mask.
-
-    Only the mask of a floating-point column that hides nothing but NaN (as
-    FITS and VOTable readers put on every NaN, or on no row) is dropped, so
-    that the column reads as the NaN it holds.
-    """
-    if not hasattr(col, "info"):
-        return np.array(col, copy=True)
-    new = col.copy()
-    new.info.name = key
-    if isinstance(new, Column) and new.unit is not None and str(new.unit) == "":
-        new.unit = None  # dimensionless: no unit, as before
-    mask = getattr(new, "mask", None)
-    if mask is None or np.ndim(mask) == 0:
-        return new
-    values = np.asarray(getattr(new, "unmasked", np.ma.getdata(new)))
-    if values.dtype.kind != "f" or not np.all(np.isnan(values[np.asarray(mask)])):
-        return new
-    plain = new.filled(np.nan) if isinstance(new, MaskedColumn) else new.unmasked
-    _copy_info(new, plain)
-    return plain
-
-
-def _copy_info(src: Any, dst: Any) -> None:
-    """Give ``dst`` the description, format and meta of ``src`` (where ``src`` has them)."""
-    info = getattr(src, "info", None)
-    if info is None:
-        return
-    for attr in ("description", "format"):
-        value = getattr(info, attr, None)
-        if value is not None:
-            setattr(dst.info, attr, value)
-    if info.meta:
-        dst.info.meta = dict(info.meta)
 
 
 def _archive_column(col: Any, key: str) -> Any:

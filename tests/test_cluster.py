@@ -643,7 +643,7 @@ def test_report_refuses_a_posterior_from_another_fit(saved_fit, tmp_path, capsys
 def test_posterior_without_a_fingerprint_loads_with_a_warning(saved_fit):
     import arviz as az
 
-    from gaia_distances.cluster.result import FINGERPRINT_ATTR
+    from gaia_distances.cluster.fingerprint import FINGERPRINT_ATTR
 
     fit, table, post = saved_fit
     idata = az.from_netcdf(str(post))

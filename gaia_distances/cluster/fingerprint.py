@@ -26,9 +26,18 @@ import numpy as np
 from astropy.table import Table
 
 from gaia_distances.cluster.stars import FittedStars
+from gaia_distances.columns import warn
 from gaia_distances.errors import PosteriorMismatchError
 
-__all__ = ["FIT_OPTIONS", "PosteriorMismatchError", "describe_mismatch", "fit_fingerprint", "fit_options"]
+__all__ = [
+    "FINGERPRINT_ATTR",
+    "FIT_OPTIONS",
+    "PosteriorMismatchError",
+    "check_posterior_belongs",
+    "describe_mismatch",
+    "fit_fingerprint",
+    "fit_options",
+]
 
 #: The provenance entries that decide a fit's result (besides its stars).
 FIT_OPTIONS = (
@@ -46,6 +55,9 @@ FIT_OPTIONS = (
     "num_chains",
     "seed",
 )
+
+#: Attribute of a saved posterior (its ``posterior`` group) that holds its fit's fingerprint, as JSON.
+FINGERPRINT_ATTR = "gaia_distances_fingerprint"
 
 #: Version of the fingerprint's recipe, so that a later recipe is not mistaken for a mismatch.
 RECIPE = 1
@@ -152,3 +164,28 @@ def describe_mismatch(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str:
         )
         parts.append(f"the fit options differ ({named})" if named else "the fit options differ")
     return "; ".join(parts)
+
+
+def check_posterior_belongs(idata: Any, now: Mapping[str, Any], table_name: str, post_name: str) -> None:
+    """Refuse a posterior whose fingerprint is not ``now`` (the table's); warn if it has none.
+
+    ``idata`` is the posterior (arviz ``InferenceData``); ``table_name`` and
+    ``post_name`` name the table and the posterior in the messages.
+    """
+    text = idata.posterior.attrs.get(FINGERPRINT_ATTR)
+    if text is None:
+        warn(
+            f"{post_name} records no fingerprint of its fit (saved by an earlier version), so it cannot be "
+            f"checked against {table_name}; make sure it is the posterior of the fit that wrote the table"
+        )
+        return
+    try:
+        saved = json.loads(str(text))
+    except ValueError:
+        raise PosteriorMismatchError(f"{post_name} has an unreadable fit fingerprint ({FINGERPRINT_ATTR})") from None
+    differs = describe_mismatch(saved, now)
+    if differs:
+        raise PosteriorMismatchError(
+            f"the posterior {post_name} is not from the fit that wrote {table_name}: {differs}. "
+            "Pass the posterior saved with this table (cluster --save-posterior, ClusterFit.to_netcdf)"
+        )

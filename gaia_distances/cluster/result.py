@@ -15,9 +15,9 @@ from astropy import units as u
 from astropy.table import QTable, Table
 
 from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
-from gaia_distances.cluster.fingerprint import describe_mismatch, fit_fingerprint
+from gaia_distances.cluster.fingerprint import FINGERPRINT_ATTR, check_posterior_belongs, fit_fingerprint
 from gaia_distances.cluster.stars import FittedStars, select_stars
-from gaia_distances.columns import META_KEY, warn
+from gaia_distances.columns import META_KEY
 from gaia_distances.core.diagnostics import ess_rhat
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import (
@@ -26,7 +26,7 @@ from gaia_distances.core.population import (
     from_population,
     population_from_physical,
 )
-from gaia_distances.errors import GaiaDistancesError, PosteriorMismatchError
+from gaia_distances.errors import GaiaDistancesError
 from gaia_distances.io import as_table
 
 __all__ = ["ClusterFit", "ClusterFits", "parameter_summary"]
@@ -87,8 +87,6 @@ DESCRIPTIONS = {
 STAT = "_stat"
 #: The systematic offsets themselves (their ``sd`` is all ``sd_sys``).
 SYSTEMATIC_ONLY = ("parallax_offset", "pmra_offset", "pmdec_offset")
-#: Attribute of a saved posterior that holds its fit's fingerprint (JSON).
-FINGERPRINT_ATTR = "gaia_distances_fingerprint"
 
 
 def _base(name: str) -> str:
@@ -406,7 +404,7 @@ class ClusterFit:
             truncate=bool(prov.get("truncate", False)),
             perspective=model.perspective,
         )
-        _check_posterior_belongs(idata, fit_fingerprint(out, sel.stars, prov), table_name, post_name)
+        check_posterior_belongs(idata, fit_fingerprint(out, sel.stars, prov), table_name, post_name)
         sampled = sampled_draws(post)
         if model.is_reference:
             z = from_population(population_from_physical(sampled), prior, clip=1e-12)
@@ -432,27 +430,6 @@ class ClusterFit:
         )
         method = str(idata.posterior.attrs.get("method", prov.get("method", "marginal")))
         return cls(out, post, diagnostics, method, prior, sel.stars, z, sample_stats, model)
-
-
-def _check_posterior_belongs(idata: Any, now: Mapping[str, Any], table_name: str, post_name: str) -> None:
-    """Refuse a posterior whose fingerprint is not the table's; warn if it has none."""
-    text = idata.posterior.attrs.get(FINGERPRINT_ATTR)
-    if text is None:
-        warn(
-            f"{post_name} records no fingerprint of its fit (saved by an earlier version), so it cannot be "
-            f"checked against {table_name}; make sure it is the posterior of the fit that wrote the table"
-        )
-        return
-    try:
-        saved = json.loads(str(text))
-    except ValueError:
-        raise PosteriorMismatchError(f"{post_name} has an unreadable fit fingerprint ({FINGERPRINT_ATTR})") from None
-    differs = describe_mismatch(saved, now)
-    if differs:
-        raise PosteriorMismatchError(
-            f"the posterior {post_name} is not from the fit that wrote {table_name}: {differs}. "
-            "Pass the posterior saved with this table (cluster --save-posterior, ClusterFit.to_netcdf)"
-        )
 
 
 @dataclass(frozen=True)
