@@ -15,9 +15,11 @@ Table formats are chosen by file extension (.fits, .vot, .ecsv, .csv, .parquet).
 Units: parallaxes in mas, distances in pc. ``distance_lo``/``distance_hi`` are
 the 15.866th/84.134th posterior percentiles.
 
-An existing output file (or report) is replaced only with ``--overwrite``, as
-are the columns ``estimate`` and ``cluster`` write when the input already has
-them; outputs are written whole or not at all. ``--quiet``, ``--json`` and ``-v``
+Every output is checked before any work starts (its format from the
+extension, its folder, an existing file). An existing output file (or any file
+of a report) is replaced only with ``--overwrite``, as are the columns
+``estimate`` and ``cluster`` write when the input already has them; outputs
+are written whole or not at all. ``--quiet``, ``--json`` and ``-v``
 go before or after the subcommand. Standard output holds only the summary
 (``--json``: strict JSON, ``null`` for NaN); the libraries' own messages
 (numpyro, jax, astroquery) show only with ``-v``. Errors print one line on
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from gaia_distances.cli_outputs import check_outputs, refuse_existing
 from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser
 from gaia_distances.compile_cache import set_compilation_cache
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning
@@ -54,34 +57,19 @@ log = logging.getLogger("gaia_distances")
 LIBRARY_LOGGERS = ("jax", "jaxlib", "numpyro")
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-
-
 @contextlib.contextmanager
 def _replacing(path: str | Path, overwrite: bool) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; it replaces ``path`` only when the block succeeds."""
     p = Path(path)
-    _refuse_existing(p, overwrite)
+    refuse_existing([p], overwrite)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{p.suffix}")
     try:
         yield tmp
-        _refuse_existing(p, overwrite)
+        refuse_existing([p], overwrite)
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse existing outputs before any work (``write_table`` refuses again, atomically)."""
-    overwrite = getattr(args, "overwrite", True)
-    for name in ("output", "save_posterior"):
-        if getattr(args, name, None):
-            _refuse_existing(Path(getattr(args, name)), overwrite)
-    if args.command == "report":
-        _refuse_existing(Path(args.output_dir) / "report.md", overwrite)
 
 
 def _json_safe(value: Any) -> Any:
@@ -294,9 +282,12 @@ def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from gaia_distances.report import write_report
 
     truths = _parse_truths(args.truth)
-    t = gd.load_table(args.input)
-    source: Any = gd.ClusterFit.from_table(t, args.posterior) if args.posterior else t
-    path = write_report(source, args.output_dir, truths=truths, title=args.title)
+    if args.posterior:  # from the file, so that a posterior of another fit is refused naming both files
+        source: Any = gd.ClusterFit.from_table(args.input, args.posterior)
+        t = source.table
+    else:
+        source = t = gd.load_table(args.input)
+    path = write_report(source, args.output_dir, truths=truths, title=args.title, overwrite=args.overwrite)
     figures = sorted(p.name for p in Path(args.output_dir).glob("*.png"))
     return {"rows": len(t), "report": str(path), "figures": figures}
 
@@ -388,10 +379,8 @@ def _library_output(command: str, verbose: bool) -> Iterator[None]:
     """
     loggers = _library_loggers(command)
     levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+    with _warnings_as_lines(command, verbose), contextlib.redirect_stdout(sys.stderr):
         if not verbose:
-            warnings.simplefilter("ignore")
-            warnings.simplefilter("default", GaiaDistancesWarning)
             for lg in loggers:
                 lg.setLevel(logging.ERROR)
         try:
@@ -399,6 +388,33 @@ def _library_output(command: str, verbose: bool) -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str, verbose: bool) -> Iterator[None]:
+    """Show each warning as one line on standard error, ``gaia-distances CMD: warning: ...``, as pip does.
+
+    Unless ``verbose``, only the package's own warnings show. Warning filters
+    the user set (``python -W``, ``PYTHONWARNINGS``) are left to decide: with
+    ``error`` a warning becomes an error (one line, exit status 2). The
+    filters and ``warnings.showwarning`` are restored afterwards.
+    """
+    with warnings.catch_warnings():
+        if not verbose and not sys.warnoptions:
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("default", GaiaDistancesWarning)
+        warnings.showwarning = _warning_line(command)
+        yield
+
+
+def _warning_line(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints one line naming the subcommand (and the category, if not ours)."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        kind = "" if issubclass(category, GaiaDistancesWarning) else f" ({category.__name__})"
+        print(f"gaia-distances {command}: warning: {_one_line(message)}{kind}", file=sys.stderr)  # type: ignore[arg-type]
+
+    return show
 
 
 #: Subcommand name -> the function that runs it and returns its summary.
@@ -416,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
     0 on success; 2 for a usage error or any error in the input, the options
-    or the output (one line on standard error, no traceback); 130 when
-    interrupted.
+    or the output (one line on standard error, no traceback), or a warning
+    that ``-W error`` turned into one; 130 when interrupted. Warnings print
+    one line each on standard error: ``gaia-distances CMD: warning: ...``.
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -428,10 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.jax_cache is not None:
             set_compilation_cache(args.jax_cache or False)
-        _check_outputs(args)
+        check_outputs(args)  # before any work: extension, folder, existing files
         with _library_output(args.command, args.verbose):
             summary = COMMANDS[args.command](args)
-    except (GaiaDistancesError, ImportError, KeyError, ValueError, TypeError, OSError) as exc:
+    except (GaiaDistancesError, ImportError, KeyError, ValueError, TypeError, OSError, Warning) as exc:
         print(f"gaia-distances {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

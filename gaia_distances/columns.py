@@ -20,8 +20,9 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Column, MaskedColumn, QTable, Table
 
-from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
 from gaia_distances.appended_columns import DistanceColumnNames, distance_column_names, refuse_existing_columns
+from gaia_distances.column_copy import copy_column, copy_info
+from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
 
 __all__ = [
     "COLUMN_UNITS",
@@ -170,8 +171,13 @@ def normalise_columns(table: Table | QTable) -> QTable:
       empty, ``null``, ``none``, ``nan``, ``--`` and ``n/a`` become missing, any
       other non-number raises :class:`InvalidTableError` naming the column,
       the value and its row;
-    - masked floating-point values become NaN; masked integer columns stay
-      masked (``source_id``) so that no row is ever dropped.
+    - masked floating-point values of the archive's columns become NaN;
+      masked integer columns stay masked (``source_id``) so that no row is
+      ever dropped;
+    - every other column (yours, or one a step of this package added) is
+      copied untouched: unit (function units too), description, format,
+      meta and mask; only a floating-point column's mask that hides nothing
+      but NaN is dropped.
 
     The input is not modified.
 
@@ -196,9 +202,19 @@ def normalise_columns(table: Table | QTable) -> QTable:
 
 
 def _normalise_column(col: Any, key: str) -> Any:
-    unit = COLUMN_UNITS.get(key)
     if key in _NUMERIC_COLUMNS and np.asarray(getattr(col, "unmasked", col)).dtype.kind in "USO":
         col = _parse_numbers(col, key)
+    if key not in GAIA_ARCHIVE_COLUMNS:
+        return copy_column(col, key)
+    out = _archive_column(col, key)
+    if out is not col:
+        copy_info(col, out)
+    return out
+
+
+def _archive_column(col: Any, key: str) -> Any:
+    """A column of the Gaia archive: its unit where the package knows it, masked floats as NaN."""
+    unit = COLUMN_UNITS.get(key)
     src_unit = getattr(col, "unit", None)
     raw = getattr(col, "unmasked", col)  # astropy Masked quantities
     raw = getattr(raw, "value", raw) if isinstance(raw, u.Quantity) else raw

@@ -8,6 +8,7 @@ __all__ = [
     "GaiaDistancesWarning",
     "GaiaQueryError",
     "MissingColumnsError",
+    "PosteriorMismatchError",
     "PriorTableError",
 ]
 
@@ -37,3 +38,7 @@ class PriorTableError(GaiaDistancesError):
 
 class GaiaQueryError(GaiaDistancesError):
     """A Gaia archive query failed or returned an incomplete result."""
+
+
+class PosteriorMismatchError(GaiaDistancesError, ValueError):
+    """A saved cluster posterior does not belong to the table it was given with."""

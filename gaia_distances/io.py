@@ -16,7 +16,15 @@ from astropy.table import MaskedColumn, QTable, Table
 from gaia_distances.columns import META_KEY, InvalidTableError, normalise_columns, warn
 from gaia_distances.errors import GaiaDistancesWarning
 
-__all__ = ["InvalidTableError", "as_table", "guess_format", "load_table", "read_archive_json", "write_table"]
+__all__ = [
+    "InvalidTableError",
+    "as_table",
+    "guess_format",
+    "load_table",
+    "output_format",
+    "read_archive_json",
+    "write_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +50,40 @@ SUPPORTED_EXTENSIONS = ".fits, .fits.gz, .vot, .xml, .ecsv, .csv, .parquet, .hdf
 #: Key under which formats without nested metadata hold the provenance, as JSON text.
 PROVENANCE_KEY = "GAIADIST"
 
+#: Key under which FITS and VOTable hold, as JSON text, what they cannot hold natively about the
+#: columns: units FITS cannot write (function units such as ``dex(cm / s2)`` or ``ABmag``) and the
+#: masks of text columns in a VOTable.
+COLUMNS_KEY = "GAIACOLS"
+
 
 def guess_format(path: Path) -> str | None:
     """The astropy format for a file name, from its extension (None if unknown)."""
     ext = _extension(path)
     return None if ext is None else _FORMATS[ext]
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    """The astropy format :func:`write_table` writes ``path`` in, from its extension.
+
+    Raises
+    ------
+    InvalidTableError
+        If the extension names no format :func:`write_table` writes; the
+        message names the file and the extensions it accepts.
+
+    Examples
+    --------
+    >>> output_format("members.fits"), output_format("members.csv")
+    ('fits', 'ascii.csv')
+    """
+    p = Path(path)
+    ext = _extension(p)
+    if ext is None:
+        raise InvalidTableError(
+            f"cannot tell the table format of {p} from its extension; use one of "
+            f"{SUPPORTED_EXTENSIONS.replace(', .json', '')}"
+        )
+    return _FORMATS[ext]
 
 
 def _extension(path: Path) -> str | None:
@@ -119,8 +156,11 @@ def load_table(source: Any, *, format: str | None = None, **read_kwargs: Any) ->
     QTable
         A new table with the Gaia archive's columns under their lower-case
         names (other columns keep theirs), units on known Gaia columns
-        (``parallax`` in mas, ``ra``/``dec`` in deg) and masked floating-point
-        values as NaN. The provenance :func:`write_table` stored is back in
+        (``parallax`` in mas, ``ra``/``dec`` in deg) and their masked
+        floating-point values as NaN. Every other column passes through
+        untouched: its unit (function units such as ``dex(cm / s2)`` or
+        ``ABmag`` too), description, format, meta and mask (a mask that hides
+        only NaN values is dropped). The provenance :func:`write_table` stored is back in
         ``meta["gaia_distances"]``. Every input row is kept, in order. A
         :class:`~gaia_distances.GaiaDistancesWarning` reports duplicate
         ``source_id`` values (the rows are kept).
@@ -151,7 +191,7 @@ def load_table(source: Any, *, format: str | None = None, **read_kwargs: Any) ->
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"no such table file: {path}")
-        table = _read_file(path, format, read_kwargs)
+        table = _restore_columns(_read_file(path, format, read_kwargs))
         where = f"{path}: "
         log.info("read %d rows from %s", len(table), path)
     else:
@@ -227,8 +267,31 @@ def _read_votable(path: Path, read_kwargs: dict[str, Any]) -> Table:
     table = Table.read(vot, format="votable", **select)
     infos = [*vot.infos, *(i for r in vot.resources for i in r.infos), *(i for t in vot.iter_tables() for i in t.infos)]
     for info in infos:
-        if info.name == PROVENANCE_KEY and info.value:
-            table.meta[PROVENANCE_KEY] = info.value
+        if info.name in (PROVENANCE_KEY, COLUMNS_KEY) and info.value:
+            table.meta[info.name] = info.value
+    return table
+
+
+def _restore_columns(table: Table) -> Table:
+    """Give back the units and masks :func:`write_table` kept under :data:`COLUMNS_KEY`."""
+    text = table.meta.pop(COLUMNS_KEY, None) or table.meta.pop(COLUMNS_KEY.lower(), None)
+    if not isinstance(text, str):
+        return table
+    try:
+        extras = json.loads(text)
+    except ValueError:
+        log.warning("could not parse the %s column notes", COLUMNS_KEY)
+        return table
+    for name, unit in extras.get("units", {}).items():
+        if name in table.colnames:
+            table[name].unit = unit
+    for name, rows in extras.get("masks", {}).items():
+        if name in table.colnames:
+            col = table[name]
+            mask = np.zeros(len(col), dtype=bool)
+            mask[np.asarray(rows, dtype=int)] = True
+            masked = MaskedColumn(col, mask=np.ma.getmaskarray(col) | mask, copy=False)
+            table.replace_column(name, masked)
     return table
 
 
@@ -287,6 +350,10 @@ def write_table(table: Table, path: str | os.PathLike[str], *, overwrite: bool =
     - FITS, Parquet and HDF5 hold the provenance as JSON text under the
       ``GAIADIST`` key (HDF5 with ``serialize_meta=True`` for units and
       masks); VOTable holds it in an ``INFO`` element named ``GAIADIST``.
+    - what FITS and VOTable cannot hold natively is kept beside it, under
+      ``GAIACOLS``: units outside their standards (``dex(cm / s2)``,
+      ``ABmag``) and, in a VOTable, the masks of text columns. FITS and
+      VOTable hold a masked floating-point value as NaN.
 
     The table is written to a temporary file in the same folder, which
     replaces ``path`` only once it is complete: a failed write (a full disk)
@@ -322,13 +389,8 @@ def write_table(table: Table, path: str | os.PathLike[str], *, overwrite: bool =
     FileExistsError: ... already exists; pass overwrite=True (--overwrite on the command line) to replace it
     """
     p = Path(path)
+    fmt = output_format(p)
     ext = _extension(p)
-    if ext is None:
-        raise InvalidTableError(
-            f"cannot tell the table format of {p} from its extension; use one of "
-            f"{SUPPORTED_EXTENSIONS.replace(', .json', '')}"
-        )
-    fmt = _FORMATS[ext]
     if not overwrite and p.exists():
         raise _exists(p)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -359,7 +421,43 @@ def _with_portable_meta(table: Table, fmt: str) -> Table:
     out.meta = {k: v for k, v in out.meta.items() if not isinstance(v, (dict, list))}
     if prov:
         out.meta[PROVENANCE_KEY] = json.dumps(prov, default=_json_default)
+    extras = _column_notes(out, fmt)
+    if extras:
+        out.meta[COLUMNS_KEY] = json.dumps(extras)
     return out
+
+
+def _column_notes(out: Table, fmt: str) -> dict[str, Any]:
+    """What ``fmt`` cannot hold about the columns of ``out`` (:data:`COLUMNS_KEY`).
+
+    FITS and VOTable: units their standards cannot write (function units
+    such as ``dex(cm / s2)`` or ``ABmag``; their columns in ``out`` lose the
+    unit, which the notes carry instead). VOTable: the masked rows of text
+    columns, whose masks astropy's VOTable reader does not give back.
+    """
+    notes: dict[str, dict[str, Any]] = {}
+    standard = {"fits": "fits", "votable": "vounit"}.get(fmt)
+    for name in out.colnames:
+        col = out[name]
+        unit = getattr(col, "unit", None)
+        if standard and unit is not None and not _writable_unit(unit, standard):
+            notes.setdefault("units", {})[name] = unit.to_string()
+            bare = col.copy(copy_data=False)
+            bare.unit = None
+            out.replace_column(name, bare)
+        mask = getattr(col, "mask", None)
+        if fmt == "votable" and col.dtype.kind in "USO" and mask is not None and np.any(mask):
+            notes.setdefault("masks", {})[name] = np.flatnonzero(mask).tolist()
+    return notes
+
+
+def _writable_unit(unit: Any, standard: str) -> bool:
+    """Whether ``standard`` (``"fits"``, ``"vounit"``) can write ``unit`` (neither writes ``dex(cm / s2)``)."""
+    try:
+        unit.to_string(standard)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _json_default(value: Any) -> Any:
@@ -375,10 +473,10 @@ def _write(table: Table, path: Path, fmt: str) -> None:
         from astropy.io.votable import from_table
         from astropy.io.votable.tree import Info
 
-        prov = table.meta.get(PROVENANCE_KEY)
         vot = from_table(table)
-        if prov:
-            vot.get_first_table().infos.append(Info(name=PROVENANCE_KEY, value=prov))
+        for key in (PROVENANCE_KEY, COLUMNS_KEY):
+            if table.meta.get(key):
+                vot.get_first_table().infos.append(Info(name=key, value=table.meta[key]))
         vot.to_xml(str(path))
     elif fmt == "hdf5":
         table.write(path, format="hdf5", path="data", serialize_meta=True)

@@ -19,12 +19,10 @@ import re
 import socket
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from astropy import units as u
 from astropy.coordinates import SkyCoord
@@ -33,6 +31,16 @@ from astropy.table import QTable
 from gaia_distances.columns import META_KEY, warn
 from gaia_distances.errors import GaiaQueryError
 from gaia_distances.io import as_table
+from gaia_distances.tap_jobs import (
+    RUNNING_PHASES,
+    DefinitiveError,
+    abort_job,
+    download_result,
+    launch_job,
+    read_timeout,
+    socket_timeout,
+    wait_for_job,
+)
 
 __all__ = ["DEFAULT_SERVER", "PIPELINE_COLUMNS", "cone_adql", "query_adql", "query_cluster", "query_field"]
 
@@ -46,9 +54,6 @@ DEFAULT_JOB_TIMEOUT = 7200.0
 
 #: Age (s) after which a partial result (``*.vot.part``) in the cache is removed even if its writer may live.
 STALE_PART_AGE = 86400.0
-
-#: Job phases in which a TAP job has not finished yet.
-_RUNNING_PHASES = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", "")
 
 #: Columns every later step needs: the zero point, distances, and the cluster fit with proper motions
 #: (which reads the proper motions, their errors and the parallax-proper-motion correlations).
@@ -198,17 +203,6 @@ def _read_cached(path: Path, adql: str, server: str, *, offline: bool) -> QTable
     return table
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float | None) -> Iterator[None]:
-    """astroquery's TAP connections take no timeout: set the default for this call."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def _make_archive(server: str, login: tuple[str, str] | None) -> Any:
     from astroquery.gaia import GaiaClass  # imported here: importing it contacts the archive
 
@@ -217,10 +211,6 @@ def _make_archive(server: str, login: tuple[str, str] | None) -> Any:
     if login is not None:
         archive.login(user=login[0], password=login[1])
     return archive
-
-
-class _Definitive(GaiaQueryError):
-    """The server answered, and the answer is final: retrying cannot help."""
 
 
 def _check_votable(path: Path) -> tuple[int, str]:
@@ -233,7 +223,7 @@ def _check_votable(path: Path) -> tuple[int, str]:
         for info in resource.infos:
             if info.name == "QUERY_STATUS":
                 if info.value == "ERROR":
-                    raise _Definitive(f"the server reported an error: {info.content or info.value}")
+                    raise DefinitiveError(f"the server reported an error: {info.content or info.value}")
                 if info.value == "OVERFLOW":
                     status = "OVERFLOW"
     tables = list(vot.iter_tables())
@@ -285,10 +275,11 @@ def query_adql(
         Seconds any one network operation (connection, read) may take.
     job_timeout
         Seconds the whole query may take, from the first submission to the
-        result, retries included (default :data:`DEFAULT_JOB_TIMEOUT`, two
-        hours; ``None``: no limit). A job still queued or executing then is
-        aborted on the server (UWS ``PHASE=ABORT``) and a
-        :class:`~gaia_distances.GaiaQueryError` names it.
+        end of the result's download, retries included (default
+        :data:`DEFAULT_JOB_TIMEOUT`, two hours; ``None``: no limit). A job
+        still queued or executing then is aborted on the server (UWS
+        ``PHASE=ABORT``), a download still under way is stopped, and a
+        :class:`~gaia_distances.GaiaQueryError` names the job.
     retries, backoff
         Failed attempts are retried ``retries`` times, waiting ``backoff *
         2**k`` s. A job abandoned by a failed or interrupted attempt is
@@ -339,19 +330,18 @@ def query_adql(
         job = None
         running = False  # a job of ours is queued or executing on the server
         try:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            with _socket_timeout(left if timeout is None else min(timeout, left or timeout)):
+            with socket_timeout(read_timeout(deadline, timeout)):
                 arch = archive if archive is not None else _make_archive(server, login)
                 if progress:
                     log.info("submitting Gaia archive job to %s", server)
-                job = _launch(arch, adql, tmp, maxrec)
+                job = launch_job(arch, adql, tmp, maxrec)
                 running = True
                 jobid = getattr(job, "jobid", None)
-                phase = _wait(job, progress=progress, deadline=deadline)
-                if phase in _RUNNING_PHASES:  # the deadline came first
+                phase = wait_for_job(job, progress=progress, deadline=deadline)
+                if phase in RUNNING_PHASES:  # the deadline came first
                     running = False
-                    note = _abort(job, timeout)
-                    raise _Definitive(
+                    note = abort_job(job, timeout)
+                    raise DefinitiveError(
                         f"job {jobid} was still {phase or 'running'} after {time.monotonic() - start:.0f} s, "
                         f"past job_timeout={job_timeout:g} s; {note}. Try again later, split the query "
                         "(smaller cones, magnitude slices) or raise job_timeout"
@@ -361,10 +351,9 @@ def query_adql(
                     detail = ""
                     with contextlib.suppress(Exception):
                         detail = str(job.get_error())
-                    error = _Definitive if phase == "ERROR" else GaiaQueryError
+                    error = DefinitiveError if phase == "ERROR" else GaiaQueryError
                     raise error(f"job {jobid} ended in phase {phase}: {detail}".strip())
-                job.outputFile = str(tmp)
-                job.save_results()
+                download_result(job, tmp, deadline=deadline, timeout=timeout, job_timeout=job_timeout, start=start)
             rows, status = _check_votable(tmp)
             truncated = status == "OVERFLOW" or (maxrec is not None and rows >= maxrec)
             if truncated:
@@ -374,7 +363,7 @@ def query_adql(
                     "magnitude slices) or log in for a larger quota"
                 )
                 if on_truncation == "raise":
-                    raise _Definitive(msg)
+                    raise DefinitiveError(msg)
                 warn(msg)
             if progress:
                 log.info("job %s completed: %d rows", jobid, rows)
@@ -382,13 +371,13 @@ def query_adql(
                 os.replace(tmp, path)
                 return _finish(path, adql, server, jobid=jobid, cached=False)
             return _finish(tmp, adql, server, jobid=jobid, cached=False, truncated=truncated)
-        except _Definitive as exc:
+        except DefinitiveError as exc:
             raise GaiaQueryError(f"{exc} [server {server}, job {jobid}]") from exc
         except Exception as exc:  # network, HTTP and parse errors from astroquery / astropy
             last = exc
         finally:  # success, failure or Ctrl-C: leave nothing partial behind, here or on the server
             if running:
-                _abort(job, timeout)
+                abort_job(job, timeout)
             _cleanup(tmp)
         if attempt < retries:
             wait = backoff * 2**attempt
@@ -410,56 +399,6 @@ def _cleanup(tmp: Path) -> None:
     for p in tmp.parent.glob(tmp.name + "*"):
         with contextlib.suppress(OSError):
             p.unlink()
-
-
-def _launch(arch: Any, adql: str, tmp: Path, maxrec: int | None) -> Any:
-    kw: dict[str, Any] = dict(dump_to_file=True, output_file=str(tmp), output_format="votable", background=True)
-    if maxrec is None:
-        return arch.launch_job_async(adql, **kw)
-    from astroquery.utils.tap.core import TapPlus
-
-    # GaiaClass.launch_job_async does not pass MAXREC on; its TapPlus base does
-    launch = TapPlus.launch_job_async if isinstance(arch, TapPlus) else type(arch).launch_job_async
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # astroquery's note on compressed file names
-        return launch(arch, adql, maxrec=maxrec, **kw)
-
-
-def _wait(job: Any, *, progress: bool, deadline: float | None = None, poll: float = 0.25) -> str:
-    """The job's final phase, or its phase when ``deadline`` (monotonic s) passes; polls from ``poll`` to 5 s apart."""
-    phase, shown = "", None
-    while True:
-        phase = str(job.get_phase(update=True)).strip().upper()
-        if progress and phase != shown:
-            log.info("job %s: %s", getattr(job, "jobid", "?"), phase)
-            shown = phase
-        if phase not in _RUNNING_PHASES:
-            return phase
-        left = math.inf if deadline is None else deadline - time.monotonic()
-        if left <= 0:
-            return phase
-        time.sleep(min(poll, left))
-        poll = min(poll * 1.5, 5.0)
-
-
-def _abort(job: Any, timeout: float | None) -> str:
-    """Ask the server to abort ``job`` (UWS: POST ``PHASE=ABORT`` to its phase); say how that went."""
-    jobid = getattr(job, "jobid", None)
-    try:
-        with _socket_timeout(10.0 if timeout is None else min(timeout, 10.0)):
-            conn = getattr(job, "connHandler", None)
-            if conn is None or jobid is None:  # astroquery's Job.abort works only before the job starts
-                job.abort()
-            else:
-                response = conn.execute_tappost(f"async/{jobid}/phase", urlencode({"PHASE": "ABORT"}))
-                response.read()
-                if response.status not in (200, 303):
-                    raise OSError(f"HTTP {response.status} {response.reason}")
-    except Exception as exc:
-        log.warning("could not abort Gaia archive job %s: %s", jobid, _one_line(exc))
-        return f"asking the server to abort it failed ({_one_line(exc)})"
-    log.info("asked the server to abort Gaia archive job %s", jobid)
-    return "the server was asked to abort it"
 
 
 def _finish(path: Path, adql: str, server: str, *, jobid: Any, cached: bool, truncated: bool = False) -> QTable:

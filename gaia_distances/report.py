@@ -54,6 +54,7 @@ def write_report(
     truths: Mapping[str, float] | None = None,
     title: str = "gaia_distances report",
     dpi: int = 120,
+    overwrite: bool = True,
 ) -> Path:
     """Write every figure as a PNG and a ``report.md`` that links them.
 
@@ -66,18 +67,26 @@ def write_report(
         the vector-point diagram and the proper-motion predictive check) or
         a table with distances.
     directory
-        Created if needed; existing report files are overwritten.
+        Created if needed.
     truths
         Known population parameters (simulations), drawn on the corner plot.
+    overwrite
+        Replace the files of an earlier report (the default). ``False``
+        refuses, before anything is drawn or written, if any file this report
+        would write (``report.md`` or a figure) exists, naming them.
 
     Returns
     -------
     Path
         The path of ``report.md``.
+
+    Raises
+    ------
+    FileExistsError
+        With ``overwrite=False``, if a file the report would write exists.
     """
     plt = pyplot()
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     fit, table = fit_and_table(table_or_fit)
     figures: list[tuple[str, str, Any]] = []
     if fit is not None:
@@ -106,6 +115,8 @@ def write_report(
         ("sky_map.png", "Sky map", lambda: sky_map(table)),
         ("distance_posteriors.png", "Distance posteriors of single stars", lambda: distance_posteriors(table)),
     ]
+    _refuse_existing([out / name for name, _, _ in figures] + [out / "report.md"], overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     lines += _report_text(table, fit)
     lines += ["", "## Figures", ""]
@@ -122,6 +133,16 @@ def write_report(
     path.write_text("\n".join(lines) + "\n")
     log.info("report written to %s", path)
     return path
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` naming every one of ``paths`` that exists, unless ``overwrite``."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"the report would replace {', '.join(existing)}; pass overwrite=True (--overwrite on the command "
+            "line) or choose another folder"
+        )
 
 
 def _report_text(table: Any, fit: FitLike | None) -> list[str]:

@@ -5,7 +5,8 @@ the job), ``async/<id>/phase``, ``async/<id>/results/result`` (gzip VOTable,
 via a 303 like the archive's), ``async/<id>/error``; a POST of ``PHASE=ABORT`` to
 ``async/<id>/phase`` aborts a job (UWS) and is recorded in ``state.aborted``. It
 records every ADQL text it receives and can inject faults; fault ``"queued"``
-keeps every job QUEUED until it is aborted.
+keeps every job QUEUED until it is aborted; fault ``"trickle"`` sends the result
+``trickle_bytes`` at a time, ``trickle_seconds`` apart (every read is quick, the whole is slow).
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-FAULTS = ("ok", "http500", "error_phase", "error_votable", "slow", "truncated_body", "overflow", "malformed", "queued")
+FAULTS = (
+    "ok",
+    "http500",
+    "error_phase",
+    "error_votable",
+    "slow",
+    "truncated_body",
+    "overflow",
+    "malformed",
+    "queued",
+    "trickle",
+)
 
 
 @dataclass
@@ -25,6 +37,8 @@ class TapState:
     payload: bytes = b""
     fault: str = "ok"
     slow_seconds: float = 5.0
+    trickle_bytes: int = 64
+    trickle_seconds: float = 0.1
     queries: list[str] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)
     aborted: list[str] = field(default_factory=list)
@@ -143,7 +157,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if st.fault == "trickle":
+            self._trickle(data)
+            return
         self._send(200, data, "application/x-votable+xml", {"Content-Encoding": "gzip"})
+
+    def _trickle(self, data: bytes) -> None:
+        """Send ``data`` a few bytes at a time; stop when the client goes away."""
+        st = self.state
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-votable+xml")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for i in range(0, len(data), st.trickle_bytes):
+                self.wfile.write(data[i : i + st.trickle_bytes])
+                self.wfile.flush()
+                time.sleep(st.trickle_seconds)
+        except OSError:  # the client closed the connection
+            pass
 
 
 class TapServer:

@@ -564,3 +564,90 @@ def test_m67_distance_is_dominated_by_the_systematic_term(m67_fit):
     assert total > 5 * stat
     assert np.mean(post["D"]) == pytest.approx(np.mean(post["D_stat"]), abs=1.0)
     assert float(np.median(post["D"])) == pytest.approx(837.0, abs=3.0)
+
+
+# ------------------------------------------------------------------ a saved posterior belongs to its table
+
+
+@pytest.fixture(scope="module")
+def saved_fit(cluster_fit, tmp_path_factory):
+    """``cluster_fit``'s table and posterior, written to files."""
+    folder = tmp_path_factory.mktemp("saved_fit")
+    post = folder / "post.nc"
+    cluster_fit.to_netcdf(str(post))
+    table = folder / "fit.ecsv"
+    gd.write_table(cluster_fit.table, table)
+    return cluster_fit, table, post
+
+
+@pytest.mark.parametrize("ext", [".ecsv", ".fits", ".vot", ".parquet"])
+def test_posterior_loads_with_its_own_table_in_every_format(saved_fit, tmp_path, ext):
+    fit, _, post = saved_fit
+    path = tmp_path / f"fit{ext}"
+    gd.write_table(fit.table, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = gd.ClusterFit.from_table(str(path), str(post))
+    np.testing.assert_array_equal(back.posterior["D"], fit.posterior["D"])
+
+
+def _altered(fit, path, change):
+    t = fit.table.copy()
+    t.meta = {k: (dict(v) if isinstance(v, dict) else v) for k, v in t.meta.items()}
+    t.meta["gaia_distances"]["cluster"] = dict(t.meta["gaia_distances"]["cluster"])
+    t = change(t) or t
+    gd.write_table(t, path)
+    return path
+
+
+def _shift_a_fitted_parallax(t):
+    t["parallax_corrected"][100] += 0.3 * u.mas
+
+
+def _reverse_rows(t):
+    return t[::-1]
+
+
+def _other_method(t):
+    t.meta["gaia_distances"]["cluster"]["method"] = "joint"
+
+
+@pytest.mark.parametrize(
+    ("change", "differs"),
+    [
+        (_shift_a_fitted_parallax, "parallaxes, errors or zero points differ"),
+        (_reverse_rows, "fitted rows"),
+        (_other_method, 'method: "marginal" in the posterior\'s fit, "joint" in the table\'s'),
+    ],
+)
+def test_posterior_from_another_fit_is_refused_naming_both_files(saved_fit, tmp_path, change, differs):
+    fit, _, post = saved_fit
+    other = _altered(fit, tmp_path / "other.ecsv", change)
+    with pytest.raises(gd.GaiaDistancesError, match="is not from the fit that wrote") as err:
+        gd.ClusterFit.from_table(str(other), str(post))
+    assert isinstance(err.value, gd.errors.PosteriorMismatchError)
+    assert str(other) in str(err.value) and str(post) in str(err.value) and differs in str(err.value)
+
+
+def test_report_refuses_a_posterior_from_another_fit(saved_fit, tmp_path, capsys):
+    from gaia_distances.cli import main
+
+    fit, table, post = saved_fit
+    other = _altered(fit, tmp_path / "other.ecsv", _shift_a_fitted_parallax)
+    assert main(["report", str(other), "-o", str(tmp_path / "rep"), "--posterior", str(post)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and str(other) in err and str(post) in err
+    assert not (tmp_path / "rep" / "report.md").exists()
+
+
+def test_posterior_without_a_fingerprint_loads_with_a_warning(saved_fit):
+    import arviz as az
+
+    from gaia_distances.cluster.fingerprint import FINGERPRINT_ATTR
+
+    fit, table, post = saved_fit
+    idata = az.from_netcdf(str(post))
+    del idata.posterior.attrs[FINGERPRINT_ATTR]  # as an earlier version saved it
+    with pytest.warns(gd.GaiaDistancesWarning, match="cannot be checked"):
+        back = gd.ClusterFit.from_table(str(table), idata)
+    np.testing.assert_array_equal(back.posterior["D"], fit.posterior["D"])

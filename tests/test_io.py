@@ -101,3 +101,64 @@ def test_bad_sources():
         gd.load_table("/nonexistent/field.fits")
     with pytest.raises(TypeError, match="DataFrame"):
         gd.load_table(42)
+
+
+# ------------------------------------------------------------------- user columns pass through untouched
+
+
+def _user_table():
+    from astropy.table import Column
+
+    t = Table()
+    t["source_id"] = np.array([1, 2, 3], dtype=np.int64)
+    t["parallax"] = Column([1.0, 2.0, 3.0], unit="mas", description="Gaia parallax")
+    t["logg"] = Column(
+        [4.4, 4.1, 3.9], unit="dex(cm/s2)", description="surface gravity", format=".2f", meta={"ucd": "phys.gravity"}
+    )
+    t["mag_ab"] = Column([20.0, 21.0, 19.5], unit=u.ABmag, description="AB magnitude")
+    t["teff"] = MaskedColumn([5000.0, 6000.0, 1.0], mask=[False, False, True], unit="K", description="Teff")
+    t["note"] = MaskedColumn(["a", "bb", "c"], mask=[False, True, False], description="a note")
+    t["count"] = MaskedColumn([1, 2, 3], mask=[False, True, False], description="an integer")
+    return t
+
+
+def _check_user_columns(back, *, formats=True, float_mask=True):
+    assert back["logg"].unit == u.Unit("dex(cm/s2)") and back["mag_ab"].unit == u.ABmag
+    assert back["teff"].unit == u.K and str(back["parallax"].unit) == "mas"
+    for name, text in (("logg", "surface gravity"), ("mag_ab", "AB magnitude"), ("teff", "Teff"), ("note", "a note")):
+        assert back[name].info.description == text, name
+    assert back["parallax"].info.description == "Gaia parallax"
+    assert back["logg"].info.meta["ucd"] == "phys.gravity"
+    if formats:
+        assert back["logg"].info.format == ".2f"
+    np.testing.assert_allclose(np.asarray(getattr(back["logg"], "value", back["logg"])), [4.4, 4.1, 3.9])
+    assert list(np.ma.getmaskarray(back["note"])) == [False, True, False] and str(back["note"][2]) == "c"
+    assert list(np.ma.getmaskarray(back["count"])) == [False, True, False]
+    teff = back["teff"]
+    hidden = np.ma.is_masked(teff[2]) if float_mask else np.isnan(teff.value[2])
+    assert hidden and float(teff[0].value) == 5000.0
+
+
+def test_user_columns_keep_units_descriptions_formats_meta_and_masks():
+    t = _user_table()
+    _check_user_columns(gd.load_table(t))
+    assert t["logg"].unit == u.Unit("dex(cm/s2)") and t["note"].mask[1]  # input untouched
+
+
+@pytest.mark.parametrize(
+    ("ext", "formats", "float_mask"),
+    [
+        (".ecsv", True, True),
+        (".csv", True, True),
+        (".parquet", True, True),
+        (".hdf5", True, True),
+        (".fits", False, False),  # FITS and VOTable hold a masked float as NaN, and no column format
+        (".vot", False, False),
+    ],
+)
+def test_user_columns_survive_writing_and_reading(tmp_path, ext, formats, float_mask):
+    path = tmp_path / f"out{ext}"
+    t = gd.load_table(_user_table())
+    write_table(t, path)
+    _check_user_columns(gd.load_table(path), formats=formats, float_mask=float_mask)
+    assert t["logg"].unit == u.Unit("dex(cm/s2)")  # the written table untouched

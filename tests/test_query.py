@@ -364,3 +364,21 @@ def test_issue13_item13_corrupt_cache_entry_is_discarded_and_fetched_again(serve
     assert len(t) == 2 and len(server.state.jobs) == n + 1
     assert t.meta["gaia_distances"]["query"]["from_cache"] is False
     assert len(query.query_adql(adql, **_kw(tmp_path, server, offline=True))) == 2  # the new entry reads
+
+
+def test_trickled_result_download_ends_at_job_timeout(server, tmp_path):
+    """A result the server sends a few bytes at a time (each read quick, the whole ~9 s) ends at
+    job_timeout: the deadline covers the download, not only the job."""
+    server.state.fault = "trickle"
+    with pytest.raises(gd.GaiaQueryError, match=r"still downloading after \d+ s .*past job_timeout=1.5 s") as err:
+        query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server, job_timeout=1.5, timeout=1))
+    assert server.url in str(err.value) and "bytes received" in str(err.value)
+    assert len(server.state.jobs) == 1  # no retry once out of time
+    assert _no_files(tmp_path)
+
+
+def test_result_download_without_job_timeout_reads_to_the_end(server, tmp_path):
+    server.state.fault = "trickle"
+    server.state.trickle_bytes = 2048  # three reads
+    t = query.query_adql("SELECT * FROM gaiadr3.gaia_source", **_kw(tmp_path, server, job_timeout=None))
+    assert len(t) == 2

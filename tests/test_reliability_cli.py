@@ -246,7 +246,7 @@ def _noisy_fit(table, **kwargs):
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_issue14_library_messages_stay_off_stdout(tmp_path, small_file, capfd, caplog, recwarn, monkeypatch, verbose):
+def test_issue14_library_messages_stay_off_stdout(tmp_path, small_file, capfd, caplog, monkeypatch, verbose):
     pytest.importorskip("astroquery")  # imported, as by a query earlier in the process: its logger is quietened too
     monkeypatch.setattr(gd, "fit_cluster", _noisy_fit)
     argv = ["--json", "cluster", str(small_file), "-o", str(tmp_path / "x.fits"), "--zero-point", "0"]
@@ -254,9 +254,9 @@ def test_issue14_library_messages_stay_off_stdout(tmp_path, small_file, capfd, c
     out, err = capfd.readouterr()
     assert _strict_json(out)["D_mean"] == 850.0  # standard output: the summary alone
     assert "Compiling" in err  # what a library prints goes to standard error
-    warned = [str(w.message) for w in recwarn]
-    assert "3 stars have no usable parallax" in warned  # our own warnings always show
-    assert any("not enough devices" in m for m in warned) is verbose
+    # warnings are one line each on standard error; our own always show
+    assert "gaia-distances cluster: warning: 3 stars have no usable parallax\n" in err
+    assert ("warning: There are not enough devices" in err) is verbose
     logged = caplog.text + err
     assert ("NVIDIA GPU" in logged) is verbose and ("Query finished" in logged) is verbose
     for noise in ("not enough devices", "NVIDIA GPU", "Query finished"):
@@ -286,3 +286,102 @@ def test_issue14_json_module_has_no_nan(capsys):
     text = to_json({"a": float("nan"), "b": [np.float64(1.5), np.inf], "c": np.int64(3), "d": np.bool_(True)})
     assert _strict_json(text) == {"a": None, "b": [1.5, None], "c": 3, "d": True}
     assert sys.modules["gaia_distances.cli"].to_json is to_json
+
+
+# ------------------------------------------------------------------------ outputs checked before any work
+
+
+def _no_work(monkeypatch):
+    """Make every step that reads, queries, simulates or fits fail the test if it starts."""
+    from gaia_distances import query
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the outputs were checked")
+
+    for name in ("load_table", "fit_cluster", "estimate_distances", "apply_zeropoint", "simulate_field"):
+        monkeypatch.setattr(gd, name, forbidden)
+    for name in ("query_field", "query_cluster"):
+        monkeypatch.setattr(query, name, forbidden)
+
+
+def _bad_outputs(tmp_path, small_file):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("not a folder")
+    existing = tmp_path / "existing.fits"
+    existing.write_text("keep me")
+    a_folder = tmp_path / "folder.fits"
+    a_folder.mkdir()
+    src = str(small_file)
+    query = ["query", "--ra", "1", "--dec", "2", "--radius", "0.1"]
+    return [
+        (["cluster", src, "-o", str(tmp_path / "members.txt")], "members.txt"),
+        (["estimate", src, "-o", str(tmp_path / "d.dat")], "d.dat"),
+        (["zeropoint", src, "-o", str(tmp_path / "zp")], "zp"),
+        ([*query, "-o", str(tmp_path / "q.txt")], "q.txt"),
+        (["cluster", src, "-o", str(tmp_path / "m.fits"), "--save-posterior", str(tmp_path / "p.fits")], "netCDF"),
+        (["cluster", src, "-o", str(tmp_path / "m.fits"), "--save-posterior", str(a_file / "p.nc")], "not a folder"),
+        (["estimate", src, "-o", str(a_file / "sub" / "d.fits")], "not a folder"),
+        (["estimate", src, "-o", str(existing)], "already exists"),
+        (["estimate", src, "-o", str(a_folder)], "is a folder"),
+        (["report", src, "-o", str(a_file)], "not a folder"),
+        (["demo", "--output-dir", str(a_file)], "not a folder"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_outputs_are_checked_before_any_work(tmp_path, small_file, capsys, monkeypatch, case):
+    argv, named = _bad_outputs(tmp_path, small_file)[case]
+    _no_work(monkeypatch)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gaia-distances {argv[0]}: error: ") and named in err[0]
+    assert (tmp_path / "existing.fits").read_text() == "keep me"
+
+
+def test_report_refuses_to_replace_any_file_of_an_earlier_report(tmp_path, small_file, capsys):
+    pytest.importorskip("matplotlib")
+    table = tmp_path / "d.ecsv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        write_table(gd.estimate_distances(gd.load_table(small_file), zero_point=0.0), table)
+    folder = tmp_path / "rep"
+    folder.mkdir()
+    for old in ("sky_map.png", "colour_magnitude.png"):
+        (folder / old).write_text("an earlier figure")
+    assert main(["report", str(table), "-o", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "sky_map.png") in err and str(folder / "colour_magnitude.png") in err and "--overwrite" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["colour_magnitude.png", "sky_map.png"]  # nothing written
+    assert (folder / "sky_map.png").read_text() == "an earlier figure"
+    assert main(["--quiet", "report", str(table), "-o", str(folder), "--overwrite"]) == 0
+    assert (folder / "report.md").exists() and (folder / "sky_map.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ------------------------------------------------------------------------------- warnings as one-line messages
+
+
+def _warning_fit(table, **kwargs):
+    warnings.warn("3 stars have\n  no usable parallax", gd.GaiaDistancesWarning, stacklevel=2)
+    return _Fit(table)
+
+
+def test_warnings_print_as_one_line_each(tmp_path, small_file, capsys, monkeypatch):
+    monkeypatch.setattr(gd, "fit_cluster", _warning_fit)
+    shown = warnings.showwarning
+    assert main(["--quiet", "cluster", str(small_file), "-o", str(tmp_path / "x.fits"), "--zero-point", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "gaia-distances cluster: warning: 3 stars have no usable parallax\n" in err
+    assert "GaiaDistancesWarning" not in err and "warnings.warn" not in err and "sys.exit" not in err
+    assert warnings.showwarning is shown  # restored after the run
+
+
+def test_warnings_made_errors_by_the_user_end_the_run_with_one_line(tmp_path, small_file, capsys, monkeypatch):
+    monkeypatch.setattr(gd, "fit_cluster", _warning_fit)
+    monkeypatch.setattr(sys, "warnoptions", ["error"])  # python -W error / PYTHONWARNINGS=error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code = main(["--quiet", "cluster", str(small_file), "-o", str(tmp_path / "x.fits"), "--zero-point", "0"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gaia-distances cluster: error: 3 stars have no usable parallax"]
+    assert not (tmp_path / "x.fits").exists()

@@ -21,6 +21,7 @@ import numpy as np
 from astropy import units as u
 
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
+from gaia_distances.cluster.fingerprint import fit_fingerprint
 from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import (
@@ -462,31 +463,29 @@ def assemble_fit(
     warn_problems(method, diagnostics["warnings"])
     diagnostics["timings"] = dict(clock.steps)
     limits = record.get("parallax_limits")
-    update_provenance(
-        out,
-        "cluster",
-        {
-            "method": method,
-            "prior": dict(model.priors._asdict()),
-            "kinematics": model.kinematics,
-            "field": model.field,
-            "n_field_pm": model.n_field_pm,
-            "perspective": model.perspective,
-            "zero_point": sel.zero_point_source,
-            "zero_point_arg": record.get("zero_point_arg"),
-            "parallax_limits": list(limits) if limits else None,
-            "n_stars_fitted": n,
-            "num_warmup": settings.num_warmup,
-            "num_samples": settings.num_samples,
-            "num_chains": settings.num_chains,
-            "target_accept_prob": settings.target_accept_prob,
-            "seed": seed,
-            **{k: v for k, v in record.items() if k not in ("zero_point_arg", "parallax_limits")},
-            "systematics": None if sys is None else sys.record(),
-            "summary": {str(r["parameter"]): {"mean": float(r["mean"]), "sd": float(r["sd"])} for r in summ},
-            "diagnostics": diagnostics,
-        },
-    )
+    provenance: dict[str, Any] = {
+        "method": method,
+        "prior": dict(model.priors._asdict()),
+        "kinematics": model.kinematics,
+        "field": model.field,
+        "n_field_pm": model.n_field_pm,
+        "perspective": model.perspective,
+        "zero_point": sel.zero_point_source,
+        "zero_point_arg": record.get("zero_point_arg"),
+        "parallax_limits": list(limits) if limits else None,
+        "n_stars_fitted": n,
+        "num_warmup": settings.num_warmup,
+        "num_samples": settings.num_samples,
+        "num_chains": settings.num_chains,
+        "target_accept_prob": settings.target_accept_prob,
+        "seed": seed,
+        **{k: v for k, v in record.items() if k not in ("zero_point_arg", "parallax_limits")},
+        "systematics": None if sys is None else sys.record(),
+        "summary": {str(r["parameter"]): {"mean": float(r["mean"]), "sd": float(r["sd"])} for r in summ},
+        "diagnostics": diagnostics,
+    }
+    provenance["fingerprint"] = fit_fingerprint(out, sel.stars, provenance)
+    update_provenance(out, "cluster", provenance)
     return ClusterFit(
         out, posterior, diagnostics, method, model.priors, sel.stars, draws.z, draws.sample_stats, model=model
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -13,6 +15,7 @@ from astropy import units as u
 from astropy.table import QTable, Table
 
 from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
+from gaia_distances.cluster.fingerprint import FINGERPRINT_ATTR, check_posterior_belongs, fit_fingerprint
 from gaia_distances.cluster.stars import FittedStars, select_stars
 from gaia_distances.columns import META_KEY
 from gaia_distances.core.diagnostics import ess_rhat
@@ -241,14 +244,34 @@ class ClusterFit:
         posterior = dict(self.posterior)
         if self.model is not None and not self.model.is_reference:
             posterior["unconstrained"] = np.asarray(self.draws)  # what from_table rebuilds the fit from
-        return az.from_dict(
-            posterior=posterior,
-            sample_stats=dict(self.sample_stats),
-            attrs={"method": self.method, "package": "gaia_distances"},
-        )
+        attrs = {"method": self.method, "package": "gaia_distances"}
+        fingerprint = self._fingerprint()
+        if fingerprint is not None:
+            attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
+        idata = az.from_dict(posterior=posterior, sample_stats=dict(self.sample_stats), attrs=attrs)
+        idata.posterior.attrs.update(attrs)  # from_dict does not set them on every arviz version
+        return idata
+
+    def _fingerprint(self) -> dict[str, Any] | None:
+        """The fingerprint of the fit's data and options (:mod:`~gaia_distances.cluster.fingerprint`).
+
+        The one ``fit_cluster`` recorded in the table's provenance, else one
+        computed from :attr:`stars` and that provenance; ``None`` for a table
+        without ``fit_cluster`` provenance.
+        """
+        prov = self.table.meta.get(META_KEY, {}).get("cluster")
+        if not isinstance(prov, Mapping):
+            return None
+        saved = prov.get("fingerprint")
+        return dict(saved) if isinstance(saved, Mapping) else fit_fingerprint(self.table, self.stars, prov)
 
     def to_netcdf(self, path: str) -> str:
-        """Write :attr:`inference_data` to a netCDF file; returns the path."""
+        """Write :attr:`inference_data` to a netCDF file; returns the path.
+
+        The file carries the fingerprint of the fit's rows, data and options
+        (:mod:`~gaia_distances.cluster.fingerprint`), by which
+        :meth:`from_table` refuses it with any other table.
+        """
         return str(self.inference_data.to_netcdf(path))
 
     def predictive(self, kind: str = "posterior", *, num_samples: int = 100, seed: int = 0) -> np.ndarray:
@@ -337,14 +360,29 @@ class ClusterFit:
         ``InferenceData``. The rebuilt fit supports :meth:`summary`,
         :meth:`predictive`, :meth:`plot` and :meth:`report`; its diagnostics
         are recomputed without warning again.
+
+        The posterior must come from the fit that wrote the table: the
+        fingerprint :meth:`to_netcdf` stored (the fitted rows and their
+        ``source_id``, the parallaxes, errors and zero points the fit used,
+        and its options) must match the one the table gives now. A posterior
+        saved before fingerprints were recorded loads with a
+        :class:`~gaia_distances.GaiaDistancesWarning` that it cannot be checked.
+
+        Raises
+        ------
+        PosteriorMismatchError
+            (a :class:`~gaia_distances.GaiaDistancesError`) If the posterior
+            belongs to another fit; the message names both and what differs.
         """
         import arviz as az
 
+        table_name = str(table) if isinstance(table, str | os.PathLike) else "the given table"
+        post_name = str(posterior) if isinstance(posterior, str | os.PathLike) else "the given posterior"
         out = as_table(table)
         prov = out.meta.get(META_KEY, {}).get("cluster")
         if not prov or "cluster_flag" not in out.colnames:
-            raise GaiaDistancesError("the table has no fit_cluster provenance or cluster_flag column")
-        idata = az.from_netcdf(posterior) if isinstance(posterior, str) else posterior
+            raise GaiaDistancesError(f"{table_name} has no fit_cluster provenance or cluster_flag column")
+        idata = az.from_netcdf(str(posterior)) if isinstance(posterior, str | os.PathLike) else posterior
         prior = ClusterPriors(**prov.get("prior", prov.get("priors", {})))
         model = ClusterModel(
             prior,
@@ -366,6 +404,7 @@ class ClusterFit:
             truncate=bool(prov.get("truncate", False)),
             perspective=model.perspective,
         )
+        check_posterior_belongs(idata, fit_fingerprint(out, sel.stars, prov), table_name, post_name)
         sampled = sampled_draws(post)
         if model.is_reference:
             z = from_population(population_from_physical(sampled), prior, clip=1e-12)
