@@ -36,6 +36,7 @@ _EXPORTS = {
     "GaiaDistancesWarning": "gaia_distances.errors",
     "GaiaQueryError": "gaia_distances.errors",
     "MissingColumnsError": "gaia_distances.errors",
+    "PosteriorMismatchError": "gaia_distances.errors",
     "PriorTableError": "gaia_distances.errors",
     "estimate_distances": "gaia_distances.estimate",
     "fit_cluster": "gaia_distances.cluster",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         GaiaDistancesWarning,
         GaiaQueryError,
         MissingColumnsError,
+        PosteriorMismatchError,
         PriorTableError,
     )
     from gaia_distances.estimate import estimate_distances
