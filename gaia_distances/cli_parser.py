@@ -312,4 +312,3 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     _fit_size_options(d)
     d.add_argument("--seed", type=int, default=42)
     return p
-    return p
