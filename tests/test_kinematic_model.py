@@ -383,3 +383,83 @@ def test_candidates_of_a_deep_cone_include_a_one_percent_cluster():
     near = np.abs(D / 1200.0 - 1) < 0.1
     miss = np.hypot(pm[near, 0] - truth["cluster_pmra"], pm[near, 1] - truth["cluster_pmdec"])
     assert miss.min() < 0.3
+
+
+def _polar_cone(dec: float, *, n_field: int = 150, n_cluster: int = 60, seed: int = 1):
+    """A 180 pc cluster in a 4 deg cone centred at declination ``dec`` (deg): near a pole it surrounds it."""
+    return gd.simulate_field(
+        n_field,
+        n_cluster=n_cluster,
+        cluster_distance=180.0,
+        centre=(0.0, dec),
+        radius=4 * u.deg,
+        magnitude_limit=18.0,
+        seed=seed,
+    )
+
+
+def _true_pm_at_fit_centre(t, stars) -> np.ndarray:
+    """The cluster's true proper motion at its distance, in the frame of the stars' mean direction."""
+    from gaia_distances.core.astrometry import proper_motion_from_velocity
+
+    truth = t.meta["gaia_distances"]["simulation"]
+    r = kinematics.sky_basis(np.asarray(t["ra"])[stars.rows], np.asarray(t["dec"])[stars.rows])[2].mean(axis=0)
+    ra0, dec0 = np.rad2deg(np.arctan2(r[1], r[0])), np.rad2deg(np.arcsin(r[2] / np.linalg.norm(r)))
+    v = np.array(truth["cluster_velocity_kms"])
+    pm = proper_motion_from_velocity(ra0, dec0, 1000.0 / truth["cluster_distance_pc"], v)
+    return np.array([float(pm.pmra), float(pm.pmdec)])
+
+
+@pytest.mark.parametrize("dec", [90.0, -89.5])
+def test_field_centre_of_a_cone_around_a_pole_is_found_from_unit_vectors(dec):
+    """Right ascensions are never averaged: a ring of stars around a pole has the pole as its centre."""
+    ra = np.linspace(0.0, 360.0, 12, endpoint=False)
+    ra0, dec0 = kinematics.field_centre(ra, np.full(ra.size, 88.0 * np.sign(dec)))
+    assert dec0 == pytest.approx(90.0 * np.sign(dec), abs=1e-9) and 0.0 <= ra0 < 360.0
+    # across RA = 0/360 the centre is at RA 0, not 180
+    ra0, dec0 = kinematics.field_centre(np.array([359.0, 1.0]), np.array([10.0, 10.0]))
+    assert min(ra0, 360.0 - ra0) == pytest.approx(0.0, abs=1e-9) and dec0 == pytest.approx(10.0, abs=0.01)
+
+
+def test_transport_geometry_turns_each_proper_motion_frame_by_the_convergence_of_the_meridians():
+    """A rotation per star: the identity at the centre, about sep * tan(dec) off it, any angle around a pole."""
+    g = kinematics.transport_geometry(np.array([10.0, 11.0, 9.0]), np.array([60.0, 60.0, 60.0]))
+    m = g[:, :4].reshape(-1, 2, 2)
+    np.testing.assert_allclose(m @ m.transpose(0, 2, 1), np.broadcast_to(np.eye(2), m.shape), atol=1e-12)
+    np.testing.assert_allclose(g[:, 4:], 0.0)
+    np.testing.assert_allclose(g[0], [1, 0, 0, 1, 0, 0], atol=1e-12)  # the centre (the mean direction)
+    angle = np.rad2deg(np.arctan2(g[1:, 1], g[1:, 0]))
+    np.testing.assert_allclose(np.abs(angle), 1.0 * np.sin(np.deg2rad(60.0)), rtol=2e-3)
+    # around the north pole, common-velocity members' (pmra, pmdec) turn through every angle; in the
+    # centre's frame they agree
+    from gaia_distances.core.astrometry import proper_motion_from_velocity
+
+    ra = np.linspace(0.0, 360.0, 24, endpoint=False)
+    dec = np.full(ra.size, 89.0)
+    pm = proper_motion_from_velocity(ra, dec, 5.0, np.broadcast_to([8.0, 56.0, -4.0], (ra.size, 3)))
+    ones = np.ones(ra.size)
+    data = kinematics.prepare_kinematic_data(
+        ones, pm.pmra, pm.pmdec, ones, ones, 0 * ones, 0 * ones, 0 * ones, ra=ra, dec=dec, perspective=False
+    )
+    raw = np.column_stack([pm.pmra, pm.pmdec])
+    carried = kinematics.centre_frame_proper_motions(data)
+    assert np.ptp(raw, axis=0).min() > 50.0 and np.ptp(carried, axis=0).max() < 0.5
+
+
+@pytest.mark.parametrize("perspective", [True, False])
+@pytest.mark.parametrize("dec", [90.0, -89.5])
+def test_candidates_of_a_cone_around_a_celestial_pole_include_its_cluster(dec, perspective):
+    """The clump finder looks in the centre's frame: members around a pole share one proper motion there."""
+    from gaia_distances.cluster.stars import prepare_data
+    from gaia_distances.core.search import cluster_candidates
+
+    t = _polar_cone(dec)
+    sel = select_stars(t, zero_point="parallax_zeropoint_true", kinematics=True, perspective=perspective)
+    model = ClusterModel(ClusterPriors(), "flexible", True, perspective=perspective)
+    data = prepare_data(sel.stars, model)
+    cand = cluster_candidates(data, model, np.zeros(model.n_params))  # the field's part plays no role here
+    D = np.exp(cand[:, model.position("log_D")])
+    pm = cand[:, [model.position("pmra"), model.position("pmdec")]]
+    near = np.abs(D / 180.0 - 1) < 0.1
+    true_pm = _true_pm_at_fit_centre(t, sel.stars)
+    assert near.any() and np.hypot(*(pm[near] - true_pm).T).min() < 2.0

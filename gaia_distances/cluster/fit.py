@@ -22,7 +22,14 @@ from astropy import units as u
 
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
-from gaia_distances.cluster.stars import Selection, kinematic_data, prepare_data, select_stars, write_star_columns
+from gaia_distances.cluster.stars import (
+    FittedStars,
+    Selection,
+    kinematic_data,
+    prepare_data,
+    select_stars,
+    write_star_columns,
+)
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, add_systematics, fit_systematics
 from gaia_distances.columns import update_provenance, zero_point_record
 from gaia_distances.compile_cache import enable_compilation_cache
@@ -33,6 +40,7 @@ from gaia_distances.core.cluster_sampling import (
     sample_marginal,
 )
 from gaia_distances.core.initialisation import MapResult, find_map
+from gaia_distances.core.kinematics import field_centre
 from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size
 from gaia_distances.core.membership import PerStarResults, joint_per_star, per_star_results, precompile_per_star
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
@@ -66,6 +74,13 @@ class Stopwatch:
 
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+def _pm_frame_centre(stars: FittedStars) -> list[float] | None:
+    """``[ra, dec]`` (deg) of the field centre whose frame ``pmra``/``pmdec`` are given in, when the fit has one."""
+    if stars.ra is None or stars.dec is None:
+        return None
+    return list(field_centre(stars.ra, stars.dec))
 
 
 def fit_cluster(
@@ -117,7 +132,11 @@ def fit_cluster(
         fit. ``True`` requires those columns
         (:class:`~gaia_distances.MissingColumnsError`); ``False`` fits the
         parallaxes alone. A star without a usable proper motion is fitted
-        with its parallax alone and flagged.
+        with its parallax alone and flagged. With ``ra`` and ``dec`` the
+        cluster's ``pmra``, ``pmdec`` are those at the field's centre (the
+        stars' mean direction, provenance ``pm_frame_centre_deg``), carried
+        to each star along with its turning RA/Dec axes (which matters near
+        a celestial pole).
     field
         The field's distance model: ``"flexible"`` (default), a smooth
         mixture of log-normal distance bins that fits magnitude-limited
@@ -422,6 +441,7 @@ def assemble_fit(
             "field": model.field,
             "n_field_pm": model.n_field_pm,
             "perspective": model.perspective,
+            "pm_frame_centre_deg": _pm_frame_centre(sel.stars) if model.kinematics else None,
             "zero_point": sel.zero_point_source,
             "zero_point_arg": record.get("zero_point_arg"),
             "parallax_limits": list(limits) if limits else None,

@@ -76,8 +76,9 @@ class FittedStars(NamedTuple):
     pmra_pmdec_corr: np.ndarray | None = None
     limit_lo: np.ndarray | None = None  # the parallax cut in corrected parallax (mas), when modelled
     limit_hi: np.ndarray | None = None
-    ra: np.ndarray | None = None  # deg, for the perspective projection
+    ra: np.ndarray | None = None  # deg, for the perspective projection (or the turn of the pm frame)
     dec: np.ndarray | None = None
+    frame_only: bool = False  # ra, dec only turn each star's pm frame to the centre's (no perspective)
 
     @property
     def kinematic(self) -> bool:
@@ -166,6 +167,23 @@ def _positions(out: QTable, used: np.ndarray, use_pm: bool, step: str) -> dict[s
     return pos
 
 
+def _frame_positions(out: QTable, used: np.ndarray) -> dict[str, np.ndarray]:
+    """The fitted rows' ``ra`` and ``dec`` (deg) that turn their proper-motion frames to the field centre's.
+
+    Without the perspective projection a kinematic fit still needs them near
+    a celestial pole, where the stars' (pmra, pmdec) axes turn with right
+    ascension (:func:`~gaia_distances.core.kinematics.transport_geometry`).
+    None when the table has no usable positions for every fitted star: far
+    from the poles the turn is negligible.
+    """
+    if not all(c in out.colnames for c in ("ra", "dec")):
+        return {}
+    pos = {c: column_values(out, c, u.deg)[used] for c in ("ra", "dec")}
+    if not np.all(np.isfinite(pos["ra"]) & np.isfinite(pos["dec"])):
+        return {}
+    return pos
+
+
 def select_stars(
     table: Any,
     *,
@@ -212,10 +230,14 @@ def select_stars(
     pm = _proper_motions(out, used, flag, step) if use_pm else {}
     if perspective:
         pm.update(_positions(out, used, use_pm, step))
+    elif use_pm:
+        pm.update(_frame_positions(out, used))
     if parallax_limits is not None and truncate:
         pm["limit_lo"] = np.full(used.size, float(parallax_limits[0])) - zp
         pm["limit_hi"] = np.full(used.size, float(parallax_limits[1])) - zp
-    stars = FittedStars(*(_read_only(x) for x in (used, w, s, zp)), **{k: _read_only(v) for k, v in pm.items()})
+    columns: dict[str, Any] = {k: _read_only(v) for k, v in pm.items()}
+    stars = FittedStars(_read_only(used), _read_only(w), _read_only(s), _read_only(zp), **columns)
+    stars = stars._replace(frame_only=not perspective)
     return Selection(out, flag, stars, zp_source)
 
 
@@ -257,7 +279,9 @@ def kinematic_data(stars: FittedStars) -> KinematicData:
         stars.parallax_pmdec_corr,
         stars.pmra_pmdec_corr,
     )
-    return prepare_kinematic_data(*(np.asarray(c, float) for c in cols), ra=stars.ra, dec=stars.dec)
+    return prepare_kinematic_data(
+        *(np.asarray(c, float) for c in cols), ra=stars.ra, dec=stars.dec, perspective=not stars.frame_only
+    )
 
 
 def prepare_data(stars: FittedStars, model: ClusterModel) -> StarData:

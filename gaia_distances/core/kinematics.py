@@ -48,13 +48,16 @@ __all__ = [
     "KinematicData",
     "Kinematics",
     "cluster_pm_log_term",
+    "centre_frame_proper_motions",
     "cluster_pm_mean",
     "field_pm_log_term",
+    "field_centre",
     "field_pm_log_term_at",
     "gaussian2_log_pdf",
     "perspective_geometry",
     "prepare_kinematic_data",
     "sky_basis",
+    "transport_geometry",
 ]
 
 #: km/s per (mas/yr x kpc): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr.
@@ -98,11 +101,14 @@ def prepare_kinematic_data(
     *,
     ra: np.ndarray | None = None,
     dec: np.ndarray | None = None,
+    perspective: bool = True,
 ) -> KinematicData:
     """The conditional proper-motion error model of each star (NumPy, float64).
 
     With ``ra`` and ``dec`` (deg) the stars also carry the perspective
-    projection of the cluster's space velocity (:func:`perspective_geometry`).
+    projection of the cluster's space velocity (:func:`perspective_geometry`),
+    or with ``perspective=False`` the rotation that carries a proper motion
+    from the field's centre to each star (:func:`transport_geometry`).
 
     Stars with a non-finite proper motion or error, or a non-positive error,
     get ``has_pm = 0`` (and harmless placeholder values). Non-finite
@@ -136,7 +142,9 @@ def prepare_kinematic_data(
     pm = np.where(ok[:, None], pm, 0.0)
     cond = np.where(ok[:, None], cond, [1.0, 0.0, 1.0])
     det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2
-    geometry = None if ra is None or dec is None else perspective_geometry(ra, dec)
+    geometry = None
+    if ra is not None and dec is not None:
+        geometry = perspective_geometry(ra, dec) if perspective else transport_geometry(ra, dec)
     return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det, geometry)
 
 
@@ -149,10 +157,34 @@ def sky_basis(ra_deg: np.ndarray | float, dec_deg: np.ndarray | float) -> tuple[
     return p, q, r
 
 
+def field_centre(ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[float, float]:
+    """The stars' mean direction ``(ra0, dec0)`` in deg: the normalised mean of their unit vectors.
+
+    No angle is averaged, so a field around a celestial pole or across
+    RA = 0/360 has its true centre. At a pole itself ``ra0`` is 0, whose
+    basis (:func:`sky_basis`) is as good as any other there.
+
+    Examples
+    --------
+    >>> ra0, dec0 = field_centre(np.array([0.0, 90.0, 180.0, 270.0]), np.full(4, 89.0))
+    >>> round(dec0, 6)
+    90.0
+    """
+    _, _, r = sky_basis(ra_deg, dec_deg)
+    centre = np.asarray(r, float).reshape(-1, 3).mean(axis=0)
+    norm = float(np.linalg.norm(centre))
+    if not norm > 1e-12:
+        raise ValueError("the stars' directions cancel out: a field needs a centre (its stars within 90 deg of it)")
+    centre /= norm
+    dec0 = float(np.rad2deg(np.arcsin(np.clip(centre[2], -1.0, 1.0))))
+    ra0 = float(np.rad2deg(np.arctan2(centre[1], centre[0])))  # 0 at a pole itself
+    return ra0 % 360.0, dec0
+
+
 def perspective_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     """Each star's projection of a space velocity given at the field's centre, ``(n, 6)``.
 
-    The centre is the stars' mean direction, with basis ``(p0, q0, r0)``. A
+    The centre is the stars' mean direction (:func:`field_centre`), with basis ``(p0, q0, r0)``. A
     space velocity ``v = A_V (mu_a* p0 + mu_d q0) / w_D + v_r r0`` (the
     proper motion ``(mu_a*, mu_d)`` a star at the centre and at the
     cluster's parallax ``w_D`` has, and the radial velocity ``v_r``) gives a
@@ -162,13 +194,46 @@ def perspective_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     [q.p0, q.q0]]`` and ``c = (p.r0, q.r0)``; the columns are ``(M11, M12,
     M21, M22, c1, c2)``. At the centre ``M = I`` and ``c = 0``.
     """
-    p, q, r = sky_basis(ra_deg, dec_deg)
-    centre = r.mean(axis=0)
-    centre /= np.linalg.norm(centre)
-    dec0 = np.rad2deg(np.arcsin(np.clip(centre[2], -1.0, 1.0)))
-    ra0 = np.rad2deg(np.arctan2(centre[1], centre[0]))
-    p0, q0, r0 = sky_basis(ra0, dec0)
+    p, q, _ = sky_basis(ra_deg, dec_deg)
+    p0, q0, r0 = sky_basis(*field_centre(ra_deg, dec_deg))
     return np.stack([p @ p0, p @ q0, q @ p0, q @ q0, p @ r0, q @ r0], axis=1)
+
+
+def transport_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """The rotation that carries a proper motion at the field's centre to each star, as ``(n, 6)`` geometry.
+
+    A common proper motion ``(mu_a*, mu_d)`` means a common direction on the
+    sky only in the frame of one point: each star's own (RA, Dec) axes are
+    turned against the centre's by the convergence of the meridians, about
+    ``sep * tan(dec)``, which is negligible in most fields but any angle
+    around a celestial pole. The columns are those of
+    :func:`perspective_geometry` with ``M`` replaced by its nearest rotation
+    and ``c = 0``: no perspective contraction, only the turn of the frame.
+    """
+    g = perspective_geometry(ra_deg, dec_deg)
+    phi = np.arctan2(g[:, 1] - g[:, 2], g[:, 0] + g[:, 3])
+    cos, sin, zero = np.cos(phi), np.sin(phi), np.zeros_like(phi)
+    return np.stack([cos, sin, -sin, cos, zero, zero], axis=1)
+
+
+def centre_frame_proper_motions(data: KinematicData) -> np.ndarray:
+    """The stars' observed proper motions carried to the field's centre, ``(n, 2)`` (NumPy).
+
+    ``M^-1 mu`` with each star's ``M`` of ``data.geometry`` (the radial
+    velocity's unknown part left out); the observed proper motions when the
+    stars carry no geometry. Members share one proper motion in this frame,
+    near a celestial pole too, where their observed ``(pmra, pmdec)`` turn
+    with right ascension (:func:`transport_geometry`).
+    """
+    pm = np.asarray(data.pm, float)
+    if data.geometry is None:
+        return pm
+    g = np.asarray(data.geometry, float)
+    det = g[:, 0] * g[:, 3] - g[:, 1] * g[:, 2]
+    det = np.where(np.abs(det) > 1e-12, det, 1.0)
+    x = (g[:, 3] * pm[:, 0] - g[:, 1] * pm[:, 1]) / det
+    y = (g[:, 0] * pm[:, 1] - g[:, 2] * pm[:, 0]) / det
+    return np.stack([x, y], axis=1)
 
 
 def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array, det: Array) -> Array:
