@@ -463,3 +463,48 @@ def test_candidates_of_a_cone_around_a_celestial_pole_include_its_cluster(dec, p
     near = np.abs(D / 180.0 - 1) < 0.1
     true_pm = _true_pm_at_fit_centre(t, sel.stars)
     assert near.any() and np.hypot(*(pm[near] - true_pm).T).min() < 2.0
+
+
+def test_a_proper_motion_no_star_could_have_is_flagged_and_not_fitted():
+    """|mu| = 1e6 mas/yr: excluded with one warning; fast nearby stars (Barnard's star) are kept."""
+    t = _pm_table()
+    absurd = [2, 9, 30]
+    t["pmra"][absurd] = 1e6 * u.mas / u.yr
+    t["pmdec"][40] = -3e4 * u.mas / u.yr  # 3e4 mas/yr at 2 mas: 70 000 km/s
+    t["parallax"][40] = 2.0 * u.mas
+    near = [5, 6]  # Barnard's star (10 400 mas/yr at 548 mas) and 5 000 mas/yr at 100 mas: real
+    t["parallax"][near] = [548.0, 100.0] * u.mas
+    t["pmdec"][near] = [10_400.0, 5_000.0] * u.mas / u.yr
+    original = t.copy()
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"4 stars have a proper motion no star could have") as rec:
+        sel = select_stars(t, zero_point=0.0, kinematics=True)
+    assert sum("proper motion no star" in str(w.message) for w in rec) == 1
+    flagged = np.flatnonzero(sel.flag & ClusterFlag.IMPOSSIBLE_PROPER_MOTION).tolist()
+    assert flagged == sorted([*absurd, 40])
+    assert not set(flagged) & set(sel.stars.rows.tolist()) and set(near) <= set(sel.stars.rows.tolist())
+    assert len(sel.table) == len(t) and np.all(np.asarray(t["pmra"]) == np.asarray(original["pmra"]))
+    # a parallax-only fit does not read proper motions, so it flags nothing
+    assert not np.any(select_stars(t, zero_point=0.0, kinematics=False).flag & ClusterFlag.IMPOSSIBLE_PROPER_MOTION)
+
+
+def test_a_correlation_outside_minus_one_to_one_is_flagged_and_its_proper_motion_unused():
+    """parallax_pmra_corr = 5 is no covariance: the star is fitted with its parallax alone, with one warning."""
+    from gaia_distances.cluster.stars import kinematic_data
+
+    t = _pm_table()
+    t["parallax_pmra_corr"][[4, 8]] = 5.0
+    t["pmra_pmdec_corr"][11] = -1.5
+    t["parallax_pmdec_corr"][12] = 1.0  # the edge itself is a (degenerate) correlation: kept
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"3 stars have a correlation .* outside \[-1, 1\]"):
+        sel = select_stars(t, zero_point=0.0, kinematics=True)
+    assert np.flatnonzero(sel.flag & ClusterFlag.NO_PROPER_MOTION).tolist() == [4, 8, 11]
+    assert sel.stars.n_stars == len(t)  # fitted, with the parallax alone
+    has_pm = np.asarray(kinematic_data(sel.stars).has_pm)
+    assert np.flatnonzero(has_pm == 0).tolist() == [4, 8, 11]
+    assert float(t["parallax_pmra_corr"][4]) == 5.0  # the table keeps its values
+    # the core's own guard: a correlation outside [-1, 1] is never clipped into a covariance
+    ones = np.ones(3)
+    data = kinematics.prepare_kinematic_data(
+        ones, ones, ones, ones, ones, np.array([0.1, 5.0, -1.01]), 0 * ones, 0 * ones
+    )
+    assert np.asarray(data.has_pm).tolist() == [1.0, 0.0, 0.0]

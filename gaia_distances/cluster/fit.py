@@ -408,7 +408,8 @@ def assemble_fit(
             sel.flag,
             member_description="posterior probability of cluster membership (NaN: not fitted)",
             flag_description=(
-                "ClusterFlag bits: 1 no parallax, 2 outside parallax_limits, 8 no proper motion (parallax only)"
+                "ClusterFlag bits: 1 no parallax, 2 outside parallax_limits, 8 no usable proper motion "
+                "(parallax only), 16 impossible proper motion (not fitted)"
             ),
         )
     sampled = physical_draws(draws.z, prior)

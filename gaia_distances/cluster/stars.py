@@ -10,6 +10,7 @@ from astropy import units as u
 from astropy.table import QTable
 
 from gaia_distances.columns import add_column, column_values, corrected_parallax, distance_column_names, warn
+from gaia_distances.core.astrometry import MAX_TANGENTIAL_SPEED_KMS, least_tangential_speed
 from gaia_distances.core.kinematics import KinematicData, prepare_kinematic_data
 from gaia_distances.core.likelihood import StarData, prepare_star_data
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
@@ -48,8 +49,13 @@ class ClusterFlag(enum.IntFlag):
     OUTSIDE_LIMITS = 2
     #: (fit_clusters) the row's cluster could not be fitted, or its group key is missing
     NOT_FITTED = 4
-    #: (kinematic fits) no usable proper motion: fitted with its parallax alone
+    #: (kinematic fits) no usable proper motion (none, a bad error, or a correlation outside [-1, 1]):
+    #: fitted with its parallax alone
     NO_PROPER_MOTION = 8
+    #: (kinematic fits) a proper motion no star could have (a tangential speed above
+    #: MAX_TANGENTIAL_SPEED_KMS even at the nearest distance its parallax allows; a spurious
+    #: astrometric solution): excluded, results NaN
+    IMPOSSIBLE_PROPER_MOTION = 16
 
 
 #: The columns a kinematic fit needs, and the correlations it reads when present (0 otherwise).
@@ -146,8 +152,42 @@ def _proper_motions(out: QTable, used: np.ndarray, flag: np.ndarray, step: str) 
     errs = np.stack([cols["pmra_error"], cols["pmdec_error"]])
     vals = np.stack([cols["pmra"], cols["pmdec"]])
     ok = np.all(np.isfinite(vals), axis=0) & np.all(np.isfinite(errs) & (errs > 0), axis=0)
-    flag[used[~ok]] |= ClusterFlag.NO_PROPER_MOTION
+    bad_corr = ok & np.any(np.abs(np.stack([cols[c] for c in PM_CORRELATIONS])) > 1.0, axis=0)
+    if bad_corr.any():
+        warn(
+            f"{step}: {int(bad_corr.sum())} stars have a correlation ({', '.join(PM_CORRELATIONS)}) outside "
+            f"[-1, 1], so no valid covariance: fitted with their parallax alone and flagged cluster_flag "
+            f"{int(ClusterFlag.NO_PROPER_MOTION)}"
+        )
+        for c in ("pmra", "pmdec"):  # the fit's copy: no usable proper motion (the table keeps its values)
+            cols[c] = np.where(bad_corr, np.nan, cols[c])
+    flag[used[~ok | bad_corr]] |= ClusterFlag.NO_PROPER_MOTION
     return cols
+
+
+def _flag_impossible_proper_motions(
+    out: QTable, parallax: np.ndarray, parallax_error: np.ndarray, flag: np.ndarray, step: str
+) -> None:
+    """Flag (in place) the rows still to fit whose proper motion no star could have, with one warning.
+
+    Such a proper motion (a spurious or duplicated source's) implies a
+    tangential speed above :data:`~gaia_distances.core.astrometry.MAX_TANGENTIAL_SPEED_KMS`
+    even at the nearest distance the star's parallax allows
+    (:func:`~gaia_distances.core.astrometry.least_tangential_speed`); its
+    parallax is no better, and one such star wrecks the field's
+    proper-motion model, so the row is not fitted.
+    """
+    pmra, pmdec = (column_values(out, c, u.mas / u.yr) for c in ("pmra", "pmdec"))
+    with np.errstate(invalid="ignore"):
+        speed = least_tangential_speed(pmra, pmdec, parallax, parallax_error)
+        impossible = (speed > MAX_TANGENTIAL_SPEED_KMS) & (flag == 0)
+    if impossible.any():
+        warn(
+            f"{step}: {int(impossible.sum())} stars have a proper motion no star could have (a tangential "
+            f"speed above {MAX_TANGENTIAL_SPEED_KMS:g} km/s even at parallax + 3 sigma; spurious astrometric "
+            f"solutions): not fitted, flagged cluster_flag {int(ClusterFlag.IMPOSSIBLE_PROPER_MOTION)}"
+        )
+    flag[impossible] |= ClusterFlag.IMPOSSIBLE_PROPER_MOTION
 
 
 def _positions(out: QTable, used: np.ndarray, use_pm: bool, step: str) -> dict[str, np.ndarray]:
@@ -218,6 +258,8 @@ def select_stars(
         inside = (cut > lo) & (cut < hi)
         flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
     use_pm = resolve_kinematics(out, kinematics, step=step)
+    if use_pm:
+        _flag_impossible_proper_motions(out, plx, err, flag, step)
     used = np.flatnonzero(flag == 0)
     if used.size < MIN_STARS:
         raise GaiaDistancesError(

@@ -110,8 +110,9 @@ def prepare_kinematic_data(
     or with ``perspective=False`` the rotation that carries a proper motion
     from the field's centre to each star (:func:`transport_geometry`).
 
-    Stars with a non-finite proper motion or error, or a non-positive error,
-    get ``has_pm = 0`` (and harmless placeholder values). Non-finite
+    Stars with a non-finite proper motion or error, a non-positive error or a
+    correlation outside [-1, 1] (a covariance that cannot be) get
+    ``has_pm = 0`` (and harmless placeholder values). Non-finite
     correlations count as 0 (the caller warns). A correlation matrix that is
     not positive definite is shrunk towards the identity until it is.
     """
@@ -119,6 +120,7 @@ def prepare_kinematic_data(
     s_a, s_d = np.asarray(pmra_error, float), np.asarray(pmdec_error, float)
     pm = np.stack([np.asarray(pmra, float), np.asarray(pmdec, float)], axis=1)
     rho = [np.nan_to_num(np.asarray(c, float)) for c in (parallax_pmra_corr, parallax_pmdec_corr, pmra_pmdec_corr)]
+    valid_corr = np.all(np.abs(np.stack(rho)) <= 1.0, axis=0)
     r_wa, r_wd, r_ad = (np.clip(c, -0.999, 0.999) for c in rho)
     # shrink (r_wa, r_wd, r_ad) until the 3x3 correlation matrix is positive definite
     det = 1 + 2 * r_wa * r_wd * r_ad - r_wa**2 - r_wd**2 - r_ad**2
@@ -132,7 +134,7 @@ def prepare_kinematic_data(
         det = 1 + 2 * a * b * c - a**2 - b**2 - c**2
     r_wa, r_wd, r_ad = r_wa * shrink, r_wd * shrink, r_ad * shrink
     ok = np.all(np.isfinite(pm), axis=1) & np.isfinite(s_a) & np.isfinite(s_d) & (s_a > 0) & (s_d > 0)
-    ok &= np.isfinite(s_w) & (s_w > 0)
+    ok &= np.isfinite(s_w) & (s_w > 0) & valid_corr
     s_a, s_d, s_w1 = np.where(ok, s_a, 1.0), np.where(ok, s_d, 1.0), np.where(ok, s_w, 1.0)
     b = np.stack([r_wa * s_a / s_w1, r_wd * s_d / s_w1], axis=1)
     c11 = s_a**2 * (1 - r_wa**2)
