@@ -421,29 +421,41 @@ def test_field_centre_of_a_cone_around_a_pole_is_found_from_unit_vectors(dec):
     assert min(ra0, 360.0 - ra0) == pytest.approx(0.0, abs=1e-9) and dec0 == pytest.approx(10.0, abs=0.01)
 
 
-def test_transport_geometry_turns_each_proper_motion_frame_by_the_convergence_of_the_meridians():
-    """A rotation per star: the identity at the centre, about sep * tan(dec) off it, any angle around a pole."""
-    g = kinematics.transport_geometry(np.array([10.0, 11.0, 9.0]), np.array([60.0, 60.0, 60.0]))
-    m = g[:, :4].reshape(-1, 2, 2)
-    np.testing.assert_allclose(m @ m.transpose(0, 2, 1), np.broadcast_to(np.eye(2), m.shape), atol=1e-12)
-    np.testing.assert_allclose(g[:, 4:], 0.0)
-    np.testing.assert_allclose(g[0], [1, 0, 0, 1, 0, 0], atol=1e-12)  # the centre (the mean direction)
-    angle = np.rad2deg(np.arctan2(g[1:, 1], g[1:, 0]))
-    np.testing.assert_allclose(np.abs(angle), 1.0 * np.sin(np.deg2rad(60.0)), rtol=2e-3)
+def test_proper_motions_are_turned_to_the_field_centre_frame_by_the_convergence_of_the_meridians():
+    """The identity at the centre, about sep * tan(dec) off it, any angle around a pole; likelihoods unchanged."""
+    frame = kinematics.frame_rotation(np.array([10.0, 11.0, 9.0]), np.array([60.0, 60.0, 60.0]))
+    np.testing.assert_allclose(frame[0], [1.0, 0.0], atol=1e-12)  # the centre (the mean direction)
+    np.testing.assert_allclose(np.abs(np.rad2deg(np.arctan2(frame[1:, 1], frame[1:, 0]))), np.sin(np.pi / 3), rtol=2e-3)
     # around the north pole, common-velocity members' (pmra, pmdec) turn through every angle; in the
-    # centre's frame they agree
+    # centre's frame they agree, with and without the perspective projection
     from gaia_distances.core.astrometry import proper_motion_from_velocity
 
-    ra = np.linspace(0.0, 360.0, 24, endpoint=False)
-    dec = np.full(ra.size, 89.0)
-    pm = proper_motion_from_velocity(ra, dec, 5.0, np.broadcast_to([8.0, 56.0, -4.0], (ra.size, 3)))
-    ones = np.ones(ra.size)
-    data = kinematics.prepare_kinematic_data(
-        ones, pm.pmra, pm.pmdec, ones, ones, 0 * ones, 0 * ones, 0 * ones, ra=ra, dec=dec, perspective=False
-    )
+    rng = np.random.default_rng(3)
+    n = 24
+    ra, dec = np.linspace(0.0, 360.0, n, endpoint=False), np.full(n, 89.0)
+    pm = proper_motion_from_velocity(ra, dec, 5.0, np.broadcast_to([8.0, 56.0, -4.0], (n, 3)))
     raw = np.column_stack([pm.pmra, pm.pmdec])
-    carried = kinematics.centre_frame_proper_motions(data)
-    assert np.ptp(raw, axis=0).min() > 50.0 and np.ptp(carried, axis=0).max() < 0.5
+    cov = _random_covariances(rng, n)
+    sd = np.sqrt(np.einsum("nii->ni", cov))
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    cols = (sd[:, 0], raw[:, 0], raw[:, 1], sd[:, 1], sd[:, 2], corr[:, 0, 1], corr[:, 0, 2], corr[:, 1, 2])
+    plain = kinematics.prepare_kinematic_data(*cols)
+    for perspective in (False, True):
+        data = kinematics.prepare_kinematic_data(*cols, ra=ra, dec=dec, perspective=perspective)
+        carried = kinematics.centre_frame_proper_motions(data)
+        assert np.ptp(raw, axis=0).min() > 50.0 and np.ptp(carried, axis=0).max() < 0.5
+        np.testing.assert_allclose(kinematics.to_star_frame(data.pm, data.frame), raw, atol=1e-9)
+        # a turn of the frame changes no likelihood: the field's isotropic term is the same in either frame
+        kin = _kinematics(rng)
+        sd = np.broadcast_to(kin.field_log_sd[:, :1], kin.field_log_sd.shape)  # isotropic about 0
+        kin = kin._replace(
+            field_mean=np.zeros((2, 2)), field_trend=np.zeros(2), field_corr=np.zeros(2), field_log_sd=sd
+        )
+        w = rng.uniform(4.0, 6.0, n)
+        with x64():
+            turned = kinematics.field_pm_log_term_at(np.log(1000.0 / w), w, kin, data)
+            own = kinematics.field_pm_log_term_at(np.log(1000.0 / w), w, kin, plain)
+        np.testing.assert_allclose(np.asarray(turned), np.asarray(own), rtol=1e-9)
 
 
 @pytest.mark.parametrize("perspective", [True, False])

@@ -133,10 +133,11 @@ def fit_cluster(
         (:class:`~gaia_distances.MissingColumnsError`); ``False`` fits the
         parallaxes alone. A star without a usable proper motion is fitted
         with its parallax alone and flagged. With ``ra`` and ``dec`` the
-        cluster's ``pmra``, ``pmdec`` are those at the field's centre (the
-        stars' mean direction, provenance ``pm_frame_centre_deg``), carried
-        to each star along with its turning RA/Dec axes (which matters near
-        a celestial pole).
+        proper motions are turned to the frame of the field's centre (the
+        stars' mean direction, provenance ``pm_frame_centre_deg``), where
+        the cluster's ``pmra``, ``pmdec`` and the field's parameters are
+        given (which matters near a celestial pole, where the stars' own
+        RA/Dec axes turn with right ascension).
     field
         The field's distance model: ``"flexible"`` (default), a smooth
         mixture of log-normal distance bins that fits magnitude-limited

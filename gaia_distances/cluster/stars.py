@@ -82,9 +82,9 @@ class FittedStars(NamedTuple):
     pmra_pmdec_corr: np.ndarray | None = None
     limit_lo: np.ndarray | None = None  # the parallax cut in corrected parallax (mas), when modelled
     limit_hi: np.ndarray | None = None
-    ra: np.ndarray | None = None  # deg, for the perspective projection (or the turn of the pm frame)
+    ra: np.ndarray | None = None  # deg: turn the proper motions to the field centre's frame, and project
     dec: np.ndarray | None = None
-    frame_only: bool = False  # ra, dec only turn each star's pm frame to the centre's (no perspective)
+    frame_only: bool = False  # ra, dec only turn the proper motions (no perspective projection)
 
     @property
     def kinematic(self) -> bool:
@@ -212,7 +212,7 @@ def _frame_positions(out: QTable, used: np.ndarray) -> dict[str, np.ndarray]:
 
     Without the perspective projection a kinematic fit still needs them near
     a celestial pole, where the stars' (pmra, pmdec) axes turn with right
-    ascension (:func:`~gaia_distances.core.kinematics.transport_geometry`).
+    ascension (:func:`~gaia_distances.core.kinematics.frame_rotation`).
     None when the table has no usable positions for every fitted star: far
     from the poles the turn is negligible.
     """

@@ -53,11 +53,12 @@ __all__ = [
     "field_pm_log_term",
     "field_centre",
     "field_pm_log_term_at",
+    "frame_rotation",
     "gaussian2_log_pdf",
     "perspective_geometry",
     "prepare_kinematic_data",
     "sky_basis",
-    "transport_geometry",
+    "to_star_frame",
 ]
 
 #: km/s per (mas/yr x kpc): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr.
@@ -73,6 +74,9 @@ class KinematicData(NamedTuple):
     has_pm: Array  # (n,) 1.0 where the star has a proper motion, else 0.0
     cond_det: Array  # (n,) det C' = c11 c22 - c12^2, computed in float64 (it can cancel in float32)
     geometry: Array | None = None  # (n, 6): the perspective projection (see perspective_geometry), or None
+    # (n, 2): (cos, sin) of each star's turn from the field centre's frame (frame_rotation), or None; with it,
+    # pm, cond_cov and slope are given in the centre's frame
+    frame: Array | None = None
 
 
 class Kinematics(NamedTuple):
@@ -105,10 +109,13 @@ def prepare_kinematic_data(
 ) -> KinematicData:
     """The conditional proper-motion error model of each star (NumPy, float64).
 
-    With ``ra`` and ``dec`` (deg) the stars also carry the perspective
-    projection of the cluster's space velocity (:func:`perspective_geometry`),
-    or with ``perspective=False`` the rotation that carries a proper motion
-    from the field's centre to each star (:func:`transport_geometry`).
+    With ``ra`` and ``dec`` (deg) each star's proper motion, its covariance
+    and its slope on the parallax are turned into the frame of the field's
+    centre (:func:`frame_rotation`): one motion on the sky is one
+    ``(mu_a*, mu_d)`` there, near a celestial pole too, where the stars' own
+    axes turn with right ascension. With ``perspective`` the stars also carry
+    the projection of the cluster's space velocity
+    (:func:`perspective_geometry`, in the centre's frame).
 
     Stars with a non-finite proper motion or error, a non-positive error or a
     correlation outside [-1, 1] (a covariance that cannot be) get
@@ -143,11 +150,48 @@ def prepare_kinematic_data(
     cond = np.stack([c11, c12, c22], axis=1)
     pm = np.where(ok[:, None], pm, 0.0)
     cond = np.where(ok[:, None], cond, [1.0, 0.0, 1.0])
-    det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2
+    det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2  # a rotation leaves it as it is
+    b = np.where(ok[:, None], b, 0.0)
+    if ra is None or dec is None:
+        return KinematicData(pm, cond, b, ok * 1.0, det)
+    m = perspective_geometry(ra, dec)
+    frame = _nearest_rotation(m)
+    rot = _rotation_matrices(frame)  # star = R centre, so centre = R^T star
+    cov = np.stack([cond[:, [0, 1]], cond[:, [1, 2]]], axis=1)
+    cov = np.einsum("nki,nkl,nlj->nij", rot, cov, rot)  # R^T C R
+    cond = np.stack([cov[:, 0, 0], 0.5 * (cov[:, 0, 1] + cov[:, 1, 0]), cov[:, 1, 1]], axis=1)
     geometry = None
-    if ra is not None and dec is not None:
-        geometry = perspective_geometry(ra, dec) if perspective else transport_geometry(ra, dec)
-    return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det, geometry)
+    if perspective:  # R^T M and R^T c
+        proj = np.einsum("nki,nkj->nij", rot, np.stack([m[:, [0, 1, 4]], m[:, [2, 3, 5]]], axis=1))
+        geometry = np.concatenate([proj[:, 0, :2], proj[:, 1, :2], proj[:, :, 2]], axis=1)
+    centre = lambda x: np.einsum("nji,nj->ni", rot, x)  # noqa: E731
+    return KinematicData(centre(pm), cond, centre(b), ok * 1.0, det, geometry, frame)
+
+
+def _nearest_rotation(m: np.ndarray) -> np.ndarray:
+    """``(cos, sin)`` of the rotation nearest each 2x2 block ``[[M11, M12], [M21, M22]]`` of ``m`` (``(n, 6)``)."""
+    phi = np.arctan2(m[:, 1] - m[:, 2], m[:, 0] + m[:, 3])
+    return np.stack([np.cos(phi), np.sin(phi)], axis=1)
+
+
+def _rotation_matrices(frame: np.ndarray) -> np.ndarray:
+    """``R = [[cos, sin], [-sin, cos]]`` per star, ``(n, 2, 2)``: a vector in the centre's frame to the star's."""
+    c, s = np.asarray(frame, float).T
+    return np.stack([np.stack([c, s], axis=-1), np.stack([-s, c], axis=-1)], axis=-2)
+
+
+def to_star_frame(x: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """Vectors ``(..., n, 2)`` given in the field centre's frame, in each star's own (RA, Dec) frame.
+
+    ``frame`` is ``(n, 2)``, the ``(cos, sin)`` of :func:`frame_rotation`
+    (``KinematicData.frame``): ``(x cos + y sin, -x sin + y cos)``.
+
+    Examples
+    --------
+    >>> to_star_frame(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])).tolist()
+    [[0.0, -1.0]]
+    """
+    return np.einsum("nij,...nj->...ni", _rotation_matrices(frame), np.asarray(x, float))
 
 
 def sky_basis(ra_deg: np.ndarray | float, dec_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,31 +245,29 @@ def perspective_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     return np.stack([p @ p0, p @ q0, q @ p0, q @ q0, p @ r0, q @ r0], axis=1)
 
 
-def transport_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """The rotation that carries a proper motion at the field's centre to each star, as ``(n, 6)`` geometry.
+def frame_rotation(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """``(cos, sin)`` of the turn from the field centre's (RA, Dec) axes to each star's, ``(n, 2)``.
 
-    A common proper motion ``(mu_a*, mu_d)`` means a common direction on the
-    sky only in the frame of one point: each star's own (RA, Dec) axes are
-    turned against the centre's by the convergence of the meridians, about
+    A common proper motion ``(mu_a*, mu_d)`` is a common direction on the
+    sky only in the frame of one point: each star's own axes are turned
+    against the centre's by the convergence of the meridians, about
     ``sep * tan(dec)``, which is negligible in most fields but any angle
-    around a celestial pole. The columns are those of
-    :func:`perspective_geometry` with ``M`` replaced by its nearest rotation
-    and ``c = 0``: no perspective contraction, only the turn of the frame.
+    around a celestial pole. The turn is the rotation nearest the
+    projection ``M`` of :func:`perspective_geometry`; :func:`to_star_frame`
+    applies it.
     """
-    g = perspective_geometry(ra_deg, dec_deg)
-    phi = np.arctan2(g[:, 1] - g[:, 2], g[:, 0] + g[:, 3])
-    cos, sin, zero = np.cos(phi), np.sin(phi), np.zeros_like(phi)
-    return np.stack([cos, sin, -sin, cos, zero, zero], axis=1)
+    return _nearest_rotation(perspective_geometry(ra_deg, dec_deg))
 
 
 def centre_frame_proper_motions(data: KinematicData) -> np.ndarray:
     """The stars' observed proper motions carried to the field's centre, ``(n, 2)`` (NumPy).
 
-    ``M^-1 mu`` with each star's ``M`` of ``data.geometry`` (the radial
-    velocity's unknown part left out); the observed proper motions when the
-    stars carry no geometry. Members share one proper motion in this frame,
-    near a celestial pole too, where their observed ``(pmra, pmdec)`` turn
-    with right ascension (:func:`transport_geometry`).
+    ``data.pm`` (already turned to the centre's frame when the stars have
+    positions, :func:`prepare_kinematic_data`), with the perspective
+    projection ``M^-1 mu`` for each star's ``M`` of ``data.geometry`` (the
+    radial velocity's unknown part left out). Members share one proper
+    motion in this frame, near a celestial pole too, where their observed
+    ``(pmra, pmdec)`` turn with right ascension (:func:`frame_rotation`).
     """
     pm = np.asarray(data.pm, float)
     if data.geometry is None:
