@@ -267,8 +267,8 @@ def test_a_cluster_in_a_cone_around_a_celestial_pole_is_found(dec, perspective):
 
 
 @pytest.mark.slow
-def test_a_few_absurd_proper_motions_are_excluded_and_the_fit_converges():
-    """Five field stars at 10^6 mas/yr: flagged, NaN results, one warning; the chains agree."""
+def test_a_few_absurd_proper_motions_are_excluded_from_the_fit():
+    """Five field stars at 10^6 mas/yr: flagged, NaN results, one warning; the field's model is the field's."""
     t = gd.simulate_field(N_FIELD, n_cluster=N_CLUSTER, cluster_distance=1500.0, seed=5)
     absurd = np.flatnonzero(~np.asarray(t["is_member"]))[:5]
     t["pmra"][absurd] = 1e6 * u.mas / u.yr
@@ -277,5 +277,6 @@ def test_a_few_absurd_proper_motions_are_excluded_and_the_fit_converges():
     flag = np.asarray(fit.table["cluster_flag"])
     assert np.flatnonzero(flag & ClusterFlag.IMPOSSIBLE_PROPER_MOTION).tolist() == sorted(absurd.tolist())
     assert np.all(np.isnan(np.asarray(fit.table["membership_prob"])[absurd]))
-    assert max(fit.diagnostics["r_hat"].values()) < 1.01
+    # kept, they took one of the field's two proper-motion components (sigma_v ~ 10^7 km/s) for themselves
+    assert max(float(fit.posterior[f"field_sigma_v_{k}"].mean()) for k in (1, 2)) < 500.0
     assert abs(fit.posterior["D"].mean() - 1500.0) < 5 * fit.posterior["D"].std()
