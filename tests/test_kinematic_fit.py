@@ -245,3 +245,38 @@ def test_the_perspective_projection_removes_the_velocity_dispersion_bias_of_a_ne
     z = lambda post, k, truth: (post[k].mean() - truth) / post[k].std()  # noqa: E731
     assert z(old, "sigma_v", 0.6) > 4
     assert abs(z(new, "sigma_v", 0.6)) < 3 and abs(z(new, "v_r", v_r_true)) < 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dec", "perspective"), [(90.0, True), (-89.5, False)])
+def test_a_cluster_in_a_cone_around_a_celestial_pole_is_found(dec, perspective):
+    """Members all around a pole: their (pmra, pmdec) turn with RA, their motion in the centre's frame does not."""
+    t = gd.simulate_field(
+        300, n_cluster=100, cluster_distance=180.0, centre=(0.0, dec), radius=4 * u.deg, magnitude_limit=18.0, seed=1
+    )
+    truth = t.meta["gaia_distances"]["simulation"]
+    fit = _quiet(gd.fit_cluster, t, perspective=perspective, systematics=None, **SETTINGS)
+    p = fit.posterior
+    assert abs(p["D"].mean() - 180.0) < 5 * p["D"].std() + 1.0
+    assert "no cluster" not in fit.diagnostics["status"]
+    # the frame's centre is the pole's neighbourhood, whose RA is arbitrary: compare the total proper motion
+    total = np.hypot(truth["cluster_pmra"], truth["cluster_pmdec"])
+    assert abs(np.hypot(p["pmra"].mean(), p["pmdec"].mean()) - total) < 1.0
+    ra0, dec0 = fit.table.meta["gaia_distances"]["cluster"]["pm_frame_centre_deg"]
+    assert abs(dec0 - np.sign(dec) * 90.0) < 1.0
+
+
+@pytest.mark.slow
+def test_a_few_absurd_proper_motions_are_excluded_from_the_fit():
+    """Five field stars at 10^6 mas/yr: flagged, NaN results, one warning; the field's model is the field's."""
+    t = gd.simulate_field(N_FIELD, n_cluster=N_CLUSTER, cluster_distance=1500.0, seed=5)
+    absurd = np.flatnonzero(~np.asarray(t["is_member"]))[:5]
+    t["pmra"][absurd] = 1e6 * u.mas / u.yr
+    with pytest.warns(gd.GaiaDistancesWarning, match="5 stars have a proper motion no star could have"):
+        fit = gd.fit_cluster(t, zero_point="parallax_zeropoint_true", seed=1)
+    flag = np.asarray(fit.table["cluster_flag"])
+    assert np.flatnonzero(flag & ClusterFlag.IMPOSSIBLE_PROPER_MOTION).tolist() == sorted(absurd.tolist())
+    assert np.all(np.isnan(np.asarray(fit.table["membership_prob"])[absurd]))
+    # kept, they took one of the field's two proper-motion components (sigma_v ~ 10^7 km/s) for themselves
+    assert max(float(fit.posterior[f"field_sigma_v_{k}"].mean()) for k in (1, 2)) < 500.0
+    assert abs(fit.posterior["D"].mean() - 1500.0) < 5 * fit.posterior["D"].std()

@@ -383,3 +383,140 @@ def test_candidates_of_a_deep_cone_include_a_one_percent_cluster():
     near = np.abs(D / 1200.0 - 1) < 0.1
     miss = np.hypot(pm[near, 0] - truth["cluster_pmra"], pm[near, 1] - truth["cluster_pmdec"])
     assert miss.min() < 0.3
+
+
+def _polar_cone(dec: float, *, n_field: int = 150, n_cluster: int = 60, seed: int = 1):
+    """A 180 pc cluster in a 4 deg cone centred at declination ``dec`` (deg): near a pole it surrounds it."""
+    return gd.simulate_field(
+        n_field,
+        n_cluster=n_cluster,
+        cluster_distance=180.0,
+        centre=(0.0, dec),
+        radius=4 * u.deg,
+        magnitude_limit=18.0,
+        seed=seed,
+    )
+
+
+def _true_pm_at_fit_centre(t, stars) -> np.ndarray:
+    """The cluster's true proper motion at its distance, in the frame of the stars' mean direction."""
+    from gaia_distances.core.astrometry import proper_motion_from_velocity
+
+    truth = t.meta["gaia_distances"]["simulation"]
+    r = kinematics.sky_basis(np.asarray(t["ra"])[stars.rows], np.asarray(t["dec"])[stars.rows])[2].mean(axis=0)
+    ra0, dec0 = np.rad2deg(np.arctan2(r[1], r[0])), np.rad2deg(np.arcsin(r[2] / np.linalg.norm(r)))
+    v = np.array(truth["cluster_velocity_kms"])
+    pm = proper_motion_from_velocity(ra0, dec0, 1000.0 / truth["cluster_distance_pc"], v)
+    return np.array([float(pm.pmra), float(pm.pmdec)])
+
+
+@pytest.mark.parametrize("dec", [90.0, -89.5])
+def test_field_centre_of_a_cone_around_a_pole_is_found_from_unit_vectors(dec):
+    """Right ascensions are never averaged: a ring of stars around a pole has the pole as its centre."""
+    ra = np.linspace(0.0, 360.0, 12, endpoint=False)
+    ra0, dec0 = kinematics.field_centre(ra, np.full(ra.size, 88.0 * np.sign(dec)))
+    assert dec0 == pytest.approx(90.0 * np.sign(dec), abs=1e-9) and 0.0 <= ra0 < 360.0
+    # across RA = 0/360 the centre is at RA 0, not 180
+    ra0, dec0 = kinematics.field_centre(np.array([359.0, 1.0]), np.array([10.0, 10.0]))
+    assert min(ra0, 360.0 - ra0) == pytest.approx(0.0, abs=1e-9) and dec0 == pytest.approx(10.0, abs=0.01)
+
+
+def test_proper_motions_are_turned_to_the_field_centre_frame_by_the_convergence_of_the_meridians():
+    """The identity at the centre, about sep * tan(dec) off it, any angle around a pole; likelihoods unchanged."""
+    frame = kinematics.frame_rotation(np.array([10.0, 11.0, 9.0]), np.array([60.0, 60.0, 60.0]))
+    np.testing.assert_allclose(frame[0], [1.0, 0.0], atol=1e-12)  # the centre (the mean direction)
+    np.testing.assert_allclose(np.abs(np.rad2deg(np.arctan2(frame[1:, 1], frame[1:, 0]))), np.sin(np.pi / 3), rtol=2e-3)
+    # around the north pole, common-velocity members' (pmra, pmdec) turn through every angle; in the
+    # centre's frame they agree, with and without the perspective projection
+    from gaia_distances.core.astrometry import proper_motion_from_velocity
+
+    rng = np.random.default_rng(3)
+    n = 24
+    ra, dec = np.linspace(0.0, 360.0, n, endpoint=False), np.full(n, 89.0)
+    pm = proper_motion_from_velocity(ra, dec, 5.0, np.broadcast_to([8.0, 56.0, -4.0], (n, 3)))
+    raw = np.column_stack([pm.pmra, pm.pmdec])
+    cov = _random_covariances(rng, n)
+    sd = np.sqrt(np.einsum("nii->ni", cov))
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    cols = (sd[:, 0], raw[:, 0], raw[:, 1], sd[:, 1], sd[:, 2], corr[:, 0, 1], corr[:, 0, 2], corr[:, 1, 2])
+    plain = kinematics.prepare_kinematic_data(*cols)
+    for perspective in (False, True):
+        data = kinematics.prepare_kinematic_data(*cols, ra=ra, dec=dec, perspective=perspective)
+        carried = kinematics.centre_frame_proper_motions(data)
+        assert np.ptp(raw, axis=0).min() > 50.0 and np.ptp(carried, axis=0).max() < 0.5
+        np.testing.assert_allclose(kinematics.to_star_frame(data.pm, data.frame), raw, atol=1e-9)
+        # a turn of the frame changes no likelihood: the field's isotropic term is the same in either frame
+        kin = _kinematics(rng)
+        sd = np.broadcast_to(kin.field_log_sd[:, :1], kin.field_log_sd.shape)  # isotropic about 0
+        kin = kin._replace(
+            field_mean=np.zeros((2, 2)), field_trend=np.zeros(2), field_corr=np.zeros(2), field_log_sd=sd
+        )
+        w = rng.uniform(4.0, 6.0, n)
+        with x64():
+            turned = kinematics.field_pm_log_term_at(np.log(1000.0 / w), w, kin, data)
+            own = kinematics.field_pm_log_term_at(np.log(1000.0 / w), w, kin, plain)
+        np.testing.assert_allclose(np.asarray(turned), np.asarray(own), rtol=1e-9)
+
+
+@pytest.mark.parametrize("perspective", [True, False])
+@pytest.mark.parametrize("dec", [90.0, -89.5])
+def test_candidates_of_a_cone_around_a_celestial_pole_include_its_cluster(dec, perspective):
+    """The clump finder looks in the centre's frame: members around a pole share one proper motion there."""
+    from gaia_distances.cluster.stars import prepare_data
+    from gaia_distances.core.search import cluster_candidates
+
+    t = _polar_cone(dec)
+    sel = select_stars(t, zero_point="parallax_zeropoint_true", kinematics=True, perspective=perspective)
+    model = ClusterModel(ClusterPriors(), "flexible", True, perspective=perspective)
+    data = prepare_data(sel.stars, model)
+    cand = cluster_candidates(data, model, np.zeros(model.n_params))  # the field's part plays no role here
+    D = np.exp(cand[:, model.position("log_D")])
+    pm = cand[:, [model.position("pmra"), model.position("pmdec")]]
+    near = np.abs(D / 180.0 - 1) < 0.1
+    true_pm = _true_pm_at_fit_centre(t, sel.stars)
+    assert near.any() and np.hypot(*(pm[near] - true_pm).T).min() < 2.0
+
+
+def test_a_proper_motion_no_star_could_have_is_flagged_and_not_fitted():
+    """|mu| = 1e6 mas/yr: excluded with one warning; fast nearby stars (Barnard's star) are kept."""
+    t = _pm_table()
+    absurd = [2, 9, 30]
+    t["pmra"][absurd] = 1e6 * u.mas / u.yr
+    t["pmdec"][40] = -3e4 * u.mas / u.yr  # 3e4 mas/yr at 2 mas: 70 000 km/s
+    t["parallax"][40] = 2.0 * u.mas
+    near = [5, 6]  # Barnard's star (10 400 mas/yr at 548 mas) and 5 000 mas/yr at 100 mas: real
+    t["parallax"][near] = [548.0, 100.0] * u.mas
+    t["pmdec"][near] = [10_400.0, 5_000.0] * u.mas / u.yr
+    original = t.copy()
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"4 stars have a proper motion no star could have") as rec:
+        sel = select_stars(t, zero_point=0.0, kinematics=True)
+    assert sum("proper motion no star" in str(w.message) for w in rec) == 1
+    flagged = np.flatnonzero(sel.flag & ClusterFlag.IMPOSSIBLE_PROPER_MOTION).tolist()
+    assert flagged == sorted([*absurd, 40])
+    assert not set(flagged) & set(sel.stars.rows.tolist()) and set(near) <= set(sel.stars.rows.tolist())
+    assert len(sel.table) == len(t) and np.all(np.asarray(t["pmra"]) == np.asarray(original["pmra"]))
+    # a parallax-only fit does not read proper motions, so it flags nothing
+    assert not np.any(select_stars(t, zero_point=0.0, kinematics=False).flag & ClusterFlag.IMPOSSIBLE_PROPER_MOTION)
+
+
+def test_a_correlation_outside_minus_one_to_one_is_flagged_and_its_proper_motion_unused():
+    """parallax_pmra_corr = 5 is no covariance: the star is fitted with its parallax alone, with one warning."""
+    from gaia_distances.cluster.stars import kinematic_data
+
+    t = _pm_table()
+    t["parallax_pmra_corr"][[4, 8]] = 5.0
+    t["pmra_pmdec_corr"][11] = -1.5
+    t["parallax_pmdec_corr"][12] = 1.0  # the edge itself is a (degenerate) correlation: kept
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"3 stars have a correlation .* outside \[-1, 1\]"):
+        sel = select_stars(t, zero_point=0.0, kinematics=True)
+    assert np.flatnonzero(sel.flag & ClusterFlag.NO_PROPER_MOTION).tolist() == [4, 8, 11]
+    assert sel.stars.n_stars == len(t)  # fitted, with the parallax alone
+    has_pm = np.asarray(kinematic_data(sel.stars).has_pm)
+    assert np.flatnonzero(has_pm == 0).tolist() == [4, 8, 11]
+    assert float(t["parallax_pmra_corr"][4]) == 5.0  # the table keeps its values
+    # the core's own guard: a correlation outside [-1, 1] is never clipped into a covariance
+    ones = np.ones(3)
+    data = kinematics.prepare_kinematic_data(
+        ones, ones, ones, ones, ones, np.array([0.1, 5.0, -1.01]), 0 * ones, 0 * ones
+    )
+    assert np.asarray(data.has_pm).tolist() == [1.0, 0.0, 0.0]

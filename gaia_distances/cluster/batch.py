@@ -85,7 +85,10 @@ def _merge_groups(whole: QTable, rows: list[np.ndarray], fits: list[ClusterFit |
         dist,
         flag,
         member_description="posterior probability of membership of the row's cluster",
-        flag_description="ClusterFlag bits: 1 no parallax, 2 outside limits, 4 not fitted",
+        flag_description=(
+            "ClusterFlag bits: 1 no parallax, 2 outside limits, 4 not fitted, 8 no usable proper motion "
+            "(parallax only), 16 impossible proper motion (not fitted)"
+        ),
     )
     return out
 

@@ -25,6 +25,7 @@ from gaia_distances.cluster.fingerprint import fit_fingerprint
 from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import (
+    FittedStars,
     Selection,
     kinematic_data,
     prepare_data,
@@ -47,6 +48,7 @@ from gaia_distances.core.cluster_sampling import (
     sample_marginal,
 )
 from gaia_distances.core.initialisation import MapResult, find_map
+from gaia_distances.core.kinematics import field_centre
 from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size
 from gaia_distances.core.membership import PerStarResults, joint_per_star, per_star_results, precompile_per_star
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
@@ -80,6 +82,13 @@ class Stopwatch:
 
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+def _pm_frame_centre(stars: FittedStars) -> list[float] | None:
+    """``[ra, dec]`` (deg) of the field centre whose frame ``pmra``/``pmdec`` are given in, when the fit has one."""
+    if stars.ra is None or stars.dec is None:
+        return None
+    return list(field_centre(stars.ra, stars.dec))
 
 
 def fit_cluster(
@@ -134,7 +143,12 @@ def fit_cluster(
         those columns (:class:`~gaia_distances.MissingColumnsError`) and 20
         such rows (:class:`~gaia_distances.GaiaDistancesError`); ``False``
         fits the parallaxes alone. A star without a usable proper motion is
-        fitted with its parallax alone and flagged.
+        fitted with its parallax alone and flagged. With ``ra`` and ``dec`` the
+        proper motions are turned to the frame of the field's centre (the
+        stars' mean direction, provenance ``pm_frame_centre_deg``), where
+        the cluster's ``pmra``, ``pmdec`` and the field's parameters are
+        given (which matters near a celestial pole, where the stars' own
+        RA/Dec axes turn with right ascension).
     field
         The field's distance model: ``"flexible"`` (default), a smooth
         mixture of log-normal distance bins that fits magnitude-limited
@@ -440,7 +454,8 @@ def assemble_fit(
             sel.flag,
             member_description="posterior probability of cluster membership (NaN: not fitted)",
             flag_description=(
-                "ClusterFlag bits: 1 no parallax, 2 outside parallax_limits, 8 no proper motion (parallax only)"
+                "ClusterFlag bits: 1 no parallax, 2 outside parallax_limits, 8 no usable proper motion "
+                "(parallax only), 16 impossible proper motion (not fitted)"
             ),
         )
     sampled = physical_draws(draws.z, prior)
@@ -470,6 +485,7 @@ def assemble_fit(
         "field": model.field,
         "n_field_pm": model.n_field_pm,
         "perspective": model.perspective,
+        "pm_frame_centre_deg": _pm_frame_centre(sel.stars) if model.kinematics else None,
         "zero_point": sel.zero_point_source,
         "zero_point_arg": record.get("zero_point_arg"),
         "parallax_limits": list(limits) if limits else None,

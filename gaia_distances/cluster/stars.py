@@ -17,6 +17,7 @@ from gaia_distances.columns import (
     refuse_existing_columns,
     warn,
 )
+from gaia_distances.core.astrometry import MAX_TANGENTIAL_SPEED_KMS, least_tangential_speed
 from gaia_distances.core.kinematics import KinematicData, prepare_kinematic_data
 from gaia_distances.core.likelihood import StarData, prepare_star_data
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
@@ -58,8 +59,13 @@ class ClusterFlag(enum.IntFlag):
     OUTSIDE_LIMITS = 2
     #: (fit_clusters) the row's cluster could not be fitted, or its group key is missing
     NOT_FITTED = 4
-    #: (kinematic fits) no usable proper motion: fitted with its parallax alone
+    #: (kinematic fits) no usable proper motion (none, a bad error, or a correlation outside [-1, 1]):
+    #: fitted with its parallax alone
     NO_PROPER_MOTION = 8
+    #: (kinematic fits) a proper motion no star could have (a tangential speed above
+    #: MAX_TANGENTIAL_SPEED_KMS even at the nearest distance its parallax allows; a spurious
+    #: astrometric solution): excluded, results NaN
+    IMPOSSIBLE_PROPER_MOTION = 16
 
 
 #: The columns a kinematic fit needs, and the correlations it reads when present (0 otherwise).
@@ -86,8 +92,9 @@ class FittedStars(NamedTuple):
     pmra_pmdec_corr: np.ndarray | None = None
     limit_lo: np.ndarray | None = None  # the parallax cut in corrected parallax (mas), when modelled
     limit_hi: np.ndarray | None = None
-    ra: np.ndarray | None = None  # deg, for the perspective projection
+    ra: np.ndarray | None = None  # deg: turn the proper motions to the field centre's frame, and project
     dec: np.ndarray | None = None
+    frame_only: bool = False  # ra, dec only turn the proper motions (no perspective projection)
 
     @property
     def kinematic(self) -> bool:
@@ -186,8 +193,42 @@ def _proper_motions(out: QTable, used: np.ndarray, flag: np.ndarray, step: str) 
     errs = np.stack([cols["pmra_error"], cols["pmdec_error"]])
     vals = np.stack([cols["pmra"], cols["pmdec"]])
     ok = np.all(np.isfinite(vals), axis=0) & np.all(np.isfinite(errs) & (errs > 0), axis=0)
-    flag[used[~ok]] |= ClusterFlag.NO_PROPER_MOTION
+    bad_corr = ok & np.any(np.abs(np.stack([cols[c] for c in PM_CORRELATIONS])) > 1.0, axis=0)
+    if bad_corr.any():
+        warn(
+            f"{step}: {int(bad_corr.sum())} stars have a correlation ({', '.join(PM_CORRELATIONS)}) outside "
+            f"[-1, 1], so no valid covariance: fitted with their parallax alone and flagged cluster_flag "
+            f"{int(ClusterFlag.NO_PROPER_MOTION)}"
+        )
+        for c in ("pmra", "pmdec"):  # the fit's copy: no usable proper motion (the table keeps its values)
+            cols[c] = np.where(bad_corr, np.nan, cols[c])
+    flag[used[~ok | bad_corr]] |= ClusterFlag.NO_PROPER_MOTION
     return cols
+
+
+def _flag_impossible_proper_motions(
+    out: QTable, parallax: np.ndarray, parallax_error: np.ndarray, flag: np.ndarray, step: str
+) -> None:
+    """Flag (in place) the rows still to fit whose proper motion no star could have, with one warning.
+
+    Such a proper motion (a spurious or duplicated source's) implies a
+    tangential speed above :data:`~gaia_distances.core.astrometry.MAX_TANGENTIAL_SPEED_KMS`
+    even at the nearest distance the star's parallax allows
+    (:func:`~gaia_distances.core.astrometry.least_tangential_speed`); its
+    parallax is no better, and one such star wrecks the field's
+    proper-motion model, so the row is not fitted.
+    """
+    pmra, pmdec = (column_values(out, c, u.mas / u.yr) for c in ("pmra", "pmdec"))
+    with np.errstate(invalid="ignore"):
+        speed = least_tangential_speed(pmra, pmdec, parallax, parallax_error)
+        impossible = (speed > MAX_TANGENTIAL_SPEED_KMS) & (flag == 0)
+    if impossible.any():
+        warn(
+            f"{step}: {int(impossible.sum())} stars have a proper motion no star could have (a tangential "
+            f"speed above {MAX_TANGENTIAL_SPEED_KMS:g} km/s even at parallax + 3 sigma; spurious astrometric "
+            f"solutions): not fitted, flagged cluster_flag {int(ClusterFlag.IMPOSSIBLE_PROPER_MOTION)}"
+        )
+    flag[impossible] |= ClusterFlag.IMPOSSIBLE_PROPER_MOTION
 
 
 def _positions(out: QTable, used: np.ndarray, use_pm: bool, step: str) -> dict[str, np.ndarray]:
@@ -204,6 +245,23 @@ def _positions(out: QTable, used: np.ndarray, use_pm: bool, step: str) -> dict[s
             f"{step}(perspective=True) needs a finite ra and dec for every fitted star; "
             f"{int(bad.sum())} have none (rows {', '.join(map(str, used[bad][:5]))}{', ...' if bad.sum() > 5 else ''})"
         )
+    return pos
+
+
+def _frame_positions(out: QTable, used: np.ndarray) -> dict[str, np.ndarray]:
+    """The fitted rows' ``ra`` and ``dec`` (deg) that turn their proper-motion frames to the field centre's.
+
+    Without the perspective projection a kinematic fit still needs them near
+    a celestial pole, where the stars' (pmra, pmdec) axes turn with right
+    ascension (:func:`~gaia_distances.core.kinematics.frame_rotation`).
+    None when the table has no usable positions for every fitted star: far
+    from the poles the turn is negligible.
+    """
+    if not all(c in out.colnames for c in ("ra", "dec")):
+        return {}
+    pos = {c: column_values(out, c, u.deg)[used] for c in ("ra", "dec")}
+    if not np.all(np.isfinite(pos["ra"]) & np.isfinite(pos["dec"])):
+        return {}
     return pos
 
 
@@ -241,6 +299,8 @@ def select_stars(
         inside = (cut > lo) & (cut < hi)
         flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
     use_pm = resolve_kinematics(out, kinematics, step=step, rows=flag == 0)
+    if use_pm:
+        _flag_impossible_proper_motions(out, plx, err, flag, step)
     used = np.flatnonzero(flag == 0)
     if used.size < MIN_STARS:
         raise GaiaDistancesError(
@@ -253,10 +313,14 @@ def select_stars(
     pm = _proper_motions(out, used, flag, step) if use_pm else {}
     if perspective:
         pm.update(_positions(out, used, use_pm, step))
+    elif use_pm:
+        pm.update(_frame_positions(out, used))
     if parallax_limits is not None and truncate:
         pm["limit_lo"] = np.full(used.size, float(parallax_limits[0])) - zp
         pm["limit_hi"] = np.full(used.size, float(parallax_limits[1])) - zp
-    stars = FittedStars(*(_read_only(x) for x in (used, w, s, zp)), **{k: _read_only(v) for k, v in pm.items()})
+    columns: dict[str, Any] = {k: _read_only(v) for k, v in pm.items()}
+    stars = FittedStars(_read_only(used), _read_only(w), _read_only(s), _read_only(zp), **columns)
+    stars = stars._replace(frame_only=not perspective)
     return Selection(out, flag, stars, zp_source)
 
 
@@ -312,7 +376,9 @@ def kinematic_data(stars: FittedStars) -> KinematicData:
         stars.parallax_pmdec_corr,
         stars.pmra_pmdec_corr,
     )
-    return prepare_kinematic_data(*(np.asarray(c, float) for c in cols), ra=stars.ra, dec=stars.dec)
+    return prepare_kinematic_data(
+        *(np.asarray(c, float) for c in cols), ra=stars.ra, dec=stars.dec, perspective=not stars.frame_only
+    )
 
 
 def prepare_data(stars: FittedStars, model: ClusterModel) -> StarData:

@@ -47,14 +47,18 @@ __all__ = [
     "GH3_X",
     "KinematicData",
     "Kinematics",
+    "centre_frame_proper_motions",
     "cluster_pm_log_term",
     "cluster_pm_mean",
+    "field_centre",
     "field_pm_log_term",
     "field_pm_log_term_at",
+    "frame_rotation",
     "gaussian2_log_pdf",
     "perspective_geometry",
     "prepare_kinematic_data",
     "sky_basis",
+    "to_star_frame",
 ]
 
 #: km/s per (mas/yr x kpc): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr.
@@ -70,6 +74,9 @@ class KinematicData(NamedTuple):
     has_pm: Array  # (n,) 1.0 where the star has a proper motion, else 0.0
     cond_det: Array  # (n,) det C' = c11 c22 - c12^2, computed in float64 (it can cancel in float32)
     geometry: Array | None = None  # (n, 6): the perspective projection (see perspective_geometry), or None
+    # (n, 2): (cos, sin) of each star's turn from the field centre's frame (frame_rotation), or None; with it,
+    # pm, cond_cov and slope are given in the centre's frame
+    frame: Array | None = None
 
 
 class Kinematics(NamedTuple):
@@ -98,14 +105,21 @@ def prepare_kinematic_data(
     *,
     ra: np.ndarray | None = None,
     dec: np.ndarray | None = None,
+    perspective: bool = True,
 ) -> KinematicData:
     """The conditional proper-motion error model of each star (NumPy, float64).
 
-    With ``ra`` and ``dec`` (deg) the stars also carry the perspective
-    projection of the cluster's space velocity (:func:`perspective_geometry`).
+    With ``ra`` and ``dec`` (deg) each star's proper motion, its covariance
+    and its slope on the parallax are turned into the frame of the field's
+    centre (:func:`frame_rotation`): one motion on the sky is one
+    ``(mu_a*, mu_d)`` there, near a celestial pole too, where the stars' own
+    axes turn with right ascension. With ``perspective`` the stars also carry
+    the projection of the cluster's space velocity
+    (:func:`perspective_geometry`, in the centre's frame).
 
-    Stars with a non-finite proper motion or error, or a non-positive error,
-    get ``has_pm = 0`` (and harmless placeholder values). Non-finite
+    Stars with a non-finite proper motion or error, a non-positive error or a
+    correlation outside [-1, 1] (a covariance that cannot be) get
+    ``has_pm = 0`` (and harmless placeholder values). Non-finite
     correlations count as 0 (the caller warns). A correlation matrix that is
     not positive definite is shrunk towards the identity until it is.
     """
@@ -113,6 +127,7 @@ def prepare_kinematic_data(
     s_a, s_d = np.asarray(pmra_error, float), np.asarray(pmdec_error, float)
     pm = np.stack([np.asarray(pmra, float), np.asarray(pmdec, float)], axis=1)
     rho = [np.nan_to_num(np.asarray(c, float)) for c in (parallax_pmra_corr, parallax_pmdec_corr, pmra_pmdec_corr)]
+    valid_corr = np.all(np.abs(np.stack(rho)) <= 1.0, axis=0)
     r_wa, r_wd, r_ad = (np.clip(c, -0.999, 0.999) for c in rho)
     # shrink (r_wa, r_wd, r_ad) until the 3x3 correlation matrix is positive definite
     det = 1 + 2 * r_wa * r_wd * r_ad - r_wa**2 - r_wd**2 - r_ad**2
@@ -126,7 +141,7 @@ def prepare_kinematic_data(
         det = 1 + 2 * a * b * c - a**2 - b**2 - c**2
     r_wa, r_wd, r_ad = r_wa * shrink, r_wd * shrink, r_ad * shrink
     ok = np.all(np.isfinite(pm), axis=1) & np.isfinite(s_a) & np.isfinite(s_d) & (s_a > 0) & (s_d > 0)
-    ok &= np.isfinite(s_w) & (s_w > 0)
+    ok &= np.isfinite(s_w) & (s_w > 0) & valid_corr
     s_a, s_d, s_w1 = np.where(ok, s_a, 1.0), np.where(ok, s_d, 1.0), np.where(ok, s_w, 1.0)
     b = np.stack([r_wa * s_a / s_w1, r_wd * s_d / s_w1], axis=1)
     c11 = s_a**2 * (1 - r_wa**2)
@@ -135,9 +150,48 @@ def prepare_kinematic_data(
     cond = np.stack([c11, c12, c22], axis=1)
     pm = np.where(ok[:, None], pm, 0.0)
     cond = np.where(ok[:, None], cond, [1.0, 0.0, 1.0])
-    det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2
-    geometry = None if ra is None or dec is None else perspective_geometry(ra, dec)
-    return KinematicData(pm, cond, np.where(ok[:, None], b, 0.0), ok * 1.0, det, geometry)
+    det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2  # a rotation leaves it as it is
+    b = np.where(ok[:, None], b, 0.0)
+    if ra is None or dec is None:
+        return KinematicData(pm, cond, b, ok * 1.0, det)
+    m = perspective_geometry(ra, dec)
+    frame = _nearest_rotation(m)
+    rot = _rotation_matrices(frame)  # star = R centre, so centre = R^T star
+    cov = np.stack([cond[:, [0, 1]], cond[:, [1, 2]]], axis=1)
+    cov = np.einsum("nki,nkl,nlj->nij", rot, cov, rot)  # R^T C R
+    cond = np.stack([cov[:, 0, 0], 0.5 * (cov[:, 0, 1] + cov[:, 1, 0]), cov[:, 1, 1]], axis=1)
+    geometry = None
+    if perspective:  # R^T M and R^T c
+        proj = np.einsum("nki,nkj->nij", rot, np.stack([m[:, [0, 1, 4]], m[:, [2, 3, 5]]], axis=1))
+        geometry = np.concatenate([proj[:, 0, :2], proj[:, 1, :2], proj[:, :, 2]], axis=1)
+    centre = lambda x: np.einsum("nji,nj->ni", rot, x)  # noqa: E731
+    return KinematicData(centre(pm), cond, centre(b), ok * 1.0, det, geometry, frame)
+
+
+def _nearest_rotation(m: np.ndarray) -> np.ndarray:
+    """``(cos, sin)`` of the rotation nearest each 2x2 block ``[[M11, M12], [M21, M22]]`` of ``m`` (``(n, 6)``)."""
+    phi = np.arctan2(m[:, 1] - m[:, 2], m[:, 0] + m[:, 3])
+    return np.stack([np.cos(phi), np.sin(phi)], axis=1)
+
+
+def _rotation_matrices(frame: np.ndarray) -> np.ndarray:
+    """``R = [[cos, sin], [-sin, cos]]`` per star, ``(n, 2, 2)``: a vector in the centre's frame to the star's."""
+    c, s = np.asarray(frame, float).T
+    return np.stack([np.stack([c, s], axis=-1), np.stack([-s, c], axis=-1)], axis=-2)
+
+
+def to_star_frame(x: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """Vectors ``(..., n, 2)`` given in the field centre's frame, in each star's own (RA, Dec) frame.
+
+    ``frame`` is ``(n, 2)``, the ``(cos, sin)`` of :func:`frame_rotation`
+    (``KinematicData.frame``): ``(x cos + y sin, -x sin + y cos)``.
+
+    Examples
+    --------
+    >>> to_star_frame(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])).tolist()
+    [[0.0, -1.0]]
+    """
+    return np.einsum("nij,...nj->...ni", _rotation_matrices(frame), np.asarray(x, float))
 
 
 def sky_basis(ra_deg: np.ndarray | float, dec_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,10 +203,34 @@ def sky_basis(ra_deg: np.ndarray | float, dec_deg: np.ndarray | float) -> tuple[
     return p, q, r
 
 
+def field_centre(ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[float, float]:
+    """The stars' mean direction ``(ra0, dec0)`` in deg: the normalised mean of their unit vectors.
+
+    No angle is averaged, so a field around a celestial pole or across
+    RA = 0/360 has its true centre. At a pole itself ``ra0`` is 0, whose
+    basis (:func:`sky_basis`) is as good as any other there.
+
+    Examples
+    --------
+    >>> ra0, dec0 = field_centre(np.array([0.0, 90.0, 180.0, 270.0]), np.full(4, 89.0))
+    >>> round(dec0, 6)
+    90.0
+    """
+    _, _, r = sky_basis(ra_deg, dec_deg)
+    centre = np.asarray(r, float).reshape(-1, 3).mean(axis=0)
+    norm = float(np.linalg.norm(centre))
+    if not norm > 1e-12:
+        raise ValueError("the stars' directions cancel out: a field needs a centre (its stars within 90 deg of it)")
+    centre /= norm
+    dec0 = float(np.rad2deg(np.arcsin(np.clip(centre[2], -1.0, 1.0))))
+    ra0 = float(np.rad2deg(np.arctan2(centre[1], centre[0])))  # 0 at a pole itself
+    return ra0 % 360.0, dec0
+
+
 def perspective_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     """Each star's projection of a space velocity given at the field's centre, ``(n, 6)``.
 
-    The centre is the stars' mean direction, with basis ``(p0, q0, r0)``. A
+    The centre is the stars' mean direction (:func:`field_centre`), with basis ``(p0, q0, r0)``. A
     space velocity ``v = A_V (mu_a* p0 + mu_d q0) / w_D + v_r r0`` (the
     proper motion ``(mu_a*, mu_d)`` a star at the centre and at the
     cluster's parallax ``w_D`` has, and the radial velocity ``v_r``) gives a
@@ -162,13 +240,44 @@ def perspective_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     [q.p0, q.q0]]`` and ``c = (p.r0, q.r0)``; the columns are ``(M11, M12,
     M21, M22, c1, c2)``. At the centre ``M = I`` and ``c = 0``.
     """
-    p, q, r = sky_basis(ra_deg, dec_deg)
-    centre = r.mean(axis=0)
-    centre /= np.linalg.norm(centre)
-    dec0 = np.rad2deg(np.arcsin(np.clip(centre[2], -1.0, 1.0)))
-    ra0 = np.rad2deg(np.arctan2(centre[1], centre[0]))
-    p0, q0, r0 = sky_basis(ra0, dec0)
+    p, q, _ = sky_basis(ra_deg, dec_deg)
+    p0, q0, r0 = sky_basis(*field_centre(ra_deg, dec_deg))
     return np.stack([p @ p0, p @ q0, q @ p0, q @ q0, p @ r0, q @ r0], axis=1)
+
+
+def frame_rotation(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """``(cos, sin)`` of the turn from the field centre's (RA, Dec) axes to each star's, ``(n, 2)``.
+
+    A common proper motion ``(mu_a*, mu_d)`` is a common direction on the
+    sky only in the frame of one point: each star's own axes are turned
+    against the centre's by the convergence of the meridians, about
+    ``sep * tan(dec)``, which is negligible in most fields but any angle
+    around a celestial pole. The turn is the rotation nearest the
+    projection ``M`` of :func:`perspective_geometry`; :func:`to_star_frame`
+    applies it.
+    """
+    return _nearest_rotation(perspective_geometry(ra_deg, dec_deg))
+
+
+def centre_frame_proper_motions(data: KinematicData) -> np.ndarray:
+    """The stars' observed proper motions carried to the field's centre, ``(n, 2)`` (NumPy).
+
+    ``data.pm`` (already turned to the centre's frame when the stars have
+    positions, :func:`prepare_kinematic_data`), with the perspective
+    projection ``M^-1 mu`` for each star's ``M`` of ``data.geometry`` (the
+    radial velocity's unknown part left out). Members share one proper
+    motion in this frame, near a celestial pole too, where their observed
+    ``(pmra, pmdec)`` turn with right ascension (:func:`frame_rotation`).
+    """
+    pm = np.asarray(data.pm, float)
+    if data.geometry is None:
+        return pm
+    g = np.asarray(data.geometry, float)
+    det = g[:, 0] * g[:, 3] - g[:, 1] * g[:, 2]
+    det = np.where(np.abs(det) > 1e-12, det, 1.0)
+    x = (g[:, 3] * pm[:, 0] - g[:, 1] * pm[:, 1]) / det
+    y = (g[:, 0] * pm[:, 1] - g[:, 2] * pm[:, 0]) / det
+    return np.stack([x, y], axis=1)
 
 
 def gaussian2_log_pdf(dx: Array, dy: Array, c11: Array, c12: Array, c22: Array, det: Array) -> Array:

@@ -21,7 +21,7 @@ import numpy as np
 
 from gaia_distances.core.field_bins import field_bins_log_likelihood
 from gaia_distances.core.field_table import field_moments
-from gaia_distances.core.kinematics import A_V, cluster_pm_mean
+from gaia_distances.core.kinematics import A_V, cluster_pm_mean, to_star_frame
 from gaia_distances.core.likelihood import StarData, parallax_component_log_likelihoods
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, to_population
@@ -85,7 +85,9 @@ def simulate_proper_motions(seed: int, z_draws: np.ndarray, data: StarData, mode
     if not model.kinematics or data.kin is None:
         raise ValueError("proper motions can only be simulated from a kinematic fit")
     z = jnp.asarray(np.asarray(z_draws, float), data.parallax.dtype)
-    return np.asarray(_simulator(model)(jax.random.PRNGKey(seed), z, data), float)
+    sim = np.asarray(_simulator(model)(jax.random.PRNGKey(seed), z, data), float)
+    # the model works in the field centre's frame when the stars have positions: back to each star's own
+    return sim if data.kin.frame is None else to_star_frame(sim, np.asarray(data.kin.frame, float))
 
 
 def proper_motion_check(observed: np.ndarray, simulated: np.ndarray) -> dict[str, Any]:

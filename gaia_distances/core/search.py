@@ -49,6 +49,7 @@ from gaia_distances.core.initialisation import (
     score_candidates,
     value_and_grad,
 )
+from gaia_distances.core.kinematics import centre_frame_proper_motions
 from gaia_distances.core.likelihood import StarData
 from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.population import ClusterModel, log_prior
@@ -151,7 +152,8 @@ def field_pm_starts(data: StarData, model: ClusterModel, z: np.ndarray) -> list[
 
     The components are centred on the median proper motion, with sizes in
     units of its robust spread (:data:`_FIELD_PM_SHAPES`; components beyond
-    those listed repeat the broadest).
+    those listed repeat the broadest); the cluster's mean on the median
+    proper motion in the field centre's frame (:func:`centre_frame_proper_motions`).
     """
     real = data.real()
     assert data.kin is not None
@@ -159,10 +161,12 @@ def field_pm_starts(data: StarData, model: ClusterModel, z: np.ndarray) -> list[
     pm = np.asarray(data.kin.pm, float)[real][has]
     centre = np.median(pm, axis=0) if pm.size else np.zeros(2)
     spread = np.array([_robust_sd(pm[:, 0]), _robust_sd(pm[:, 1])]) if pm.size else np.ones(2)
+    pm_centre = centre_frame_proper_motions(data.kin)[real][has]
+    cluster_pm = np.median(pm_centre, axis=0) if pm.size else np.zeros(2)
     out = []
     for shape in _FIELD_PM_SHAPES:
         z = z.copy()
-        z[model.position("pmra")], z[model.position("pmdec")] = centre
+        z[model.position("pmra")], z[model.position("pmdec")] = cluster_pm
         weights = []
         for k in range(1, model.n_field_pm + 1):
             scale, sigma_v, weight = shape[min(k, len(shape)) - 1]
@@ -219,7 +223,8 @@ def cluster_candidates(
     pm_at: list[np.ndarray | None] = []
     if model.kinematics and data.kin is not None:
         has = np.asarray(data.kin.has_pm, float)[real] > 0
-        pm = np.asarray(data.kin.pm, float)[real]
+        # the members share one proper motion in the centre's frame (their own turn with RA near a pole)
+        pm = centre_frame_proper_motions(data.kin)[real]
         pm_err = np.sqrt(np.asarray(data.kin.cond_cov, float)[real][:, [0, 2]].mean(axis=1))
         for ld in log_D:
             w_c = 1000.0 * math.exp(-ld)
