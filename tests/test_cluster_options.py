@@ -41,7 +41,7 @@ def no_work(monkeypatch):
         raise AssertionError("the fit started work before checking its options")
 
     monkeypatch.setattr(fit_module, "select_stars", refuse)
-    monkeypatch.setattr("gaia_distances.cluster.batch.select_stars", refuse)
+    monkeypatch.setattr("gaia_distances.cluster.batch.parallax_rows", refuse)
 
 
 def _message(fn, *args, **kwargs) -> str:

@@ -520,3 +520,21 @@ def test_a_correlation_outside_minus_one_to_one_is_flagged_and_its_proper_motion
         ones, ones, ones, ones, ones, np.array([0.1, 5.0, -1.01]), 0 * ones, 0 * ones
     )
     assert np.asarray(data.has_pm).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_a_star_without_a_position_keeps_the_others_in_the_field_centre_frame():
+    """One NaN ra in a cone around the pole: the others are still turned; that star is fitted on its parallax."""
+    from gaia_distances.cluster.stars import kinematic_data
+
+    t = _polar_cone(90.0)
+    t["ra"][7] = np.nan * u.deg
+    with pytest.warns(gd.GaiaDistancesWarning, match="1 stars have no finite ra/dec"):
+        sel = select_stars(t, zero_point="parallax_zeropoint_true", kinematics=True)
+    assert np.flatnonzero(sel.flag & ClusterFlag.NO_PROPER_MOTION).tolist() == [7]
+    assert sel.stars.n_stars == len(t) and sel.stars.ra is not None
+    data = kinematic_data(sel.stars)
+    assert data.frame is not None and np.all(np.isfinite(data.frame)) and np.all(np.isfinite(data.pm))
+    assert np.flatnonzero(np.asarray(data.has_pm) == 0).tolist() == [7]
+    placed = np.arange(len(t)) != 7
+    full = kinematics.frame_rotation(np.asarray(t["ra"])[placed], np.asarray(t["dec"])[placed])
+    np.testing.assert_allclose(data.frame[placed], full, atol=1e-12)

@@ -13,12 +13,17 @@ from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, ClusterFits
 from gaia_distances.cluster.stars import (
     CLUSTER_DISTANCE_COLUMNS,
+    MIN_STARS,
+    Candidates,
     ClusterFlag,
     Selection,
+    finish_selection,
+    parallax_rows,
+    pm_columns_present,
     prepare_data,
+    proper_motion_rows,
     refuse_star_columns,
-    resolve_kinematics,
-    select_stars,
+    usable_count_text,
     write_star_columns,
 )
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, check_kernel_over_stars
@@ -93,6 +98,39 @@ def _merge_groups(whole: QTable, rows: list[np.ndarray], fits: list[ClusterFit |
     return out
 
 
+def _not_fitted(errors: dict[Any, str], name: Any, exc: Exception) -> None:
+    """Record, with a warning, that cluster ``name`` cannot be fitted."""
+    errors[name] = str(exc)
+    warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
+
+
+def _batch_kinematics(kinematics: bool | str, groups: dict[Any, Candidates]) -> bool:
+    """Whether every cluster's fit uses proper motions (one model for all), decided from each one's rows to fit.
+
+    ``True`` and ``False`` stand (a cluster that cannot meet ``True`` is
+    reported by its own selection). ``"auto"`` uses proper motions when every
+    cluster that has :data:`MIN_STARS` rows to fit has as many usable proper
+    motions (:func:`~gaia_distances.cluster.stars.proper_motion_rows`), as
+    :func:`~gaia_distances.fit_cluster` decides for one; else the parallaxes
+    alone for all, with one warning naming the clusters short of them.
+    """
+    if not all(pm_columns_present(c.table, kinematics, step="fit_clusters") for c in groups.values()):
+        return False
+    if kinematics is True or not groups:
+        return kinematics is True
+    short = []
+    for name, cand in groups.items():
+        n_usable, n_rows = int(proper_motion_rows(cand).usable.sum()), int(np.sum(cand.flag == 0))
+        if n_rows >= MIN_STARS and n_usable < MIN_STARS:
+            short.append(f"{name!r} ({usable_count_text(n_usable, n_rows)})")
+    if short:
+        warn(
+            f"fit_clusters: clusters {'; '.join(short)}; fitting every cluster's parallaxes alone "
+            "(kinematics=False), as all share one model"
+        )
+    return not short
+
+
 def fit_clusters(
     tables: Any,
     *,
@@ -138,7 +176,11 @@ def fit_clusters(
     prior, kinematics, field, zero_point, parallax_limits, truncate, systematics, parallax_offset_prior
         As in :func:`~gaia_distances.fit_cluster`, the same for every
         cluster; under ``kinematics="auto"`` proper motions are used only when
-        every table has them (and 20 rows with usable ones).
+        every cluster has 20 rows to fit with usable ones, decided as there
+        (all clusters share one model: else every cluster is fitted with its
+        parallaxes alone, with one warning naming the clusters short of them);
+        under ``kinematics=True`` a cluster without them is reported in
+        ``errors``.
     num_warmup, num_samples, num_chains, target_accept_prob, extend, seed
         NUTS settings for every cluster, with the defaults of
         :func:`~gaia_distances.fit_cluster`'s marginal method; equal seeds give
@@ -185,7 +227,21 @@ def fit_clusters(
     names, parts, whole, rows = _split_groups(tables, group_by)
     if whole is not None:
         refuse_star_columns(whole, overwrite=overwrite, step="fit_clusters")
-    use_pm = all(resolve_kinematics(as_table(p), kinematics, step="fit_clusters") for p in parts) if parts else False
+    else:
+        parts = [as_table(p) for p in parts]
+        for name, part in zip(names, parts):
+            refuse_star_columns(part, overwrite=overwrite, step=f"fit_clusters (cluster {name!r})")
+    fits: list[ClusterFit | None] = [None] * len(names)
+    errors: dict[Any, str] = {}
+    candidates: dict[int, Candidates] = {}
+    for i, (name, part) in enumerate(zip(names, parts)):
+        try:
+            candidates[i] = parallax_rows(
+                part, zero_point=zero_point, parallax_limits=parallax_limits, step="fit_clusters"
+            )
+        except GaiaDistancesError as exc:
+            _not_fitted(errors, name, exc)
+    use_pm = _batch_kinematics(kinematics, {names[i]: c for i, c in candidates.items()})
     model = ClusterModel(prior, field, use_pm)
     spec = model.key
     settings = nuts_settings(
@@ -196,24 +252,13 @@ def fit_clusters(
         target_accept_prob=target_accept_prob,
         dense_mass=False,  # whitened by the Laplace approximation: the staged sampler adapts no mass matrix
     )
-    fits: list[ClusterFit | None] = [None] * len(names)
-    errors: dict[Any, str] = {}
     selected: dict[int, Selection] = {}
-    for i, (name, part) in enumerate(zip(names, parts)):
+    for i, cand in candidates.items():
         try:
-            selected[i] = select_stars(
-                part,
-                zero_point=zero_point,
-                parallax_limits=parallax_limits,
-                kinematics=use_pm,
-                truncate=truncate,
-                step="fit_clusters",
-            )
+            selected[i] = finish_selection(cand, kinematics=use_pm, truncate=truncate, step="fit_clusters")
         except GaiaDistancesError as exc:
-            errors[name] = str(exc)
-            warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
+            _not_fitted(errors, names[i], exc)
         if i in selected:
-            refuse_star_columns(selected[i].table, overwrite=overwrite, step=f"fit_clusters (cluster {name!r})")
             check_kernel_over_stars(systematics, selected[i].table, selected[i].stars)
     if selected:
         order = sorted(selected)

@@ -55,6 +55,7 @@ from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model, physical_draws
 from gaia_distances.core.sampling import NutsSettings, chain_iterations, nuts_settings
 from gaia_distances.core.search import find_map_extended
+from gaia_distances.io import as_table
 from gaia_distances.progress import progress_bar
 from gaia_distances.systematics import SystematicsSpec
 
@@ -88,7 +89,8 @@ def _pm_frame_centre(stars: FittedStars) -> list[float] | None:
     """``[ra, dec]`` (deg) of the field centre whose frame ``pmra``/``pmdec`` are given in, when the fit has one."""
     if stars.ra is None or stars.dec is None:
         return None
-    return list(field_centre(stars.ra, stars.dec))
+    placed = np.isfinite(stars.ra) & np.isfinite(stars.dec)  # the others' proper motions are not used
+    return list(field_centre(stars.ra[placed], stars.dec[placed]))
 
 
 def fit_cluster(
@@ -286,6 +288,8 @@ def fit_cluster(
         )
     distance_hint = _checked_distance_hint(distance_hint)
     show = method == "joint" if progress is None else bool(progress)
+    table = as_table(table)
+    refuse_star_columns(table, overwrite=overwrite, step="fit_cluster")
     sel = select_stars(
         table,
         zero_point=zero_point,
@@ -294,7 +298,6 @@ def fit_cluster(
         truncate=truncate,
         perspective=bool(perspective),
     )
-    refuse_star_columns(sel.table, overwrite=overwrite, step="fit_cluster")
     check_kernel_over_stars(systematics, sel.table, sel.stars)
     model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
     settings = nuts_settings(

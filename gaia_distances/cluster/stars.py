@@ -18,7 +18,7 @@ from gaia_distances.columns import (
     warn,
 )
 from gaia_distances.core.astrometry import MAX_TANGENTIAL_SPEED_KMS, least_tangential_speed
-from gaia_distances.core.kinematics import KinematicData, prepare_kinematic_data
+from gaia_distances.core.kinematics import KinematicData, prepare_kinematic_data, usable_proper_motion
 from gaia_distances.core.likelihood import StarData, prepare_star_data
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import ClusterModel
@@ -27,18 +27,25 @@ from gaia_distances.io import as_table
 
 __all__ = [
     "CLUSTER_DISTANCE_COLUMNS",
+    "Candidates",
     "MIN_STARS",
     "PM_COLUMNS",
     "PM_CORRELATIONS",
     "STAR_COLUMNS",
     "ClusterFlag",
     "FittedStars",
+    "ProperMotionRows",
+    "finish_selection",
     "kinematic_data",
+    "parallax_rows",
+    "pm_columns_present",
     "prepare_data",
+    "proper_motion_rows",
     "refuse_star_columns",
     "Selection",
     "resolve_kinematics",
     "select_stars",
+    "usable_count_text",
     "usable_proper_motions",
     "write_star_columns",
 ]
@@ -59,8 +66,8 @@ class ClusterFlag(enum.IntFlag):
     OUTSIDE_LIMITS = 2
     #: (fit_clusters) the row's cluster could not be fitted, or its group key is missing
     NOT_FITTED = 4
-    #: (kinematic fits) no usable proper motion (none, a bad error, or a correlation outside [-1, 1]):
-    #: fitted with its parallax alone
+    #: (kinematic fits) no usable proper motion (none, a bad error, a correlation outside [-1, 1], or no
+    #: position where the other stars have one): fitted with its parallax alone
     NO_PROPER_MOTION = 8
     #: (kinematic fits) a proper motion no star could have (a tangential speed above
     #: MAX_TANGENTIAL_SPEED_KMS even at the nearest distance its parallax allows; a spurious
@@ -128,19 +135,43 @@ def _read_only(x: np.ndarray) -> np.ndarray:
 
 
 def resolve_kinematics(
-    table: Any, kinematics: bool | str, *, step: str = "fit_cluster", rows: np.ndarray | None = None
+    table: Any, kinematics: bool | str, *, step: str = "fit_cluster", usable: np.ndarray | None = None
 ) -> bool:
     """Whether a fit uses proper motions: ``kinematics`` is ``True``, ``False`` or ``"auto"``.
 
     ``True`` with a column of :data:`PM_COLUMNS` missing raises
     :class:`~gaia_distances.MissingColumnsError` naming them, and with fewer
-    than :data:`MIN_STARS` usable proper motions (:func:`usable_proper_motions`)
-    among ``rows`` (a mask or indices of the rows to fit; default all)
+    than :data:`MIN_STARS` usable proper motions among the rows to fit
     raises :class:`~gaia_distances.GaiaDistancesError`. ``"auto"`` uses
     proper motions when all the columns are present and at least
     :data:`MIN_STARS` of those rows have a usable one; else it fits the
     parallaxes alone, and warns when the table has proper motions that it
-    cannot use (no errors, or too few usable rows).
+    cannot use (no errors, or too few usable rows). ``usable`` says which
+    rows to fit have a usable proper motion (:func:`proper_motion_rows`;
+    default: :func:`usable_proper_motions` over every row).
+    """
+    if not pm_columns_present(table, kinematics, step=step):
+        return False
+    if usable is None:
+        usable = usable_proper_motions(table)
+    n_usable, n_rows = int(np.sum(usable)), int(np.size(usable))
+    if n_usable >= MIN_STARS:
+        return True
+    if kinematics is True:
+        raise GaiaDistancesError(
+            f"{step}(kinematics=True) needs at least {MIN_STARS} stars with proper motions: "
+            f"{usable_count_text(n_usable, n_rows)}"
+        )
+    warn(f"{step}: {usable_count_text(n_usable, n_rows)}; fitting the parallaxes alone (kinematics=False)")
+    return False
+
+
+def pm_columns_present(table: Any, kinematics: bool | str, *, step: str) -> bool:
+    """Whether ``kinematics`` (checked) may use proper motions: False for ``False``, or ``"auto"`` without them.
+
+    ``True`` with a column of :data:`PM_COLUMNS` missing raises
+    :class:`~gaia_distances.MissingColumnsError`; ``"auto"`` warns when the
+    table has proper motions but not their errors.
     """
     if kinematics not in (True, False, "auto"):
         raise ValueError(f"kinematics must be True, False or 'auto'; got {kinematics!r}")
@@ -154,35 +185,67 @@ def resolve_kinematics(
                 "fitting the parallaxes alone (kinematics=False)"
             )
         return False
-    if kinematics is False:
-        return False
-    usable = usable_proper_motions(table)
-    if rows is not None:
-        usable = usable[rows]
-    n_usable, n_rows = int(usable.sum()), int(usable.size)
-    if n_usable >= MIN_STARS:
-        return True
-    what = (
-        f"{n_usable} of {n_rows} rows to fit have a usable proper motion (finite pmra and pmdec, "
-        "finite and positive pmra_error and pmdec_error)"
+    return kinematics is not False
+
+
+def usable_count_text(n_usable: int, n_rows: int) -> str:
+    """How many of the rows to fit have a usable proper motion, and what usable means."""
+    return (
+        f"{n_usable} of {n_rows} rows to fit have a usable proper motion (finite pmra and pmdec, finite and "
+        "positive pmra_error and pmdec_error, correlations in [-1, 1], a speed a star can have, and a finite "
+        "ra/dec where other stars have one)"
     )
-    if kinematics is True:
-        raise GaiaDistancesError(
-            f"{step}(kinematics=True) needs at least {MIN_STARS} stars with proper motions: {what}"
-        )
-    warn(f"{step}: {what}; fitting the parallaxes alone (kinematics=False)")
-    return False
 
 
 def usable_proper_motions(table: Any) -> np.ndarray:
-    """Rows with a finite ``pmra`` and ``pmdec`` and finite, positive ``pmra_error`` and ``pmdec_error``."""
-    vals = np.stack([column_values(table, c, u.mas / u.yr) for c in ("pmra", "pmdec")])
-    errs = np.stack([column_values(table, c, u.mas / u.yr) for c in ("pmra_error", "pmdec_error")])
-    return np.all(np.isfinite(vals), axis=0) & np.all(np.isfinite(errs) & (errs > 0), axis=0)
+    """Rows whose proper motion's values are usable (:func:`~gaia_distances.core.kinematics.usable_proper_motion`).
+
+    Finite ``pmra`` and ``pmdec``, finite and positive ``pmra_error`` and
+    ``pmdec_error``, and the correlations of :data:`PM_CORRELATIONS` that the
+    table has in [-1, 1]. A fit also needs the speed to be possible and the
+    star to have a position where the others have one (:func:`proper_motion_rows`).
+    """
+    pmra, pmdec, pmra_error, pmdec_error = (column_values(table, c, u.mas / u.yr) for c in PM_COLUMNS)
+    corr = [column_values(table, c) for c in PM_CORRELATIONS if c in table.colnames]
+    return usable_proper_motion(pmra, pmdec, pmra_error, pmdec_error, corr)
 
 
-def _proper_motions(out: QTable, used: np.ndarray, flag: np.ndarray, step: str) -> dict[str, np.ndarray]:
-    """The fitted rows' proper motions, errors and correlations; flags rows without a usable one."""
+class ProperMotionRows(NamedTuple):
+    """Per row of a table, which proper motions a kinematic fit can use (boolean masks).
+
+    ``impossible``: among the rows with a usable parallax, a finite proper
+    motion at a speed no star can have (not fitted at all); ``unplaced``: among the rows to fit, no finite
+    ``ra``/``dec`` while other rows to fit have one (the frame cannot place
+    them); ``usable``: rows to fit whose proper motion is used.
+    """
+
+    usable: np.ndarray
+    values: np.ndarray
+    impossible: np.ndarray
+    unplaced: np.ndarray
+
+
+def proper_motion_rows(cand: Candidates) -> ProperMotionRows:
+    """:class:`ProperMotionRows` of ``cand``'s table (which has every column of :data:`PM_COLUMNS`)."""
+    out = cand.table
+    pmra, pmdec = (column_values(out, c, u.mas / u.yr) for c in ("pmra", "pmdec"))
+    with np.errstate(invalid="ignore"):
+        speed = least_tangential_speed(pmra, pmdec, cand.parallax, cand.parallax_error)
+        impossible = (speed > MAX_TANGENTIAL_SPEED_KMS) & np.isfinite(pmra) & np.isfinite(pmdec) & (cand.flag == 0)
+    fitted = (cand.flag == 0) & ~impossible
+    unplaced = np.zeros(len(out), bool)
+    if all(c in out.colnames for c in ("ra", "dec")):
+        placed = np.all([np.isfinite(column_values(out, c, u.deg)) for c in ("ra", "dec")], axis=0)
+        if np.any(placed & fitted):
+            unplaced = fitted & ~placed
+    values = usable_proper_motions(out)
+    return ProperMotionRows(values & fitted & ~unplaced, values, impossible, unplaced)
+
+
+def _proper_motions(
+    out: QTable, used: np.ndarray, rows: ProperMotionRows, flag: np.ndarray, step: str
+) -> dict[str, np.ndarray]:
+    """The fitted rows' proper motions, errors and correlations; flags and warns for rows without a usable one."""
     cols = {c: column_values(out, c, u.mas / u.yr)[used] for c in PM_COLUMNS}
     absent = [c for c in PM_CORRELATIONS if c not in out.colnames]
     if absent:
@@ -190,26 +253,30 @@ def _proper_motions(out: QTable, used: np.ndarray, flag: np.ndarray, step: str) 
     for c in PM_CORRELATIONS:
         cols[c] = column_values(out, c)[used] if c in out.colnames else np.zeros(used.size)
         cols[c] = np.where(np.isfinite(cols[c]), cols[c], 0.0)
-    errs = np.stack([cols["pmra_error"], cols["pmdec_error"]])
-    vals = np.stack([cols["pmra"], cols["pmdec"]])
-    ok = np.all(np.isfinite(vals), axis=0) & np.all(np.isfinite(errs) & (errs > 0), axis=0)
-    bad_corr = ok & np.any(np.abs(np.stack([cols[c] for c in PM_CORRELATIONS])) > 1.0, axis=0)
+    finite = usable_proper_motion(*(cols[c] for c in PM_COLUMNS))
+    bad_corr = finite & ~rows.values[used]
     if bad_corr.any():
         warn(
             f"{step}: {int(bad_corr.sum())} stars have a correlation ({', '.join(PM_CORRELATIONS)}) outside "
             f"[-1, 1], so no valid covariance: fitted with their parallax alone and flagged cluster_flag "
             f"{int(ClusterFlag.NO_PROPER_MOTION)}"
         )
-        for c in ("pmra", "pmdec"):  # the fit's copy: no usable proper motion (the table keeps its values)
-            cols[c] = np.where(bad_corr, np.nan, cols[c])
-    flag[used[~ok | bad_corr]] |= ClusterFlag.NO_PROPER_MOTION
+    unplaced = rows.values[used] & rows.unplaced[used]
+    if unplaced.any():
+        warn(
+            f"{step}: {int(unplaced.sum())} stars have no finite ra/dec, so their proper motions cannot be "
+            f"turned to the field centre's frame: fitted with their parallax alone and flagged cluster_flag "
+            f"{int(ClusterFlag.NO_PROPER_MOTION)}"
+        )
+    unusable = ~rows.usable[used]
+    for c in ("pmra", "pmdec"):  # the fit's copy: no usable proper motion (the table keeps its values)
+        cols[c] = np.where(unusable, np.nan, cols[c])
+    flag[used[unusable]] |= ClusterFlag.NO_PROPER_MOTION
     return cols
 
 
-def _flag_impossible_proper_motions(
-    out: QTable, parallax: np.ndarray, parallax_error: np.ndarray, flag: np.ndarray, step: str
-) -> None:
-    """Flag (in place) the rows still to fit whose proper motion no star could have, with one warning.
+def _flag_impossible_proper_motions(impossible: np.ndarray, flag: np.ndarray, step: str) -> None:
+    """Flag (in place) the rows whose proper motion no star could have, with one warning.
 
     Such a proper motion (a spurious or duplicated source's) implies a
     tangential speed above :data:`~gaia_distances.core.astrometry.MAX_TANGENTIAL_SPEED_KMS`
@@ -218,10 +285,6 @@ def _flag_impossible_proper_motions(
     parallax is no better, and one such star wrecks the field's
     proper-motion model, so the row is not fitted.
     """
-    pmra, pmdec = (column_values(out, c, u.mas / u.yr) for c in ("pmra", "pmdec"))
-    with np.errstate(invalid="ignore"):
-        speed = least_tangential_speed(pmra, pmdec, parallax, parallax_error)
-        impossible = (speed > MAX_TANGENTIAL_SPEED_KMS) & (flag == 0)
     if impossible.any():
         warn(
             f"{step}: {int(impossible.sum())} stars have a proper motion no star could have (a tangential "
@@ -253,16 +316,52 @@ def _frame_positions(out: QTable, used: np.ndarray) -> dict[str, np.ndarray]:
 
     Without the perspective projection a kinematic fit still needs them near
     a celestial pole, where the stars' (pmra, pmdec) axes turn with right
-    ascension (:func:`~gaia_distances.core.kinematics.frame_rotation`).
-    None when the table has no usable positions for every fitted star: far
-    from the poles the turn is negligible.
+    ascension (:func:`~gaia_distances.core.kinematics.frame_rotation`). The
+    centre comes from the stars with a finite position (NaN for the others,
+    whose proper motions are not used, :func:`proper_motion_rows`). None
+    when no fitted star has a position: far from the poles the turn is
+    negligible.
     """
     if not all(c in out.colnames for c in ("ra", "dec")):
         return {}
     pos = {c: column_values(out, c, u.deg)[used] for c in ("ra", "dec")}
-    if not np.all(np.isfinite(pos["ra"]) & np.isfinite(pos["dec"])):
+    if not np.any(np.isfinite(pos["ra"]) & np.isfinite(pos["dec"])):
         return {}
     return pos
+
+
+class Candidates(NamedTuple):
+    """A copy of the input table, its corrected parallaxes and errors (mas), and the flags of the parallax cuts."""
+
+    table: QTable
+    parallax: np.ndarray
+    parallax_error: np.ndarray
+    catalogue_parallax: np.ndarray | None
+    flag: np.ndarray
+    zero_point_source: str
+    parallax_limits: tuple[float, float] | None
+
+
+def parallax_rows(
+    table: Any, *, zero_point: Any = None, parallax_limits: tuple[float, float] | None = None, step: str = "fit_cluster"
+) -> Candidates:
+    """The rows with a finite parallax and a positive error, inside ``parallax_limits`` (mas) if given.
+
+    The limits apply to the catalogue ``parallax`` when the table has it, as
+    in the reference cuts; the others are flagged (:class:`ClusterFlag`).
+    """
+    out = as_table(table)
+    plx, zp_source = corrected_parallax(out, zero_point, step=step)
+    err = column_values(out, "parallax_error", u.mas)
+    flag = np.zeros(len(out), dtype=np.int16)
+    flag[~(np.isfinite(plx) & np.isfinite(err) & (err > 0))] |= ClusterFlag.NO_PARALLAX
+    raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else None
+    if parallax_limits is not None:
+        lo, hi = parallax_limits
+        cut = raw if raw is not None else plx
+        inside = (cut > lo) & (cut < hi)
+        flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
+    return Candidates(out, plx, err, raw, flag, zp_source, parallax_limits)
 
 
 def select_stars(
@@ -281,47 +380,54 @@ def select_stars(
     in the reference cuts; with ``truncate`` the fitted stars carry them (in
     corrected parallax) so that the likelihood models the cut. Raises :class:`~gaia_distances.GaiaDistancesError`
     when fewer than :data:`MIN_STARS` qualify. With ``kinematics``
-    (:func:`resolve_kinematics`) the stars carry their proper motions; a
-    fitted star without a usable one is flagged
-    :attr:`ClusterFlag.NO_PROPER_MOTION` and fitted with its parallax alone.
-    ``perspective`` (which needs the proper motions) also carries ``ra`` and
-    ``dec``.
+    (:func:`resolve_kinematics`, deciding from the rows to fit, after those
+    with a proper motion no star could have are flagged) the stars carry
+    their proper motions; a fitted star without a usable one
+    (:func:`proper_motion_rows`) is flagged :attr:`ClusterFlag.NO_PROPER_MOTION`
+    and fitted with its parallax alone. ``perspective`` (which needs the
+    proper motions) also carries ``ra`` and ``dec``.
     """
-    out = as_table(table)
-    plx, zp_source = corrected_parallax(out, zero_point, step=step)
-    err = column_values(out, "parallax_error", u.mas)
-    flag = np.zeros(len(out), dtype=np.int16)
-    flag[~(np.isfinite(plx) & np.isfinite(err) & (err > 0))] |= ClusterFlag.NO_PARALLAX
-    raw = column_values(out, "parallax", u.mas) if "parallax" in out.colnames else None
-    if parallax_limits is not None:
-        lo, hi = parallax_limits
-        cut = raw if raw is not None else plx
-        inside = (cut > lo) & (cut < hi)
-        flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
-    use_pm = resolve_kinematics(out, kinematics, step=step, rows=flag == 0)
+    cand = parallax_rows(table, zero_point=zero_point, parallax_limits=parallax_limits, step=step)
+    return finish_selection(cand, kinematics=kinematics, truncate=truncate, perspective=perspective, step=step)
+
+
+def finish_selection(
+    cand: Candidates,
+    *,
+    kinematics: bool | str = False,
+    truncate: bool = True,
+    perspective: bool = False,
+    step: str = "fit_cluster",
+) -> Selection:
+    """:func:`select_stars` from the rows of :func:`parallax_rows`."""
+    out, flag = cand.table, cand.flag.copy()
+    rows = proper_motion_rows(cand) if pm_columns_present(out, kinematics, step=step) else None
+    use_pm = rows is not None and resolve_kinematics(out, kinematics, step=step, usable=rows.usable[flag == 0])
     if use_pm:
-        _flag_impossible_proper_motions(out, plx, err, flag, step)
+        assert rows is not None
+        _flag_impossible_proper_motions(rows.impossible, flag, step)
     used = np.flatnonzero(flag == 0)
-    if used.size < MIN_STARS:
+    if used.size < MIN_STARS:  # (a kinematic fit has MIN_STARS usable proper motions among them)
         raise GaiaDistancesError(
             f"{step} needs at least {MIN_STARS} stars with a finite parallax and a positive error"
-            f"{' inside parallax_limits' if parallax_limits else ''}; {used.size} of {len(out)} qualify"
+            f"{' inside parallax_limits' if cand.parallax_limits else ''}; {used.size} of {len(out)} qualify"
         )
-    w, s = plx[used], err[used]
+    w, s = cand.parallax[used], cand.parallax_error[used]
+    raw = cand.catalogue_parallax
     zp = raw[used] - w if raw is not None else np.zeros(used.size)
     zp = np.where(np.isfinite(zp), zp, 0.0)
-    pm = _proper_motions(out, used, flag, step) if use_pm else {}
+    pm = _proper_motions(out, used, rows, flag, step) if use_pm and rows is not None else {}
     if perspective:
         pm.update(_positions(out, used, use_pm, step))
     elif use_pm:
         pm.update(_frame_positions(out, used))
-    if parallax_limits is not None and truncate:
-        pm["limit_lo"] = np.full(used.size, float(parallax_limits[0])) - zp
-        pm["limit_hi"] = np.full(used.size, float(parallax_limits[1])) - zp
+    if cand.parallax_limits is not None and truncate:
+        pm["limit_lo"] = np.full(used.size, float(cand.parallax_limits[0])) - zp
+        pm["limit_hi"] = np.full(used.size, float(cand.parallax_limits[1])) - zp
     columns: dict[str, Any] = {k: _read_only(v) for k, v in pm.items()}
     stars = FittedStars(_read_only(used), _read_only(w), _read_only(s), _read_only(zp), **columns)
     stars = stars._replace(frame_only=not perspective)
-    return Selection(out, flag, stars, zp_source)
+    return Selection(out, flag, stars, cand.zero_point_source)
 
 
 #: The per-star columns a cluster fit appends (:func:`write_star_columns`).

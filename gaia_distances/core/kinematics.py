@@ -33,6 +33,7 @@ likelihood, the same for every component.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -59,6 +60,7 @@ __all__ = [
     "prepare_kinematic_data",
     "sky_basis",
     "to_star_frame",
+    "usable_proper_motion",
 ]
 
 #: km/s per (mas/yr x kpc): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr.
@@ -117,8 +119,9 @@ def prepare_kinematic_data(
     the projection of the cluster's space velocity
     (:func:`perspective_geometry`, in the centre's frame).
 
-    Stars with a non-finite proper motion or error, a non-positive error or a
-    correlation outside [-1, 1] (a covariance that cannot be) get
+    Stars without a usable proper motion (:func:`usable_proper_motion`), and
+    with ``ra``/``dec`` those without a finite position (which cannot be
+    placed in the centre's frame, found from the others), get
     ``has_pm = 0`` (and harmless placeholder values). Non-finite
     correlations count as 0 (the caller warns). A correlation matrix that is
     not positive definite is shrunk towards the identity until it is.
@@ -127,7 +130,6 @@ def prepare_kinematic_data(
     s_a, s_d = np.asarray(pmra_error, float), np.asarray(pmdec_error, float)
     pm = np.stack([np.asarray(pmra, float), np.asarray(pmdec, float)], axis=1)
     rho = [np.nan_to_num(np.asarray(c, float)) for c in (parallax_pmra_corr, parallax_pmdec_corr, pmra_pmdec_corr)]
-    valid_corr = np.all(np.abs(np.stack(rho)) <= 1.0, axis=0)
     r_wa, r_wd, r_ad = (np.clip(c, -0.999, 0.999) for c in rho)
     # shrink (r_wa, r_wd, r_ad) until the 3x3 correlation matrix is positive definite
     det = 1 + 2 * r_wa * r_wd * r_ad - r_wa**2 - r_wd**2 - r_ad**2
@@ -140,8 +142,12 @@ def prepare_kinematic_data(
         a, b, c = r_wa * shrink, r_wd * shrink, r_ad * shrink
         det = 1 + 2 * a * b * c - a**2 - b**2 - c**2
     r_wa, r_wd, r_ad = r_wa * shrink, r_wd * shrink, r_ad * shrink
-    ok = np.all(np.isfinite(pm), axis=1) & np.isfinite(s_a) & np.isfinite(s_d) & (s_a > 0) & (s_d > 0)
-    ok &= np.isfinite(s_w) & (s_w > 0) & valid_corr
+    ok = usable_proper_motion(pm[:, 0], pm[:, 1], s_a, s_d, rho) & np.isfinite(s_w) & (s_w > 0)
+    placed = None
+    if ra is not None and dec is not None:
+        ra, dec = np.asarray(ra, float), np.asarray(dec, float)
+        placed = np.isfinite(ra) & np.isfinite(dec)
+        ok &= placed
     s_a, s_d, s_w1 = np.where(ok, s_a, 1.0), np.where(ok, s_d, 1.0), np.where(ok, s_w, 1.0)
     b = np.stack([r_wa * s_a / s_w1, r_wd * s_d / s_w1], axis=1)
     c11 = s_a**2 * (1 - r_wa**2)
@@ -152,9 +158,10 @@ def prepare_kinematic_data(
     cond = np.where(ok[:, None], cond, [1.0, 0.0, 1.0])
     det = cond[:, 0] * cond[:, 2] - cond[:, 1] ** 2  # a rotation leaves it as it is
     b = np.where(ok[:, None], b, 0.0)
-    if ra is None or dec is None:
+    if placed is None or not placed.any():
         return KinematicData(pm, cond, b, ok * 1.0, det)
-    m = perspective_geometry(ra, dec)
+    m = np.tile([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], (placed.size, 1))  # a star without a position: no turn, no pm
+    m[placed] = perspective_geometry(np.asarray(ra)[placed], np.asarray(dec)[placed])
     frame = _nearest_rotation(m)
     rot = _rotation_matrices(frame)  # star = R centre, so centre = R^T star
     cov = np.stack([cond[:, [0, 1]], cond[:, [1, 2]]], axis=1)
@@ -166,6 +173,35 @@ def prepare_kinematic_data(
         geometry = np.concatenate([proj[:, 0, :2], proj[:, 1, :2], proj[:, :, 2]], axis=1)
     centre = lambda x: np.einsum("nji,nj->ni", rot, x)  # noqa: E731
     return KinematicData(centre(pm), cond, centre(b), ok * 1.0, det, geometry, frame)
+
+
+def usable_proper_motion(
+    pmra: np.ndarray,
+    pmdec: np.ndarray,
+    pmra_error: np.ndarray,
+    pmdec_error: np.ndarray,
+    correlations: Sequence[np.ndarray] = (),
+) -> np.ndarray:
+    """Which stars have a proper motion a fit can use: the one definition, for counting, flags and the model.
+
+    Finite ``pmra`` and ``pmdec``, finite and positive errors, and every
+    correlation (``parallax_pmra_corr``, ``parallax_pmdec_corr``,
+    ``pmra_pmdec_corr``, those present) in [-1, 1]; a non-finite correlation
+    counts as 0. (A kinematic fit also leaves out proper motions no star could
+    have, which need the parallax: :mod:`gaia_distances.cluster.stars`.)
+
+    Examples
+    --------
+    >>> usable_proper_motion(np.array([1.0, 1.0, np.nan]), np.zeros(3), np.array([0.1, 0.0, 0.1]), np.ones(3)).tolist()
+    [True, False, False]
+    """
+    vals = np.stack([np.asarray(pmra, float), np.asarray(pmdec, float)])
+    errs = np.stack([np.asarray(pmra_error, float), np.asarray(pmdec_error, float)])
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(vals), axis=0) & np.all(np.isfinite(errs) & (errs > 0), axis=0)
+        for c in correlations:
+            ok &= ~(np.abs(np.asarray(c, float)) > 1.0)  # NaN counts as 0
+    return ok
 
 
 def _nearest_rotation(m: np.ndarray) -> np.ndarray:
