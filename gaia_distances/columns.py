@@ -25,6 +25,7 @@ from gaia_distances.column_copy import copy_column, copy_info
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, MissingColumnsError
 
 __all__ = [
+    "sky_positions",
     "COLUMN_UNITS",
     "GAIA_ARCHIVE_COLUMNS",
     "META_KEY",
@@ -332,6 +333,14 @@ def column_values(table: Table, name: str, unit: u.UnitBase | None = None) -> np
     if mask is not None and np.any(mask):
         values[np.asarray(mask)] = np.nan
     return values
+
+
+def sky_positions(table: Table, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(ra, dec)`` in deg of ``rows`` (default all; NaN where unknown), or ``None`` without both columns."""
+    if not all(c in table.colnames for c in ("ra", "dec")):
+        return None
+    ra, dec = column_values(table, "ra", u.deg), column_values(table, "dec", u.deg)
+    return (ra, dec) if rows is None else (ra[rows], dec[rows])
 
 
 def _converted(values: Any, src: Any, unit: u.UnitBase, name: str) -> Any:

@@ -279,16 +279,17 @@ def sky_map(table: Any, *, membership: str | None = "membership_prob", ax: Axes 
 def proper_motion_diagram(fit: FitLike, *, ax: Axes | None = None) -> Figure:
     """Vector-point diagram (pmra, pmdec in mas/yr) of the fitted stars, by membership, with the fitted populations.
 
-    As :func:`gaia_distances.pm_plots.draw_proper_motion_model` draws them; ``ValueError`` without proper motions.
+    As :func:`gaia_distances.pm_plots.draw_proper_motion_model` draws them, in the model's frame
+    (:func:`gaia_distances.pm_plots.in_centre_frame`); ``ValueError`` without proper motions.
     """
     from gaia_distances import pm_plots
 
     obs = pm_plots.observed_proper_motions(fit)
     fig, ax = _axes(ax, (6.5, 5.5))
     prob = obs.membership if np.isfinite(obs.membership).any() else None
-    x, y = obs.pm.T
+    x, y = (pm := pm_plots.in_centre_frame(fit, obs.pm)).T
     _membership_colorbar(fig, ax, _scatter_by_membership(ax, x, y, prob, size=_marker_size(len(x)), label="stars"))
-    pm_plots.draw_proper_motion_model(ax, pm_plots.proper_motion_model(fit), obs.pm)
+    pm_plots.draw_proper_motion_model(ax, pm_plots.proper_motion_model(fit), pm)
     return fig
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from gaia_distances.columns import column_values
-from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.kinematics import A_V, frame_rotation, to_star_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -45,10 +45,12 @@ __all__ = [
     "ProperMotionModel",
     "draw_proper_motion_model",
     "ellipse",
+    "in_centre_frame",
     "is_kinematic",
     "observed_proper_motions",
     "proper_motion_model",
     "simulate_proper_motions",
+    "star_frames",
 ]
 
 #: Axis labels of (pmra, pmdec).
@@ -126,6 +128,28 @@ def observed_proper_motions(fit: FitLike) -> ObservedProperMotions:
     corr = getattr(s, "pmra_pmdec_corr", None)
     corr = np.zeros(rows.size) if corr is None else np.nan_to_num(np.asarray(corr, float))
     return ObservedProperMotions(pm, err, corr, prob, np.asarray(s.parallax, float))
+
+
+def star_frames(fit: FitLike) -> np.ndarray | None:
+    """``(cos, sin)`` of each fitted star's turn from the field centre's frame (``(n, 2)``), or None.
+
+    The cluster's and the field's proper motions of a fit whose stars have
+    positions are given in the frame of the field's centre
+    (:func:`~gaia_distances.core.kinematics.frame_rotation`); None when they
+    have none (the stars' own frames).
+    """
+    ra, dec = getattr(fit.stars, "ra", None), getattr(fit.stars, "dec", None)
+    if ra is None or dec is None:
+        return None
+    return frame_rotation(np.asarray(ra, float), np.asarray(dec, float))
+
+
+def in_centre_frame(fit: FitLike, pm: np.ndarray) -> np.ndarray:
+    """The fitted stars' proper motions ``(..., n, 2)`` turned from their own frames to the model's."""
+    frames = star_frames(fit)
+    if frames is None:
+        return np.asarray(pm, float)
+    return to_star_frame(pm, frames * np.array([1.0, -1.0]))  # the inverse turn
 
 
 def _n_components(post: Mapping[str, Any]) -> int:
@@ -255,8 +279,10 @@ def simulate_proper_motions(fit: FitLike, *, num_samples: int = 200, seed: int =
       parallax), ``N(mean(w), cov(w) + E)``,
 
     with ``E`` the star's proper-motion error covariance (``pmra_error``,
-    ``pmdec_error``, ``pmra_pmdec_corr``). Stars without a proper motion are
-    NaN.
+    ``pmdec_error``, ``pmra_pmdec_corr``). The model's draws are in the field
+    centre's frame when the stars have positions, and are turned to each
+    star's own frame (:func:`star_frames`) before its errors are added, as
+    the model's own predictive does. Stars without a proper motion are NaN.
     """
     if hasattr(fit, "predictive_proper_motions"):  # a ClusterFit: the model's own predictive
         return np.asarray(fit.predictive_proper_motions(num_samples=num_samples, seed=seed))
@@ -277,17 +303,26 @@ def simulate_proper_motions(fit: FitLike, *, num_samples: int = 200, seed: int =
     iso_c = ((flat["sigma_v"] * (1000.0 / flat["D"]) / A_V) ** 2)[:, None]
     member = rng.random((num_samples, n)) < np.nan_to_num(obs.membership)
     mean = np.where(member[..., None], np.stack([flat["pmra"], flat["pmdec"]], axis=-1)[:, None, :], mean_f)
-    err2 = np.nan_to_num(obs.error) ** 2
-    c11 = np.where(member, iso_c, sd[..., 0] ** 2 + iso_f) + err2[:, 0]
-    c22 = np.where(member, iso_c, sd[..., 1] ** 2 + iso_f) + err2[:, 1]
-    c12 = np.where(member, 0.0, corr * sd[..., 0] * sd[..., 1]) + obs.error_corr * np.prod(
-        np.nan_to_num(obs.error), axis=1
-    )
-    z = rng.standard_normal((num_samples, n, 2))
+    c11 = np.where(member, iso_c, sd[..., 0] ** 2 + iso_f)
+    c22 = np.where(member, iso_c, sd[..., 1] ** 2 + iso_f)
+    c12 = np.where(member, 0.0, corr * sd[..., 0] * sd[..., 1])
+    true_pm = mean + _gaussian2(rng, c11, c12, c22)  # in the model's frame: the field centre's, with positions
+    frames = star_frames(fit)
+    if frames is not None:
+        true_pm = to_star_frame(true_pm, frames)
+    err = np.nan_to_num(obs.error)
+    shape = (num_samples, n)
+    e11, e22 = (np.broadcast_to(err[:, k] ** 2, shape) for k in (0, 1))
+    out = true_pm + _gaussian2(rng, e11, np.broadcast_to(obs.error_corr * err[:, 0] * err[:, 1], shape), e22)
+    out[:, ~np.all(np.isfinite(obs.pm), axis=1)] = np.nan
+    return out
+
+
+def _gaussian2(rng: np.random.Generator, c11: np.ndarray, c12: np.ndarray, c22: np.ndarray) -> np.ndarray:
+    """Zero-mean 2-d Gaussian draws ``(..., 2)`` with covariance ``[[c11, c12], [c12, c22]]`` (one per element)."""
+    z = rng.standard_normal((*np.shape(c11), 2))
     l11 = np.sqrt(c11)  # the 2x2 Cholesky factor
     with np.errstate(invalid="ignore", divide="ignore"):
         l21 = np.where(l11 > 0, c12 / l11, 0.0)
     l22 = np.sqrt(np.maximum(c22 - l21**2, 0.0))
-    out = np.stack([mean[..., 0] + l11 * z[..., 0], mean[..., 1] + l21 * z[..., 0] + l22 * z[..., 1]], axis=-1)
-    out[:, ~np.all(np.isfinite(obs.pm), axis=1)] = np.nan
-    return out
+    return np.stack([l11 * z[..., 0], l21 * z[..., 0] + l22 * z[..., 1]], axis=-1)

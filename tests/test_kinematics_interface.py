@@ -326,3 +326,36 @@ def test_report_adds_the_proper_motion_figures_only_for_kinematic_fits(kin_fit, 
     text = gd.report.write_report(flat, tmp_path / "flat").read_text()
     assert not any((tmp_path / "flat" / png).exists() or png in text for png in pngs[:3])
     assert "parallaxes only" in text and (tmp_path / "flat" / "corner.png").exists()
+
+
+def _polar_members(simulated) -> FakeFit:
+    """Every star a member on a ring around the north pole, with the fitted motion given in the centre's frame."""
+    from gaia_distances.core.kinematics import frame_rotation, to_star_frame
+
+    t = simulated[0][:60].copy()
+    n = len(t)
+    ra, dec = np.linspace(0.0, 360.0, n, endpoint=False), np.full(n, 89.0)
+    own = to_star_frame(np.broadcast_to([TRUTH["pmra"], TRUTH["pmdec"]], (n, 2)), frame_rotation(ra, dec))
+    t["pmra"], t["pmdec"] = own[:, 0] * u.mas / u.yr, own[:, 1] * u.mas / u.yr
+    t["pmra_error"], t["pmdec_error"] = np.full(n, 1e-3) * u.mas / u.yr, np.full(n, 1e-3) * u.mas / u.yr
+    t["membership_prob"] = np.ones(n)
+    fit = _fit(t, truth={**TRUTH, "sigma_v": 1e-3})
+    fit.stars = fit.stars._replace(ra=ra, dec=dec)
+    return fit
+
+
+def test_the_approximate_predictive_turns_the_centre_frame_model_to_each_star_around_a_pole(simulated):
+    fit = _polar_members(simulated)
+    sims = pm_plots.simulate_proper_motions(fit, num_samples=20, seed=1)
+    own = np.column_stack([np.asarray(fit.table["pmra"].value), np.asarray(fit.table["pmdec"].value)])
+    assert np.ptp(own, axis=0).min() > 10.0  # the stars' own (pmra, pmdec) turn all the way round
+    np.testing.assert_allclose(np.median(sims, axis=0), own, atol=0.2)
+
+
+def test_the_vector_point_diagram_shows_the_stars_in_the_model_frame_around_a_pole(simulated):
+    fit = _polar_members(simulated)
+    pm = pm_plots.in_centre_frame(fit, pm_plots.observed_proper_motions(fit).pm)
+    np.testing.assert_allclose(pm, np.broadcast_to([TRUTH["pmra"], TRUTH["pmdec"]], pm.shape), atol=1e-9)
+    fig = gd.plotting.proper_motion_diagram(fit)
+    x, y = np.asarray(fig.axes[0].collections[0].get_offsets()).T
+    np.testing.assert_allclose(np.median(x), TRUTH["pmra"], atol=1e-6)

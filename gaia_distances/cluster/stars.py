@@ -15,6 +15,7 @@ from gaia_distances.columns import (
     corrected_parallax,
     distance_column_names,
     refuse_existing_columns,
+    sky_positions,
     warn,
 )
 from gaia_distances.core.astrometry import MAX_TANGENTIAL_SPEED_KMS, least_tangential_speed
@@ -234,8 +235,9 @@ def proper_motion_rows(cand: Candidates) -> ProperMotionRows:
         impossible = (speed > MAX_TANGENTIAL_SPEED_KMS) & np.isfinite(pmra) & np.isfinite(pmdec) & (cand.flag == 0)
     fitted = (cand.flag == 0) & ~impossible
     unplaced = np.zeros(len(out), bool)
-    if all(c in out.colnames for c in ("ra", "dec")):
-        placed = np.all([np.isfinite(column_values(out, c, u.deg)) for c in ("ra", "dec")], axis=0)
+    pos = sky_positions(out)
+    if pos is not None:
+        placed = np.isfinite(pos[0]) & np.isfinite(pos[1])
         if np.any(placed & fitted):
             unplaced = fitted & ~placed
     values = usable_proper_motions(out)
@@ -298,10 +300,11 @@ def _positions(out: QTable, used: np.ndarray, use_pm: bool, step: str) -> dict[s
     """The fitted rows' ``ra`` and ``dec`` (deg), which the perspective projection needs."""
     if not use_pm:
         raise ValueError(f"{step}(perspective=True) projects the cluster's space velocity: it needs proper motions")
-    missing = [c for c in ("ra", "dec") if c not in out.colnames]
-    if missing:
+    pos_rows = sky_positions(out, used)
+    if pos_rows is None:
+        missing = [c for c in ("ra", "dec") if c not in out.colnames]
         raise MissingColumnsError(f"{step}(perspective=True) needs the columns {', '.join(missing)}")
-    pos = {c: column_values(out, c, u.deg)[used] for c in ("ra", "dec")}
+    pos = dict(zip(("ra", "dec"), pos_rows))
     bad = ~(np.isfinite(pos["ra"]) & np.isfinite(pos["dec"]))
     if bad.any():
         raise GaiaDistancesError(
@@ -322,12 +325,10 @@ def _frame_positions(out: QTable, used: np.ndarray) -> dict[str, np.ndarray]:
     when no fitted star has a position: far from the poles the turn is
     negligible.
     """
-    if not all(c in out.colnames for c in ("ra", "dec")):
+    pos = sky_positions(out, used)
+    if pos is None or not np.any(np.isfinite(pos[0]) & np.isfinite(pos[1])):
         return {}
-    pos = {c: column_values(out, c, u.deg)[used] for c in ("ra", "dec")}
-    if not np.any(np.isfinite(pos["ra"]) & np.isfinite(pos["dec"])):
-        return {}
-    return pos
+    return dict(zip(("ra", "dec"), pos))
 
 
 class Candidates(NamedTuple):

@@ -50,7 +50,7 @@ from astropy import units as u
 from astropy.table import Table
 
 from gaia_distances.cluster.stars import FittedStars
-from gaia_distances.columns import column_values, warn
+from gaia_distances.columns import column_values, sky_positions, warn
 from gaia_distances.core.kernel_checks import check_covariance_psd, is_published
 from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel, weighted_offset_variance
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
@@ -149,7 +149,7 @@ def fit_systematics(
     if kernel is None and prior is None:
         return None
     rows = stars.rows
-    ra, dec = _column(table, "ra", u.deg, rows), _column(table, "dec", u.deg, rows)
+    ra, dec = sky_positions(table, rows) or (None, None)
     g = _column(table, "phot_g_mean_mag", u.mag, rows)
     p = np.where(np.isfinite(membership), membership, 0.0)
     d = np.asarray(posterior["D"], float)
@@ -234,7 +234,7 @@ def check_kernel_over_stars(spec: SystematicsSpec, table: Table, stars: FittedSt
     if kernel is None or is_published(kernel):
         return
     rows = stars.rows
-    ra, dec = _column(table, "ra", u.deg, rows), _column(table, "dec", u.deg, rows)
+    ra, dec = sky_positions(table, rows) or (None, None)
     if ra is None or dec is None:
         return  # every star at one place: V(0) > 0 is all a covariance needs
     g = _column(table, "phot_g_mean_mag", u.mag, rows)

@@ -160,8 +160,7 @@ def prepare_kinematic_data(
     b = np.where(ok[:, None], b, 0.0)
     if placed is None or not placed.any():
         return KinematicData(pm, cond, b, ok * 1.0, det)
-    m = np.tile([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], (placed.size, 1))  # a star without a position: no turn, no pm
-    m[placed] = perspective_geometry(np.asarray(ra)[placed], np.asarray(dec)[placed])
+    m = _placed_geometry(np.asarray(ra), np.asarray(dec))  # a star without a position: no turn (and no pm)
     frame = _nearest_rotation(m)
     rot = _rotation_matrices(frame)  # star = R centre, so centre = R^T star
     cov = np.stack([cond[:, [0, 1]], cond[:, [1, 2]]], axis=1)
@@ -290,9 +289,19 @@ def frame_rotation(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     ``sep * tan(dec)``, which is negligible in most fields but any angle
     around a celestial pole. The turn is the rotation nearest the
     projection ``M`` of :func:`perspective_geometry`; :func:`to_star_frame`
-    applies it.
+    applies it. The centre is that of the stars with a finite position; a
+    star without one gets no turn.
     """
-    return _nearest_rotation(perspective_geometry(ra_deg, dec_deg))
+    return _nearest_rotation(_placed_geometry(np.asarray(ra_deg, float), np.asarray(dec_deg, float)))
+
+
+def _placed_geometry(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """:func:`perspective_geometry` about the centre of the stars with a finite position; the identity for the rest."""
+    placed = np.isfinite(ra_deg) & np.isfinite(dec_deg)
+    m = np.tile([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], (placed.size, 1))
+    if placed.any():
+        m[placed] = perspective_geometry(ra_deg[placed], dec_deg[placed])
+    return m
 
 
 def centre_frame_proper_motions(data: KinematicData) -> np.ndarray:
