@@ -31,6 +31,7 @@ import numpy as np
 
 from gaia_distances.columns import column_values
 from gaia_distances.core.kinematics import A_V, frame_rotation, to_star_frame
+from gaia_distances.core.sampling import checked_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -284,6 +285,7 @@ def simulate_proper_motions(fit: FitLike, *, num_samples: int = 200, seed: int =
     star's own frame (:func:`star_frames`) before its errors are added, as
     the model's own predictive does. Stars without a proper motion are NaN.
     """
+    seed = checked_seed(seed)
     if hasattr(fit, "predictive_proper_motions"):  # a ClusterFit: the model's own predictive
         return np.asarray(fit.predictive_proper_motions(num_samples=num_samples, seed=seed))
     obs = observed_proper_motions(fit)

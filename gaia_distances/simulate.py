@@ -42,6 +42,7 @@ from gaia_distances.core.astrometry import (
 )
 from gaia_distances.core.kinematics import A_V
 from gaia_distances.core.offset_field import draw_offset_field
+from gaia_distances.core.sampling import checked_seed
 from gaia_distances.systematics import SystematicsSpec, resolve_systematics
 from gaia_distances.zeropoint import load_recipe, nu_eff_from_bp_rp
 
@@ -183,7 +184,8 @@ def simulate_field(
         to the observed parallaxes. It is drawn after every other column, so
         the other columns equal those of the same seed without it.
     seed
-        Random seed; equal seeds give equal tables.
+        Random seed, a non-negative integer (``ValueError`` otherwise); equal
+        seeds give equal tables.
 
     Returns
     -------
@@ -252,6 +254,7 @@ def simulate_field(
             raise ValueError(f"simulate_field: {name} must be an integer >= 0, got {size!r}")
     if n_field + n_cluster == 0:
         raise ValueError("simulate_field needs n_field + n_cluster > 0")
+    seed = checked_seed(seed)
     kernel = resolve_systematics(parallax_systematics)
     rng = np.random.default_rng(seed)
     prior = EDSD() if field_prior is None else field_prior

@@ -76,7 +76,7 @@ def resolve_systematics(spec: SystematicsSpec | bool) -> SystematicsKernel | Non
         whose values on separations from 0 to 180 deg are not those of a
         covariance: not one finite number per separation, ``V(0) <= 0``, or
         ``|V(theta)| > V(0)``
-        (:func:`~gaia_distances.core.systematics.check_kernel`; the message
+        (:func:`~gaia_distances.core.kernel_checks.check_kernel`; the message
         names the kernel and the separations).
 
     Examples

@@ -247,3 +247,51 @@ def test_a_single_chain_fit_is_not_reported_as_failed():
     assert d["num_chains"] == 1 and d["status"].startswith("ok (") and "two or more chains" in d["status"]
     assert not [w for w in caught if issubclass(w.category, gd.GaiaDistancesWarning)]
     assert d["min_ess_bulk"] >= 400 and math.isnan(fit.summary()["r_hat"][0])
+
+
+def test_the_fingerprint_tells_user_kernels_and_sampler_settings_apart():
+    from gaia_distances.cluster.fingerprint import fit_options
+    from gaia_distances.cluster.systematics import FitSystematics
+    from gaia_distances.core.systematics import get_kernel
+
+    def kernel_a(theta):
+        return 1e-4 * np.exp(-theta)
+
+    def kernel_b(theta):
+        return 2e-4 * np.exp(-theta)
+
+    def provenance(kernel, **settings):
+        sys = FitSystematics(get_kernel(kernel), 1e-4, None, 0.0, 0.0, "weighted pairs")
+        return {"target_accept_prob": 0.65, "extend": True, **settings, "systematics": sys.record()}
+
+    a, b = fit_options(provenance(kernel_a)), fit_options(provenance(kernel_b))
+    assert a["systematics"] != b["systematics"] and "kernel_a" in a["systematics"]
+    assert fit_options(provenance("vasiliev2021"))["systematics"] == "vasiliev2021"
+    assert fit_options(provenance(kernel_a, target_accept_prob=0.9)) != a
+    assert fit_options(provenance(kernel_a, extend=False)) != a
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_a_table_with_the_fit_columns_is_refused_before_any_work(field, fit, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fit selected stars before checking the table's columns")
+
+    monkeypatch.setattr(fit_module, "select_stars", refuse)
+    monkeypatch.setattr("gaia_distances.cluster.batch.parallax_rows", refuse)
+    done = field.copy()
+    done["membership_prob"] = np.zeros(len(done))
+    with pytest.raises(gd.ExistingColumnsError, match="membership_prob"):
+        if fit == "fit_clusters":  # the second cluster's table: before the first is selected
+            gd.fit_clusters([field, done])
+        else:
+            gd.fit_cluster(done)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_simulations_and_predictives_refuse_a_bad_seed(seed):
+    from gaia_distances import pm_plots
+
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        gd.simulate_field(10, seed=seed)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        pm_plots.simulate_proper_motions(object(), seed=seed)

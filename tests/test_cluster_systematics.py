@@ -226,7 +226,14 @@ def _fake_fit(t):
     return sel, np.asarray(t["is_member"], float)[sel.stars.rows], post
 
 
-def test_a_user_kernel_that_is_not_a_covariance_is_refused_before_any_fit():
+def test_a_user_kernel_that_is_not_a_covariance_is_refused_before_any_fit(monkeypatch):
+    from gaia_distances.cluster import batch, fit
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the fit searched for a start before checking the kernel")
+
+    monkeypatch.setattr(fit, "find_start", no_search)
+    monkeypatch.setattr(batch, "find_start", no_search)
     t = gd.simulate_field(300, n_cluster=100, seed=4)
     with pytest.raises(ValueError, match=r"custom kernel .*<lambda>.*NaN or inf at 0-180 deg"):
         gd.fit_cluster(t, systematics=lambda theta: np.full_like(theta, np.nan), kinematics=False)
@@ -273,3 +280,37 @@ def test_stars_without_a_position_count_at_zero_separation():
     cov[np.isnan(cov)] = 142e-6
     assert sys.parallax_variance == pytest.approx(w @ cov @ w / w.sum() ** 2, rel=1e-3)
     assert sys.parallax_variance > placed.parallax_variance
+
+
+def test_a_checked_kernel_is_not_checked_again_over_the_fit(monkeypatch):
+    """The options resolve a user's kernel once; the star-level check and the offset use that kernel."""
+    import gaia_distances.systematics as systematics_module
+    from gaia_distances.cluster.options import checked_fit_options
+    from gaia_distances.cluster.systematics import check_kernel_over_stars
+
+    calls = []
+    check = systematics_module.check_kernel
+    monkeypatch.setattr(systematics_module, "check_kernel", lambda k: calls.append(k) or check(k))
+    options = checked_fit_options(
+        prior=None,
+        field="edsd",
+        systematics=lambda theta: 1e-4 * np.exp(-theta / 0.5),
+        parallax_offset_prior=None,
+        seed=0,
+        n_quantile_draws=4,
+        n_membership_draws=4,
+    )
+    assert len(calls) == 1 and options.kernel is calls[0]
+    t = gd.simulate_field(300, n_cluster=100, seed=4)
+    sel, member, post = _fake_fit(t)
+    check_kernel_over_stars(options.kernel, sel.table, sel.stars)
+    sys = fit_systematics(options.kernel, sel.table, sel.stars, member, post)
+    assert len(calls) == 1 and sys.kernel is options.kernel
+
+
+def test_the_zero_separation_warnings_name_the_step():
+    t = gd.simulate_field(300, n_cluster=100, seed=4)
+    sel, member, post = _fake_fit(t)
+    del sel.table["ra"]
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"^fit_clusters: the table has no ra/dec"):
+        fit_systematics("lindegren2021", sel.table, sel.stars, member, post, step="fit_clusters")

@@ -538,3 +538,57 @@ def test_a_star_without_a_position_keeps_the_others_in_the_field_centre_frame():
     placed = np.arange(len(t)) != 7
     full = kinematics.frame_rotation(np.asarray(t["ra"])[placed], np.asarray(t["dec"])[placed])
     np.testing.assert_allclose(data.frame[placed], full, atol=1e-12)
+
+
+def _turned_to_star(kin: kinematics.Kinematics, frame: np.ndarray) -> kinematics.Kinematics:
+    """``kin`` (given in the field centre's frame) in the frame of one star turned by ``frame`` ``(cos, sin)``."""
+    rot = lambda x: kinematics.to_star_frame(np.asarray(x, float)[..., None, :], frame[None])[..., 0, :]  # noqa: E731
+    sd, rho = np.exp(kin.field_log_sd), np.asarray(kin.field_corr)
+    c, s = frame
+    r = np.array([[c, s], [-s, c]])
+    cov = np.stack(
+        [
+            np.stack([sd[:, 0] ** 2, rho * sd[:, 0] * sd[:, 1]], -1),
+            np.stack([rho * sd[:, 0] * sd[:, 1], sd[:, 1] ** 2], -1),
+        ],
+        1,
+    )
+    cov = r @ cov @ r.T
+    sd_t = np.sqrt(np.stack([cov[:, 0, 0], cov[:, 1, 1]], -1))
+    return kin._replace(
+        pm=rot(kin.pm),
+        field_mean=rot(kin.field_mean),
+        field_trend=rot(kin.field_trend),
+        field_log_sd=np.log(sd_t),
+        field_corr=cov[:, 0, 1] / (sd_t[:, 0] * sd_t[:, 1]),
+    )
+
+
+def test_the_turned_likelihood_is_each_star_own_frame_likelihood_with_the_model_turned_to_it():
+    """Cluster and field (a non-zero, anisotropic mean and trend) terms in the centre's frame equal each star's
+    terms in its own frame with the model turned there: a turn the wrong way, or none, changes them."""
+    rng = np.random.default_rng(5)
+    n = 12
+    ra, dec = np.linspace(0.0, 360.0, n, endpoint=False), np.full(n, 88.5)
+    cov = _random_covariances(rng, n)
+    sd = np.sqrt(np.einsum("nii->ni", cov))
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    pm = rng.normal(0.0, 5.0, (n, 2))
+    cols = (sd[:, 0], pm[:, 0], pm[:, 1], sd[:, 1], sd[:, 2], corr[:, 0, 1], corr[:, 0, 2], corr[:, 1, 2])
+    plain = kinematics.prepare_kinematic_data(*cols)
+    turned = kinematics.prepare_kinematic_data(*cols, ra=ra, dec=dec, perspective=False)
+    kin = _kinematics(rng)
+    w = rng.uniform(4.0, 6.0, n)
+    u_nodes = np.log(1000.0 / w)[None, :] + np.array([[-0.05], [0.0], [0.05]])
+    with x64():
+        cl = np.asarray(kinematics.cluster_pm_log_term(u_nodes, w, kin, turned, np.log(200.0)))
+        fl = np.asarray(kinematics.field_pm_log_term_at(np.log(1000.0 / w), w, kin, turned))
+        for i in range(n):
+            own = _turned_to_star(kin, turned.frame[i])
+            cl_i = np.asarray(kinematics.cluster_pm_log_term(u_nodes, w, own, plain, np.log(200.0)))[:, i]
+            fl_i = float(np.asarray(kinematics.field_pm_log_term_at(np.log(1000.0 / w), w, own, plain))[i])
+            np.testing.assert_allclose(cl[:, i], cl_i, rtol=1e-9)
+            assert fl[i] == pytest.approx(fl_i, rel=1e-9)
+        # the turn matters here: in the stars' own frames without it the terms differ
+        unturned = np.asarray(kinematics.cluster_pm_log_term(u_nodes, w, kin, plain, np.log(200.0)))
+    assert np.max(np.abs(unturned - cl)) > 1.0

@@ -17,7 +17,7 @@ from gaia_distances.core.inflation import (
     inflate_parallax_error,
     k_maiz_apellaniz_2022,
 )
-from gaia_distances.core.kernel_checks import check_covariance_psd
+from gaia_distances.core.kernel_checks import check_covariance_psd, check_kernel
 from gaia_distances.core.offset_field import clip_to_psd, draw_offset_field, leading_modes
 from gaia_distances.core.systematics import (
     SYSTEMATICS_KERNELS,
@@ -416,9 +416,14 @@ def test_a_constant_kernel_returning_one_number_is_broadcast():
     assert weighted_offset_variance(ra, dec, np.ones(50), kernel) == pytest.approx(1e-4)
 
 
-def test_the_published_kernels_pass_the_checks():
+def test_the_published_kernels_meet_the_checks_but_maiz_apellaniz_which_is_exempt():
+    """As a user's kernels (copies: not the registry's), the published ones are checked in full."""
     for name in SYSTEMATICS_KERNELS:
         assert resolve_systematics(name) is SYSTEMATICS_KERNELS[name]
+    for name in ("lindegren2021", "vasiliev2021"):
+        check_kernel(SYSTEMATICS_KERNELS[name]._replace(name="custom"))
+    with pytest.raises(ValueError, match=r"is not a covariance: \|V\(theta\)\| exceeds V\(0\)"):
+        check_kernel(SYSTEMATICS_KERNELS["maiz-apellaniz2021"]._replace(name="custom"))
     ra, dec = _cone(300, 1.0)
     for name in ("lindegren2021", "vasiliev2021"):  # both positive definite: they would pass the matrix check too
         check_covariance_psd(SYSTEMATICS_KERNELS[name], ra, dec)

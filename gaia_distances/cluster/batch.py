@@ -215,7 +215,7 @@ def fit_clusters(
     """
     clock = Stopwatch()
     enable_compilation_cache()
-    prior, seed, n_per_star = checked_fit_options(
+    prior, seed, n_per_star, kernel = checked_fit_options(
         prior=prior,
         field=field,
         systematics=systematics,
@@ -259,7 +259,7 @@ def fit_clusters(
         except GaiaDistancesError as exc:
             _not_fitted(errors, names[i], exc)
         if i in selected:
-            check_kernel_over_stars(systematics, selected[i].table, selected[i].stars)
+            check_kernel_over_stars(kernel, selected[i].table, selected[i].stars)
     if selected:
         order = sorted(selected)
         with clock.step("prepare"):
@@ -283,6 +283,7 @@ def fit_clusters(
             "zero_point_arg": zero_point_record(zero_point),
             "parallax_limits": parallax_limits,
             "truncate": bool(truncate and parallax_limits is not None),
+            "extend": bool(extend),
             "batched_clusters": len(order),
         }
         for b, i in enumerate(order):
@@ -298,7 +299,7 @@ def fit_clusters(
                 seed=seed,
                 n_per_star=n_per_star,
                 clock=Stopwatch(start=clock.start),  # each fit's wall time counts from the batch's start
-                systematics=systematics,
+                systematics=kernel,
                 offset_prior=parallax_offset_prior,
             )
         clock.steps["per_star_s"] = sum(f.diagnostics["timings"]["per_star_s"] for f in fits if f is not None)

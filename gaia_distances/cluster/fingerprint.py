@@ -53,6 +53,8 @@ FIT_OPTIONS = (
     "num_warmup",
     "num_samples",
     "num_chains",
+    "target_accept_prob",
+    "extend",
     "seed",
 )
 
@@ -60,7 +62,7 @@ FIT_OPTIONS = (
 FINGERPRINT_ATTR = "gaia_distances_fingerprint"
 
 #: Version of the fingerprint's recipe, so that a later recipe is not mistaken for a mismatch.
-RECIPE = 1
+RECIPE = 2
 
 
 def _canonical(value: Any) -> str:
@@ -79,11 +81,14 @@ def _canonical(value: Any) -> str:
 def fit_options(provenance: Mapping[str, Any]) -> dict[str, Any]:
     """The options of a fit, from its provenance record, in canonical (JSON) form.
 
-    Includes the systematics kernel and the offset prior where the fit used them.
+    Includes the systematics kernel (a user's by its callable's qualified
+    name) and the offset prior where the fit used them.
     """
     options = {k: provenance.get(k) for k in FIT_OPTIONS}
     sys = provenance.get("systematics") or {}
     options["systematics"] = sys.get("kernel") if isinstance(sys, Mapping) else str(sys)
+    if isinstance(sys, Mapping) and sys.get("kernel_function"):  # a user's kernel: which one
+        options["systematics"] = f"{sys.get('kernel')}: {sys['kernel_function']}"
     if isinstance(sys, Mapping):
         options["offset_prior"] = [sys.get("offset_prior_mean_mas"), sys.get("offset_prior_sigma_mas")]
     return json.loads(_canonical(options))

@@ -272,7 +272,7 @@ def fit_cluster(
     enable_compilation_cache()
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    prior, seed, n_per_star = checked_fit_options(
+    prior, seed, n_per_star, kernel = checked_fit_options(
         prior=prior,
         field=field,
         systematics=systematics,
@@ -298,7 +298,7 @@ def fit_cluster(
         truncate=truncate,
         perspective=bool(perspective),
     )
-    check_kernel_over_stars(systematics, sel.table, sel.stars)
+    check_kernel_over_stars(kernel, sel.table, sel.stars)
     model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
     settings = nuts_settings(
         method if method == "joint" or model.is_reference else "extended",
@@ -339,12 +339,13 @@ def fit_cluster(
             "zero_point_arg": zero_point_record(zero_point),
             "parallax_limits": parallax_limits,
             "truncate": bool(truncate and parallax_limits is not None),
+            "extend": bool(extend),
         },
         settings=settings,
         seed=seed,
         n_per_star=n_per_star,
         clock=clock,
-        systematics=systematics,
+        systematics=kernel,
         offset_prior=parallax_offset_prior,
     )
 
@@ -462,8 +463,11 @@ def assemble_fit(
             ),
         )
     sampled = physical_draws(draws.z, prior)
-    sys = fit_systematics(systematics, out, sel.stars, res.membership, sampled, offset_prior=offset_prior, seed=seed)
-    posterior = sampled if sys is None else add_systematics(sampled, sys, seed=seed)
+    step = "fit_clusters" if "batched_clusters" in record else "fit_cluster"
+    sys = fit_systematics(
+        systematics, out, sel.stars, res.membership, sampled, offset_prior=offset_prior, seed=seed, step=step
+    )
+    posterior = sampled if sys is None else add_systematics(sampled, sys, seed=seed, step=step)
     summ = parameter_summary(posterior, method=method)  # its ESS and R-hat are those of the sampled draws
     diagnostics = diagnose(
         sampled,

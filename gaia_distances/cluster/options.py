@@ -10,37 +10,23 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
-
+from gaia_distances.core.numerics import checked_integer
 from gaia_distances.core.population import FIELDS, ClusterPriors
 from gaia_distances.core.sampling import checked_seed
+from gaia_distances.core.systematics import SystematicsKernel
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
-__all__ = ["FitOptions", "checked_count", "checked_fit_options"]
+__all__ = ["FitOptions", "checked_fit_options"]
 
 
 class FitOptions(NamedTuple):
-    """The shared options once checked: the priors (the reference ones for ``None``), the seed as an ``int``
-    and ``(n_membership_draws, n_quantile_draws)``."""
+    """The shared options once checked: the priors (the reference ones for ``None``), the seed as an ``int``,
+    ``(n_membership_draws, n_quantile_draws)`` and the systematics kernel, checked once (``None``: none)."""
 
     prior: ClusterPriors
     seed: int
     n_per_star: tuple[int, int]
-
-
-def checked_count(name: str, value: Any, least: int = 1) -> int:
-    """``value`` as an ``int``, or ``ValueError`` naming option ``name``: an integer (not a bool) >= ``least``.
-
-    Examples
-    --------
-    >>> checked_count("n_membership_draws", 0)
-    Traceback (most recent call last):
-    ...
-    ValueError: n_membership_draws must be an integer >= 1; got 0
-    """
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}; got {value!r}")
-    return int(value)
+    kernel: SystematicsKernel | None
 
 
 def checked_fit_options(
@@ -57,7 +43,8 @@ def checked_fit_options(
     a :class:`~gaia_distances.ClusterPriors`) naming the first bad one.
 
     ``systematics`` and ``parallax_offset_prior`` are checked by resolving
-    them (:func:`~gaia_distances.systematics.resolve_systematics`,
+    them (:func:`~gaia_distances.systematics.resolve_systematics`, whose
+    kernel the fit then uses without checking it again;
     :func:`~gaia_distances.systematics.resolve_offset_prior`); the
     :class:`~gaia_distances.ClusterPriors` check their own fields when made.
     """
@@ -68,8 +55,8 @@ def checked_fit_options(
         )
     if field not in FIELDS:
         raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
-    resolve_systematics(systematics)
+    kernel = resolve_systematics(systematics)
     resolve_offset_prior(parallax_offset_prior)
-    n_member = checked_count("n_membership_draws", n_membership_draws)
-    n_quant = checked_count("n_quantile_draws", n_quantile_draws)
-    return FitOptions(prior, checked_seed(seed), (n_member, n_quant))
+    n_member = checked_integer("n_membership_draws", n_membership_draws)
+    n_quant = checked_integer("n_quantile_draws", n_quantile_draws)
+    return FitOptions(prior, checked_seed(seed), (n_member, n_quant), kernel)

@@ -26,6 +26,7 @@ from gaia_distances.core.population import (
     from_population,
     population_from_physical,
 )
+from gaia_distances.core.sampling import checked_seed
 from gaia_distances.errors import GaiaDistancesError
 from gaia_distances.io import as_table
 
@@ -283,6 +284,7 @@ class ClusterFit:
         """
         from gaia_distances.core.models import prior_draws, simulate_parallaxes
 
+        seed = checked_seed(seed)
         if kind == "prior":
             z = prior_draws(seed, num_samples, self._spec)
         elif kind == "posterior":
@@ -304,6 +306,7 @@ class ClusterFit:
         from gaia_distances.cluster.stars import prepare_data
         from gaia_distances.core.predictive import simulate_proper_motions
 
+        seed = checked_seed(seed)
         model = self.model or ClusterModel(self.prior)
         pmra, pmdec = self.stars.pmra, self.stars.pmdec
         if not model.kinematics or pmra is None or pmdec is None:

@@ -53,6 +53,7 @@ from gaia_distances.cluster.stars import FittedStars
 from gaia_distances.columns import column_values, sky_positions, warn
 from gaia_distances.core.kernel_checks import check_covariance_psd, is_published
 from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel, weighted_offset_variance
+from gaia_distances.core.user_kernel import callable_name
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
 __all__ = ["DEFAULT_SYSTEMATICS", "FitSystematics", "add_systematics", "check_kernel_over_stars", "fit_systematics"]
@@ -110,6 +111,9 @@ class FitSystematics(NamedTuple):
         """JSON-ready provenance."""
         return {
             "kernel": None if self.kernel is None else self.kernel.name,
+            "kernel_function": (
+                None if self.kernel is None or is_published(self.kernel) else callable_name(self.kernel.parallax)
+            ),
             "reference": None if self.kernel is None else self.kernel.reference,
             "parallax_offset_sigma_mas": math.sqrt(self.parallax_variance),
             "pm_offset_sigma_masyr": None if self.pm_variance is None else math.sqrt(self.pm_variance),
@@ -135,16 +139,19 @@ def fit_systematics(
     *,
     offset_prior: str | OffsetPrior | tuple[float, float] | None = None,
     seed: int = 0,
+    step: str = "fit_cluster",
 ) -> FitSystematics | None:
     """The members' shared-offset variances for a fit (``None`` when there are no systematics and no offset prior).
 
+    ``step`` names the fit in warnings. ``spec`` is a kernel the fit resolved (used as it is) or an option for
+    :func:`~gaia_distances.systematics.resolve_systematics`.
     ``table`` holds the fitted rows (``stars.rows``); ``membership`` their
     membership probabilities; ``posterior`` the physical draws of the fit
     without systematics (for the cluster's parallax and proper-motion spread).
     An ``offset_prior`` without a kernel (``spec`` ``None``) is applied alone:
     the offset is drawn from it, with no correlated variance.
     """
-    kernel = resolve_systematics(spec)
+    kernel = spec if isinstance(spec, SystematicsKernel) else resolve_systematics(spec)
     prior = resolve_offset_prior(offset_prior)
     if kernel is None and prior is None:
         return None
@@ -159,7 +166,7 @@ def fit_systematics(
     if kernel is None:  # an offset prior alone
         ra, dec, positions, n_unplaced = np.zeros(len(rows)), np.zeros(len(rows)), "no kernel", 0
     else:
-        ra, dec, positions, n_unplaced = _positions(ra, dec, len(rows))
+        ra, dec, positions, n_unplaced = _positions(ra, dec, len(rows), step)
     v_plx = 0.0 if kernel is None else weighted_offset_variance(ra, dec, w, kernel, g, seed=seed, unplaced="coincide")
     v_pm = None
     if (
@@ -183,7 +190,9 @@ def fit_systematics(
     return FitSystematics(kernel, v_plx, v_pm, mean, sigma, positions, n_unplaced)
 
 
-def _positions(ra: np.ndarray | None, dec: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, str, int]:
+def _positions(
+    ra: np.ndarray | None, dec: np.ndarray | None, n: int, step: str
+) -> tuple[np.ndarray, np.ndarray, str, int]:
     """The fitted stars' positions (deg; NaN where unknown), how they enter and how many are unknown.
 
     Stars without a finite ``ra``/``dec`` are counted at zero separation from
@@ -193,7 +202,7 @@ def _positions(ra: np.ndarray | None, dec: np.ndarray | None, n: int) -> tuple[n
     """
     if ra is None or dec is None:
         warn(
-            "fit_cluster: the table has no ra/dec, so the members' shared parallax offset takes the kernel's "
+            f"{step}: the table has no ra/dec, so the members' shared parallax offset takes the kernel's "
             "zero-separation variance V(0), its largest value"
         )
         return np.full(n, np.nan), np.full(n, np.nan), "no positions", n
@@ -201,26 +210,26 @@ def _positions(ra: np.ndarray | None, dec: np.ndarray | None, n: int) -> tuple[n
     n_unplaced = int(unplaced.sum())
     if n_unplaced == n:
         warn(
-            "fit_cluster: no fitted star has a finite ra/dec, so the members' shared parallax offset takes the "
+            f"{step}: no fitted star has a finite ra/dec, so the members' shared parallax offset takes the "
             "kernel's zero-separation variance V(0), its largest value"
         )
         return ra, dec, "no positions", n
     if n_unplaced:
         warn(
-            f"fit_cluster: {n_unplaced} of {n} fitted stars have no finite ra/dec; the members' shared parallax "
+            f"{step}: {n_unplaced} of {n} fitted stars have no finite ra/dec; the members' shared parallax "
             "offset counts them at zero separation from every other star (V(0), the kernel's largest value)"
         )
     return ra, dec, "weighted pairs", n_unplaced
 
 
-def check_kernel_over_stars(spec: SystematicsSpec, table: Table, stars: FittedStars) -> None:
+def check_kernel_over_stars(kernel: SystematicsKernel | None, table: Table, stars: FittedStars) -> None:
     """Refuse a user's kernel whose covariance over the fitted stars is not positive semi-definite.
 
-    Before any fit: the kernel's values from 0 to the widest separation
-    (:func:`~gaia_distances.core.systematics.check_kernel`, done over
-    0-180 deg by :func:`~gaia_distances.systematics.resolve_systematics`) and
+    Before any fit, with the kernel the fit's options resolved (and whose
+    values :func:`~gaia_distances.systematics.resolve_systematics` checked
+    over 0-180 deg, :func:`~gaia_distances.core.kernel_checks.check_kernel`):
     its matrix over the stars with a position
-    (:func:`~gaia_distances.core.systematics.check_covariance_psd`; at most
+    (:func:`~gaia_distances.core.kernel_checks.check_covariance_psd`; at most
     1 000 of them). The published kernels are not checked (Maiz Apellaniz
     et al. 2021 is known not to be positive semi-definite; its weighted
     variance is clipped at 0).
@@ -230,7 +239,6 @@ def check_kernel_over_stars(spec: SystematicsSpec, table: Table, stars: FittedSt
     ValueError
         Naming the kernel and what fails.
     """
-    kernel = resolve_systematics(spec)
     if kernel is None or is_published(kernel):
         return
     rows = stars.rows
@@ -241,7 +249,9 @@ def check_kernel_over_stars(spec: SystematicsSpec, table: Table, stars: FittedSt
     check_covariance_psd(kernel, ra, dec, g)
 
 
-def add_systematics(posterior: Mapping[str, np.ndarray], sys: FitSystematics, *, seed: int) -> dict[str, np.ndarray]:
+def add_systematics(
+    posterior: Mapping[str, np.ndarray], sys: FitSystematics, *, seed: int, step: str = "fit_cluster"
+) -> dict[str, np.ndarray]:
     """The posterior with the shared offsets: ``D``, ``sigma``, ``sigma_log`` (and ``pmra``/``pmdec``) include them.
 
     Adds ``D_stat``, ``sigma_stat``, ``sigma_log_stat`` (and ``pmra_stat``/
@@ -257,7 +267,7 @@ def add_systematics(posterior: Mapping[str, np.ndarray], sys: FitSystematics, *,
     plx = 1000.0 / d_app - offset
     if np.any(plx < _MIN_PARALLAX):
         warn(
-            f"fit_cluster: {np.mean(plx < _MIN_PARALLAX):.1%} of the draws put the cluster's true parallax at or "
+            f"{step}: {np.mean(plx < _MIN_PARALLAX):.1%} of the draws put the cluster's true parallax at or "
             f"below 0 once the systematic offset is added; they are kept at {_MIN_PARALLAX} mas (1 Mpc). "
             "The distance is not bounded above by these data."
         )

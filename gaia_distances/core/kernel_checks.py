@@ -124,9 +124,11 @@ def check_covariance_psd(
 
     The smallest eigenvalue of ``V(theta_ij)`` (with the kernel's magnitude
     scaling when ``g`` is given) must be at least ``-rtol`` times its largest
-    diagonal entry. Stars with a NaN position take no part; above
-    ``max_stars`` a seeded random subset is checked (a principal submatrix:
-    if it fails, the whole matrix does).
+    diagonal entry: the matrix plus that much on its diagonal must have a
+    Cholesky factor (the eigenvalues are computed only to report a failure).
+    Stars with a NaN position take no part; above ``max_stars`` a seeded
+    random subset is checked (a principal submatrix: if it fails, the whole
+    matrix does).
 
     Raises
     ------
@@ -149,8 +151,13 @@ def check_covariance_psd(
     s = None if s_all is None else s_all[keep]
     scales = None if s is None else (s[:, None], s[None, :])
     c = pair_covariance(kernel, ra[:, None], dec[:, None], ra[None, :], dec[None, :], scales=scales)
-    low = float(np.linalg.eigvalsh(c)[0])
     scale = float(np.max(np.diag(c)))
+    try:  # positive semi-definite to within rtol: a Cholesky factor with that jitter exists
+        np.linalg.cholesky(c + (rtol * scale) * np.eye(keep.size))
+        return
+    except np.linalg.LinAlgError:
+        pass
+    low = float(np.linalg.eigvalsh(c)[0])  # only to say by how much
     if low < -rtol * scale:
         widest = float(angular_separation(ra[:, None], dec[:, None], ra[None, :], dec[None, :]).max())
         raise ValueError(

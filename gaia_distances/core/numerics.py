@@ -34,6 +34,7 @@ __all__ = [
     "Array",
     "Chunk",
     "bisect",
+    "checked_integer",
     "chunk_length",
     "hermite",
     "hermite_derivative",
@@ -59,6 +60,21 @@ ONE_SIGMA_QUANTILES = (0.158655, 0.5, 0.841345)
 #: Column suffix -> index into :data:`ONE_SIGMA_QUANTILES`, in the order the
 #: columns are written (``*_median``, ``*_lo``, ``*_hi``).
 SUMMARY_LEVELS = {"median": 1, "lo": 0, "hi": 2}
+
+
+def checked_integer(name: str, value: Any, least: int = 1) -> int:
+    """``value`` as an ``int``, or ``ValueError`` naming option ``name``: an integer (not a bool) >= ``least``.
+
+    Examples
+    --------
+    >>> checked_integer("n_membership_draws", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_membership_draws must be an integer >= 1; got 0
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}; got {value!r}")
+    return int(value)
 
 
 def normal_log_pdf(x: Array, mu: Array, sd: Array, xp: Any = jnp) -> Array:

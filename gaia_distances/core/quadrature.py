@@ -50,6 +50,7 @@ from gaia_distances.core.numerics import (
     ONE_SIGMA_QUANTILES,
     Array,
     Chunk,
+    checked_integer,
     invert_cdf,
     likelihood_bracket,
     log_likelihood_offset,
@@ -322,10 +323,6 @@ def check_options(
     ValueError: n_nodes must be an integer >= 16; got 0
     """
 
-    def integer(name: str, value: Any, least: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}; got {value!r}")
-
     def number(name: str, value: Any, ok: Callable[[float], bool], what: str) -> None:
         try:
             x = float(value)
@@ -334,11 +331,11 @@ def check_options(
         if math.isnan(x) or not ok(x):
             raise ValueError(f"{name} must be {what}; got {value!r}")
 
-    integer("n_nodes", n_nodes, MIN_NODES)
-    integer("n_scan", n_scan, 3)
-    integer("chunk_size", chunk_size, 1)
+    checked_integer("n_nodes", n_nodes, MIN_NODES)
+    checked_integer("n_scan", n_scan, 3)
+    checked_integer("chunk_size", chunk_size, 1)
     if n_threads is not None:
-        integer("n_threads", n_threads, 1)
+        checked_integer("n_threads", n_threads, 1)
     if isinstance(quantiles, str | bytes) or not hasattr(quantiles, "__iter__"):
         raise ValueError(f"quantiles must be a sequence of probabilities; got {quantiles!r}")
     for q in quantiles:

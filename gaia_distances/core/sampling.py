@@ -159,7 +159,11 @@ SEED_LIMIT = 2**63
 def checked_seed(seed: Any) -> int:
     """``seed`` as an ``int``, or ``ValueError`` naming it: a non-negative integer (Python or NumPy), not a bool.
 
-    Every sampling function checks its seed with this before any work.
+    The public functions that draw at random check their seed with this
+    before any work: :func:`~gaia_distances.estimate_distances`, the cluster
+    fits, :func:`~gaia_distances.simulate_field`, ``ClusterFit.predictive``,
+    ``ClusterFit.predictive_proper_motions`` and
+    :func:`~gaia_distances.pm_plots.simulate_proper_motions`.
 
     Examples
     --------
