@@ -19,6 +19,9 @@ parallaxes ``w`` in mas, velocities in km/s, ``A_V`` = 4.740470446):
 Each star's own errors (``pmra_error``, ``pmdec_error`` and, where the fit
 carries it, ``pmra_pmdec_corr``) add to these; the parallax-proper-motion
 correlations are left out, as the figures work at the observed parallax. A
+fit whose stars have positions gives these in the field centre's frame
+(:func:`star_frames`), so the stars are turned to it for the vector-point
+diagram and the model's draws back to each star's frame for the predictive. A
 fit without proper motions raises ``ValueError``.
 """
 
