@@ -295,3 +295,9 @@ def test_simulations_and_predictives_refuse_a_bad_seed(seed):
         gd.simulate_field(10, seed=seed)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         pm_plots.simulate_proper_motions(object(), seed=seed)
+
+
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize("kinematics", ["yes", 1, None])
+def test_a_bad_kinematics_option_is_refused_before_any_work(field, no_work, fit, kinematics):
+    assert "kinematics must be True, False or 'auto'" in _message(FITS[fit], field, kinematics=kinematics)

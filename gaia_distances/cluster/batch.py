@@ -217,6 +217,7 @@ def fit_clusters(
     enable_compilation_cache()
     prior, seed, n_per_star, kernel = checked_fit_options(
         prior=prior,
+        kinematics=kinematics,
         field=field,
         systematics=systematics,
         parallax_offset_prior=parallax_offset_prior,

@@ -274,6 +274,7 @@ def fit_cluster(
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     prior, seed, n_per_star, kernel = checked_fit_options(
         prior=prior,
+        kinematics=kinematics,
         field=field,
         systematics=systematics,
         parallax_offset_prior=parallax_offset_prior,

@@ -32,6 +32,7 @@ class FitOptions(NamedTuple):
 def checked_fit_options(
     *,
     prior: Any,
+    kinematics: Any = "auto",
     field: Any,
     systematics: SystematicsSpec,
     parallax_offset_prior: Any,
@@ -53,6 +54,8 @@ def checked_fit_options(
         raise TypeError(
             f"prior must be a ClusterPriors (e.g. ClusterPriors.physical()) or None; got {type(prior).__name__}"
         )
+    if not any(kinematics is k for k in (True, False)) and kinematics != "auto":
+        raise ValueError(f"kinematics must be True, False or 'auto'; got {kinematics!r}")
     if field not in FIELDS:
         raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
     kernel = resolve_systematics(systematics)

@@ -174,7 +174,7 @@ def pm_columns_present(table: Any, kinematics: bool | str, *, step: str) -> bool
     :class:`~gaia_distances.MissingColumnsError`; ``"auto"`` warns when the
     table has proper motions but not their errors.
     """
-    if kinematics not in (True, False, "auto"):
+    if not any(kinematics is k for k in (True, False)) and kinematics != "auto":
         raise ValueError(f"kinematics must be True, False or 'auto'; got {kinematics!r}")
     missing = [c for c in PM_COLUMNS if c not in table.colnames]
     if kinematics is True and missing:
