@@ -96,6 +96,31 @@ def test_per_star_draw_counts_are_refused_before_any_work(field, no_work, fit, o
 
 
 @pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize(
+    ("option", "value", "least"),
+    [
+        ("num_samples", 2.5, 1),
+        ("num_samples", 0, 1),
+        ("num_chains", 0, 1),
+        ("num_chains", 1.0, 1),
+        ("num_warmup", -1, 0),
+    ],
+)
+def test_sampler_sizes_that_are_not_whole_numbers_are_refused_before_any_work(
+    field, no_work, fit, option, value, least
+):
+    assert f"{option} must be an integer >= {least}; got {value!r}" in _message(FITS[fit], field, **{option: value})
+
+
+def test_nuts_settings_take_no_fraction_of_a_draw():
+    from gaia_distances.core.sampling import nuts_settings
+
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1; got 2.5"):
+        nuts_settings("extended", num_samples=2.5)
+    assert nuts_settings("extended", num_warmup=0, num_samples=np.int64(7), num_chains=1)[:3] == (0, 7, 1)
+
+
+@pytest.mark.parametrize("fit", FITS)
 @pytest.mark.parametrize("seed", [-1, 1.5, "7", True, np.float64(3.0), 2**63])
 def test_a_bad_seed_is_refused_before_any_work(field, no_work, fit, seed):
     assert "seed must be a non-negative integer" in _message(FITS[fit], field, seed=seed)

@@ -224,6 +224,9 @@ def fit_clusters(
         seed=seed,
         n_quantile_draws=n_quantile_draws,
         n_membership_draws=n_membership_draws,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
     )
     names, parts, whole, rows = _split_groups(tables, group_by)
     if whole is not None:

@@ -281,6 +281,9 @@ def fit_cluster(
         seed=seed,
         n_quantile_draws=n_quantile_draws,
         n_membership_draws=n_membership_draws,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
     )
     if method == "joint" and parallax_limits is not None and truncate:
         raise ValueError(

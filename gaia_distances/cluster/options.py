@@ -39,6 +39,9 @@ def checked_fit_options(
     seed: Any,
     n_quantile_draws: Any,
     n_membership_draws: Any,
+    num_warmup: Any = None,
+    num_samples: Any = None,
+    num_chains: Any = None,
 ) -> FitOptions:
     """Check the options both cluster fits take; raise ``ValueError`` (``TypeError`` for a prior that is not
     a :class:`~gaia_distances.ClusterPriors`) naming the first bad one.
@@ -60,6 +63,13 @@ def checked_fit_options(
         raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
     kernel = resolve_systematics(systematics)
     resolve_offset_prior(parallax_offset_prior)
+    for name, value, least in (
+        ("num_warmup", num_warmup, 0),
+        ("num_samples", num_samples, 1),
+        ("num_chains", num_chains, 1),
+    ):
+        if value is not None:  # None: the sampler's default
+            checked_integer(name, value, least)
     n_member = checked_integer("n_membership_draws", n_membership_draws)
     n_quant = checked_integer("n_quantile_draws", n_quantile_draws)
     return FitOptions(prior, checked_seed(seed), (n_member, n_quant), kernel)

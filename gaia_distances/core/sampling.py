@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaia_distances.core.numerics import Array
+from gaia_distances.core.numerics import Array, checked_integer
 from gaia_distances.core.parallel import usable_cores
 
 __all__ = [
@@ -124,6 +124,9 @@ def nuts_settings(
     """The settings for ``method`` (a key of :data:`NUTS_DEFAULTS`), with ``None`` taken from its defaults.
 
     ``target_accept_prob`` defaults to :data:`TARGET_ACCEPT` (0.8 where not listed).
+    ``num_warmup`` (>= 0), ``num_samples`` and ``num_chains`` (>= 1) must be
+    integers: ``ValueError`` names the one that is not (``2.5`` is not taken
+    as 2).
 
     ``max_tree_depth`` defaults to 10 (1 023 leapfrog steps per draw), and to
     :data:`EXTENDED_MAX_TREE_DEPTH` for the extended models, whose tens of
@@ -138,15 +141,13 @@ def nuts_settings(
     if max_tree_depth is None:
         max_tree_depth = EXTENDED_MAX_TREE_DEPTH if method == "extended" else 10
     out = NutsSettings(
-        num_warmup=warmup if num_warmup is None else int(num_warmup),
-        num_samples=samples if num_samples is None else int(num_samples),
-        num_chains=chains if num_chains is None else int(num_chains),
+        num_warmup=warmup if num_warmup is None else checked_integer("num_warmup", num_warmup, 0),
+        num_samples=samples if num_samples is None else checked_integer("num_samples", num_samples),
+        num_chains=chains if num_chains is None else checked_integer("num_chains", num_chains),
         target_accept_prob=float(TARGET_ACCEPT.get(method, 0.8) if target_accept_prob is None else target_accept_prob),
         max_tree_depth=int(max_tree_depth),
         dense_mass=bool(dense_mass),
     )
-    if out.num_warmup < 0 or out.num_samples < 1 or out.num_chains < 1:
-        raise ValueError(f"NUTS needs num_warmup >= 0, num_samples >= 1 and num_chains >= 1; got {out}")
     if not 0.0 < out.target_accept_prob < 1.0:
         raise ValueError(f"target_accept_prob must lie in (0, 1); got {out.target_accept_prob}")
     return out
