@@ -20,6 +20,7 @@ __all__ = [
     "InvalidTableError",
     "as_table",
     "guess_format",
+    "json_default",
     "load_table",
     "output_format",
     "read_archive_json",
@@ -420,7 +421,7 @@ def _with_portable_meta(table: Table, fmt: str) -> Table:
     prov = out.meta.get(META_KEY)
     out.meta = {k: v for k, v in out.meta.items() if not isinstance(v, (dict, list))}
     if prov:
-        out.meta[PROVENANCE_KEY] = json.dumps(prov, default=_json_default)
+        out.meta[PROVENANCE_KEY] = json.dumps(prov, default=json_default)
     extras = _column_notes(out, fmt)
     if extras:
         out.meta[COLUMNS_KEY] = json.dumps(extras)
@@ -460,7 +461,8 @@ def _writable_unit(unit: Any, standard: str) -> bool:
     return True
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for provenance: NumPy scalars and arrays as numbers and lists, else ``str``."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

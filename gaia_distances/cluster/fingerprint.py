@@ -28,6 +28,7 @@ from astropy.table import Table
 from gaia_distances.cluster.stars import FittedStars
 from gaia_distances.columns import warn
 from gaia_distances.errors import PosteriorMismatchError
+from gaia_distances.io import json_default
 
 __all__ = [
     "FINGERPRINT_ATTR",
@@ -67,15 +68,7 @@ RECIPE = 2
 
 def _canonical(value: Any) -> str:
     """JSON with sorted keys, tuples as lists and NumPy scalars as Python numbers."""
-
-    def default(obj: Any) -> Any:
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        return str(obj)
-
-    return json.dumps(value, sort_keys=True, default=default)
+    return json.dumps(value, sort_keys=True, default=json_default)
 
 
 def fit_options(provenance: Mapping[str, Any]) -> dict[str, Any]:
