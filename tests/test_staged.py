@@ -186,3 +186,42 @@ def test_hopeless_draws_are_not_extended_and_crawling_ones_count_as_hopeless(mon
     out = sample_staged(*args, seed=1, check=failing)[0]
     assert out.z.shape[1] == SETTINGS.num_samples
     assert any("leapfrog steps per draw" in s and s.startswith("not extended") for s in out.stages)
+
+
+def test_the_chains_carry_their_log_density_and_gradient_through_a_new_whitening():
+    """The segment program takes each chain's state instead of differentiating the model again at its
+    start: the state it carries, also across a re-whitening, is the density and gradient at the chain's
+    place, as the potential itself gives them."""
+    import jax
+
+    from gaia_distances.core.nuts_segments import Chains
+
+    d = 4
+    data = _data([1.5], [[1.0, 2.0]])
+    settings = NutsSettings(num_warmup=10, num_samples=10, num_chains=2, target_accept_prob=0.65, max_tree_depth=5)
+    cov = np.diag([1.0, 2.0, 0.5, 3.0])
+    run = Chains(_banana_gen, np.zeros((1, d)), cov[None], data, settings, 0, "sequential", None)
+
+    def expected(x_cb):
+        one = {k: v[0] for k, v in data.items()}
+        centre, chol = (jnp.asarray(a[0], jnp.float32) for a in (run.centre, run.chol))
+
+        def f(x):
+            return -_banana_gen(centre, chol, one)(x)
+
+        value, grad = jax.value_and_grad(f)(jnp.asarray(x_cb, jnp.float32))
+        return float(value), np.asarray(grad, float)
+
+    def assert_carried():
+        for c in range(2):
+            value, grad = expected(run.x[c, 0])
+            assert run.logp[c, 0] == pytest.approx(value, rel=1e-5, abs=1e-5)
+            np.testing.assert_allclose(run.grad[c, 0], grad, rtol=1e-4, atol=1e-5)
+
+    assert_carried()  # the start
+    run.advance([15], adapt=True)
+    assert_carried()  # after NUTS iterations
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((d, d))
+    run.rewhiten(0, np.array([0.3, -0.2, 0.1, 0.0]), a @ a.T + np.eye(d))
+    assert_carried()  # in the new coordinates

@@ -8,9 +8,16 @@ step size by dual averaging or not; the step-size state, the whitening and
 ``n`` are arguments, so one compiled program (:func:`compile_segments`)
 serves every segment, and fields of equal padded size share it.
 
-:class:`Chains` holds the chains' positions, step-size states and whitening
-between segments and advances them; the chains run in a thread each on the CPU
-cores, vectorised on an accelerator, and problems are vectorised.
+:class:`Chains` holds the chains' states (position, log density and its
+gradient), step-size states and whitening between segments and advances them;
+the chains run in a thread each on the CPU cores, vectorised on an
+accelerator, and problems are vectorised. The program takes each chain's
+state rather than computing it: a second copy of the model's gradient (for
+the start of a segment) would cost a third of the program's compilation. The
+first state comes from the caller's ``initial`` function (the fit passes the
+MAP search's compiled gradient); a new whitening carries the state over
+exactly (the log density of a point does not change, its gradient turns with
+the coordinates).
 """
 
 from __future__ import annotations
@@ -33,26 +40,39 @@ from gaia_distances.core.sampling import (
     signature,
 )
 
-__all__ = ["INITIAL_STEP_SIZE", "Chains", "PotentialGen", "compile_segments"]
+__all__ = ["INITIAL_STEP_SIZE", "Chains", "InitialDensity", "PotentialGen", "compile_segments"]
 
 #: The step size the first segment starts from (whitened coordinates: the posterior's scale is about 1).
 INITIAL_STEP_SIZE = 0.5
 
 PotentialGen = Callable[..., Callable[[Array], Array]]
+#: ``initial(b, z)``: problem ``b``'s log posterior at ``z`` ``(d,)`` and its gradient in ``z`` (host arrays).
+InitialDensity = Callable[[int, np.ndarray], tuple[float, np.ndarray]]
 
 
 def _segment_program(potential_gen: PotentialGen, settings: NutsSettings, buffer: int) -> Callable[..., Any]:
     """``n`` NUTS iterations of one chain of one problem, adapting the step size or not; draws in a buffer."""
     from blackjax.adaptation.step_size import dual_averaging_adaptation
     from blackjax.mcmc import nuts
+    from blackjax.mcmc.hmc import HMCState
 
     kernel = nuts.build_kernel()
     _, da_update, _ = dual_averaging_adaptation(settings.target_accept_prob)
     doublings = settings.max_tree_depth
 
     def segment(
-        key: Array, x: Array, da: Any, n: Array, centre: Array, chol: Array, data: Any, adapt: Array, target: Array
-    ) -> tuple[Array, Any, Array, Array, Array]:
+        key: Array,
+        x: Array,
+        logp: Array,
+        grad: Array,
+        da: Any,
+        n: Array,
+        centre: Array,
+        chol: Array,
+        data: Any,
+        adapt: Array,
+        target: Array,
+    ) -> tuple[Array, Array, Array, Any, Array, Array, Array]:
         potential = potential_gen(centre, chol, data)
 
         def log_density(y: Array) -> Array:
@@ -61,7 +81,7 @@ def _segment_program(potential_gen: PotentialGen, settings: NutsSettings, buffer
         d = x.shape[0]
         unit = jnp.ones(d, x.dtype)
         carry0 = (
-            nuts.init(x, log_density),
+            HMCState(x, logp, grad),  # the caller's state: no gradient here but the integrator's
             da,
             jnp.zeros((buffer, d), x.dtype),
             jnp.zeros(buffer, jnp.int32),
@@ -85,7 +105,7 @@ def _segment_program(potential_gen: PotentialGen, settings: NutsSettings, buffer
             )
 
         state, da, draws, steps, div = jax.lax.fori_loop(0, n, body, carry0)
-        return state.position, da, draws, steps, div
+        return state.position, state.logdensity, state.logdensity_grad, da, draws, steps, div
 
     return segment
 
@@ -102,14 +122,14 @@ def _program(
     if n_problems == 1:
 
         def over_problems(*args: Any) -> Any:
-            first = [jax.tree_util.tree_map(lambda v: v[0], a) for a in args[:7]]
-            return jax.tree_util.tree_map(lambda v: v[None], one(*first, *args[7:]))
+            first = [jax.tree_util.tree_map(lambda v: v[0], a) for a in args[:9]]
+            return jax.tree_util.tree_map(lambda v: v[None], one(*first, *args[9:]))
 
     else:
-        over_problems = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None))
+        over_problems = jax.vmap(one, in_axes=(0,) * 9 + (None, None))
     if not vectorised:
         return over_problems
-    return jax.vmap(over_problems, in_axes=(0, 0, 0, None, None, None, None, None, None))
+    return jax.vmap(over_problems, in_axes=(0,) * 5 + (None,) * 6)
 
 
 #: The most iterations of one program call (its draws fill a buffer of this many); progress is reported
@@ -139,6 +159,8 @@ def _example_args(n_problems: int, n_chains: int, d: int, data: Any, dtype: Any,
     da = _da_init(np.full(lead, INITIAL_STEP_SIZE, dtype))
     return (
         key,
+        jnp.zeros((*lead, d), dtype),
+        jnp.zeros(lead, dtype),
         jnp.zeros((*lead, d), dtype),
         da,
         jnp.zeros(n_problems, jnp.int32),
@@ -188,6 +210,7 @@ class Chains:
         seed: int,
         chain_method: str | None,
         progress: Progress | None,
+        initial: InitialDensity | None = None,
     ) -> None:
         self.settings = settings
         self.method = resolve_chain_method(chain_method)
@@ -207,6 +230,22 @@ class Chains:
         self.target = settings.target_accept_prob  # dual averaging's target (raised after divergences)
         self.gradients = np.zeros((self.C, self.B), np.int64)
         self.progress = progress
+        self.logp, self.grad = self._initial_state(potential_gen, initial)
+
+    def _initial_state(
+        self, potential_gen: PotentialGen, initial: InitialDensity | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each chain's log density ``(C, B)`` and its gradient in ``x`` ``(C, B, d)`` at its start."""
+        if initial is None:
+            initial = _potential_density(potential_gen, self.data, self.dtype)
+        z = self.z_of(self.x[:, :, None])[:, :, 0]
+        logp = np.zeros((self.C, self.B))
+        grad = np.zeros((self.C, self.B, self.d))
+        for c in range(self.C):
+            for b in range(self.B):
+                value, g = initial(b, z[c, b])
+                logp[c, b], grad[c, b] = value, self.chol[b].T @ np.asarray(g, float)
+        return logp, grad
 
     # positions <-> z
     def z_of(self, x: np.ndarray) -> np.ndarray:
@@ -214,11 +253,14 @@ class Chains:
         return self.centre[None, :, None] + np.einsum("bij,cbnj->cbni", self.chol, x)
 
     def rewhiten(self, b: int, centre: np.ndarray, cov: np.ndarray) -> None:
-        """Problem ``b``'s new whitening; its chains keep their places in z."""
+        """Problem ``b``'s new whitening; its chains keep their places in z, their log densities, and their
+        gradients turned to the new coordinates."""
         z_now = self.centre[b] + self.x[:, b] @ self.chol[b].T
+        grad_z = np.linalg.solve(self.chol[b].T, self.grad[:, b].T).T
         chol = whitening(cov, self.d)
         self.centre[b], self.cov[b], self.chol[b] = centre, cov, chol
         self.x[:, b] = np.linalg.solve(chol, (z_now - centre).T).T
+        self.grad[:, b] = grad_z @ chol
 
     def restart_adaptation(self) -> None:
         """Dual averaging starts again from the step sizes reached."""
@@ -248,34 +290,49 @@ class Chains:
 
     def _call(self, m: np.ndarray, adapt: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keys = self.rng.integers(0, 2**32, size=(self.C, self.B, 2), dtype=np.uint32)  # raw PRNG keys
-        x = jnp.asarray(self.x, self.dtype)
+        x, logp0, grad0 = (jnp.asarray(a, self.dtype) for a in (self.x, self.logp, self.grad))
         centre, chol = jnp.asarray(self.centre, self.dtype), jnp.asarray(self.chol, self.dtype)
         n = jnp.asarray(m, jnp.int32)
         flag = jnp.asarray(adapt)
         target = jnp.asarray(self.target, self.dtype)
+        shared = (n, centre, chol, self.data, flag, target)
         if self.vectorised:
-            pos, da, draws, steps, div = self.program(keys, x, self.da, n, centre, chol, self.data, flag, target)
+            pos, logp, grad, da, draws, steps, div = self.program(keys, x, logp0, grad0, self.da, *shared)
         else:
 
             def run(c: int) -> Any:
                 da_c = jax.tree_util.tree_map(lambda v: v[c], self.da)
-                out = jax.block_until_ready(self.program(keys[c], x[c], da_c, n, centre, chol, self.data, flag, target))
+                out = jax.block_until_ready(self.program(keys[c], x[c], logp0[c], grad0[c], da_c, *shared))
                 if self.progress is not None:
                     self.progress(int(m.max()))
                 return out
 
             res = per_chain(run, self.C, self.method)
-            pos = np.stack([np.asarray(r[0]) for r in res])
-            da = jax.tree_util.tree_map(lambda *v: np.stack([np.asarray(x) for x in v]), *[r[1] for r in res])
-            draws = np.stack([np.asarray(r[2]) for r in res])
-            steps = np.stack([np.asarray(r[3]) for r in res])
-            div = np.stack([np.asarray(r[4]) for r in res])
+            pos, logp, grad = (np.stack([np.asarray(r[i]) for r in res]) for i in range(3))
+            da = jax.tree_util.tree_map(lambda *v: np.stack([np.asarray(x) for x in v]), *[r[3] for r in res])
+            draws, steps, div = (np.stack([np.asarray(r[i]) for r in res]) for i in range(4, 7))
         if self.vectorised and self.progress is not None:
             self.progress(int(m.max()) * self.C)
         self.x, self.da = np.asarray(pos, float), jax.tree_util.tree_map(np.asarray, da)
+        self.logp, self.grad = np.asarray(logp, float), np.asarray(grad, float)
         mask = np.arange(self.buffer)[None, None, :] < m[None, :, None]
         self.gradients += np.where(mask, np.asarray(steps), 0).sum(axis=2)
         return np.asarray(draws, float), np.asarray(steps), np.asarray(div)
 
     def step_sizes(self) -> np.ndarray:
         return np.exp(np.asarray(self.da.log_step_size_avg, float))  # (C, B)
+
+
+def _potential_density(potential_gen: PotentialGen, data: Any, dtype: Any) -> InitialDensity:
+    """``initial`` from the potential itself, for callers without a compiled gradient of their own (one
+    more program: the fit passes its search's instead)."""
+    d_of = jax.jit(
+        jax.value_and_grad(lambda z, data: -potential_gen(jnp.zeros_like(z), jnp.eye(z.size, dtype=z.dtype), data)(z))
+    )
+
+    def initial(b: int, z: np.ndarray) -> tuple[float, np.ndarray]:
+        data_b = jax.tree_util.tree_map(lambda v: v[b], data)
+        value, grad = d_of(jnp.asarray(z, dtype), data_b)
+        return float(value), np.asarray(grad, float)
+
+    return initial

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gaia_distances.core.diagnostics import ESS_MIN
-from gaia_distances.core.nuts_segments import Chains, PotentialGen
+from gaia_distances.core.nuts_segments import Chains, InitialDensity, PotentialGen
 from gaia_distances.core.sampling import NutsSettings, Progress
 
 __all__ = [
@@ -143,6 +143,7 @@ def sample_staged(
     extend: bool = True,
     progress: Progress | None = None,
     chain_method: str | None = None,
+    initial: InitialDensity | None = None,
 ) -> list[StagedDraws]:
     """Draws of ``B`` problems at once, each staged until converged (or its draws capped).
 
@@ -170,8 +171,12 @@ def sample_staged(
         stage 4.
     progress
         Called with the number of iterations done (every 50 per chain).
+    initial
+        ``initial(b, z)``: problem ``b``'s log posterior and its gradient at
+        ``z``, for the chains' starting states (default: a program compiled
+        from ``potential_gen``).
     """
-    run = Chains(potential_gen, centre, cov, data, settings, seed, chain_method, progress)
+    run = Chains(potential_gen, centre, cov, data, settings, seed, chain_method, progress, initial)
     B = run.B
     stages: list[list[str]] = [[] for _ in range(B)]
     pilot = max(int(round(settings.num_warmup * 2 / 3)), 0)
