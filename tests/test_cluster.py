@@ -228,7 +228,7 @@ def test_members_only_table_says_L_is_unconstrained():
 
 
 def test_field_without_cluster_says_so():
-    t = gd.simulate_field(1500, n_cluster=0, seed=7)
+    t = gd.simulate_field(2000, n_cluster=0, seed=7)  # pads to 2048 stars, as other fits of this model do
     with pytest.warns(gd.GaiaDistancesWarning, match="no cluster signal"):
         fit = gd.fit_cluster(t, kinematics=False, field="edsd", zero_point="parallax_zeropoint_true", num_samples=300)
     assert "no cluster signal" in fit.summary().meta["status"]
@@ -528,11 +528,26 @@ def test_diagnose_is_pure_and_the_warning_comes_from_one_place():
         warn_problems("marginal", d["warnings"])
 
 
-def test_bad_diagnostics_warn_once_and_a_rebuilt_fit_does_not_warn_again(tmp_path):
+def test_bad_diagnostics_warn_once_and_a_rebuilt_fit_does_not_warn_again(tmp_path, monkeypatch):
+    import gaia_distances.cluster.fit as fit_module
+
     t = gd.simulate_field(400, n_cluster=100, seed=3)
     kw = dict(zero_point="parallax_zeropoint_true", num_warmup=30, num_samples=40, seed=5)
+    counts = {}
+    for name in ("precompile_per_star", "per_star_results"):
+        real = getattr(fit_module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            counts[_name] = (kwargs["n_member"], kwargs["n_quant"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(fit_module, name, spy)
     with pytest.warns(gd.GaiaDistancesWarning, match=r"ESS < 400 for .*D"):
         fit = gd.fit_cluster(t, kinematics=False, field="edsd", **kw)
+    # the chains were extended beyond 2 x 40 draws; the per-star programs still run with the
+    # 80 draws they were compiled for during the search, instead of compiling again
+    assert fit.draws.shape[1] > 40
+    assert counts["per_star_results"] == counts["precompile_per_star"] == (80, 32)
     # equal seeds, equal results
     again = _quiet(gd.fit_cluster, t, kinematics=False, field="edsd", **kw)
     np.testing.assert_array_equal(fit.draws, again.draws)

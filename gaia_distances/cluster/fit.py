@@ -235,7 +235,8 @@ def fit_cluster(
     n_quantile_draws, n_membership_draws
         Posterior draws averaged (Rao-Blackwellised) for each star's
         cluster-model distance quantiles and membership probability:
-        integers >= 1 (at most the number of draws are used).
+        integers >= 1 (at most ``num_chains * num_samples``, evenly thinned
+        from every draw, also when the sampler extended its chains).
     overwrite
         Replace columns the table already has under the names of the fit's
         per-star columns (``membership_prob``, ``cluster_distance_median``,
@@ -347,7 +348,7 @@ def fit_cluster(
         },
         settings=settings,
         seed=seed,
-        n_per_star=n_per_star,
+        n_per_star=compiled,  # what the per-star programs were compiled for, also after an extension
         clock=clock,
         systematics=kernel,
         offset_prior=parallax_offset_prior,
