@@ -49,7 +49,7 @@ MIN_COMPILE_TIME_S = 0.2
 _OFF = ("", "0", "off", "false", "no", "none")
 
 _lock = threading.Lock()
-_choice: Path | bool | None = None  # set_compilation_cache's argument, once called
+_choice: Path | bool | None = None  # set_compilation_cache's argument (None: the environment's)
 _active: Path | None = None  # the folder this module gave JAX
 
 
@@ -97,8 +97,9 @@ def _apply(folder: Path | None) -> Path | None:
     return folder
 
 
-def set_compilation_cache(folder: str | os.PathLike[str] | bool = True) -> Path | None:
-    """Turn the persistent compilation cache on (``True``: the default folder; or a folder) or off (``False``).
+def set_compilation_cache(folder: str | os.PathLike[str] | bool | None = True) -> Path | None:
+    """Turn the persistent compilation cache on (``True``: the default folder; or a folder) or off (``False``);
+    ``None`` returns to what ``$GAIA_DISTANCES_JAX_CACHE`` (or its absence) says.
 
     It takes effect at once and wins over ``$GAIA_DISTANCES_JAX_CACHE``.
     Returns the folder in use (``None``: off).
@@ -111,10 +112,11 @@ def set_compilation_cache(folder: str | os.PathLike[str] | bool = True) -> Path 
     True
     >>> set_compilation_cache(False) is None
     True
+    >>> _ = set_compilation_cache(None)  # back to the environment's choice
     """
     global _choice
-    if isinstance(folder, bool):
-        choice: Path | bool = folder
+    if folder is None or isinstance(folder, bool):
+        choice: Path | bool | None = folder
     else:
         choice = Path(folder).expanduser()
     with _lock:
