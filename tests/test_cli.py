@@ -18,7 +18,7 @@ from gaia_distances.io import write_table
 #: A small, quick cluster fit: the reference model (its programs compile fastest) and short chains. The demo
 #: and the cluster test fit the same simulated field (DEMO_FIELD) with these settings, so that, in one process,
 #: they share compiled programs.
-SMALL_FIT = ["--kinematics", "off", "--field", "edsd", "--num-warmup", "150", "--num-samples", "150"]
+SMALL_FIT = ["--kinematics", "off", "--field", "edsd", "--num-warmup", "150", "--num-samples", "200"]
 DEMO_FIELD = {"n_field": 300, "n_cluster": 100, "seed": 42}
 
 

@@ -25,7 +25,7 @@ def fit():
         warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
         t = gd.estimate_distances(gd.apply_zeropoint(t, fallback=-0.017), prior=gd.EDSD(1350.0))
         return gd.fit_cluster(
-            t, kinematics=False, field="edsd", num_warmup=150, num_samples=150, seed=3, progress=False
+            t, kinematics=False, field="edsd", num_warmup=150, num_samples=200, seed=3, progress=False
         )
 
 

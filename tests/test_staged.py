@@ -198,9 +198,8 @@ def test_the_chains_carry_their_log_density_and_gradient_through_a_new_whitening
 
     d = 4
     data = _data([1.5], [[1.0, 2.0]])
-    settings = NutsSettings(num_warmup=10, num_samples=10, num_chains=2, target_accept_prob=0.65, max_tree_depth=5)
     cov = np.diag([1.0, 2.0, 0.5, 3.0])
-    run = Chains(_banana_gen, np.zeros((1, d)), cov[None], data, settings, 0, "sequential", None)
+    run = Chains(_banana_gen, np.zeros((1, d)), cov[None], data, SETTINGS, 0, "sequential", None)
 
     def expected(x_cb):
         one = {k: v[0] for k, v in data.items()}
