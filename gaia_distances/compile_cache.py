@@ -20,6 +20,14 @@ processes load those programs instead of compiling them again:
 Entries are keyed by the program, the JAX and XLA versions and the machine,
 so a stale or foreign entry is never used; reads and writes hold a file lock,
 so concurrent processes can share the folder. Nothing happens at import.
+
+JAX finds a compiled program by the program itself, so a fresh process would
+still trace every program of a fit (run the model's Python) to find it. The
+fit's programs are therefore also kept traced, in the folder's
+``gaia_distances-exports`` subfolder (:mod:`gaia_distances.core.exported`,
+``jax.export``), keyed by the model, the shapes and a fingerprint of the
+package's source and of the JAX, numpyro and blackjax versions; turning the
+cache off turns that off too.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
@@ -121,3 +123,90 @@ def test_concurrent_processes_share_one_folder(tmp_path):
     assert not any("Error" in err and "cache" in err for _, err in outs), [o[1][-2000:] for o in outs]
     later = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300, check=True)
     assert int(later.stdout.strip().splitlines()[-1]) >= 1
+
+
+# --------------------------------------------------------------------------- traced programs kept on disk
+
+
+class _Pair(NamedTuple):
+    a: object
+    b: object
+
+
+def _counted(calls):
+    import jax.numpy as jnp
+
+    def fn(x, pair):
+        calls.append(1)  # runs only while JAX traces the function
+        return _Pair(jnp.sin(x) * pair.a, (x * pair.b).sum())
+
+    return fn
+
+
+def _args(n=5):
+    import jax.numpy as jnp
+
+    return jnp.linspace(0.0, 1.0, n, dtype=jnp.float32), _Pair(jnp.float32(2.0), jnp.arange(n, dtype=jnp.float32))
+
+
+def test_a_program_is_traced_once_and_read_back_by_a_later_process(cache_state):
+    """A fresh :class:`Program` (as in a new process) reads the stored trace: the Python function is not
+    traced again, and the results, pytrees included, are the traced program's."""
+    from gaia_distances.core.exported import Program, export_folder
+
+    compile_cache.set_compilation_cache(cache_state / "c")
+    calls: list[int] = []
+    first = Program("test_sin", _counted(calls), "parts", 1)(*_args())
+    assert len(calls) == 1 and len(list(export_folder().glob("*.jaxexport"))) == 1
+    again = Program("test_sin", _counted(calls), "parts", 1)
+    out = again(*_args())
+    assert len(calls) == 1  # read back, not traced
+    assert isinstance(out, _Pair)
+    np.testing.assert_array_equal(np.asarray(out.a), np.asarray(first.a))
+    assert float(out.b) == float(first.b)
+    # another shape, another name or other parts: traced and stored apart
+    again(*_args(7))
+    Program("test_sin", _counted(calls), "parts", 2)(*_args())
+    Program("test_cos", _counted(calls), "parts", 1)(*_args())
+    assert len(calls) == 4 and len(list(export_folder().glob("*.jaxexport"))) == 4
+
+
+def test_a_damaged_stored_program_is_traced_again_and_replaced(cache_state):
+    from gaia_distances.core.exported import Program, export_folder
+
+    compile_cache.set_compilation_cache(cache_state / "c")
+    calls: list[int] = []
+    expected = Program("test_sin", _counted(calls), 0)(*_args())
+    (path,) = export_folder().glob("*.jaxexport")
+    path.write_bytes(b"not a program")
+    out = Program("test_sin", _counted(calls), 0)(*_args())
+    assert len(calls) == 2 and float(out.b) == float(expected.b)
+    assert Program("test_sin", _counted(calls), 0)(*_args()) is not None and len(calls) == 2  # replaced
+
+
+def test_without_the_compilation_cache_nothing_is_stored(cache_state):
+    from gaia_distances.core.exported import Program, export_folder
+
+    compile_cache.set_compilation_cache(False)
+    assert export_folder() is None
+    calls: list[int] = []
+    Program("test_sin", _counted(calls), 0)(*_args())
+    Program("test_sin", _counted(calls), 0)(*_args())
+    assert len(calls) == 2
+
+
+def test_a_program_that_cannot_be_exported_still_runs(cache_state):
+    """A host callback cannot be serialised: such a program is traced as before, and nothing is stored."""
+    import jax.numpy as jnp
+
+    from gaia_distances.core.exported import Program, export_folder
+
+    compile_cache.set_compilation_cache(cache_state / "c")
+
+    def with_callback(x):
+        y = jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+        return y + 1
+
+    out = Program("test_callback", with_callback, 0)(jnp.ones(3, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(out), [3.0, 3.0, 3.0])
+    assert not list(export_folder().glob("*.jaxexport"))

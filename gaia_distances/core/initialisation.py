@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.exported import Program
 from gaia_distances.core.likelihood import StarData, log_posterior
+from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import N_PARAMS, ClusterModel, ClusterPriors, Population, from_population
 
 __all__ = [
@@ -150,15 +152,25 @@ def map_candidates(
     return Candidates(z, tuple(peaks))
 
 
+def _blocked(z: Array, data: StarData, *, priors: ClusterModel | ClusterPriors) -> Array:
+    return log_posterior(z, data, priors, blocked=True)
+
+
 @functools.lru_cache(maxsize=16)
 def value_and_grad(priors: ClusterModel | ClusterPriors) -> Any:
     """The jitted ``(z, data) -> (log posterior, gradient)`` of a model (compiled once per model and shape)."""
-    return jax.jit(jax.value_and_grad(lambda z, data: log_posterior(z, data, priors, blocked=True)))
+    return Program(
+        "value_and_grad", jax.value_and_grad(lambda z, data: log_posterior(z, data, priors, blocked=True)), priors
+    )
 
 
 @functools.lru_cache(maxsize=16)
 def _batched_value(priors: ClusterModel | ClusterPriors) -> Any:
-    return jax.jit(jax.vmap(lambda z, data: log_posterior(z, data, priors, blocked=True), in_axes=(0, None)))
+    return Program(
+        "batched_value",
+        jax.vmap(lambda z, data: log_posterior(z, data, priors, blocked=True), in_axes=(0, None)),
+        priors,
+    )
 
 
 def score_candidates(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
@@ -206,7 +218,9 @@ NEWTON_DECREMENT = 1e-3
 
 @functools.lru_cache(maxsize=16)
 def _hessian_program(priors: ClusterModel | ClusterPriors) -> Any:
-    return jax.jit(jax.jacrev(jax.grad(lambda z, data: log_posterior(z, data, priors, blocked=True))))
+    return Program(
+        "hessian", jax.jacrev(jax.grad(lambda z, data: log_posterior(z, data, priors, blocked=True))), priors
+    )
 
 
 def hessian(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:

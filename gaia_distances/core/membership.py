@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.components import mixture_log_prior_u
+from gaia_distances.core.exported import Program
 from gaia_distances.core.field_table import precompute_field_nodes
 from gaia_distances.core.likelihood import (
     StarData,
@@ -144,7 +145,7 @@ def _per_star_functions(priors: ClusterModel | ClusterPriors) -> tuple[Any, Any]
     def quant(zs: Array, data: StarData, grid: Array) -> Array:
         return cluster_model_quantiles(zs, data, priors, grid, ONE_SIGMA_QUANTILES)
 
-    return jax.jit(membership), jax.jit(quant)
+    return Program("membership", membership, priors), Program("quantiles", quant, priors)
 
 
 def _chunk_data(data: StarData, index: np.ndarray) -> StarData:
@@ -214,7 +215,7 @@ def log_odds_program(priors: ClusterModel | ClusterPriors) -> Any:
     def at(zs: Array, data: StarData) -> Array:
         return jax.lax.map(lambda z: membership_log_odds(to_population(z, priors), data), zs).max(axis=0)
 
-    return jax.jit(at)
+    return Program("log_odds", at, priors)
 
 
 def max_log_odds(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:

@@ -125,6 +125,7 @@ def whitened_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
         # which is the posterior width of ln D, and the sampler diverges
         return lambda x: -log_posterior(centre + jnp.matmul(chol, x, precision=jax.lax.Precision.HIGHEST), data, priors)
 
+    gen.export_name = ("whitened_potential", priors)  # type: ignore[attr-defined]  # what it computes, for Program
     return gen
 
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.exported import Program
 from gaia_distances.core.initialisation import whitening
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.sampling import (
@@ -194,7 +195,11 @@ def compile_segments(
         settings.num_chains if vectorised else 0,
         signature(args),
     )
-    return compile_cached(key, _program(potential_gen, settings, buffer, vectorised, n_problems), args)
+    program: Any = _program(potential_gen, settings, buffer, vectorised, n_problems)
+    name = getattr(potential_gen, "export_name", None)  # a stable description: kept on disk (Program)
+    if name is not None:
+        program = Program("nuts_segments", program, name, *key[2:7])
+    return compile_cached(key, program, args)
 
 
 class Chains:

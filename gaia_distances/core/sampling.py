@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.exported import Program
 from gaia_distances.core.numerics import Array, checked_integer
 from gaia_distances.core.parallel import usable_cores
 
@@ -226,6 +227,8 @@ def compile_cached(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]
     """``fn`` (jitted here unless it already is) compiled for ``args``, kept in the shared cache."""
 
     def build() -> Any:
+        if isinstance(fn, Program):
+            return fn.compiled(args)  # read back from disk when a process stored it before
         jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
         return jitted.lower(*args).compile()  # type: ignore[attr-defined]
 

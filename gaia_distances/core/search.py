@@ -29,17 +29,18 @@ covariance at the best.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.optimize import minimize
 
+from gaia_distances.core.exported import Program
 from gaia_distances.core.initialisation import (
     NEWTON_DECREMENT,
     MapResult,
@@ -305,8 +306,13 @@ def _distinct(z1: np.ndarray, z2: np.ndarray, model: ClusterModel) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=16)
+def _log_prior_program(model: ClusterModel) -> Program:
+    return Program("log_prior", lambda z: log_prior(z, model), model)
+
+
 def _log_prior_fn(model: ClusterModel, dtype: Any) -> Callable[[np.ndarray], float]:
-    fn = jax.jit(lambda z: log_prior(z, model))
+    fn = _log_prior_program(model)
     return lambda z: float(fn(jnp.asarray(z, dtype)))
 
 
