@@ -326,3 +326,24 @@ def test_simulations_and_predictives_refuse_a_bad_seed(seed):
 @pytest.mark.parametrize("kinematics", ["yes", 1, None])
 def test_a_bad_kinematics_option_is_refused_before_any_work(field, no_work, fit, kinematics):
     assert "kinematics must be True, False or 'auto'" in _message(FITS[fit], field, kinematics=kinematics)
+
+
+def test_the_convergence_numbers_are_arviz_own():
+    """``ess_rhat`` uses ArviZ's array estimators (arviz_stats, without importing ArviZ itself): the same
+    bulk ESS, tail ESS and rank-normalised split R-hat as ``arviz.ess`` and ``arviz.rhat``."""
+    import arviz as az
+
+    from gaia_distances.core.diagnostics import ess_rhat
+
+    rng = np.random.default_rng(5)
+    for rho, n in ((0.0, 1000), (0.9, 400), (0.99, 300)):
+        x = np.zeros((3, n))
+        for i in range(1, n):
+            x[:, i] = rho * x[:, i - 1] + rng.standard_normal(3)
+        x[2] += 0.3  # a chain apart: R-hat above 1
+        bulk, tail, rhat = ess_rhat(x)
+        assert bulk == pytest.approx(float(az.ess(x, method="bulk")), rel=1e-9)
+        assert tail == pytest.approx(float(az.ess(x, method="tail")), rel=1e-9)
+        assert rhat == pytest.approx(float(az.rhat(x)), rel=1e-9)
+    assert math.isnan(ess_rhat(np.ones((2, 100)))[2])  # draws that never change: R-hat undefined
+    assert math.isnan(ess_rhat(rng.standard_normal((1, 100)))[2])  # R-hat of one chain

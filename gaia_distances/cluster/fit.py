@@ -397,10 +397,10 @@ def _find_start(
 
 
 def _prepare_sampler(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
-    """Compile what the sampler needs before the MAP is known, and import arviz (about 2 s the first time;
-    the convergence checks use it)."""
+    """Compile what the sampler needs before the MAP is known, and import the convergence checks'
+    estimators (``arviz_stats``, a second the first time)."""
     compile_marginal(data, prior, settings)
-    import arviz  # noqa: F401
+    import arviz_stats.base  # noqa: F401
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The one convergence rule for every NUTS run in the package (NumPy, with arviz's estimators).
+"""The one convergence rule for every NUTS run in the package (NumPy, with ArviZ's estimators).
 
 Following Vehtari et al. (2021), a run is trusted when the rank-normalised
 split R-hat of every reported quantity is at most :data:`RHAT_MAX` and its
@@ -8,7 +8,10 @@ percentiles), with no divergent transitions; where the tail ESS is given
 (the 5 % and 95 % quantiles' ESS), it must reach :data:`ESS_MIN` too.
 R-hat compares chains, so a single chain is judged by its ESS and
 divergences alone, and says so (:data:`SINGLE_CHAIN`).
-:func:`ess_rhat` estimates the three numbers for one quantity;
+:func:`ess_rhat` estimates the three numbers for one quantity (``arviz_stats``,
+the ArviZ project's array functions: the same estimators as ``arviz.ess`` and
+``arviz.rhat``, without importing ArviZ's plotting and data layers, about 2 s
+of a fresh process's fit);
 :func:`convergence_problems` lists what fails; the user-facing layer decides
 how to warn.
 """
@@ -27,6 +30,7 @@ __all__ = [
     "SIGMA_LOG_FIELD",
     "SINGLE_CHAIN",
     "SIGMA_V_FIELD",
+    "TAIL_QUANTILES",
     "convergence_problems",
     "ess_rhat",
     "finite_or_nan",
@@ -37,6 +41,8 @@ __all__ = [
 RHAT_MAX = 1.01
 #: Smallest acceptable bulk effective sample size.
 ESS_MIN = 400
+#: The quantiles whose effective sample size is the tail ESS (ArviZ's default).
+TAIL_QUANTILES = (0.05, 0.95)
 #: What a single chain's diagnostics say of R-hat: it is not checked, and why.
 SINGLE_CHAIN = "R-hat not checked, as it needs two or more chains and num_chains=1"
 #: A cluster's depth above this (in ln r, i.e. 25 % of its distance) is that of a field population.
@@ -147,16 +153,18 @@ def ess_rhat(draws: np.ndarray) -> tuple[float, float, float]:
     >>> bool(bulk > 1500 and tail > 1500 and rhat < 1.01)
     True
     """
-    import arviz as az
+    from arviz_stats.base import array_stats
 
     x = np.asarray(draws, float)
     if x.ndim != 2 or x.shape[1] <= 3 or not np.all(np.isfinite(x)):
         return math.nan, math.nan, math.nan
+    axes = {"chain_axis": 0, "draw_axis": 1}
     with np.errstate(all="ignore"), warnings.catch_warnings():  # constant draws give NaN, reported as such
         warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = float(az.rhat(x)) if x.shape[0] >= 2 else math.nan  # arviz logs a warning for one chain
-        ess = float(az.ess(x, method="bulk")), float(az.ess(x, method="tail"))
-    return finite_or_nan(ess[0]), finite_or_nan(ess[1]), finite_or_nan(rhat)
+        rhat = float(array_stats.rhat(x, method="rank", **axes)) if x.shape[0] >= 2 else math.nan
+        bulk = float(array_stats.ess(x, method="bulk", **axes))
+        tail = float(array_stats.ess(x, method="tail", prob=TAIL_QUANTILES, **axes))
+    return finite_or_nan(bulk), finite_or_nan(tail), finite_or_nan(rhat)
 
 
 def finite_or_nan(value: float) -> float:
