@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "GAIA_DISTANCES_JAX_CACHE"
 #: Largest size of the cache folder; least recently used entries go beyond it.
 MAX_SIZE_BYTES = 2 * 1024**3
-#: Programs that compile faster than this (s) are not worth a file.
-MIN_COMPILE_TIME_S = 0.2
+#: Programs that compile faster than this (s) are not kept. Small ones are: reading one back takes
+#: about 5 ms, compiling it about 17 ms, and a fresh process's fit compiles some seventy of them.
+MIN_COMPILE_TIME_S = 0.0
 _OFF = ("", "0", "off", "false", "no", "none")
 
 _lock = threading.Lock()

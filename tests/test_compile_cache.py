@@ -35,7 +35,7 @@ def cache_state(monkeypatch, tmp_path):
 
 
 def _compile_something(scale: float) -> None:
-    """A program slow enough to compile (> 0.2 s) to be written to the cache."""
+    """A program for the cache (compiled in a noticeable time, as a fit's are)."""
     import jax.numpy as jnp
 
     def f(x):
