@@ -142,9 +142,10 @@ def no_cluster_signal(posterior: Mapping[str, np.ndarray], n_stars: int) -> list
 def ess_rhat(draws: np.ndarray) -> tuple[float, float, float]:
     """Bulk ESS, tail ESS and rank-normalised split R-hat of one quantity's draws ``(chains, draws)``.
 
-    NaN where they are undefined: four draws per chain or fewer, non-finite
-    draws, or draws that never change; R-hat also for a single chain (the
-    ESS are defined for one chain).
+    NaN where they are undefined: four draws per chain or fewer, or non-finite
+    draws; R-hat also for a single chain (the ESS are defined for one chain)
+    and for draws that never change (whose ESS is, as ArviZ counts it, the
+    number of draws).
 
     Examples
     --------
