@@ -9,7 +9,9 @@ package imported from this tree or from a ``git worktree`` of ``--baseline``
   a cold process (an empty compilation cache), a warm one (the cache the
   cold one filled; for the baseline, JAX's own cache pointed at the same kind
   of folder, so that both get the same help), and a second fit of a field of
-  similar size (NGC 2301, 2 549 rows) in the warm process;
+  similar size (NGC 2301, 2 549 rows) in the warm process, then the first
+  fit again in that process (nothing left to load or trace: the floor of a
+  warm fit);
 - ``sparse``: the 1 % cluster in a 40 000-star G < 20 cone (``bench_kinematics
   --cases sparse``), precision and recall of ``membership_prob > 0.5``;
 - ``demo``: ``gaia-distances demo`` end to end in a fresh process with an
@@ -85,7 +87,12 @@ def worker(case: str) -> list[dict[str, Any]]:
         other = _quiet_load(gd, "ngc2301")
         first = _fit_record(gd, t, seed=0)
         second = _fit_record(gd, other, seed=1)
-        for name, rec in (("first fit (NGC 2437)", first), ("second fit (NGC 2301)", second)):
+        repeat = _fit_record(gd, t, seed=0)  # nothing left to load or trace: the floor of a warm fit
+        for name, rec in (
+            ("first fit (NGC 2437)", first),
+            ("second fit (NGC 2301)", second),
+            ("the first fit again, same process (NGC 2437)", repeat),
+        ):
             rec.pop("fit")
             out.append({"what": name, **rec})
     elif case == "sparse":
