@@ -153,22 +153,21 @@ def map_candidates(
 
 
 def _blocked(z: Array, data: StarData, *, priors: ClusterModel | ClusterPriors) -> Array:
+    """The log posterior, summed block by block: what the search's programs differentiate."""
     return log_posterior(z, data, priors, blocked=True)
 
 
 @functools.lru_cache(maxsize=16)
 def value_and_grad(priors: ClusterModel | ClusterPriors) -> Any:
     """The jitted ``(z, data) -> (log posterior, gradient)`` of a model (compiled once per model and shape)."""
-    return Program(
-        "value_and_grad", jax.value_and_grad(lambda z, data: log_posterior(z, data, priors, blocked=True)), priors
-    )
+    return Program("value_and_grad", jax.value_and_grad(functools.partial(_blocked, priors=priors)), priors)
 
 
 @functools.lru_cache(maxsize=16)
 def _batched_value(priors: ClusterModel | ClusterPriors) -> Any:
     return Program(
         "batched_value",
-        jax.vmap(lambda z, data: log_posterior(z, data, priors, blocked=True), in_axes=(0, None)),
+        jax.vmap(functools.partial(_blocked, priors=priors), in_axes=(0, None)),
         priors,
     )
 
@@ -218,9 +217,7 @@ NEWTON_DECREMENT = 1e-3
 
 @functools.lru_cache(maxsize=16)
 def _hessian_program(priors: ClusterModel | ClusterPriors) -> Any:
-    return Program(
-        "hessian", jax.jacrev(jax.grad(lambda z, data: log_posterior(z, data, priors, blocked=True))), priors
-    )
+    return Program("hessian", jax.jacrev(jax.grad(functools.partial(_blocked, priors=priors))), priors)
 
 
 def hessian(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
