@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
-__all__ = ["KEEP_COMPILED", "MAX_FILES", "Program", "export_folder", "fingerprint"]
+__all__ = ["KEEP_COMPILED", "MAX_FILES", "CompiledCache", "Program", "export_folder", "fingerprint", "signature"]
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,44 @@ def export_folder() -> Path | None:
     return Path(cache) / "gaia_distances-exports" if cache else None
 
 
-def _signature(args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    return treedef, tuple((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
+def signature(tree: Any) -> tuple[Any, tuple[Any, ...]]:
+    """A pytree's structure and its leaves' shapes and dtypes: what a compiled program is specific to."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
+
+
+class CompiledCache(OrderedDict):
+    """Compiled programs by key, least recently used dropped beyond ``maxsize``; each built once.
+
+    Fitting many fields of different sizes one by one compiles a program per
+    size; an unbounded cache would keep every executable (and its memory
+    mappings) alive until the process runs out. Programs of different keys
+    build side by side; a second caller of a key being built waits for it.
+    """
+
+    def __init__(self, maxsize: int = 48) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+        self.lock = threading.RLock()
+        self._building: dict[Any, threading.Lock] = {}
+
+    def get_or_compile(self, key: Any, build: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return super().__getitem__(key)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self.lock:
+                if key in self:
+                    return super().__getitem__(key)
+            value = build()  # outside the cache's lock: compiles of different programs overlap
+            with self.lock:
+                self[key] = value
+                self._building.pop(key, None)
+                while len(self) > self.maxsize:
+                    self.popitem(last=False)
+        return value
 
 
 class Program:
@@ -87,32 +123,15 @@ class Program:
         self.name = name
         self.parts = parts
         self.jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-        self._compiled: OrderedDict[Any, Callable[..., Any]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._building: dict[Any, threading.Lock] = {}
+        self._compiled = CompiledCache(KEEP_COMPILED)
 
     def __call__(self, *args: Any) -> Any:
         return self.compiled(args)(*args)
 
     def compiled(self, args: tuple[Any, ...]) -> Callable[..., Any]:
         """The program compiled for ``args``' shapes and dtypes (values are not used)."""
-        sig = _signature(args)
-        with self._lock:
-            if sig in self._compiled:
-                self._compiled.move_to_end(sig)
-                return self._compiled[sig]
-            building = self._building.setdefault(sig, threading.Lock())
-        with building:  # one build per shape; other shapes build side by side
-            with self._lock:
-                if sig in self._compiled:
-                    return self._compiled[sig]
-            run = self._build(args, sig)
-            with self._lock:
-                self._compiled[sig] = run
-                self._building.pop(sig, None)
-                while len(self._compiled) > KEEP_COMPILED:
-                    self._compiled.popitem(last=False)
-        return run
+        sig = signature(args)
+        return self._compiled.get_or_compile(sig, lambda: self._build(args, sig))
 
     def _key(self, sig: Any) -> str:
         x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]

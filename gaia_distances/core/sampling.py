@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaia_distances.core.exported import Program
+from gaia_distances.core.exported import CompiledCache, Program, signature
 from gaia_distances.core.numerics import Array, checked_integer
 from gaia_distances.core.parallel import usable_cores
 
@@ -193,34 +192,7 @@ class ChainResult(NamedTuple):
 # --------------------------------------------------------------------------- compiled programs
 
 
-class _CompiledCache(OrderedDict):
-    """Compiled programs by signature, least recently used dropped beyond ``maxsize``.
-
-    Fitting many fields of different sizes one by one compiles a program per
-    size; an unbounded cache would keep every executable (and its memory
-    mappings) alive until the process runs out.
-    """
-
-    def __init__(self, maxsize: int = 48) -> None:
-        super().__init__()
-        self.maxsize = maxsize
-        self.lock = threading.RLock()
-
-    def get_or_compile(self, key: Any, build: Callable[[], Any]) -> Any:
-        with self.lock:
-            if key in self:
-                self.move_to_end(key)
-                return super().__getitem__(key)
-        value = build()  # outside the lock: compiles of different programs overlap
-        with self.lock:
-            self[key] = value
-            self.move_to_end(key)
-            while len(self) > self.maxsize:
-                self.popitem(last=False)
-        return value
-
-
-_COMPILED = _CompiledCache()
+_COMPILED = CompiledCache()
 
 
 def compile_cached(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -233,11 +205,6 @@ def compile_cached(cache_key: Any, fn: Callable[..., Any], args: tuple[Any, ...]
         return jitted.lower(*args).compile()  # type: ignore[attr-defined]
 
     return _COMPILED.get_or_compile(cache_key, build)
-
-
-def signature(tree: Any) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
 
 
 def aot_call(fn: Callable[..., Any], *args: Any) -> Any:
