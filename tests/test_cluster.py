@@ -100,10 +100,12 @@ def test_cluster_integral_keeps_float32_accuracy_for_unresolved_depths():
     def total(log_D, log_sigma, dtype):
         return cluster_log_likelihood(jnp.asarray(w, dtype), jnp.asarray(s, dtype), log_D, log_sigma).sum()
 
+    # one program per precision (eager, each operation would compile on its own)
+    value_and_grad = jax.jit(jax.value_and_grad(total, argnums=(0, 1)), static_argnums=2)
     for log_sigma in (-6.0, -9.0, -12.0):
         with x64():
-            ref, ref_grad = jax.value_and_grad(total, argnums=(0, 1))(log_D, log_sigma, jnp.float64)
-        val, grad = jax.value_and_grad(total, argnums=(0, 1))(jnp.float32(log_D), jnp.float32(log_sigma), jnp.float32)
+            ref, ref_grad = value_and_grad(jnp.float64(log_D), jnp.float64(log_sigma), jnp.float64)
+        val, grad = value_and_grad(jnp.float32(log_D), jnp.float32(log_sigma), jnp.float32)
         assert float(val) == pytest.approx(float(ref), abs=2e-4)
         assert float(grad[0]) == pytest.approx(float(ref_grad[0]), rel=1e-3, abs=1e-2)
         assert abs(float(grad[1]) - float(ref_grad[1])) < 1e-3
@@ -121,10 +123,12 @@ def test_numpyro_marginal_model_is_the_sampled_density():
     for priors in (gd.ClusterPriors(), gd.ClusterPriors.physical()):
         data = likelihood.prepare_star_data(w, s)
         names = population.unconstrained_names(priors)
+        numpyro_pe = jax.jit(lambda z: potential_energy(marginal_model, (data, priors), {}, dict(zip(names, z))))  # noqa: B023
+        log_posterior = jax.jit(lambda z: likelihood.log_posterior(z, data, priors))  # noqa: B023
         for _ in range(3):
             z = np.array([6.0, 6.7, -3.5 if names[2] == "log_sigma" else 2.0, 0.2]) + 0.1 * rng.standard_normal(4)
-            pe = potential_energy(marginal_model, (data, priors), {}, dict(zip(names, jnp.asarray(z))))
-            lp = likelihood.log_posterior(jnp.asarray(z, jnp.float32), data, priors)
+            pe = numpyro_pe(jnp.asarray(z, jnp.float32))
+            lp = log_posterior(jnp.asarray(z, jnp.float32))
             assert float(pe) == pytest.approx(-float(lp), rel=1e-5)
 
 
@@ -436,9 +440,10 @@ def test_padding_does_not_change_the_likelihood():
         data = likelihood.prepare_star_data(w, s)
         padded = likelihood.pad_star_data(data, 512)
         z = jnp.array([np.log(1200.0), np.log(850.0), np.log(0.02), 0.0])
-        a = float(likelihood.log_posterior(z, data, ClusterPriors()))
-        b = float(likelihood.log_posterior(z, padded, ClusterPriors()))
-    assert padded.parallax.shape == (512,) and float(padded.weight.sum()) == len(w)
+        log_posterior = jax.jit(lambda z, d: likelihood.log_posterior(z, d, ClusterPriors()))
+        a = float(log_posterior(z, data))
+        b = float(log_posterior(z, padded))
+    assert padded.parallax.shape == (512,) and float(np.sum(padded.weight)) == len(w)
     assert abs(a - b) < 1e-9 * abs(a)
 
 

@@ -164,8 +164,10 @@ def test_real_cones_match_hunt_and_reffert(name):
     assert check["pmra"]["ks"] < 0.05 and check["pmdec"]["ks"] < 0.05
 
 
+@pytest.mark.slow
 def test_the_joint_method_takes_the_same_kinematic_likelihood():
-    """One latent distance per star, the proper-motion terms exact at each distance (validation; short run)."""
+    """One latent distance per star, the proper-motion terms exact at each distance (validation; short run).
+    Fast: test_kinematic_model's ``test_the_joint_model_integrated_over_each_distance_is_the_marginal_likelihood``."""
     t = gd.simulate_field(150, n_cluster=100, cluster_distance=1000.0, seed=3)
     truth = t.meta["gaia_distances"]["simulation"]
     fit = _quiet(
@@ -202,7 +204,7 @@ def _near_wide_field(n_field: int, n_cluster: int, seed: int):
     )
 
 
-def test_the_perspective_fit_reports_the_radial_velocity_and_round_trips(tmp_path):
+def test_a_perspective_fit_needs_proper_motions_and_positions():
     t = _near_wide_field(180, 60, seed=3)
     zp = "parallax_zeropoint_true"
     with pytest.raises(ValueError, match="needs proper motions"):
@@ -211,6 +213,12 @@ def test_the_perspective_fit_reports_the_radial_velocity_and_round_trips(tmp_pat
     t_no_pos.remove_column("dec")
     with pytest.raises(gd.MissingColumnsError, match="dec"):
         gd.fit_cluster(t_no_pos, zero_point=zp, perspective=True)
+
+
+@pytest.mark.slow
+def test_the_perspective_fit_reports_the_radial_velocity_and_round_trips(tmp_path):
+    """(Fast: the projection itself, test_kinematic_model's ``test_perspective_term_is_the_space_velocity_...``.)"""
+    t = _near_wide_field(180, 60, seed=3)
     settings = {**SETTINGS, "num_warmup": 100, "num_samples": 100}
     fit = _quiet(gd.fit_cluster, t, perspective=True, systematics=None, **settings)
     summary = fit.summary()

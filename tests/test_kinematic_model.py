@@ -246,10 +246,11 @@ def test_field_parallax_variance_does_not_cancel_in_float32_and_its_gradient_is_
     w = np.array([40.0, 12.0, 3.0, 0.8])
     s = np.array([0.01, 0.01, 0.02, 0.05])  # S/N 4000 to 16
     log_w = np.log(np.full(field_bins.N_BINS, 1.0 / field_bins.N_BINS))
+    like = jax.jit(field_bins.field_bins_log_likelihood)  # one program (eager, each operation compiles)
     with x64():
-        ref = field_bins.field_bins_log_likelihood(log_w, field_bins.precompute_field_bins(w, s))
+        ref = like(log_w, field_bins.precompute_field_bins(w, s))
     bins32 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), field_bins.precompute_field_bins(w, s))
-    _, mean32, var32 = field_bins.field_bins_log_likelihood(jnp.asarray(log_w, jnp.float32), bins32)
+    _, mean32, var32 = like(jnp.asarray(log_w, jnp.float32), bins32)
     assert np.all(np.asarray(var32) > 0)
     np.testing.assert_allclose(np.asarray(var32), np.asarray(ref[2]), rtol=1e-3)
     assert np.asarray(ref[2])[0] == pytest.approx(s[0] ** 2, rel=1e-2)  # the likelihood dominates at S/N 4000
@@ -263,7 +264,7 @@ def test_field_parallax_variance_does_not_cancel_in_float32_and_its_gradient_is_
     def total(var: jax.Array, k: kinematics.Kinematics) -> jax.Array:
         return jnp.sum(kinematics.field_pm_log_term(mean, var, mean, k, data))
 
-    g_var, g_kin = jax.grad(total, argnums=(0, 1))(jnp.zeros(4, jnp.float32), kin)
+    g_var, g_kin = jax.jit(jax.grad(total, argnums=(0, 1)))(jnp.zeros(4, jnp.float32), kin)
     assert np.all(np.isfinite(np.asarray(g_var)))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(g_kin))
 
@@ -594,3 +595,70 @@ def test_the_turned_likelihood_is_each_star_own_frame_likelihood_with_the_model_
         # the turn matters here: in the stars' own frames without it the terms differ
         unturned = np.asarray(kinematics.cluster_pm_log_term(u_nodes, w, kin, plain, np.log(200.0)))
     assert np.max(np.abs(unturned - cl)) > 1.0
+
+
+def test_the_joint_model_integrated_over_each_distance_is_the_marginal_likelihood():
+    """``method="joint"`` with proper motions samples one ``u = ln r`` per star with each component's exact
+    proper-motion term at that distance. Its potential is the population prior and, per star, the mixture
+    at ``u`` times the parallax likelihood; integrated over ``u`` it is the marginal model's star term: the
+    cluster's exactly, the field's to the accuracy of the moment form (test above). (The joint fit itself:
+    ``test_the_joint_method_takes_the_same_kinematic_likelihood``, slow.)"""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer.util import potential_energy
+
+    from gaia_distances.cluster.stars import kinematic_data, prepare_data
+    from gaia_distances.core.likelihood import log_posterior
+    from gaia_distances.core.models import component_log_terms_at, joint_model_extended
+    from gaia_distances.core.population import log_prior
+
+    t = gd.simulate_field(60, n_cluster=40, cluster_distance=1000.0, magnitude_limit=17.0, seed=3)
+    truth = t.meta["gaia_distances"]["simulation"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        stars = select_stars(t, zero_point="parallax_zeropoint_true", parallax_limits=None, kinematics=True).stars
+    model = ClusterModel(ClusterPriors(), "flexible", True)
+    rng = np.random.default_rng(0)
+    z = 0.2 * rng.standard_normal(model.n_params)
+    pm = np.column_stack([np.asarray(stars.pmra), np.asarray(stars.pmdec)])
+    for name, value in {
+        "log_D": np.log(1000.0),
+        "logit_Q": 0.0,
+        "pmra": truth["cluster_pmra"],
+        "pmdec": truth["cluster_pmdec"],
+        "field_pmra_1": np.median(pm[:, 0]),
+        "field_pmdec_1": np.median(pm[:, 1]),
+        "field_pmra_2": np.median(pm[:, 0]) + 1.0,
+        "field_pmdec_2": np.median(pm[:, 1]) - 1.0,
+        "field_log_sd_ra": np.log(3.0),
+        "field_log_sd_dec": np.log(3.0),
+    }.items():
+        z[model.position(name)] = value
+    grid = np.linspace(4.5, 10.5, 4001)
+    with x64():
+        err, w, zp = (np.asarray(a, float) for a in (stars.parallax_error, stars.parallax, stars.zero_point))
+        kin, data = kinematic_data(stars), prepare_data(stars, model)
+        u0 = np.log(1000.0 / np.clip(w, 0.2, None))
+        rep = lambda a: jnp.repeat(a, grid.size, axis=0)  # noqa: E731
+
+        @jax.jit  # one program: eager, the same terms compile some 400 operations
+        def terms(z, u0):
+            pop = to_population(z, model)
+            sites = {**{name: z[i] for i, name in enumerate(model.names)}, "u": u0}
+            joint = -potential_energy(joint_model_extended, (err, w + zp, zp, kin, model), {}, sites)
+            at_u0 = component_log_terms_at(u0, err, w + zp, zp, kin, pop)
+            kin_rep = type(kin)(*(None if a is None else rep(a) for a in kin))
+            uu = jnp.tile(jnp.asarray(grid), w.size)
+            on_grid = component_log_terms_at(uu, rep(err), rep(w + zp), rep(zp), kin_rep, pop)
+            return joint, at_u0, on_grid, log_posterior(z, data, model) - log_prior(z, model), log_prior(z, model)
+
+        joint_u0, (log_c, log_f), on_grid, marginal, prior = jax.tree.map(np.asarray, terms(z, u0))
+    # the joint potential at one distance per star: its prior and per-star terms
+    by_hand = prior + np.sum(np.logaddexp(log_c, log_f) + stats.norm(1000.0 * np.exp(-u0) + zp, err).logpdf(w + zp))
+    np.testing.assert_allclose(joint_u0, by_hand, rtol=1e-10)
+    # integrated over u on a fine grid: the marginal likelihood
+    per_star = np.logaddexp(*(a.reshape(w.size, grid.size) for a in on_grid))
+    per_star = per_star + stats.norm(w[:, None], err[:, None]).logpdf(1000.0 * np.exp(-grid))
+    peak = per_star.max(axis=1, keepdims=True)
+    joint = np.sum(peak[:, 0] + np.log(integrate.trapezoid(np.exp(per_star - peak), grid, axis=1)))
+    assert abs(joint - marginal) < 0.01 * w.size
