@@ -146,9 +146,15 @@ def test_same_seed_same_draws_and_extend_false_stops_at_num_samples():
     np.testing.assert_array_equal(a.z, c.z)
 
 
-def test_progress_counts_every_iteration_and_divergent_draws_are_drawn_again():
+@pytest.mark.parametrize("probe", [0.0, 0.2])
+def test_progress_counts_every_iteration_and_divergent_draws_are_drawn_again(monkeypatch, probe):
     """The banana's curved tail makes some transitions diverge at a 0.65 target: those draws are replaced by
-    draws after re-adapting at 0.85, which have none; progress counts the iterations of every stage."""
+    draws after re-adapting at 0.85, which have none; progress counts the iterations of every stage. With a
+    probe, the divergences of its first draws re-adapt at once (only the probe is drawn twice); without,
+    every draw is drawn again."""
+    from gaia_distances.core import staged
+
+    monkeypatch.setattr(staged, "PROBE_FRACTION", probe)
     calls = []
     settings = SETTINGS._replace(num_warmup=90, num_samples=250)
     out = sample_staged(
@@ -165,7 +171,10 @@ def test_progress_counts_every_iteration_and_divergent_draws_are_drawn_again():
     assert len(again) == 1 and "0.85 acceptance target" in again[0]
     assert out.diverging.sum() == 0 and out.z.shape == (2, settings.num_samples, 3)
     adapt = settings.num_warmup - round(settings.num_warmup * 2 / 3)
-    per_chain = settings.num_warmup + settings.num_samples + len(again) * (adapt + settings.num_samples)
+    first = int(settings.num_samples * probe)
+    assert (f"in the first {first} draws" in again[0]) == bool(probe)
+    redrawn = first if probe else settings.num_samples
+    per_chain = settings.num_warmup + settings.num_samples + adapt + redrawn
     assert sum(calls) == settings.num_chains * per_chain
 
 

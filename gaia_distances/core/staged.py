@@ -14,11 +14,13 @@ mass matrix in ``x``) in stages:
    variance (its row and column of the covariance are rescaled; the Laplace
    correlations are kept), and the chains move to the new coordinates;
 3. **adapt**: the rest of ``num_warmup``, adapting the step size again;
-4. **draw**: ``num_samples`` draws per chain;
+4. **draw**: ``num_samples`` draws per chain, the first
+   :data:`PROBE_FRACTION` of them first: if those have divergent
+   transitions, they are discarded and the step size is adapted to the next
+   acceptance target of :data:`DIVERGENCE_TARGETS` before drawing on;
 5. **smaller steps**: draws with divergent transitions (a region of high
    curvature the step size is too large for) are discarded and drawn again
-   after adapting the step size to a higher acceptance target
-   (:data:`DIVERGENCE_TARGETS`);
+   after adapting the step size to a higher acceptance target;
 6. **extend**: while the draws fail the convergence rule (``check``), more
    draws, as many as the smallest effective sample size asks for, up to
    :data:`MAX_DRAWS_FACTOR` times ``num_samples`` per chain;
@@ -46,6 +48,7 @@ __all__ = [
     "CRAWL_STEPS",
     "DIVERGENCE_TARGETS",
     "MAX_DRAWS_FACTOR",
+    "PROBE_FRACTION",
     "RESCALE_FACTOR",
     "Convergence",
     "StagedDraws",
@@ -59,6 +62,8 @@ RESCALE_FACTOR = 2.0
 MAX_DRAWS_FACTOR = 4
 #: Acceptance targets tried in turn while the draws have divergent transitions.
 DIVERGENCE_TARGETS = (0.85, 0.95)
+#: The share of the first draws that comes first, a probe for divergent transitions (stage 4).
+PROBE_FRACTION = 0.2
 #: Draws whose trajectories average more leapfrog steps than this are not extended (a whitened, well
 #: identified posterior needs 3-30): the posterior's geometry (a funnel, an unidentified parameter), not
 #: the number of draws, is what fails, and more draws would cost minutes without fixing it.
@@ -192,9 +197,9 @@ def sample_staged(
                     run.rewhiten(b, run.centre[b], cov_b)
                     stages[b].append("rescaled the Laplace covariance (" + _factor_words(factor, names) + ")")
         run.restart_adaptation()
-    z, steps, div = _draw_round(run, adapt, settings)
     for b in range(B):
         stages[b].append(f"adapted the step size: {adapt} iterations; drew {settings.num_samples} per chain")
+    z, steps, div = _first_draws(run, adapt, settings, stages, probe=extend)
     draws = [(z[:, b], steps[:, b], div[:, b]) for b in range(B)]
     check = _with_crawling(check, draws, settings)
     verdicts = [check(b, draws[b][0]) for b in range(B)]
@@ -305,10 +310,42 @@ def _fewer_divergences(
     return again
 
 
-def _draw_round(run: Chains, adapt: int, settings: NutsSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _first_draws(
+    run: Chains, adapt: int, settings: NutsSettings, stages: list[list[str]], *, probe: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stages 3 and 4: adapt the step size, then ``num_samples`` draws per chain.
+
+    With ``probe``, the first :data:`PROBE_FRACTION` of the draws come first: a problem whose probe
+    diverges is re-adapted to the next acceptance target of :data:`DIVERGENCE_TARGETS` at once and
+    drawn from there, instead of drawing all of them and drawing them again (stage 5).
+    """
+    B, n = run.B, settings.num_samples
     if adapt:
-        run.advance([adapt] * run.B, adapt=True)
-    return run.advance([settings.num_samples] * run.B, adapt=False)
+        run.advance([adapt] * B, adapt=True)
+    first = int(n * PROBE_FRACTION) if probe else 0
+    target = next((t for t in DIVERGENCE_TARGETS if t > run.target), None)
+    if first < 1 or target is None:
+        return run.advance([n] * B, adapt=False)
+    z0, s0, d0 = run.advance([first] * B, adapt=False)
+    diverging = d0.any(axis=(0, 2))
+    if diverging.any():
+        run.target = target
+        run.restart_adaptation()
+        run.advance([adapt if diverging[b] else 0 for b in range(B)], adapt=True)
+        for b in np.flatnonzero(diverging):
+            stages[b][-1] = (
+                f"adapted the step size: {adapt} iterations; {int(d0[:, b].sum())} divergent transitions in the "
+                f"first {first} draws per chain: re-adapted to a {target} acceptance target ({adapt} iterations); "
+                f"drew {n} per chain"
+            )
+    z1, s1, d1 = run.advance([n if diverging[b] else n - first for b in range(B)], adapt=False)
+    parts = []
+    for a0, a1 in ((z0, z1), (s0, s1), (d0, d1)):
+        out = np.empty((run.C, B, n, *a1.shape[3:]), a1.dtype)
+        for b in range(B):
+            out[:, b] = a1[:, b, :n] if diverging[b] else np.concatenate([a0[:, b], a1[:, b, : n - first]], axis=1)
+        parts.append(out)
+    return parts[0], parts[1], parts[2]
 
 
 def _extend(
