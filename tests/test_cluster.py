@@ -78,8 +78,9 @@ def test_component_integrals_match_brute_force_quadrature():
     h = u[1] - u[0]
     with x64():
         data = likelihood.prepare_star_data(w, s, L_range=(50.0, 10000.0), dtype=jnp.float64)
+        components = jax.jit(likelihood.component_log_likelihoods)  # one program, not each operation
         for lL, lD, ls in [(np.log(470), np.log(837), np.log(0.0174)), (np.log(300), np.log(900), np.log(0.2))]:
-            lc, lf = likelihood.component_log_likelihoods(Population(lL, lD, ls, 0.5), data)
+            lc, lf = components(Population(*(jnp.float64(x) for x in (lL, lD, ls, 0.5))), data)
             for i in range(len(w)):
                 ll = -0.5 * ((1000 * np.exp(-u) - w[i]) / s[i]) ** 2 - np.log(s[i]) - 0.5 * np.log(2 * np.pi)
                 c = -0.5 * ((u - lD) / np.exp(ls)) ** 2 - ls - 0.5 * np.log(2 * np.pi)
