@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -666,3 +667,53 @@ def test_the_joint_model_integrated_over_each_distance_is_the_marginal_likelihoo
     peak = per_star.max(axis=1, keepdims=True)
     joint = np.sum(peak[:, 0] + np.log(integrate.trapezoid(np.exp(per_star - peak), grid, axis=1)))
     assert abs(joint - marginal) < 0.01 * w.size
+
+
+def test_the_cluster_integral_places_its_nodes_on_the_proper_motion_term_too():
+    """A bright member of a far, cold cluster with a large proper motion: its proper motion, which scales
+    as 1 / r, pins its distance (0.3 % in r) more tightly than the cluster's depth (1.7 %) or its parallax
+    (6 %) do. The integral's nodes sit on that peak: the value is the brute-force integral's, and the
+    gradient in ``(ln D, ln sigma)`` is the value's own (nodes placed on the parallax alone missed the
+    peak, and the sampler then crawled with a collapsed step size)."""
+    import jax
+    import jax.numpy as jnp
+
+    from gaia_distances.core.cluster_integral import cluster_log_likelihood
+
+    w = np.array([0.36, 0.35, 0.37, 0.30])
+    s = np.array([0.02, 0.02, 0.03, 0.1])
+    pm_obs = np.array([10.02, 9.95, 10.1, 10.3])  # mas/yr; the cluster's is 10 at D
+    e = 0.03  # the members' proper-motion spread (dispersion and error), mas/yr
+
+    def value(log_D, log_sigma):
+        def node(u):
+            return normal_logpdf(pm_obs, 10.0 * jnp.exp(log_D - u), e)
+
+        return jnp.sum(cluster_log_likelihood(w, s, log_D, log_sigma, node_log_term=node))
+
+    def normal_logpdf(x, mu, sd):
+        return -0.5 * jnp.square((x - mu) / sd) - jnp.log(sd) - 0.5 * math.log(2.0 * math.pi)
+
+    log_D, log_sigma = math.log(2800.0), math.log(0.017)
+    with x64():
+        got, grad = jax.jit(jax.value_and_grad(value, argnums=(0, 1)))(log_D, log_sigma)
+        d = np.linspace(-0.2, 0.2, 400_001)
+
+        def brute(log_D, log_sigma):
+            sig = math.exp(log_sigma)
+            u = log_D + d[:, None]
+            log_f = (
+                stats.norm(0.0, sig).logpdf(d)[:, None]
+                + stats.norm(1000.0 * np.exp(-u), s).logpdf(w)
+                + stats.norm(10.0 * np.exp(log_D - u), e).logpdf(pm_obs)
+            )
+            top = log_f.max(axis=0)
+            return float(np.sum(top + np.log(integrate.trapezoid(np.exp(log_f - top), d, axis=0))))
+
+        h = 1e-4
+        fd = [
+            (brute(log_D + h, log_sigma) - brute(log_D - h, log_sigma)) / (2 * h),
+            (brute(log_D, log_sigma + h) - brute(log_D, log_sigma - h)) / (2 * h),
+        ]
+        assert float(got) == pytest.approx(brute(log_D, log_sigma), abs=1e-4)
+    np.testing.assert_allclose(np.asarray(grad, float), fd, rtol=1e-3, atol=1e-3)

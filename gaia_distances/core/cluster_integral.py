@@ -48,8 +48,8 @@ def cluster_log_likelihood(
     ``node_log_term(u)`` (``u`` of shape ``(K, n)``: the stars on the last,
     fastest axis, which XLA vectorises), if given, is another
     factor of the integrand evaluated at the nodes (the proper-motion term);
-    it should vary slowly over the cluster's depth, since the nodes are
-    placed on the parallax integrand alone.
+    the nodes are placed on the whole integrand, so it should be smooth
+    (close to Gaussian in ``u`` near its peak).
     """
     w, s = parallax, parallax_error
     sigma = jnp.exp(log_sigma)
@@ -62,6 +62,11 @@ def cluster_log_likelihood(
     def log_integrand(d: Array) -> Array:
         return _log_integrand_offset(d, w, s, w_D, log_sigma)
 
+    def log_whole(d: Array) -> Array:  # the integrand the nodes are placed on: with the node term
+        if node_log_term is None:
+            return log_integrand(d)
+        return log_integrand(d) + node_log_term(log_D + d[None, :])[0]
+
     # Gaussian-in-d approximation of the likelihood (none for w <= 0)
     prec_like = jnp.where(w > 0, jnp.square(w / s), 0.0)
     d_like = jnp.log(w_D / jnp.maximum(w, 1e-30))
@@ -70,11 +75,16 @@ def cluster_log_likelihood(
     mu = d_like * prec_like / prec
 
     def d1(d: Array) -> Array:
-        return jax.jvp(log_integrand, (d,), (jnp.ones_like(d),))[1]
+        return jax.jvp(log_whole, (d,), (jnp.ones_like(d),))[1]
 
     # Laplace refinement: Newton steps towards the integrand's mode, so that
     # the nodes sit where the mass is even when the likelihood is not
-    # Gaussian in ln r (far tails, low signal-to-noise).
+    # Gaussian in ln r (far tails, low signal-to-noise), or when the node
+    # term (a member's proper motion, which scales as 1 / r) pins its
+    # distance more tightly than its parallax does: a bright member of a far,
+    # cold cluster with a large proper motion. Ten nodes placed on the
+    # parallax alone miss that peak, and the rule's value then depends on
+    # their placement, which no gradient follows.
     for _ in range(n_newton):
         g1, g2 = jax.jvp(d1, (mu,), (jnp.ones_like(mu),))
         step = jnp.where(g2 < 0, -g1 / jnp.where(g2 < 0, g2, -1.0), 0.0)
