@@ -689,7 +689,9 @@ def test_the_cluster_integral_places_its_nodes_on_the_proper_motion_term_too():
         def node(u):
             return normal_logpdf(pm_obs, 10.0 * jnp.exp(log_D - u), e)
 
-        return jnp.sum(cluster_log_likelihood(w, s, log_D, log_sigma, node_log_term=node))
+        g = 10.0 * jnp.exp(log_D) / 1000.0  # the proper motion per unit true parallax
+        gauss = (jnp.full(w.shape, (g / e) ** 2), pm_obs / g)  # the node term as a Gaussian in w_t
+        return jnp.sum(cluster_log_likelihood(w, s, log_D, log_sigma, node_log_term=node, node_parallax=gauss))
 
     def normal_logpdf(x, mu, sd):
         return -0.5 * jnp.square((x - mu) / sd) - jnp.log(sd) - 0.5 * math.log(2.0 * math.pi)
@@ -717,3 +719,23 @@ def test_the_cluster_integral_places_its_nodes_on_the_proper_motion_term_too():
         ]
         assert float(got) == pytest.approx(brute(log_D, log_sigma), abs=1e-4)
     np.testing.assert_allclose(np.asarray(grad, float), fd, rtol=1e-3, atol=1e-3)
+
+
+def test_the_cluster_proper_motion_term_is_a_gaussian_in_the_true_parallax():
+    """What places the cluster integral's nodes: with the members' dispersion held fixed, the cluster's
+    proper-motion term is a quadratic in the true parallax whose curvature and vertex
+    ``cluster_pm_parallax_gaussian`` gives (correlations with the parallax error included)."""
+    rng = np.random.default_rng(7)
+    n = 6
+    cov = _random_covariances(rng, n)
+    w = rng.uniform(0.3, 2.0, n)
+    data = _kin_data(cov, rng.normal(0, 3, (n, 2)))
+    kin = _kinematics(rng)._replace(log_sigma_v=np.log(1e-4))  # no dispersion: an exact quadratic
+    with x64():
+        precision, mean = (np.asarray(a) for a in kinematics.cluster_pm_parallax_gaussian(w, kin, data, np.log(900.0)))
+        w_t = np.array([0.5, 1.0, 1.5])[:, None] * w
+        term = np.asarray(kinematics.cluster_pm_log_term(np.log(1000.0 / w_t), w, kin, data, np.log(900.0)))
+    for i in range(n):
+        a, b, _ = np.polyfit(w_t[:, i], term[:, i], 2)
+        assert precision[i] == pytest.approx(-2.0 * a, rel=1e-4)
+        assert mean[i] == pytest.approx(-b / (2.0 * a), rel=1e-4, abs=1e-6)

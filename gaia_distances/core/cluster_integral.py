@@ -42,14 +42,17 @@ def cluster_log_likelihood(
     n_gh: int = 10,
     n_newton: int = 2,
     node_log_term: Callable[[Array], Array] | None = None,
+    node_parallax: tuple[Array, Array] | None = None,
 ) -> Array:
     """``ln p(w_i | cluster)`` for every star (mas in, one value per star out).
 
     ``node_log_term(u)`` (``u`` of shape ``(K, n)``: the stars on the last,
     fastest axis, which XLA vectorises), if given, is another
     factor of the integrand evaluated at the nodes (the proper-motion term);
-    the nodes are placed on the whole integrand, so it should be smooth
-    (close to Gaussian in ``u`` near its peak).
+    ``node_parallax`` ``(precision, mean)``, if given, is that factor as a
+    Gaussian in the true parallax (an approximation is enough): the nodes are
+    placed on the parallax integrand times it, so that they sit on the whole
+    integrand's peak where the node term is the sharper one.
     """
     w, s = parallax, parallax_error
     sigma = jnp.exp(log_sigma)
@@ -62,10 +65,11 @@ def cluster_log_likelihood(
     def log_integrand(d: Array) -> Array:
         return _log_integrand_offset(d, w, s, w_D, log_sigma)
 
-    def log_whole(d: Array) -> Array:  # the integrand the nodes are placed on: with the node term
-        if node_log_term is None:
+    def log_whole(d: Array) -> Array:  # the integrand the nodes are placed on
+        if node_parallax is None:
             return log_integrand(d)
-        return log_integrand(d) + node_log_term(log_D + d[None, :])[0]
+        precision, mean = node_parallax
+        return log_integrand(d) - 0.5 * precision * jnp.square(w_D * jnp.exp(-d) - mean)
 
     # Gaussian-in-d approximation of the likelihood (none for w <= 0)
     prec_like = jnp.where(w > 0, jnp.square(w / s), 0.0)

@@ -37,7 +37,12 @@ from gaia_distances.core.field_bins import (
 )
 from gaia_distances.core.field_table import FieldTable, field_log_likelihood, field_moments, precompute_field_table
 from gaia_distances.core.field_term import field_log_likelihood_pm
-from gaia_distances.core.kinematics import KinematicData, cluster_pm_log_term, field_pm_log_term
+from gaia_distances.core.kinematics import (
+    KinematicData,
+    cluster_pm_log_term,
+    cluster_pm_parallax_gaussian,
+    field_pm_log_term,
+)
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, ClusterPriors, Population, log_prior, to_population
 from gaia_distances.core.selection import Truncation, cluster_log_pass, field_log_pass, prepare_truncation
@@ -290,11 +295,13 @@ def component_log_likelihoods(
     distance posterior (:mod:`~gaia_distances.core.kinematics`).
     """
     kin, obs = pop.kin, data.kin
-    node_term = None
+    node_term = node_parallax = None
     if kin is not None and obs is not None:
 
         def node_term(u: Array) -> Array:
             return cluster_pm_log_term(u, data.parallax, kin, obs, pop.log_D)
+
+        node_parallax = cluster_pm_parallax_gaussian(data.parallax, kin, obs, pop.log_D)
 
     cluster = cluster_log_likelihood(
         data.parallax,
@@ -304,6 +311,7 @@ def component_log_likelihoods(
         n_gh=n_gh,
         n_newton=n_newton,
         node_log_term=node_term,
+        node_parallax=node_parallax,
     )
     if data.truncation is not None:
         cluster = cluster - cluster_log_pass(data.truncation, data.parallax_error, pop.log_D, pop.log_sigma)
