@@ -732,7 +732,9 @@ def test_the_cluster_proper_motion_term_is_a_gaussian_in_the_true_parallax():
     data = _kin_data(cov, rng.normal(0, 3, (n, 2)))
     kin = _kinematics(rng)._replace(log_sigma_v=np.log(1e-4))  # no dispersion: an exact quadratic
     with x64():
-        precision, mean = (np.asarray(a) for a in kinematics.cluster_pm_parallax_gaussian(w, kin, data, np.log(900.0)))
+        precision, mean = (
+            np.asarray(a) for a in kinematics.cluster_pm_parallax_gaussian(w, np.full(n, 0.1), kin, data, np.log(900.0))
+        )
         w_t = np.array([0.5, 1.0, 1.5])[:, None] * w
         term = np.asarray(kinematics.cluster_pm_log_term(np.log(1000.0 / w_t), w, kin, data, np.log(900.0)))
     for i in range(n):

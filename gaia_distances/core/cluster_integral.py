@@ -71,9 +71,15 @@ def cluster_log_likelihood(
         precision, mean = node_parallax
         return log_integrand(d) - 0.5 * precision * jnp.square(w_D * jnp.exp(-d) - mean)
 
-    # Gaussian-in-d approximation of the likelihood (none for w <= 0)
-    prec_like = jnp.where(w > 0, jnp.square(w / s), 0.0)
-    d_like = jnp.log(w_D / jnp.maximum(w, 1e-30))
+    # Gaussian-in-d approximation of the likelihood (none for w <= 0): the parallax's, or the parallax's
+    # times the node term's as a Gaussian in the true parallax
+    w_eff, prec_w = w, 1.0 / jnp.square(s)
+    if node_parallax is not None:
+        precision, mean = node_parallax
+        w_eff = (prec_w * w + precision * mean) / (prec_w + precision)
+        prec_w = prec_w + precision
+    prec_like = jnp.where(w_eff > 0, jnp.square(w_eff) * prec_w, 0.0)
+    d_like = jnp.log(w_D / jnp.maximum(w_eff, 1e-30))
     prec_c = 1.0 / (sigma * sigma)
     prec = prec_c + prec_like
     mu = d_like * prec_like / prec

@@ -390,30 +390,41 @@ def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: Kinema
 
 
 def cluster_pm_parallax_gaussian(
-    parallax: Array, kin: Kinematics, data: KinematicData, log_D: Array
+    parallax: Array, parallax_error: Array, kin: Kinematics, data: KinematicData, log_D: Array
 ) -> tuple[Array, Array]:
     """The cluster's proper-motion term as a Gaussian in the true parallax ``w_t``: ``(precision, mean)``.
 
     The members' mean proper motion is linear in ``w_t`` (:func:`cluster_pm_mean`), so with the
     intrinsic dispersion held at its value at ``w_t = parallax`` the term is exactly
-    ``N(w_t | mean, 1 / precision)`` up to a constant. It places the cluster integral's nodes
-    (:func:`~gaia_distances.core.cluster_integral.cluster_log_likelihood`): a bright member of a far
-    cluster with a large proper motion has its distance pinned by the proper motion, not the parallax.
+    ``N(w_t | mean, 1 / precision)`` up to a constant (the dispersion is taken where the
+    parallax, with error ``parallax_error``, and this Gaussian together put ``w_t``). It places the
+    cluster integral's nodes (:func:`~gaia_distances.core.cluster_integral.cluster_log_likelihood`):
+    a bright member of a far cluster with a large proper motion has its distance pinned by the proper
+    motion, not the parallax.
     Stars without a proper motion get precision 0.
     """
     b = data.slope.T
     m1_x, m1_y = cluster_pm_mean(jnp.ones_like(parallax), kin, data, log_D)
     g_x, g_y = m1_x - b[0], m1_y - b[1]  # the residual pm - b (w - w_t) - mean is r0 - g w_t
     r_x, r_y = data.pm[:, 0] - b[0] * parallax, data.pm[:, 1] - b[1] * parallax
-    var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(jnp.maximum(parallax, 0.0))
     c = data.cond_cov.T
-    a11, a12, a22 = c[0] + var_int, c[1], c[2] + var_int
-    det = a11 * a22 - a12 * a12
-    # g' C^-1 g and g' C^-1 r0, with C^-1 = [[a22, -a12], [-a12, a11]] / det
-    gg = (g_x * g_x * a22 - 2.0 * g_x * g_y * a12 + g_y * g_y * a11) / det
-    gr = (g_x * r_x * a22 - (g_x * r_y + g_y * r_x) * a12 + g_y * r_y * a11) / det
-    precision = jnp.where((data.has_pm > 0) & (gg > 0), gg, 0.0)
-    return precision, gr / jnp.where(precision > 0, precision, 1.0)
+
+    def gaussian(w_ref: Array) -> tuple[Array, Array]:
+        var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_ref)
+        a11, a12, a22 = c[0] + var_int, c[1], c[2] + var_int
+        det = a11 * a22 - a12 * a12
+        # g' C^-1 g and g' C^-1 r0, with C^-1 = [[a22, -a12], [-a12, a11]] / det
+        gg = (g_x * g_x * a22 - 2.0 * g_x * g_y * a12 + g_y * g_y * a11) / det
+        gr = (g_x * r_x * a22 - (g_x * r_y + g_y * r_x) * a12 + g_y * r_y * a11) / det
+        precision = jnp.where((data.has_pm > 0) & (gg > 0), gg, 0.0)
+        return precision, gr / jnp.where(precision > 0, precision, 1.0)
+
+    # the dispersion at the observed parallax, then again where parallax and proper motion together
+    # put the true parallax (it grows as w_t^2: held at the wrong w_t, the peak is too narrow)
+    precision, mean = gaussian(jnp.maximum(parallax, 0.0))
+    prec_w = 1.0 / jnp.square(parallax_error)
+    both = (prec_w * parallax + precision * mean) / (prec_w + precision)
+    return gaussian(jnp.maximum(both, 0.0))
 
 
 def field_pm_log_term_at(u: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:

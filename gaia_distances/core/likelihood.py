@@ -301,7 +301,7 @@ def component_log_likelihoods(
         def node_term(u: Array) -> Array:
             return cluster_pm_log_term(u, data.parallax, kin, obs, pop.log_D)
 
-        node_parallax = cluster_pm_parallax_gaussian(data.parallax, kin, obs, pop.log_D)
+        node_parallax = cluster_pm_parallax_gaussian(data.parallax, data.parallax_error, kin, obs, pop.log_D)
 
     cluster = cluster_log_likelihood(
         data.parallax,
