@@ -68,16 +68,15 @@ def cluster_log_likelihood(
     def log_whole(d: Array) -> Array:  # the integrand the nodes are placed on
         if node_parallax is None:
             return log_integrand(d)
-        precision, mean = node_parallax
-        return log_integrand(d) - 0.5 * precision * jnp.square(w_D * jnp.exp(-d) - mean)
+        node_prec, node_mean = node_parallax
+        return log_integrand(d) - 0.5 * node_prec * jnp.square(w_D * jnp.exp(-d) - node_mean)
 
-    # Gaussian-in-d approximation of the likelihood (none for w <= 0): the parallax's, or the parallax's
-    # times the node term's as a Gaussian in the true parallax
+    # Gaussian-in-d approximation of the likelihood (none for w <= 0): the parallax's, times the node
+    # term's where given (both Gaussian in the true parallax)
     w_eff, prec_w = w, 1.0 / jnp.square(s)
     if node_parallax is not None:
-        precision, mean = node_parallax
-        w_eff = (prec_w * w + precision * mean) / (prec_w + precision)
-        prec_w = prec_w + precision
+        node_prec, node_mean = node_parallax
+        w_eff, prec_w = (prec_w * w + node_prec * node_mean) / (prec_w + node_prec), prec_w + node_prec
     prec_like = jnp.where(w_eff > 0, jnp.square(w_eff) * prec_w, 0.0)
     d_like = jnp.log(w_D / jnp.maximum(w_eff, 1e-30))
     prec_c = 1.0 / (sigma * sigma)

@@ -382,11 +382,16 @@ def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: Kinema
     mean_x, mean_y = cluster_pm_mean(w_t, kin, data, log_D)
     dx = data.pm[:, 0] - mean_x - b[0] * resid_w
     dy = data.pm[:, 1] - mean_y - b[1] * resid_w
-    var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)
+    var_int = _members_pm_variance(kin, w_t)
     c = data.cond_cov.T
     det = _det_plus(data, var_int, 0.0, var_int)
     term = gaussian2_log_pdf(dx, dy, c[0] + var_int, c[1], c[2] + var_int, det)
     return jnp.where(data.has_pm > 0, term, 0.0)
+
+
+def _members_pm_variance(kin: Kinematics, w_t: Array) -> Array:
+    """The members' proper-motion variance from their velocity dispersion at true parallax ``w_t`` (mas/yr)^2."""
+    return jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)
 
 
 def cluster_pm_parallax_gaussian(
@@ -410,7 +415,7 @@ def cluster_pm_parallax_gaussian(
     c = data.cond_cov.T
 
     def gaussian(w_ref: Array) -> tuple[Array, Array]:
-        var_int = jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_ref)
+        var_int = _members_pm_variance(kin, w_ref)
         a11, a12, a22 = c[0] + var_int, c[1], c[2] + var_int
         det = a11 * a22 - a12 * a12
         # g' C^-1 g and g' C^-1 r0, with C^-1 = [[a22, -a12], [-a12, a11]] / det
