@@ -65,18 +65,18 @@ def cluster_log_likelihood(
     def log_integrand(d: Array) -> Array:
         return _log_integrand_offset(d, w, s, w_D, log_sigma)
 
-    def log_whole(d: Array) -> Array:  # the integrand the nodes are placed on
-        if node_parallax is None:
-            return log_integrand(d)
-        node_prec, node_mean = node_parallax
-        return log_integrand(d) - 0.5 * node_prec * jnp.square(w_D * jnp.exp(-d) - node_mean)
-
     # Gaussian-in-d approximation of the likelihood (none for w <= 0): the parallax's, times the node
     # term's where given (both Gaussian in the true parallax)
     w_eff, prec_w = w, 1.0 / jnp.square(s)
     if node_parallax is not None:
         node_prec, node_mean = node_parallax
         w_eff, prec_w = (prec_w * w + node_prec * node_mean) / (prec_w + node_prec), prec_w + node_prec
+
+    def log_whole(d: Array) -> Array:  # the integrand the nodes are placed on
+        if node_parallax is None:
+            return log_integrand(d)
+        return log_integrand(d) - 0.5 * node_prec * jnp.square(w_D * jnp.exp(-d) - node_mean)
+
     prec_like = jnp.where(w_eff > 0, jnp.square(w_eff) * prec_w, 0.0)
     d_like = jnp.log(w_D / jnp.maximum(w_eff, 1e-30))
     prec_c = 1.0 / (sigma * sigma)

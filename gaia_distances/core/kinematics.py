@@ -400,9 +400,9 @@ def cluster_pm_parallax_gaussian(
     """The cluster's proper-motion term as a Gaussian in the true parallax ``w_t``: ``(precision, mean)``.
 
     The members' mean proper motion is linear in ``w_t`` (:func:`cluster_pm_mean`), so with the
-    intrinsic dispersion held at its value at ``w_t = parallax`` the term is exactly
-    ``N(w_t | mean, 1 / precision)`` up to a constant (the dispersion is taken where the
-    parallax, with error ``parallax_error``, and this Gaussian together put ``w_t``). It places the
+    intrinsic dispersion held fixed the term is exactly ``N(w_t | mean, 1 / precision)`` up to a
+    constant. The dispersion is held at the ``w_t`` where the parallax (error ``parallax_error``)
+    and this Gaussian together put the true parallax. It places the
     cluster integral's nodes (:func:`~gaia_distances.core.cluster_integral.cluster_log_likelihood`):
     a bright member of a far cluster with a large proper motion has its distance pinned by the proper
     motion, not the parallax.

@@ -197,8 +197,6 @@ def sample_staged(
                     run.rewhiten(b, run.centre[b], cov_b)
                     stages[b].append("rescaled the Laplace covariance (" + _factor_words(factor, names) + ")")
         run.restart_adaptation()
-    for b in range(B):
-        stages[b].append(f"adapted the step size: {adapt} iterations; drew {settings.num_samples} per chain")
     z, steps, div = _first_draws(run, adapt, settings, stages, probe=extend)
     draws = [(z[:, b], steps[:, b], div[:, b]) for b in range(B)]
     check = _with_crawling(check, draws, settings)
@@ -295,9 +293,7 @@ def _fewer_divergences(
         diverging = [b for b in range(run.B) if draws[b][2].any() and not verdicts[b].hopeless]
         if not diverging or target <= run.target:
             continue
-        run.target = target
-        run.restart_adaptation()
-        run.advance([adapt if b in diverging else 0 for b in range(run.B)], adapt=True)
+        _readapt(run, diverging, target, adapt)
         n = settings.num_samples
         z, steps, div = run.advance([n if b in diverging else 0 for b in range(run.B)], adapt=False)
         for b in diverging:
@@ -310,10 +306,17 @@ def _fewer_divergences(
     return again
 
 
+def _readapt(run: Chains, problems: Sequence[int], target: float, adapt: int) -> None:
+    """Dual averaging to the acceptance ``target`` again, for ``adapt`` iterations of ``problems`` only."""
+    run.target = target
+    run.restart_adaptation()
+    run.advance([adapt if b in problems else 0 for b in range(run.B)], adapt=True)
+
+
 def _first_draws(
     run: Chains, adapt: int, settings: NutsSettings, stages: list[list[str]], *, probe: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stages 3 and 4: adapt the step size, then ``num_samples`` draws per chain.
+    """Stages 3 and 4: adapt the step size, then ``num_samples`` draws per chain (each problem's stage said).
 
     With ``probe``, the first :data:`PROBE_FRACTION` of the draws come first: a problem whose probe
     diverges is re-adapted to the next acceptance target of :data:`DIVERGENCE_TARGETS` at once and
@@ -324,26 +327,29 @@ def _first_draws(
         run.advance([adapt] * B, adapt=True)
     first = int(n * PROBE_FRACTION) if probe else 0
     target = next((t for t in DIVERGENCE_TARGETS if t > run.target), None)
+    drew = f"adapted the step size: {adapt} iterations; drew {n} per chain"
     if first < 1 or target is None:
+        for said in stages:
+            said.append(drew)
         return run.advance([n] * B, adapt=False)
     z0, s0, d0 = run.advance([first] * B, adapt=False)
-    diverging = d0.any(axis=(0, 2))
-    if diverging.any():
-        run.target = target
-        run.restart_adaptation()
-        run.advance([adapt if diverging[b] else 0 for b in range(B)], adapt=True)
-        for b in np.flatnonzero(diverging):
-            stages[b][-1] = (
-                f"adapted the step size: {adapt} iterations; {int(d0[:, b].sum())} divergent transitions in the "
-                f"first {first} draws per chain: re-adapted to a {target} acceptance target ({adapt} iterations); "
-                f"drew {n} per chain"
-            )
-    z1, s1, d1 = run.advance([n if diverging[b] else n - first for b in range(B)], adapt=False)
+    diverging = [int(b) for b in np.flatnonzero(d0.any(axis=(0, 2)))]
+    if diverging:
+        _readapt(run, diverging, target, adapt)
+    for b, said in enumerate(stages):
+        said.append(
+            f"adapted the step size: {adapt} iterations; {int(d0[:, b].sum())} divergent transitions in the "
+            f"first {first} draws per chain: re-adapted to a {target} acceptance target ({adapt} iterations); "
+            f"drew {n} per chain"
+            if b in diverging
+            else drew
+        )
+    z1, s1, d1 = run.advance([n if b in diverging else n - first for b in range(B)], adapt=False)
     parts = []
     for a0, a1 in ((z0, z1), (s0, s1), (d0, d1)):
         out = np.empty((run.C, B, n, *a1.shape[3:]), a1.dtype)
         for b in range(B):
-            out[:, b] = a1[:, b, :n] if diverging[b] else np.concatenate([a0[:, b], a1[:, b, : n - first]], axis=1)
+            out[:, b] = a1[:, b, :n] if b in diverging else np.concatenate([a0[:, b], a1[:, b, : n - first]], axis=1)
         parts.append(out)
     return parts[0], parts[1], parts[2]
 
