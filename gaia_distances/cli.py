@@ -46,7 +46,7 @@ import numpy as np
 from gaia_distances.cli_outputs import check_outputs, refuse_existing
 from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser
 from gaia_distances.compile_cache import set_compilation_cache
-from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning
+from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, one_line
 from gaia_distances.io import write_table
 
 __all__ = ["main"]
@@ -349,10 +349,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return build_parser(__doc__ or "")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _library_loggers(command: str) -> list[logging.Logger]:
     """The loggers of :data:`LIBRARY_LOGGERS`, and astroquery's for ``query`` or once it is imported.
 
@@ -412,7 +408,7 @@ def _warning_line(command: str) -> Callable[..., None]:
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         kind = "" if issubclass(category, GaiaDistancesWarning) else f" ({category.__name__})"
-        print(f"gaia-distances {command}: warning: {_one_line(message)}{kind}", file=sys.stderr)  # type: ignore[arg-type]
+        print(f"gaia-distances {command}: warning: {one_line(message)}{kind}", file=sys.stderr)  # type: ignore[arg-type]
 
     return show
 
@@ -449,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         with _library_output(args.command, args.verbose):
             summary = COMMANDS[args.command](args)
     except (GaiaDistancesError, ImportError, KeyError, ValueError, TypeError, OSError, Warning) as exc:
-        print(f"gaia-distances {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"gaia-distances {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gaia-distances {args.command}: interrupted", file=sys.stderr)

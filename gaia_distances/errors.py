@@ -1,4 +1,4 @@
-"""Warning and exception types raised by gaia_distances."""
+"""Warning and exception types raised by gaia_distances, and the one-line form of an exception in messages."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ __all__ = [
     "MissingColumnsError",
     "PosteriorMismatchError",
     "PriorTableError",
+    "one_line",
 ]
 
 
@@ -42,3 +43,22 @@ class GaiaQueryError(GaiaDistancesError):
 
 class PosteriorMismatchError(GaiaDistancesError, ValueError):
     """A saved cluster posterior does not belong to the table it was given with."""
+
+
+def one_line(exc: BaseException | str, *, with_type: bool = False, limit: int | None = None) -> str:
+    r"""An exception's message on one line (its whitespace collapsed), for a message that quotes it.
+
+    ``with_type`` prefixes the exception's class name; ``limit`` cuts the text
+    to that many characters, ending in ``...``.
+
+    Examples
+    --------
+    >>> one_line(ValueError("bad\n   value"), with_type=True)
+    'ValueError: bad value'
+    >>> one_line(OSError(), limit=7), one_line(KeyError("x" * 10), limit=8)
+    ('OSError', "'xxxx...")
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if with_type and isinstance(exc, BaseException):
+        text = f"{type(exc).__name__}: {text}"
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -14,7 +14,7 @@ import numpy as np
 from astropy.table import MaskedColumn, QTable, Table
 
 from gaia_distances.columns import META_KEY, InvalidTableError, normalise_columns, warn
-from gaia_distances.errors import GaiaDistancesWarning
+from gaia_distances.errors import GaiaDistancesWarning, one_line
 
 __all__ = [
     "InvalidTableError",
@@ -244,13 +244,8 @@ def _read_file(path: Path, format: str | None, read_kwargs: dict[str, Any]) -> T
             raise
         raise InvalidTableError(
             f"could not read {path} as {fmt}: the file is truncated, corrupt or not {fmt} "
-            f"({type(exc).__name__}: {_one_line(exc)})"
+            f"({type(exc).__name__}: {one_line(exc, limit=200)})"
         ) from exc
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _starts_with(path: Path, prefix: bytes) -> bool:

@@ -28,39 +28,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gaia_distances.columns import META_KEY, column_values, corrected_parallax
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
+from gaia_distances.pm_plots import FitLike
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-
-class FitLike(Protocol):
-    """What the plots and reports read from a cluster fit (:class:`~gaia_distances.ClusterFit` provides it)."""
-
-    @property
-    def table(self) -> Any: ...
-
-    @property
-    def method(self) -> str: ...
-
-    @property
-    def posterior(self) -> Mapping[str, np.ndarray]: ...
-
-    @property
-    def diagnostics(self) -> Mapping[str, Any]: ...
-
-    def summary(self) -> Any: ...
-
-    @property
-    def stars(self) -> Any: ...
-
-    def predictive(self, kind: str = "posterior", *, num_samples: int = 100, seed: int = 0) -> np.ndarray: ...
 
 
 __all__ = [

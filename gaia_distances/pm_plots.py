@@ -5,7 +5,7 @@ NumPy only; matplotlib is reached through the ``Axes`` passed in.
 :func:`gaia_distances.plotting.proper_motion_predictive` draw from it.
 
 The model of :func:`~gaia_distances.fit_cluster` with proper motions (mas/yr,
-parallaxes ``w`` in mas, velocities in km/s, ``A_V`` = 4.740470446):
+parallaxes ``w`` in mas, velocities in km/s, ``A_V`` = 4.7405, :data:`~gaia_distances.core.kinematics.A_V`):
 
 - the cluster: mean ``(pmra, pmdec)`` and an isotropic internal dispersion
   ``sigma_v (1000 pc / D) / A_V``;
@@ -28,7 +28,7 @@ fit without proper motions raises ``ValueError``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -39,11 +39,33 @@ from gaia_distances.core.sampling import checked_seed
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-#: A cluster fit as :class:`gaia_distances.plotting.FitLike` describes it (not imported: plotting imports this module).
-FitLike = Any
+
+class FitLike(Protocol):
+    """What the plots and reports read from a cluster fit (:class:`~gaia_distances.ClusterFit` provides it)."""
+
+    @property
+    def table(self) -> Any: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def posterior(self) -> Mapping[str, np.ndarray]: ...
+
+    @property
+    def diagnostics(self) -> Mapping[str, Any]: ...
+
+    def summary(self) -> Any: ...
+
+    @property
+    def stars(self) -> Any: ...
+
+    def predictive(self, kind: str = "posterior", *, num_samples: int = 100, seed: int = 0) -> np.ndarray: ...
+
 
 __all__ = [
     "PM_LABELS",
+    "FitLike",
     "FieldProperMotions",
     "ObservedProperMotions",
     "ProperMotionModel",

@@ -29,7 +29,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import QTable
 
 from gaia_distances.columns import META_KEY, warn
-from gaia_distances.errors import GaiaQueryError
+from gaia_distances.errors import GaiaQueryError, one_line
 from gaia_distances.io import as_table
 from gaia_distances.tap_jobs import (
     RUNNING_PHASES,
@@ -179,10 +179,6 @@ def _remove_stale_parts(folder: Path) -> None:
                 log.info("removed a stale partial query result: %s", part)
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
 def _read_cached(path: Path, adql: str, server: str, *, offline: bool) -> QTable | None:
     """The cached result at ``path``; ``None`` if there is none or it cannot be read (then it is removed)."""
     if not path.exists():
@@ -192,10 +188,11 @@ def _read_cached(path: Path, adql: str, server: str, *, offline: bool) -> QTable
     except Exception as exc:  # truncated, emptied or garbled by something outside this package
         if offline:
             raise GaiaQueryError(
-                f"the cached query result {path} cannot be read ({_one_line(exc)}); "
+                f"the cached query result {path} cannot be read ({one_line(exc, with_type=True)}); "
                 "run without offline to fetch it again, or delete the file"
             ) from exc
-        warn(f"discarding the unreadable cached query result {path} ({_one_line(exc)}); querying {server} again")
+        reason = one_line(exc, with_type=True)
+        warn(f"discarding the unreadable cached query result {path} ({reason}); querying {server} again")
         with contextlib.suppress(OSError):
             path.unlink()
         return None
@@ -389,7 +386,7 @@ def query_adql(
     limit = f" within job_timeout={job_timeout:g} s" if out_of_time and job_timeout is not None else ""
     raise GaiaQueryError(
         f"Gaia archive query failed after {attempt + 1} attempt(s){limit} at {server} (job {jobid}): "
-        f"{_one_line(last) if last else 'no answer'}. Check the server URL and your network, increase "
+        f"{one_line(last, with_type=True) if last else 'no answer'}. Check the server URL and your network, increase "
         "timeout= or job_timeout=, or use offline=True with a cached result."
     ) from last
 

@@ -37,10 +37,10 @@ from gaia_distances.core.astrometry import (
     PM_ERROR_FACTORS_DR3,
     correlated_astrometric_noise,
     parallax_error_dr3,
-    positive_definite_correlations,
     proper_motion_from_velocity,
 )
 from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.numerics import positive_definite_correlations
 from gaia_distances.core.offset_field import draw_offset_field
 from gaia_distances.core.sampling import checked_seed
 from gaia_distances.systematics import SystematicsSpec, resolve_systematics

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from gaia_distances.errors import GaiaQueryError
+from gaia_distances.errors import GaiaQueryError, one_line
 
 __all__ = [
-    "CHUNK",
+    "DOWNLOAD_CHUNK_BYTES",
     "RUNNING_PHASES",
     "DefinitiveError",
     "abort_job",
@@ -33,10 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("gaia_distances.query")
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 #: Job phases in which a TAP job has not finished yet.
@@ -103,14 +99,14 @@ def abort_job(job: Any, timeout: float | None) -> str:
                 if response.status not in (200, 303):
                     raise OSError(f"HTTP {response.status} {response.reason}")
     except Exception as exc:
-        log.warning("could not abort Gaia archive job %s: %s", jobid, _one_line(exc))
-        return f"asking the server to abort it failed ({_one_line(exc)})"
+        log.warning("could not abort Gaia archive job %s: %s", jobid, one_line(exc, with_type=True))
+        return f"asking the server to abort it failed ({one_line(exc, with_type=True)})"
     log.info("asked the server to abort Gaia archive job %s", jobid)
     return "the server was asked to abort it"
 
 
 #: Bytes asked for per read of a result: a read returns what has arrived, up to this.
-CHUNK = 65536
+DOWNLOAD_CHUNK_BYTES = 65536
 
 
 def download_result(
@@ -118,7 +114,7 @@ def download_result(
 ) -> None:
     """Save the job's result to ``path``, within ``deadline`` (monotonic s) for the whole download.
 
-    Each read returns what has arrived (at most :data:`CHUNK` bytes) and the
+    Each read returns what has arrived (at most :data:`DOWNLOAD_CHUNK_BYTES` bytes) and the
     deadline is checked between reads, so a server that trickles the result
     cannot hold the query past ``job_timeout``; each read waits at most
     ``timeout`` or the time left. A job without a connection handler (an
@@ -140,7 +136,7 @@ def download_result(
         received = 0
         read = getattr(response, "read1", response.read)
         with open(path, "wb") as fh:
-            while chunk := read(CHUNK):
+            while chunk := read(DOWNLOAD_CHUNK_BYTES):
                 fh.write(chunk)
                 received += len(chunk)
                 if deadline is not None and time.monotonic() > deadline:

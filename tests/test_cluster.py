@@ -210,6 +210,12 @@ def test_bad_rows_are_kept_flagged_and_excluded(cluster_input, cluster_fit):
     assert outside[8:].any() and np.all(flag[8:][outside[8:]] & gd.ClusterFlag.OUTSIDE_LIMITS)
     assert np.all(np.isfinite(np.asarray(out["membership_prob"])[flag == 0]))
     assert cluster_fit.stars.n_stars == int(np.sum(flag == 0))
+    # the column says what each bit a fit sets means, in the words of ClusterFlag (written once)
+    description = out["cluster_flag"].description
+    for bit in gd.ClusterFlag:
+        if bit and bit != gd.ClusterFlag.NOT_FITTED:
+            assert f"{int(bit)} {bit.meaning}" in description
+            assert f"``{bit.name}`` = {int(bit)}: " in gd.ClusterFlag.__doc__
     # and the cluster is found where it was simulated (850 pc, 400 of 1900 stars)
     rows = {str(r["parameter"]): r for r in cluster_fit.summary()}
     assert abs(rows["D"]["mean"] - 850.0) < 4 * rows["D"]["sd"] + 2.0, rows["D"]["mean"]
@@ -395,6 +401,7 @@ def test_fit_clusters_on_a_grouped_table_keeps_rows_and_flags_the_unfittable(thr
     assert len(out) == len(whole) and np.array_equal(out["source_id"], whole["source_id"])
     tiny_rows = np.asarray(out["cluster"]) == "tiny"
     assert np.all(np.asarray(out["cluster_flag"])[tiny_rows] & gd.ClusterFlag.NOT_FITTED)
+    assert f"4 {gd.ClusterFlag.NOT_FITTED.meaning}" in out["cluster_flag"].description
     assert np.all(np.isnan(out["membership_prob"][tiny_rows]))
     truth = {"near": 450.0, "mid": 1100.0, "far": 2000.0}
     for row in res.summary():

@@ -11,7 +11,7 @@ from astropy import units as u
 from conftest import shared_file
 
 import gaia_distances as gd
-from gaia_distances.cluster.stars import ClusterFlag
+from gaia_distances.cluster.flags import ClusterFlag
 from gaia_distances.core.predictive import proper_motion_check
 
 #: Small fields in one padding bucket (768 stars), so that the fits share compiled programs. Their

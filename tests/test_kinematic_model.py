@@ -12,7 +12,8 @@ from astropy.table import QTable
 from scipy import integrate, stats
 
 import gaia_distances as gd
-from gaia_distances.cluster.stars import ClusterFlag, select_stars
+from gaia_distances.cluster.flags import ClusterFlag
+from gaia_distances.cluster.stars import select_stars
 from gaia_distances.core import field_bins, kinematics
 from gaia_distances.core.likelihood import pad_star_data, padded_size
 from gaia_distances.core.population import ClusterModel, ClusterPriors, to_population

@@ -23,8 +23,8 @@ pytest.importorskip("corner", reason="the plot extra (corner) is not installed")
 plt = pytest.importorskip("matplotlib.pyplot")
 
 from gaia_distances import pm_plots  # noqa: E402  (after the Agg backend is chosen)
+from gaia_distances.core.kinematics import A_V  # noqa: E402
 
-A_V = 4.740470446
 TRUTH: dict[str, float] = {
     "D": 850.0,
     "sigma": 17.0,

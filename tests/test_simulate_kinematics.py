@@ -8,12 +8,9 @@ from astropy import units as u
 from astropy.coordinates import CartesianDifferential, CartesianRepresentation, SkyCoord
 
 import gaia_distances as gd
-from gaia_distances.core.astrometry import (
-    correlated_astrometric_noise,
-    correlation_matrices,
-    positive_definite_correlations,
-    proper_motion_error_dr3,
-)
+from gaia_distances.core.astrometry import correlated_astrometric_noise, proper_motion_error_dr3
+from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.numerics import correlation_matrices, positive_definite_correlations
 
 PM_COLUMNS = ["pmra", "pmdec", "pmra_error", "pmdec_error", "parallax_pmra_corr", "parallax_pmdec_corr"]
 PM_COLUMNS += ["pmra_pmdec_corr"]
@@ -143,7 +140,7 @@ def test_members_move_with_the_cluster_space_velocity():
     assert meta["cluster_pmra"] == pytest.approx(pm0[0], abs=1e-6) and pm0[0] == pytest.approx(-10.97, abs=0.02)
     assert meta["cluster_pmdec"] == pytest.approx(pm0[1], abs=1e-6) and pm0[1] == pytest.approx(-2.94, abs=0.02)
     a, d = _v(t, "pmra_true"), _v(t, "pmdec_true")
-    sig_pm = 0.7 * (1000.0 / 850.0) / 4.740470446
+    sig_pm = 0.7 * (1000.0 / 850.0) / A_V
     assert meta["cluster_sigma_v"] == 0.7 and meta["cluster_sigma_pm"] == pytest.approx(sig_pm)
     assert np.mean(a) == pytest.approx(pm0[0], abs=4 * sig_pm / np.sqrt(len(t)) + 0.01)
     assert np.mean(d) == pytest.approx(pm0[1], abs=4 * sig_pm / np.sqrt(len(t)) + 0.01)
@@ -188,7 +185,7 @@ def test_field_proper_motions_depend_on_distance_like_a_rotating_disc(deep_field
     spread_times_r = []
     for lo, hi in ((500, 700), (1000, 1300), (2000, 2500), (4000, 5000)):
         s = (r > lo) & (r < hi)
-        spread_times_r.append(np.std(a[s]) * np.median(r[s]) / 1000.0 * 4.740470446)  # km/s
+        spread_times_r.append(np.std(a[s]) * np.median(r[s]) / 1000.0 * A_V)  # km/s
     assert np.all(np.diff([np.std(a[(r > lo) & (r < hi)]) for lo, hi in ((500, 700), (4000, 5000))]) < 0)
     np.testing.assert_allclose(spread_times_r, np.mean(spread_times_r), rtol=0.2)
     assert 25 < np.mean(spread_times_r) < 45  # km/s: thin disc plus 10 % thick disc
@@ -205,8 +202,8 @@ def test_nearby_field_stars_show_the_solar_reflex_motion():
     rel = CartesianDifferential(np.broadcast_to([[-11.1], [-12.24 - drift], [-7.25]], unit.shape) * (u.km / u.s))
     c = SkyCoord(CartesianRepresentation(unit * r[s] * u.pc, differentials=rel), frame="galactic").icrs
     for col, want in (("pmra_true", c.pm_ra_cosdec), ("pmdec_true", c.pm_dec)):
-        got_kms = _v(t, col)[s] * r[s] / 1000.0 * 4.740470446
-        want_kms = want.to_value(u.mas / u.yr) * r[s] / 1000.0 * 4.740470446
+        got_kms = _v(t, col)[s] * r[s] / 1000.0 * A_V
+        want_kms = want.to_value(u.mas / u.yr) * r[s] / 1000.0 * A_V
         se = np.std(got_kms) / np.sqrt(s.sum())
         assert np.mean(got_kms) == pytest.approx(np.mean(want_kms), abs=4 * se + 1.5), col
 

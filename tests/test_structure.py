@@ -105,3 +105,82 @@ def test_the_checks_can_fail(tmp_path):
     a.write_text("from gaia_distances.x import _private\nfrom . import sibling\n")
     found = _imports(a, "gaia_distances.y")
     assert ("gaia_distances.x", ["_private"]) in found and ("gaia_distances", ["sibling"]) in found
+
+
+# --------------------------------------------------------------------------- every idea named once
+
+#: Public names still defined in two modules: the proper-motion predictive of the figures (for fit-like
+#: objects without a model) beside the model's own. The declared-terms work gives the model one simulator.
+PENDING_SHARED_NAMES = {"simulate_proper_motions"}
+#: Rules written once: (what, a test on an AST node, the one module that may hold it).
+RULES_WRITTEN_ONCE = (
+    (
+        "the km/s <-> mas/yr constant A_V",
+        lambda node: (
+            isinstance(node, ast.Constant) and isinstance(node.value, float) and abs(node.value - 4.7404705) < 1e-5
+        ),
+        "gaia_distances.core.kinematics",
+    ),
+    (
+        "a Gauss-Hermite rule",
+        lambda node: (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("hermegauss", "hermgauss", "roots_hermite", "roots_hermitenorm")
+        ),
+        "gaia_distances.core.numerics",
+    ),
+)
+
+
+def _defined_names(path: Path) -> set[str]:
+    """Names a module defines at its top level (functions, classes and assignments; loggers left out)."""
+    out: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            out.add(node.name)
+        elif isinstance(node, ast.Assign):
+            out |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out.add(node.target.id)
+    return {n for n in out if not n.startswith("_") and n != "log"}
+
+
+def _places(paths: dict[str, Path]) -> dict[str, list[str]]:
+    places: dict[str, list[str]] = {}
+    for name, path in paths.items():
+        for defined in _defined_names(path):
+            places.setdefault(defined, []).append(name)
+    return {n: m for n, m in places.items() if len(m) > 1}
+
+
+def _rule_places(paths: dict[str, Path]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            for what, test, _ in RULES_WRITTEN_ONCE:
+                if test(node):
+                    found.setdefault(what, set()).add(name)
+    return found
+
+
+def test_every_public_name_is_defined_in_one_module():
+    twice = {n: m for n, m in _places(_modules()).items() if n not in PENDING_SHARED_NAMES}
+    assert not twice, twice
+
+
+def test_each_constant_and_rule_is_written_once():
+    found = _rule_places(_modules())
+    for what, _, home in RULES_WRITTEN_ONCE:
+        assert found.get(what, {home}) <= {home}, f"{what} is written outside {home}: {sorted(found[what])}"
+
+
+def test_the_named_once_checks_can_fail(tmp_path):
+    """A name defined in two modules, the constant written out and a Gauss-Hermite rule made elsewhere are seen."""
+    one, two = tmp_path / "one.py", tmp_path / "two.py"
+    one.write_text("A_V = 4.74047\ndef rule(n):\n    return np.polynomial.hermite_e.hermegauss(n)\n")
+    two.write_text("def rule(n):\n    return n\n_private = 1\nlog = None\n")
+    paths = {"gaia_distances.one": one, "gaia_distances.two": two}
+    assert _places(paths) == {"rule": ["gaia_distances.one", "gaia_distances.two"]}
+    found = _rule_places(paths)
+    assert found["the km/s <-> mas/yr constant A_V"] == {"gaia_distances.one"}
+    assert found["a Gauss-Hermite rule"] == {"gaia_distances.one"}

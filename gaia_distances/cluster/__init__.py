@@ -4,7 +4,7 @@
 - :func:`fit_clusters` (:mod:`.batch`): many clusters in one vectorised program;
 - :class:`ClusterFit`, :class:`ClusterFits` (:mod:`.result`): posteriors,
   per-star columns, diagnostics, plots and reports;
-- :class:`ClusterFlag`, :class:`FittedStars` (:mod:`.stars`): which rows were
+- :class:`ClusterFlag` (:mod:`.flags`), :class:`FittedStars` (:mod:`.stars`): which rows were
   fitted, and why the others were not.
 
 The model: the cluster is a Gaussian in ``ln r`` (``D``, ``sigma``), the field
@@ -18,8 +18,9 @@ architecture page of the documentation for how the layers fit together.
 
 from gaia_distances.cluster.batch import fit_clusters
 from gaia_distances.cluster.fit import fit_cluster
+from gaia_distances.cluster.flags import ClusterFlag
 from gaia_distances.cluster.result import ClusterFit, ClusterFits
-from gaia_distances.cluster.stars import ClusterFlag, FittedStars
+from gaia_distances.cluster.stars import FittedStars
 from gaia_distances.core.population import ClusterPriors
 
 __all__ = ["ClusterFit", "ClusterFits", "ClusterFlag", "ClusterPriors", "FittedStars", "fit_cluster", "fit_clusters"]

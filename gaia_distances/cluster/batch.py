@@ -9,13 +9,13 @@ from astropy import units as u
 from astropy.table import QTable
 
 from gaia_distances.cluster.fit import Stopwatch, assemble_fit, find_start
+from gaia_distances.cluster.flags import ClusterFlag, flag_description
 from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, ClusterFits
 from gaia_distances.cluster.stars import (
     CLUSTER_DISTANCE_COLUMNS,
     MIN_STARS,
-    Candidates,
-    ClusterFlag,
+    ParallaxCandidates,
     Selection,
     finish_selection,
     parallax_rows,
@@ -90,10 +90,7 @@ def _merge_groups(whole: QTable, rows: list[np.ndarray], fits: list[ClusterFit |
         dist,
         flag,
         member_description="posterior probability of membership of the row's cluster",
-        flag_description=(
-            "ClusterFlag bits: 1 no parallax, 2 outside limits, 4 not fitted, 8 no usable proper motion "
-            "(parallax only), 16 impossible proper motion (not fitted)"
-        ),
+        flag_description=flag_description([f for f in ClusterFlag if f]),
     )
     return out
 
@@ -104,7 +101,7 @@ def _not_fitted(errors: dict[Any, str], name: Any, exc: Exception) -> None:
     warn(f"fit_clusters: cluster {name!r} not fitted: {exc}")
 
 
-def _batch_kinematics(kinematics: bool | str, groups: dict[Any, Candidates]) -> bool:
+def _batch_kinematics(kinematics: bool | str, groups: dict[Any, ParallaxCandidates]) -> bool:
     """Whether every cluster's fit uses proper motions (one model for all), decided from each one's rows to fit.
 
     ``True`` and ``False`` stand (a cluster that cannot meet ``True`` is
@@ -237,7 +234,7 @@ def fit_clusters(
             refuse_star_columns(part, overwrite=overwrite, step=f"fit_clusters (cluster {name!r})")
     fits: list[ClusterFit | None] = [None] * len(names)
     errors: dict[Any, str] = {}
-    candidates: dict[int, Candidates] = {}
+    candidates: dict[int, ParallaxCandidates] = {}
     for i, (name, part) in enumerate(zip(names, parts)):
         try:
             candidates[i] = parallax_rows(

@@ -22,6 +22,7 @@ from astropy import units as u
 
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.fingerprint import fit_fingerprint
+from gaia_distances.cluster.flags import ClusterFlag, flag_description
 from gaia_distances.cluster.options import checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import (
@@ -462,10 +463,7 @@ def assemble_fit(
             dist,
             sel.flag,
             member_description="posterior probability of cluster membership (NaN: not fitted)",
-            flag_description=(
-                "ClusterFlag bits: 1 no parallax, 2 outside parallax_limits, 8 no usable proper motion "
-                "(parallax only), 16 impossible proper motion (not fitted)"
-            ),
+            flag_description=flag_description([f for f in ClusterFlag if f and f != ClusterFlag.NOT_FITTED]),
         )
     sampled = physical_draws(draws.z, prior)
     step = "fit_clusters" if "batched_clusters" in record else "fit_cluster"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any, NamedTuple
 
 import numpy as np
 from astropy import units as u
 from astropy.table import QTable
 
+from gaia_distances.cluster.flags import ClusterFlag
 from gaia_distances.columns import (
     add_column,
     column_values,
@@ -28,12 +28,11 @@ from gaia_distances.io import as_table
 
 __all__ = [
     "CLUSTER_DISTANCE_COLUMNS",
-    "Candidates",
+    "ParallaxCandidates",
     "MIN_STARS",
     "PM_COLUMNS",
     "PM_CORRELATIONS",
     "STAR_COLUMNS",
-    "ClusterFlag",
     "FittedStars",
     "ProperMotionRows",
     "finish_selection",
@@ -55,25 +54,6 @@ __all__ = [
 MIN_STARS = 20
 #: The cluster-model distance columns -> index into ONE_SIGMA_QUANTILES.
 CLUSTER_DISTANCE_COLUMNS = distance_column_names("cluster_distance").quantiles
-
-
-class ClusterFlag(enum.IntFlag):
-    """Bits of the ``cluster_flag`` column (0: the star was used in the fit)."""
-
-    OK = 0
-    #: no parallax, or a missing, zero or negative error: excluded, results NaN
-    NO_PARALLAX = 1
-    #: outside ``parallax_limits``: excluded, results NaN
-    OUTSIDE_LIMITS = 2
-    #: (fit_clusters) the row's cluster could not be fitted, or its group key is missing
-    NOT_FITTED = 4
-    #: (kinematic fits) no usable proper motion (none, a bad error, a correlation outside [-1, 1], or no
-    #: position where the other stars have one): fitted with its parallax alone
-    NO_PROPER_MOTION = 8
-    #: (kinematic fits) a proper motion no star could have (a tangential speed above
-    #: MAX_TANGENTIAL_SPEED_KMS even at the nearest distance its parallax allows; a spurious
-    #: astrometric solution): excluded, results NaN
-    IMPOSSIBLE_PROPER_MOTION = 16
 
 
 #: The columns a kinematic fit needs, and the correlations it reads when present (0 otherwise).
@@ -226,7 +206,7 @@ class ProperMotionRows(NamedTuple):
     unplaced: np.ndarray
 
 
-def proper_motion_rows(cand: Candidates) -> ProperMotionRows:
+def proper_motion_rows(cand: ParallaxCandidates) -> ProperMotionRows:
     """:class:`ProperMotionRows` of ``cand``'s table (which has every column of :data:`PM_COLUMNS`)."""
     out = cand.table
     pmra, pmdec = (column_values(out, c, u.mas / u.yr) for c in ("pmra", "pmdec"))
@@ -331,7 +311,7 @@ def _frame_positions(out: QTable, used: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(("ra", "dec"), pos))
 
 
-class Candidates(NamedTuple):
+class ParallaxCandidates(NamedTuple):
     """A copy of the input table, its corrected parallaxes and errors (mas), and the flags of the parallax cuts."""
 
     table: QTable
@@ -345,7 +325,7 @@ class Candidates(NamedTuple):
 
 def parallax_rows(
     table: Any, *, zero_point: Any = None, parallax_limits: tuple[float, float] | None = None, step: str = "fit_cluster"
-) -> Candidates:
+) -> ParallaxCandidates:
     """The rows with a finite parallax and a positive error, inside ``parallax_limits`` (mas) if given.
 
     The limits apply to the catalogue ``parallax`` when the table has it, as
@@ -362,7 +342,7 @@ def parallax_rows(
         cut = raw if raw is not None else plx
         inside = (cut > lo) & (cut < hi)
         flag[~inside & (flag == 0)] |= ClusterFlag.OUTSIDE_LIMITS
-    return Candidates(out, plx, err, raw, flag, zp_source, parallax_limits)
+    return ParallaxCandidates(out, plx, err, raw, flag, zp_source, parallax_limits)
 
 
 def select_stars(
@@ -393,7 +373,7 @@ def select_stars(
 
 
 def finish_selection(
-    cand: Candidates,
+    cand: ParallaxCandidates,
     *,
     kinematics: bool | str = False,
     truncate: bool = True,

@@ -52,6 +52,7 @@ from astropy.table import Table
 from gaia_distances.cluster.stars import FittedStars
 from gaia_distances.columns import column_values, sky_positions, warn
 from gaia_distances.core.kernel_checks import check_covariance_psd, is_published
+from gaia_distances.core.kinematics import A_V
 from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel, weighted_offset_variance
 from gaia_distances.core.user_kernel import callable_name
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
@@ -176,7 +177,7 @@ def fit_systematics(
         and stars.pmra_error is not None
         and stars.pmdec_error is not None
     ):
-        pm_spread = float(np.median(np.asarray(posterior["sigma_v"], float))) * plx / 4.740470463
+        pm_spread = float(np.median(np.asarray(posterior["sigma_v"], float))) * plx / A_V
         var_pm = 0.5 * (np.asarray(stars.pmra_error, float) ** 2 + np.asarray(stars.pmdec_error, float) ** 2)
         w_pm = p / (var_pm + pm_spread**2)
         v_pm = weighted_offset_variance(ra, dec, w_pm, kernel, component="proper_motion", unplaced="coincide")

@@ -13,10 +13,8 @@ __all__ = [
     "PM_ERROR_FACTORS_DR3",
     "ProperMotion",
     "correlated_astrometric_noise",
-    "correlation_matrices",
     "least_tangential_speed",
     "parallax_error_dr3",
-    "positive_definite_correlations",
     "proper_motion_error_dr3",
     "proper_motion_from_velocity",
 ]
@@ -75,42 +73,6 @@ def proper_motion_error_dr3(g_mag: np.ndarray | float) -> ProperMotion:
     return ProperMotion(PM_ERROR_FACTORS_DR3[0] * s, PM_ERROR_FACTORS_DR3[1] * s)
 
 
-def correlation_matrices(rho: np.ndarray) -> np.ndarray:
-    """``(..., 3, 3)`` correlation matrices of (parallax, pmra, pmdec) from ``(..., 3)`` off-diagonal terms.
-
-    ``rho[..., 0]``, ``rho[..., 1]``, ``rho[..., 2]`` are the parallax-pmra,
-    parallax-pmdec and pmra-pmdec correlations, in Gaia's column order.
-    """
-    rho = np.asarray(rho, float)
-    m = np.broadcast_to(np.eye(3), (*rho.shape[:-1], 3, 3)).copy()
-    for k, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
-        m[..., i, j] = m[..., j, i] = rho[..., k]
-    return m
-
-
-def positive_definite_correlations(rho: np.ndarray, *, min_eigenvalue: float = 0.05) -> np.ndarray:
-    """Shrink off-diagonal correlations so every 3x3 correlation matrix is positive definite.
-
-    ``rho`` is ``(..., 3)`` as in :func:`correlation_matrices`. A matrix whose
-    smallest eigenvalue is below ``min_eigenvalue`` has its off-diagonal part
-    scaled by the one factor that lifts that eigenvalue to ``min_eigenvalue``
-    (``R = I + O`` has eigenvalues ``1 + lambda(O)``); the others are returned
-    unchanged.
-
-    Examples
-    --------
-    >>> r = positive_definite_correlations(np.array([[0.9, 0.9, -0.9], [0.2, -0.1, 0.3]]))
-    >>> bool(np.linalg.eigvalsh(correlation_matrices(r)).min() >= 0.05 - 1e-12), r[1].tolist()
-    (True, [0.2, -0.1, 0.3])
-    """
-    rho = np.asarray(rho, float)
-    off = correlation_matrices(np.nan_to_num(rho)) - np.eye(3)
-    lam = np.linalg.eigvalsh(off)[..., 0]  # <= 0: the off-diagonal part has zero trace
-    limit = 1.0 - min_eigenvalue
-    scale = np.where(lam < -limit, limit / np.maximum(-lam, limit), 1.0)
-    return rho * scale[..., None]
-
-
 def correlated_astrometric_noise(z: np.ndarray, sigma: np.ndarray, rho: np.ndarray) -> np.ndarray:
     """Gaussian noise in (parallax, pmra, pmdec) with standard errors ``sigma`` and correlations ``rho``.
 
@@ -149,7 +111,7 @@ def proper_motion_from_velocity(
     ``mu_alpha* = parallax (p . v) / A_V`` and ``mu_delta = parallax (q . v) / A_V``
     with ``p = (-sin a, cos a, 0)``, ``q = (-sin d cos a, -sin d sin a, cos d)``
     the unit vectors towards increasing RA and Dec and
-    :data:`~gaia_distances.core.kinematics.A_V` = 4.740470446 km/s per (au/yr);
+    :data:`~gaia_distances.core.kinematics.A_V` = 4.7405 km/s per (au/yr);
     ``velocity_kms`` is ``(..., 3)``.
 
     Examples

@@ -12,25 +12,16 @@ limit of many nodes and no gradient needs to flow through the placement.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gaia_distances.core.components import cluster_log_density_u
-from gaia_distances.core.numerics import Array, normal_log_pdf
+from gaia_distances.core.numerics import Array, gauss_hermite, normal_log_pdf
 
 __all__ = ["cluster_log_likelihood"]
-
-
-@functools.lru_cache(maxsize=8)
-def _gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and log weights of the probabilists' Gauss-Hermite rule for ``N(0, 1)``."""
-    x, wts = np.polynomial.hermite_e.hermegauss(n)  # weight exp(-x^2/2)
-    return x, np.log(wts / math.sqrt(2.0 * math.pi))
 
 
 def cluster_log_likelihood(
@@ -56,7 +47,7 @@ def cluster_log_likelihood(
     """
     w, s = parallax, parallax_error
     sigma = jnp.exp(log_sigma)
-    x, log_wx = _gauss_hermite(n_gh)
+    x, log_wx = gauss_hermite(n_gh)
     # Everything is placed in d = u - ln D, the offset from the cluster's centre: in float32, u itself
     # (about 8 at a few kpc) carries an absolute error of 1e-6, as large as a well-resolved cluster's
     # depth in the tail of an unresolved depth's posterior, so differences u - ln D would be noise.

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from gaia_distances.core.field_bins import FieldBins, bins_posterior
-from gaia_distances.core.kinematics import A_V, GH3_LOG_W, GH3_X, KinematicData, Kinematics
-from gaia_distances.core.numerics import LOG_SQRT_2PI, Array
+from gaia_distances.core.kinematics import A_V, FIELD_PM_NODES, KinematicData, Kinematics
+from gaia_distances.core.numerics import LOG_SQRT_2PI, Array, gauss_hermite
 
 __all__ = ["field_log_likelihood_pm"]
 
@@ -41,7 +41,8 @@ __all__ = ["field_log_likelihood_pm"]
 def _rows(kin: Kinematics, obs: KinematicData, parallax: Array, mean: Array, sd: Array) -> dict[str, Any]:
     """Every (component, node) row's log term and what its derivatives need, shapes ``(M, K, n)``."""
     M = kin.field_mean.shape[0]
-    x = jnp.asarray(GH3_X, mean.dtype)[None, :, None]
+    x_nodes, log_w_nodes = gauss_hermite(FIELD_PM_NODES)
+    x = jnp.asarray(x_nodes, mean.dtype)[None, :, None]
     t = mean + sd * x  # (1, K, n)
     t = jnp.broadcast_to(t, (M, *t.shape[1:]))
     m = (slice(None), None, None)
@@ -61,7 +62,7 @@ def _rows(kin: Kinematics, obs: KinematicData, parallax: Array, mean: Array, sd:
     p11, p12, p22 = c11 + a11, c12 + t12, c22 + a22
     ux = (p22 * dx - p12 * dy) / det
     uy = (p11 * dy - p12 * dx) / det
-    log_a = jnp.asarray(GH3_LOG_W, mean.dtype)[None, :, None]
+    log_a = jnp.asarray(log_w_nodes, mean.dtype)[None, :, None]
     term = log_a + kin.field_log_w[m] - 0.5 * (ux * dx + uy * dy) - 0.5 * jnp.log(det) - 2.0 * LOG_SQRT_2PI
     return {
         "term": term,

@@ -12,7 +12,7 @@ integral: the cost stays ``O(stars x nodes)``.
   tangential velocity), plus an internal
   velocity dispersion ``sigma_v`` (km/s), which at distance ``r`` is a
   proper-motion dispersion ``sigma_v w_t / A_v`` (``w_t = 1000 pc / r`` in
-  mas; :data:`A_V` = 4.740470446 converts km/s at 1 kpc to mas/yr);
+  mas; :data:`A_V` = 4.7405 converts km/s at 1 kpc to mas/yr);
   :func:`cluster_pm_log_term` at each node of the cluster integral. In a
   wide or near field the one space velocity (with a radial velocity ``v_r``)
   is optionally projected along each star's line of sight instead
@@ -32,7 +32,6 @@ likelihood, the same for every component.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -40,12 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaia_distances.core.numerics import LOG_SQRT_2PI, Array
+from gaia_distances.core.numerics import LOG_SQRT_2PI, Array, gauss_hermite, positive_definite_correlations
 
 __all__ = [
     "A_V",
-    "GH3_LOG_W",
-    "GH3_X",
+    "FIELD_PM_NODES",
+    "MIN_CORRELATION_EIGENVALUE",
     "KinematicData",
     "Kinematics",
     "centre_frame_proper_motions",
@@ -64,8 +63,12 @@ __all__ = [
     "usable_proper_motion",
 ]
 
-#: km/s per (mas/yr x kpc): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr.
-A_V = 4.740470446
+#: km/s per (mas/yr x kpc), i.e. 1 au/yr in km/s (IAU 2012 au, Julian year; ``(1 * u.au / u.yr).to(u.km / u.s)``
+#: in astropy): a velocity ``v`` at parallax ``w`` (mas) is ``v w / A_V`` mas/yr. The package's only copy.
+A_V = 4.740470463533348
+#: The smallest eigenvalue a star's (parallax, pmra, pmdec) correlation matrix is given (Gaia's own are
+#: positive definite up to rounding; this repairs rounding and corrupted rows, moving them least).
+MIN_CORRELATION_EIGENVALUE = 1e-3
 
 
 class KinematicData(NamedTuple):
@@ -124,25 +127,17 @@ def prepare_kinematic_data(
     with ``ra``/``dec`` those without a finite position (which cannot be
     placed in the centre's frame, found from the others), get
     ``has_pm = 0`` (and harmless placeholder values). Non-finite
-    correlations count as 0 (the caller warns). A correlation matrix that is
-    not positive definite is shrunk towards the identity until it is.
+    correlations count as 0 (the caller warns). A correlation matrix whose
+    smallest eigenvalue is below :data:`MIN_CORRELATION_EIGENVALUE` is shrunk
+    towards the identity until it is not
+    (:func:`~gaia_distances.core.numerics.positive_definite_correlations`).
     """
     s_w = np.asarray(parallax_error, float)
     s_a, s_d = np.asarray(pmra_error, float), np.asarray(pmdec_error, float)
     pm = np.stack([np.asarray(pmra, float), np.asarray(pmdec, float)], axis=1)
     rho = [np.nan_to_num(np.asarray(c, float)) for c in (parallax_pmra_corr, parallax_pmdec_corr, pmra_pmdec_corr)]
-    r_wa, r_wd, r_ad = (np.clip(c, -0.999, 0.999) for c in rho)
-    # shrink (r_wa, r_wd, r_ad) until the 3x3 correlation matrix is positive definite
-    det = 1 + 2 * r_wa * r_wd * r_ad - r_wa**2 - r_wd**2 - r_ad**2
-    shrink = np.ones_like(det)
-    for _ in range(30):
-        bad = det <= 1e-6
-        if not bad.any():
-            break
-        shrink = np.where(bad, shrink * 0.9, shrink)
-        a, b, c = r_wa * shrink, r_wd * shrink, r_ad * shrink
-        det = 1 + 2 * a * b * c - a**2 - b**2 - c**2
-    r_wa, r_wd, r_ad = r_wa * shrink, r_wd * shrink, r_ad * shrink
+    repaired = positive_definite_correlations(np.stack(rho, axis=-1), min_eigenvalue=MIN_CORRELATION_EIGENVALUE)
+    r_wa, r_wd, r_ad = repaired[:, 0], repaired[:, 1], repaired[:, 2]
     ok = usable_proper_motion(pm[:, 0], pm[:, 1], s_a, s_d, rho) & np.isfinite(s_w) & (s_w > 0)
     placed = None
     if ra is not None and dec is not None:
@@ -467,9 +462,8 @@ def _field_pm_terms(w_t: Array, parallax: Array, kin: Kinematics, data: Kinemati
     return kin.field_log_w[m] + gaussian2_log_pdf(dx, dy, c[0] + a11, c[1] + a12, c[2] + a22, det)
 
 
-#: Three-point Gauss-Hermite rule for ``N(0, 1)``: nodes and weights.
-GH3_X = (-math.sqrt(3.0), 0.0, math.sqrt(3.0))
-GH3_LOG_W = (math.log(1.0 / 6.0), math.log(2.0 / 3.0), math.log(1.0 / 6.0))
+#: Nodes of the Gauss-Hermite rule over a star's true parallax under the field.
+FIELD_PM_NODES = 3
 
 
 def field_pm_log_term(mean_w: Array, var_w: Array, parallax: Array, kin: Kinematics, data: KinematicData) -> Array:
@@ -484,7 +478,6 @@ def field_pm_log_term(mean_w: Array, var_w: Array, parallax: Array, kin: Kinemat
     """
     # floored above 0, so that the square root's derivative stays finite where the floor applies
     sd = jnp.sqrt(jnp.maximum(var_w, 1e-12 * jnp.square(mean_w) + 1e-30))
-    x = jnp.asarray(GH3_X, mean_w.dtype)
-    log_wx = jnp.asarray(GH3_LOG_W, mean_w.dtype)
+    x, log_wx = (jnp.asarray(a, mean_w.dtype) for a in gauss_hermite(FIELD_PM_NODES))
     terms = _field_pm_terms(mean_w + sd * x[:, None], parallax, kin, data) + log_wx[:, None]
     return jnp.where(data.has_pm > 0, jax.nn.logsumexp(terms, axis=(0, 1)), 0.0)

@@ -12,13 +12,18 @@
 - :func:`hermite` and :func:`hermite_derivative`, the cubic Hermite step on the
   unit interval, and :func:`invert_cdf`, which inverts a tabulated CDF with it;
 - :func:`padded_chunks`, fixed-size chunks so that one compiled program serves
-  a whole table.
+  a whole table;
+- :func:`gauss_hermite`, the Gauss-Hermite rule for expectations under
+  ``N(0, 1)`` (every rule of that kind in the package);
+- :func:`correlation_matrices` and :func:`positive_definite_correlations`, the
+  3 x 3 (parallax, pmra, pmdec) correlation matrices and their one repair.
 
 Pure JAX/NumPy: ``xp`` selects the array module where both are supported.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -36,6 +41,8 @@ __all__ = [
     "bisect",
     "checked_integer",
     "chunk_length",
+    "correlation_matrices",
+    "gauss_hermite",
     "hermite",
     "hermite_derivative",
     "invert_cdf",
@@ -44,6 +51,7 @@ __all__ = [
     "log_likelihood_u",
     "normal_log_pdf",
     "padded_chunks",
+    "positive_definite_correlations",
     "separated_peaks",
     "trapezoid_nodes",
 ]
@@ -270,3 +278,60 @@ def trapezoid_nodes(
     loglike = log_likelihood_u(u, w[:, None], s[:, None], xp=np)
     log_weight = np.log(h)[:, None] + np.log(trap)[None, :] + loglike
     return u, log_weight
+
+
+@functools.lru_cache(maxsize=16)
+def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``x`` and log weights of the ``n``-point Gauss-Hermite rule for ``E[f(x)]``, ``x ~ N(0, 1)``.
+
+    ``E[f] ~ sum_k exp(log_w_k) f(x_k)``, exact for polynomials of degree
+    ``2 n - 1``; the weights sum to 1.
+
+    Examples
+    --------
+    >>> x, log_w = gauss_hermite(3)
+    >>> np.round(x, 6).tolist(), np.round(np.exp(log_w) * 6.0, 6).tolist()
+    ([-1.732051, 0.0, 1.732051], [1.0, 4.0, 1.0])
+    >>> x, log_w = gauss_hermite(10)
+    >>> float(np.round(np.sum(np.exp(log_w) * x**4), 12))
+    3.0
+    """
+    x, w = np.polynomial.hermite_e.hermegauss(n)  # weight exp(-x^2 / 2)
+    x.setflags(write=False)
+    log_w = np.log(w / math.sqrt(2.0 * math.pi))
+    log_w.setflags(write=False)
+    return x, log_w
+
+
+def correlation_matrices(rho: np.ndarray) -> np.ndarray:
+    """``(..., 3, 3)`` correlation matrices of (parallax, pmra, pmdec) from ``rho`` ``(..., 3)``:
+    ``(parallax_pmra, parallax_pmdec, pmra_pmdec)``."""
+    rho = np.asarray(rho, float)
+    m = np.broadcast_to(np.eye(3), (*rho.shape[:-1], 3, 3)).copy()
+    for k, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
+        m[..., i, j] = m[..., j, i] = rho[..., k]
+    return m
+
+
+def positive_definite_correlations(rho: np.ndarray, *, min_eigenvalue: float = 0.05) -> np.ndarray:
+    """Shrink off-diagonal correlations so every 3x3 correlation matrix is positive definite.
+
+    ``rho`` is ``(..., 3)`` as in :func:`correlation_matrices`; a non-finite
+    correlation counts as 0 for the repair (and stays as it is). A matrix whose smallest eigenvalue is below
+    ``min_eigenvalue`` has its off-diagonal part scaled by the one factor
+    that lifts that eigenvalue to ``min_eigenvalue`` (``R = I + O`` has
+    eigenvalues ``1 + lambda(O)``); the others are returned unchanged. Every
+    correlation of the result is then within ``1 - min_eigenvalue`` of +-1.
+
+    Examples
+    --------
+    >>> r = positive_definite_correlations(np.array([[0.9, 0.9, -0.9], [0.2, -0.1, 0.3]]))
+    >>> bool(np.linalg.eigvalsh(correlation_matrices(r)).min() >= 0.05 - 1e-12), r[1].tolist()
+    (True, [0.2, -0.1, 0.3])
+    """
+    rho = np.asarray(rho, float)
+    off = correlation_matrices(np.nan_to_num(rho)) - np.eye(3)
+    lam = np.linalg.eigvalsh(off)[..., 0]  # <= 0: the off-diagonal part has zero trace
+    limit = 1.0 - min_eigenvalue
+    scale = np.where(lam < -limit, limit / np.maximum(-lam, limit), 1.0)
+    return rho * scale[..., None]

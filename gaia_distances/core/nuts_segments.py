@@ -34,6 +34,7 @@ from gaia_distances.core.initialisation import whitening
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.sampling import (
     NutsSettings,
+    PotentialGen,
     Progress,
     compile_cached,
     per_chain,
@@ -41,12 +42,11 @@ from gaia_distances.core.sampling import (
     signature,
 )
 
-__all__ = ["INITIAL_STEP_SIZE", "Chains", "InitialDensity", "PotentialGen", "compile_segments"]
+__all__ = ["INITIAL_STEP_SIZE", "Chains", "InitialDensity", "compile_segments"]
 
 #: The step size the first segment starts from (whitened coordinates: the posterior's scale is about 1).
 INITIAL_STEP_SIZE = 0.5
 
-PotentialGen = Callable[..., Callable[[Array], Array]]
 #: ``initial(b, z)``: problem ``b``'s log posterior at ``z`` ``(d,)`` and its gradient in ``z`` (host arrays).
 InitialDensity = Callable[[int, np.ndarray], tuple[float, np.ndarray]]
 

@@ -67,6 +67,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: ``gen(*args)`` -> a potential (minus the log density) of the sampled position.
 PotentialGen = Callable[..., Callable[[Any], Array]]
 Progress = Callable[[int], None]
 

@@ -24,7 +24,6 @@ slope (:func:`edsd_log_pass_table`).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -35,7 +34,7 @@ from jax.scipy.special import ndtr
 from scipy.special import ndtr as scipy_ndtr
 
 from gaia_distances.core.field_table import FieldTable, field_log_likelihood
-from gaia_distances.core.numerics import Array
+from gaia_distances.core.numerics import Array, gauss_hermite
 
 __all__ = [
     "LIMIT",
@@ -70,10 +69,10 @@ class Truncation(NamedTuple):
     bins_log_pass: Array | None = None  # (n, bins)
 
 
-@functools.lru_cache(maxsize=4)
 def _gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = np.polynomial.hermite_e.hermegauss(n)
-    return x, w / math.sqrt(2.0 * math.pi)
+    """The rule's nodes and weights (not their logarithms)."""
+    x, log_w = gauss_hermite(n)
+    return x, np.exp(log_w)
 
 
 def _pass(below_lo: Array, below_hi: Array, above_lo: Array, above_hi: Array, xp: Any = jnp) -> Array:

@@ -41,8 +41,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gaia_distances.core.diagnostics import ESS_MIN
-from gaia_distances.core.nuts_segments import Chains, InitialDensity, PotentialGen
-from gaia_distances.core.sampling import NutsSettings, Progress
+from gaia_distances.core.nuts_segments import Chains, InitialDensity
+from gaia_distances.core.sampling import NutsSettings, PotentialGen, Progress
 
 __all__ = [
     "CRAWL_STEPS",
