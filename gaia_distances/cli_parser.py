@@ -14,6 +14,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from gaia_distances.cluster.options import CLUSTER_METHODS
+from gaia_distances.core.inflation import INFLATION_RECIPES
+from gaia_distances.core.population import FIELDS
+from gaia_distances.core.systematics import OFFSET_PRIORS, SYSTEMATICS_KERNELS
+from gaia_distances.estimate import ESTIMATE_METHODS
+from gaia_distances.priors import PRIOR_NAMES
+
 __all__ = [
     "KINEMATICS_CHOICES",
     "build_parser",
@@ -48,21 +55,18 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 finite_float = _number(float, lambda v: True, "a finite number")
 
-#: The named parallax error inflation recipes (gaia_distances.core.inflation.INFLATION_RECIPES).
-INFLATION_CHOICES = ("el-badry2021", "maiz-apellaniz2022")
-
 
 def inflation_recipe(text: str) -> str | float | None:
     """An argparse ``type`` for ``--parallax-error-inflation``: a recipe name, ``none`` or a factor > 0."""
     name = text.strip().lower()
     if name == "none":
         return None
-    if name in INFLATION_CHOICES:
+    if name in INFLATION_RECIPES:
         return name
     try:
         return positive_float(text)
     except argparse.ArgumentTypeError:
-        valid = ", ".join(INFLATION_CHOICES)
+        valid = ", ".join(INFLATION_RECIPES)
         raise argparse.ArgumentTypeError(f"must be one of {valid}, none or a factor > 0; got {text!r}") from None
 
 
@@ -122,21 +126,21 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--field",
-        choices=["flexible", "edsd"],
+        choices=sorted(FIELDS, key=lambda f: f != "flexible"),  # the default first
         default="flexible",
         help="field distance model: flexible (default), a smooth mixture of log-normal distance bins; edsd, "
         "the exponentially decreasing space density (reference model, one length scale L)",
     )
     parser.add_argument(
         "--systematics",
-        choices=["vasiliev2021", "lindegren2021", "maiz-apellaniz2021", "none"],
+        choices=[*SYSTEMATICS_KERNELS, "none"],
         default="vasiliev2021",
         help="Gaia's angularly correlated parallax and proper-motion systematics shared by the members "
         "(default vasiliev2021); none: the reference model, statistical errors only",
     )
     parser.add_argument(
         "--parallax-offset-prior",
-        choices=["none", "vasiliev2021"],
+        choices=["none", *OFFSET_PRIORS],
         default="none",
         help="prior on the members' mean parallax offset, with or without --systematics (with none it is the "
         "offset's whole uncertainty); vasiliev2021: +0.010 +- 0.003 mas for G > 13",
@@ -200,14 +204,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     _overwrite_option(e, "the output table and the input's own distance_* columns")
     e.add_argument(
         "--prior",
-        choices=["edsd", "ggd", "uniform"],
+        choices=list(PRIOR_NAMES),
         default="edsd",
         help="edsd: r^2 exp(-r/L); ggd: Bailer-Jones 2021 per-HEALPix table; uniform: r^2 to r_max",
     )
     e.add_argument("--length-scale", type=positive_float, default=1350.0, help="EDSD length scale L (pc)")
     e.add_argument("--r-max", type=positive_float, default=1e5, help="uniform-density prior limit (pc)")
     e.add_argument("--prior-table", default=None, help="local Bailer-Jones 2021 prior_summary.csv")
-    e.add_argument("--method", choices=["quadrature", "nuts"], default="quadrature")
+    e.add_argument("--method", choices=list(ESTIMATE_METHODS), default="quadrature")
     e.add_argument(
         "--zero-point",
         default=None,
@@ -238,7 +242,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     _overwrite_option(c, "the output table, the --save-posterior file and the input's own cluster columns")
     c.add_argument(
         "--method",
-        choices=["marginal", "joint"],
+        choices=list(CLUSTER_METHODS),
         default="marginal",
         help="marginal: distances integrated out (fast); joint: one latent distance per star",
     )

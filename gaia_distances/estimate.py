@@ -35,7 +35,10 @@ from gaia_distances.priors import EDSD, resolve_prior
 from gaia_distances.progress import progress_bar, show_progress
 from gaia_distances.systematics import parallax_error_inflation as inflate_errors
 
-__all__ = ["DistanceFlag", "estimate_distances"]
+__all__ = ["ESTIMATE_METHODS", "DistanceFlag", "estimate_distances"]
+
+#: ``estimate_distances(method=...)``: adaptive quadrature, or NUTS (a validation of it).
+ESTIMATE_METHODS = ("quadrature", "nuts")
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +194,8 @@ def estimate_distances(
     >>> t["distance_median"].unit
     Unit("pc")
     """
-    if method not in ("quadrature", "nuts"):
-        raise ValueError(f"method must be 'quadrature' or 'nuts'; got {method!r}")
+    if method not in ESTIMATE_METHODS:
+        raise ValueError(f"method must be one of {ESTIMATE_METHODS}; got {method!r}")
     enable_compilation_cache()
     levels = tuple(ONE_SIGMA_QUANTILES) + _checked_quantiles(extra_quantiles)
     check_options(

@@ -29,6 +29,8 @@ __all__ = [
     "BJ2021_PRIOR_URL",
     "EDSD",
     "GGD",
+    "PRIOR_ALIASES",
+    "PRIOR_NAMES",
     "BailerJones2021Prior",
     "UniformSpaceDensity",
     "load_bailer_jones_2021_table",
@@ -47,6 +49,12 @@ _N_HEALPIX5 = 12 * 4**5
 
 ParamLike = Union[float, np.ndarray, u.Quantity, str]  # noqa: UP007 (a runtime alias)
 
+
+#: The priors named by a string (``estimate_distances(prior="...")``, the CLI's ``--prior``): the exponentially
+#: decreasing space density, the Bailer-Jones et al. (2021) GGD table, and a uniform space density.
+PRIOR_NAMES = ("edsd", "ggd", "uniform")
+#: Other spellings of those names.
+PRIOR_ALIASES = {"bj2021": "ggd", "bailer-jones-2021": "ggd", "usd": "uniform"}
 
 #: What each prior parameter must be, as a test and in words (``GGD`` is proper for these).
 _VALID: dict[str, tuple[Any, str]] = {
@@ -343,15 +351,11 @@ def resolve_prior(prior: Any, table: Table) -> tuple[Any, dict[str, Any]]:
         has parameters outside its ``arg_constraints``; the message names it.
     """
     if isinstance(prior, str):
-        key = prior.lower()
-        if key == "edsd":
-            prior = EDSD()
-        elif key in ("ggd", "bj2021", "bailer-jones-2021"):
-            prior = GGD.bailer_jones_2021()
-        elif key in ("uniform", "usd"):
-            prior = UniformSpaceDensity()
-        else:
-            raise ValueError(f"unknown prior {prior!r}; use 'edsd', 'ggd' or 'uniform'")
+        name = PRIOR_ALIASES.get(prior.lower(), prior.lower())
+        if name not in PRIOR_NAMES:
+            raise ValueError(f"unknown prior {prior!r}; use one of {', '.join(map(repr, PRIOR_NAMES))}")
+        named: dict[str, Any] = {"edsd": EDSD, "ggd": GGD.bailer_jones_2021, "uniform": UniformSpaceDensity}
+        prior = named[name]()
     if hasattr(prior, "resolve"):
         return prior.resolve(table), prior.describe()
     try:

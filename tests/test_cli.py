@@ -276,3 +276,29 @@ def test_cluster_rejects_unknown_kinematics_and_field(tmp_path, field_file, caps
         main(["cluster", "--help"])
     text = capsys.readouterr().out
     assert "--kinematics {auto,on,off}" in text and "--field {flexible,edsd}" in text
+
+
+def test_the_option_choices_are_the_package_tables():
+    """Each choice list of the command line is the table the package itself checks against."""
+    import argparse
+
+    from gaia_distances.cli_parser import build_parser
+    from gaia_distances.cluster.options import CLUSTER_METHODS
+    from gaia_distances.core.population import FIELDS
+    from gaia_distances.core.systematics import OFFSET_PRIORS, SYSTEMATICS_KERNELS
+    from gaia_distances.estimate import ESTIMATE_METHODS
+    from gaia_distances.priors import PRIOR_NAMES
+
+    sub = next(a for a in build_parser("")._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {
+        (name, action.dest): set(action.choices)
+        for name, parser in sub.choices.items()
+        for action in parser._actions
+        if action.choices
+    }
+    assert choices[("estimate", "prior")] == set(PRIOR_NAMES)
+    assert choices[("estimate", "method")] == set(ESTIMATE_METHODS)
+    assert choices[("cluster", "method")] == set(CLUSTER_METHODS)
+    assert choices[("cluster", "field")] == set(FIELDS)
+    assert choices[("cluster", "systematics")] == {*SYSTEMATICS_KERNELS, "none"}
+    assert choices[("cluster", "parallax_offset_prior")] == {*OFFSET_PRIORS, "none"}

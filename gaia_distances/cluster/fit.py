@@ -23,7 +23,7 @@ from astropy import units as u
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.fingerprint import fit_fingerprint
 from gaia_distances.cluster.flags import ClusterFlag, flag_description
-from gaia_distances.cluster.options import checked_fit_options
+from gaia_distances.cluster.options import CLUSTER_METHODS, checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import (
     FittedStars,
@@ -63,8 +63,6 @@ from gaia_distances.systematics import SystematicsSpec
 __all__ = ["Stopwatch", "assemble_fit", "find_start", "fit_cluster"]
 
 log = logging.getLogger(__name__)
-
-METHODS = ("marginal", "joint")
 
 
 class Stopwatch:
@@ -272,8 +270,8 @@ def fit_cluster(
     """
     clock = Stopwatch()
     enable_compilation_cache()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if method not in CLUSTER_METHODS:
+        raise ValueError(f"method must be one of {CLUSTER_METHODS}; got {method!r}")
     prior, seed, n_per_star, kernel = checked_fit_options(
         prior=prior,
         kinematics=kinematics,

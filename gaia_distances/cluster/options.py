@@ -16,7 +16,10 @@ from gaia_distances.core.sampling import checked_seed
 from gaia_distances.core.systematics import SystematicsKernel
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
-__all__ = ["FitOptions", "checked_fit_options"]
+__all__ = ["CLUSTER_METHODS", "FitOptions", "checked_fit_options"]
+
+#: ``fit_cluster(method=...)``: the stars' distances integrated out, or sampled one per star.
+CLUSTER_METHODS = ("marginal", "joint")
 
 
 class FitOptions(NamedTuple):
