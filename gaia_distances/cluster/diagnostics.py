@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gaia_distances.columns import warn
+from gaia_distances.core.blocks import QUANTITIES
 from gaia_distances.core.diagnostics import (
     RHAT_MAX,
     SIGMA_V_FIELD,
@@ -24,6 +25,7 @@ from gaia_distances.core.diagnostics import (
     convergence_problems,
     no_cluster_signal,
 )
+from gaia_distances.core.population import ClusterModel, ClusterPriors
 
 __all__ = [
     "CHECKED",
@@ -36,11 +38,11 @@ __all__ = [
     "warn_problems",
 ]
 
-#: The reference model's population parameters, checked and reported, in order.
-PARAMETERS = ("D", "sigma", "Q", "L")
-#: The science parameters, in order: checked for degenerate draws, and summarised per cluster by ``fit_clusters``
-#: (the convergence rule checks every reported parameter).
-CHECKED = ("D", "sigma", "Q", "L", "field_median", "pmra", "pmdec", "sigma_v")
+#: The reference model's science quantities, checked and reported, in order.
+PARAMETERS = tuple(q.name for q in ClusterModel(ClusterPriors()).quantities if q.science)
+#: The science quantities (declared in :mod:`~gaia_distances.core.blocks`), in order: checked for degenerate
+#: draws, and summarised per cluster by ``fit_clusters`` (the convergence rule checks every reported one).
+CHECKED = tuple(q.name for q in QUANTITIES if q.science)
 
 
 def checked_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:

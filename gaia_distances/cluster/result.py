@@ -11,13 +11,14 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from astropy import units as u
 from astropy.table import QTable, Table
 
 from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
 from gaia_distances.cluster.fingerprint import FINGERPRINT_ATTR, check_posterior_belongs, fit_fingerprint
 from gaia_distances.cluster.stars import FittedStars, select_stars
+from gaia_distances.cluster.systematics import OFFSET_QUANTITIES
 from gaia_distances.columns import META_KEY
+from gaia_distances.core.blocks import QUANTITIES
 from gaia_distances.core.diagnostics import ess_rhat
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import (
@@ -32,73 +33,28 @@ from gaia_distances.io import as_table
 
 __all__ = ["ClusterFit", "ClusterFits", "parameter_summary"]
 
-#: The reference model's reported population quantities, in order.
-REPORTED = ("D", "sigma", "Q", "L", "sigma_log")
-_MASYR = u.mas / u.yr
-UNITS: dict[str, Any] = {
-    "D": u.pc,
-    "sigma": u.pc,
-    "Q": u.dimensionless_unscaled,
-    "L": u.pc,
-    "sigma_log": u.dimensionless_unscaled,
-    "field_median": u.pc,
-    "pmra": _MASYR,
-    "pmdec": _MASYR,
-    "sigma_v": u.km / u.s,
-    "v_r": u.km / u.s,
-    "field_pmra": _MASYR,
-    "field_pmdec": _MASYR,
-    "field_pm_sd_ra": _MASYR,
-    "field_pm_sd_dec": _MASYR,
-    "field_pm_corr": u.dimensionless_unscaled,
-    "field_sigma_v": u.km / u.s,
-    "field_pm_weight": u.dimensionless_unscaled,
-    "field_pm_trend_ra": "mas / yr per mas",  # astropy would simplify it to 1 / yr
-    "field_pm_trend_dec": "mas / yr per mas",
-    "parallax_offset": u.mas,
-    "pmra_offset": _MASYR,
-    "pmdec_offset": _MASYR,
-}
-DESCRIPTIONS = {
-    "D": "cluster distance exp(log_D)",
-    "sigma": "cluster depth exp(log_sigma + log_D) (the reference's approx_size)",
-    "Q": "cluster fraction",
-    "L": "field EDSD length scale",
-    "sigma_log": "cluster width in ln r, exp(log_sigma)",
-    "field_median": "median distance of the flexible field",
-    "pmra": "cluster mean proper motion in right ascension (mu_alpha*)",
-    "pmdec": "cluster mean proper motion in declination",
-    "sigma_v": "cluster internal velocity dispersion (per proper-motion component)",
-    "v_r": "cluster radial velocity, from the perspective projection of its space velocity",
-    "field_pmra": "field proper-motion component's mean pmra at zero parallax",
-    "field_pmdec": "field proper-motion component's mean pmdec at zero parallax",
-    "field_pm_sd_ra": "field's constant (distance-independent) pmra dispersion, shared by its components",
-    "field_pm_sd_dec": "field's constant (distance-independent) pmdec dispersion, shared by its components",
-    "field_pm_corr": "correlation of the field's constant pmra-pmdec dispersion",
-    "field_sigma_v": "field component's velocity dispersion (proper-motion spread sigma_v w / 4.74)",
-    "field_pm_weight": "field component's weight",
-    "field_pm_trend_ra": "change of the field's mean pmra per mas of true parallax (solar reflex)",
-    "field_pm_trend_dec": "change of the field's mean pmdec per mas of true parallax (solar reflex)",
-    "parallax_offset": "the members' shared Gaia parallax offset (catalogue minus true; from its prior)",
-    "pmra_offset": "the members' shared Gaia pmra offset (from its prior)",
-    "pmdec_offset": "the members' shared Gaia pmdec offset (from its prior)",
-}
+#: The reference model's reported quantities, in order.
+REPORTED = tuple(q.name for q in ClusterModel(ClusterPriors()).quantities)
+#: Every quantity a fit can report (the model's blocks' and the systematic offsets'), by name.
+_QUANTITIES = {q.name: q for q in (*QUANTITIES, *OFFSET_QUANTITIES)}
+#: The quantities reported first: the reference model's, then the other science quantities.
+_LEAD = (*REPORTED, *(q.name for q in QUANTITIES if q.science and q.name not in REPORTED))
 
 #: Suffix of the draws of a parameter without its systematic term (``D_stat``).
 STAT = "_stat"
 #: The systematic offsets themselves (their ``sd`` is all ``sd_sys``).
-SYSTEMATIC_ONLY = ("parallax_offset", "pmra_offset", "pmdec_offset")
+SYSTEMATIC_ONLY = tuple(q.name for q in OFFSET_QUANTITIES)
 
 
 def _base(name: str) -> str:
-    """``field_pmra_2`` -> ``field_pmra`` (the key of :data:`UNITS`)."""
+    """``field_pmra_2`` -> ``field_pmra`` (the name of its :class:`~gaia_distances.core.parameters.Quantity`)."""
     head, _, tail = name.rpartition("_")
     return head if tail.isdigit() else name
 
 
 def reported_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:
     """The posterior's quantities in report order: the reference ones, then the others as stored."""
-    first = [k for k in (*REPORTED, "field_median", "pmra", "pmdec", "sigma_v") if k in posterior]
+    first = [k for k in _LEAD if k in posterior]
     return (*first, *(k for k in posterior if k not in first and not k.endswith(STAT)))
 
 
@@ -159,8 +115,8 @@ def parameter_summary(posterior: Mapping[str, np.ndarray], *, method: str = "", 
         if split and name in SYSTEMATIC_ONLY:  # the offsets themselves are all systematic
             parts = (0.0, sd)
         row = (name, float(np.mean(x)), sd, *parts, p16, p50, p84, ess_b, ess_t, rhat)
-        key = _base(name)
-        rows.append((*row, str(UNITS[key]), DESCRIPTIONS[key]))
+        quantity = _QUANTITIES[_base(name)]
+        rows.append((*row, quantity.unit, quantity.description))
     sds = ("sd", "sd_stat", "sd_sys") if split else ("sd",)
     names = ("parameter", "mean", *sds, "p16", "p50", "p84", "ess_bulk", "ess_tail", "r_hat", "unit", "description")
     t = Table(rows=rows, names=names)
@@ -497,5 +453,5 @@ class ClusterFits:
         t = Table(rows=rows, names=names) if rows else Table(names=names)
         for p in params:
             for k in ("mean", "sd"):
-                t[f"{p}_{k}"].unit = UNITS[p] if UNITS[p] is not u.dimensionless_unscaled else None
+                t[f"{p}_{k}"].unit = _QUANTITIES[p].unit or None
         return t

@@ -53,11 +53,31 @@ from gaia_distances.cluster.stars import FittedStars
 from gaia_distances.columns import column_values, sky_positions, warn
 from gaia_distances.core.kernel_checks import check_covariance_psd, is_published
 from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.parameters import Quantity
 from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel, weighted_offset_variance
 from gaia_distances.core.user_kernel import callable_name
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
-__all__ = ["DEFAULT_SYSTEMATICS", "FitSystematics", "add_systematics", "check_kernel_over_stars", "fit_systematics"]
+__all__ = [
+    "DEFAULT_SYSTEMATICS",
+    "OFFSET_QUANTITIES",
+    "FitSystematics",
+    "add_systematics",
+    "check_kernel_over_stars",
+    "fit_systematics",
+]
+
+#: The shared offsets :func:`add_systematics` draws, as reported quantities (all of their spread is systematic).
+OFFSET_QUANTITIES = (
+    Quantity(
+        "parallax_offset",
+        "mas",
+        "the members' shared Gaia parallax offset (catalogue minus true; from its prior)",
+        False,
+    ),
+    Quantity("pmra_offset", "mas / yr", "the members' shared Gaia pmra offset (from its prior)", False),
+    Quantity("pmdec_offset", "mas / yr", "the members' shared Gaia pmdec offset (from its prior)", False),
+)
 
 #: The default kernel of ``fit_cluster(systematics=...)``: Vasiliev & Baumgardt (2021), calibrated
 #: on star clusters (globular clusters' internal parallax and proper-motion scatter) with a

@@ -15,17 +15,20 @@ settings, :class:`ClusterPriors`, live in :mod:`~gaia_distances.core.cluster_pri
 
 from __future__ import annotations
 
-import math
+import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.blocks import FIELD_PM_PRIORS, FIELD_PM_SHARED, QUANTITIES, model_blocks
 from gaia_distances.core.cluster_priors import ClusterPriors
 from gaia_distances.core.field_bins import N_BINS, bin_centres
 from gaia_distances.core.kinematics import Kinematics
-from gaia_distances.core.numerics import Array, normal_log_pdf
+from gaia_distances.core.numerics import Array
+from gaia_distances.core.parameters import Parameter, Quantity, prior_log_density, prior_sites
 
 __all__ = [
     "FIELDS",
@@ -64,25 +67,8 @@ class Population(NamedTuple):
     kin: Kinematics | None = None
 
 
-#: The field's proper-motion parameters that its components share: the constant (distance-independent)
-#: part of the covariance, ``T`` (log sds in pmra and pmdec, and the atanh of their correlation).
-FIELD_PM_SHARED = ("field_log_sd_ra", "field_log_sd_dec", "field_atanh_corr")
-
 #: The field distance models: the reference EDSD, or the flexible mixture of distance bins.
 FIELDS = ("edsd", "flexible")
-
-#: ``(mu, sd)`` of the Normal priors on the field's proper-motion parameters, by name prefix
-#: (mas/yr, ln mas/yr, ln km/s, mas/yr per mas).
-FIELD_PM_PRIORS = {
-    "field_pmra": (0.0, 30.0),
-    "field_pmdec": (0.0, 30.0),
-    "field_log_sd_ra": (math.log(2.0), 2.0),
-    "field_log_sd_dec": (math.log(2.0), 2.0),
-    "field_atanh_corr": (0.0, 1.0),
-    "field_log_sigma_v": (math.log(20.0), 1.5),
-    "field_pm_trend": (0.0, 10.0),
-    "field_logit_w": (0.0, 2.0),
-}
 
 
 class ClusterModel(NamedTuple):
@@ -118,60 +104,61 @@ class ClusterModel(NamedTuple):
         return self.priors if self.is_reference else self
 
     @property
-    def n_field(self) -> int:
-        """Length of the field's distance block of ``z``."""
-        return 1 if self.field == "edsd" else N_BINS - 1
+    def parameters(self) -> tuple[Parameter, ...]:
+        """The entries of ``z``, in order, each declared once (name, prior, cluster or field, meaning): the
+        field's distance block, the cluster's distance block, then with kinematics the cluster's and the
+        field's proper-motion blocks."""
+        return _parameters(self)
+
+    @property
+    def quantities(self) -> tuple[Quantity, ...]:
+        """The physical quantities the model reports (:func:`physical_draws`), in report order; a field
+        component's are numbered in the draws (``field_pmra_1``, ...)."""
+        return _quantities(self)
 
     @property
     def cluster_names(self) -> tuple[str, ...]:
         """Names of the cluster's entries of ``z`` (the rest describe the field)."""
-        depth = "logit_size" if self.priors.depth_prior == "size" else "log_sigma"
-        if not self.kinematics:
-            return ("log_D", depth, "logit_Q")
-        return ("log_D", depth, "logit_Q", "pmra", "pmdec", "log_sigma_v", *(("v_r",) if self.perspective else ()))
+        return tuple(p.name for p in self.parameters if p.cluster)
 
     @property
     def names(self) -> tuple[str, ...]:
         """Names of the entries of ``z``, in order."""
-        field = ("log_L",) if self.field == "edsd" else tuple(f"field_step_{j}" for j in range(1, N_BINS))
-        cluster = self.cluster_names
-        out = (*field, *cluster[:3])
-        if self.kinematics:
-            m = range(1, self.n_field_pm + 1)
-            comp = [f"{p}_{k}" for k in m for p in ("field_pmra", "field_pmdec", "field_log_sigma_v")]
-            weights = [f"field_logit_w_{k}" for k in range(2, self.n_field_pm + 1)]
-            out = (*out, *cluster[3:], *comp, *FIELD_PM_SHARED, "field_pm_trend_ra", "field_pm_trend_dec", *weights)
-        return out
+        return tuple(p.name for p in self.parameters)
 
     @property
     def n_params(self) -> int:
         """Length of ``z``."""
-        return len(self.names)
+        return len(self.parameters)
 
     def position(self, name: str) -> int:
         """Position of ``name`` in ``z``."""
-        return self.names.index(name)
+        return _positions(self)[name]
 
-    def extra_priors(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mu, sd)`` of the independent Normal priors on ``z`` beyond ``(log_D, depth, logit_Q)`` and ``log_L``."""
-        p = self.priors
-        mus, sds = [], []
-        for name in self.names:
-            if name.startswith("field_step_"):
-                mu, sd = 0.0, 1.0
-            elif name in ("pmra", "pmdec"):
-                mu, sd = 0.0, p.pm_sd
-            elif name == "log_sigma_v":
-                mu, sd = math.log(p.sigma_v_median), p.sigma_v_log_sd
-            elif name == "v_r":
-                mu, sd = 0.0, p.v_r_sd
-            elif name.startswith("field_"):
-                mu, sd = FIELD_PM_PRIORS[name if name in FIELD_PM_PRIORS else name.rsplit("_", 1)[0]]
-            else:
-                continue
-            mus.append(mu)
-            sds.append(sd)
-        return np.asarray(mus), np.asarray(sds)
+    def entries(self, z: Array, names: Sequence[str], xp: Any = jnp) -> Array:
+        """The entries ``names`` of ``z`` (last axis), as a slice where they are contiguous."""
+        at = [self.position(n) for n in names]
+        if at == list(range(at[0], at[0] + len(at))):
+            return z[..., at[0] : at[0] + len(at)]
+        return xp.stack([z[..., i] for i in at], axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(model: ClusterModel) -> tuple[Parameter, ...]:
+    blocks = model_blocks(model.priors, model.field, model.kinematics, model.n_field_pm, model.perspective)
+    return tuple(p for block in blocks for p in block.parameters)
+
+
+@functools.lru_cache(maxsize=64)
+def _quantities(model: ClusterModel) -> tuple[Quantity, ...]:
+    blocks = model_blocks(model.priors, model.field, model.kinematics, model.n_field_pm, model.perspective)
+    names = {name for block in blocks for name in block.quantities}
+    return tuple(q for q in QUANTITIES if q.name in names)
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(model: ClusterModel) -> dict[str, int]:
+    return {p.name: i for i, p in enumerate(_parameters(model))}
 
 
 def as_model(model: ClusterModel | ClusterPriors) -> ClusterModel:
@@ -195,26 +182,28 @@ def _field_log_w(steps: Array, model: ClusterModel, xp: Any) -> Array:
     return _log_softmax(theta, xp)
 
 
-def _kinematics(k: Array, model: ClusterModel, xp: Any) -> Kinematics:
+def _kinematics(z: Array, model: ClusterModel, xp: Any) -> Kinematics:
     M = model.n_field_pm
-    c = 4 if model.perspective else 3  # the cluster's entries
-    comp = k[..., c : c + 3 * M].reshape(*k.shape[:-1], M, 3)
-    shared = k[..., c + 3 * M : c + 3 * M + 3]
-    trend = k[..., c + 3 * M + 3 : c + 3 * M + 5]
-    logits = k[..., c + 3 * M + 5 :]
-    logits = xp.concatenate([xp.zeros_like(trend[..., :1]), logits], axis=-1)
-    log_sd = xp.broadcast_to(shared[..., None, 0:2], (*k.shape[:-1], M, 2))
-    corr = xp.broadcast_to(xp.tanh(shared[..., 2:3]), (*k.shape[:-1], M))
+    comp = model.entries(
+        z, [f"{p}_{k}" for k in range(1, M + 1) for p in ("field_pmra", "field_pmdec", "field_log_sigma_v")], xp
+    ).reshape(*z.shape[:-1], M, 3)
+    shared = model.entries(z, FIELD_PM_SHARED, xp)
+    trend = model.entries(z, ("field_pm_trend_ra", "field_pm_trend_dec"), xp)
+    logits = [z[..., model.position(f"field_logit_w_{k}")] for k in range(2, M + 1)]
+    logits = xp.stack([xp.zeros_like(trend[..., 0]), *logits], axis=-1)
+    log_sd = xp.broadcast_to(shared[..., None, 0:2], (*z.shape[:-1], M, 2))
+    corr = xp.broadcast_to(xp.tanh(shared[..., 2:3]), (*z.shape[:-1], M))
+    log_sigma_v = z[..., model.position("log_sigma_v")]
     return Kinematics(
-        pm=k[..., 0:2],
-        log_sigma_v=k[..., 2],
+        pm=model.entries(z, ("pmra", "pmdec"), xp),
+        log_sigma_v=log_sigma_v,
         field_mean=comp[..., 0:2],
         field_trend=trend,
         field_log_sd=log_sd,
         field_corr=corr,
         field_log_sigma_v=comp[..., 2],
         field_log_w=_log_softmax(logits, xp),
-        v_r=k[..., 3] if model.perspective else xp.zeros_like(k[..., 2]),
+        v_r=z[..., model.position("v_r")] if model.perspective else xp.zeros_like(log_sigma_v),
     )
 
 
@@ -233,23 +222,24 @@ def to_population(z: Array, model: ClusterModel | ClusterPriors, xp: Any = jnp) 
     """
     model = as_model(model)
     priors = model.priors
-    nf = model.n_field
-    log_D, depth, logit_Q = z[..., nf], z[..., nf + 1], z[..., nf + 2]
+    log_D, depth, logit_Q = (z[..., model.position(n)] for n in model.cluster_names[:3])
     if priors.depth_prior == "size":
         lo, hi = priors.log_size_range
         log_sigma = lo + (hi - lo) * _sigmoid(depth, xp) - log_D
     else:
         log_sigma = depth
     if model.field == "edsd":
-        log_L, field_log_w = z[..., 0], None
+        log_L, field_log_w = z[..., model.position("log_L")], None
     else:
-        log_L, field_log_w = xp.zeros_like(log_D), _field_log_w(z[..., :nf], model, xp)
-    kin = _kinematics(z[..., nf + 3 :], model, xp) if model.kinematics else None
+        steps = model.entries(z, [f"field_step_{j}" for j in range(1, N_BINS)], xp)
+        log_L, field_log_w = xp.zeros_like(log_D), _field_log_w(steps, model, xp)
+    kin = _kinematics(z, model, xp) if model.kinematics else None
     return Population(log_L, log_D, log_sigma, _sigmoid(logit_Q, xp), field_log_w, kin)
 
 
 def from_population(pop: Population, priors: ClusterPriors, *, xp: Any = np, clip: float = 0.0) -> Array:
-    """The unconstrained ``z`` of a population: the inverse of :func:`to_population`.
+    """The unconstrained ``z`` of a reference-structure population (EDSD field, no proper motions): the
+    inverse of :func:`to_population`, laid out by the model's :attr:`~ClusterModel.names`.
 
     Under the physical prior a size outside the allowed range has no preimage;
     ``clip`` (> 0) pulls the size fraction and ``Q`` into ``[clip, 1 - clip]``
@@ -266,69 +256,28 @@ def from_population(pop: Population, priors: ClusterPriors, *, xp: Any = np, cli
         depth = log_sigma
     if clip:
         Q = xp.clip(Q, clip, 1.0 - clip)
-    shape = np.broadcast_shapes(*(np.shape(x) for x in (log_L, log_D, depth, Q)))
-    return xp.stack([xp.broadcast_to(x, shape) for x in (log_L, log_D, depth, _logit(Q, xp))], axis=-1)
-
-
-def _base_log_prior(log_D: Array, depth: Array, logit_Q: Array, priors: ClusterPriors) -> Array:
-    # Beta(a, b) on Q, pushed to logit(Q): Q^a (1-Q)^b / B(a, b)
-    gammaln = jax.scipy.special.gammaln
-    lbeta = gammaln(priors.Q_a) + gammaln(priors.Q_b) - gammaln(priors.Q_a + priors.Q_b)
-    lq = priors.Q_a * jax.nn.log_sigmoid(logit_Q) + priors.Q_b * jax.nn.log_sigmoid(-logit_Q) - lbeta
-    if priors.depth_prior == "size":
-        lp_depth = jax.nn.log_sigmoid(depth) + jax.nn.log_sigmoid(-depth)  # Logistic(0, 1)
-    else:
-        lp_depth = normal_log_pdf(depth, priors.log_sigma_mu, priors.log_sigma_sd)
-    return normal_log_pdf(log_D, priors.log_D_mu, priors.log_D_sd) + lp_depth + lq
+    model = ClusterModel(priors)
+    values = dict(zip(("log_L", *model.cluster_names), (log_L, log_D, depth, _logit(Q, xp)), strict=True))
+    shape = np.broadcast_shapes(*(np.shape(x) for x in values.values()))
+    return xp.stack([xp.broadcast_to(values[name], shape) for name in model.names], axis=-1)
 
 
 def log_prior(z: Array, model: ClusterModel | ClusterPriors) -> Array:
     """Log prior density of the unconstrained vector ``z`` (the density :func:`sample_population` defines)."""
-    model = as_model(model)
-    priors = model.priors
-    if model.is_reference:
-        log_L, log_D, depth, logit_Q = z[..., 0], z[..., 1], z[..., 2], z[..., 3]
-        lp_L = normal_log_pdf(log_L, priors.log_L_mu, priors.log_L_sd)
-        return lp_L + _base_log_prior(log_D, depth, logit_Q, priors)
-    nf = model.n_field
-    out = _base_log_prior(z[..., nf], z[..., nf + 1], z[..., nf + 2], priors)
-    if model.field == "edsd":
-        out = out + normal_log_pdf(z[..., 0], priors.log_L_mu, priors.log_L_sd)
-    mu, sd = model.extra_priors()
-    extra = jnp.concatenate([z[..., :nf], z[..., nf + 3 :]], axis=-1) if model.field != "edsd" else z[..., 4:]
-    return out + jnp.sum(normal_log_pdf(extra, jnp.asarray(mu, z.dtype), jnp.asarray(sd, z.dtype)), axis=-1)
+    return prior_log_density(z, as_model(model).parameters)
 
 
 def sample_population(model: ClusterModel | ClusterPriors) -> Population:
-    """The population as numpyro sample sites (named by :func:`unconstrained_names`) and deterministics."""
+    """The population as numpyro sample sites (named by :func:`unconstrained_names`) and deterministics.
+
+    Every site is unconstrained: ``Q`` is sampled as ``logit(Q)``, whose prior is exactly ``Beta(Q_a, Q_b)``
+    pushed to it; under the physical depth prior the size ``sigma * D`` is log-uniform in its range.
+    """
     import numpyro
-    import numpyro.distributions as dist
 
     model = as_model(model)
     priors = model.priors
-    mu, sd = model.extra_priors()
-    extra_names = [n for n in model.names if n not in ("log_L", "log_D", "log_sigma", "logit_size", "logit_Q")]
-    extra = dict(zip(extra_names, zip(mu, sd, strict=True), strict=True))
-    sites = {}
-    for name in model.names:
-        if name == "log_L":
-            sites[name] = numpyro.sample("log_L", dist.Normal(priors.log_L_mu, priors.log_L_sd))
-        elif name == "log_D":
-            sites[name] = numpyro.sample("log_D", dist.Normal(priors.log_D_mu, priors.log_D_sd))
-        elif name == "logit_size":
-            # physical: the size sigma * D is log-uniform in [size_min_pc, size_max_pc]
-            sites[name] = numpyro.sample("logit_size", dist.Logistic(0.0, 1.0))
-        elif name == "log_sigma":
-            sites[name] = numpyro.sample("log_sigma", dist.Normal(priors.log_sigma_mu, priors.log_sigma_sd))
-        elif name == "logit_Q":
-            # Q is sampled as logit(Q) so that every site is unconstrained; its prior
-            # is exactly Beta(Q_a, Q_b) (Uniform(0, 1) by default)
-            beta = dist.Beta(priors.Q_a, priors.Q_b)
-            inv = dist.transforms.SigmoidTransform().inv
-            sites[name] = numpyro.sample("logit_Q", dist.TransformedDistribution(beta, inv))
-        else:
-            sites[name] = numpyro.sample(name, dist.Normal(*extra[name]))
-    z = jnp.stack([jnp.asarray(sites[name]) for name in model.names], axis=-1)
+    z = prior_sites(model.parameters)
     pop = to_population(z, model)
     numpyro.deterministic("Q", pop.Q)
     if priors.depth_prior == "size":
