@@ -122,10 +122,11 @@ def test_numpyro_marginal_model_is_the_sampled_density():
     w = rng.uniform(0.3, 2.0, 50)
     s = rng.uniform(0.02, 0.3, 50)
     for priors in (gd.ClusterPriors(), gd.ClusterPriors.physical()):
+        model = population.ClusterModel(priors)
         data = likelihood.prepare_star_data(w, s)
-        names = population.unconstrained_names(priors)
-        numpyro_pe = jax.jit(lambda z: potential_energy(marginal_model, (data, priors), {}, dict(zip(names, z))))  # noqa: B023
-        log_posterior = jax.jit(lambda z: likelihood.log_posterior(z, data, priors))  # noqa: B023
+        names = population.unconstrained_names(model)
+        numpyro_pe = jax.jit(lambda z: potential_energy(marginal_model, (data, model), {}, dict(zip(names, z))))  # noqa: B023
+        log_posterior = jax.jit(lambda z: likelihood.log_posterior(z, data, model))  # noqa: B023
         for _ in range(3):
             z = np.array([6.0, 6.7, -3.5 if names[2] == "log_sigma" else 2.0, 0.2]) + 0.1 * rng.standard_normal(4)
             pe = numpyro_pe(jnp.asarray(z, jnp.float32))
@@ -435,7 +436,8 @@ def test_padding_changes_neither_the_start_nor_the_per_star_results(sim_field):
     np.testing.assert_allclose(a.z, b.z)
     assert a.peaks == b.peaks
     z = np.array([[[np.log(1200.0), np.log(850.0), np.log(0.02), -1.0]]])
-    one, many = per_star_results(z, data, prior), per_star_results(z, padded, prior)
+    model = population.ClusterModel(prior)
+    one, many = per_star_results(z, data, model), per_star_results(z, padded, model)
     np.testing.assert_allclose(many.membership[:n], one.membership, rtol=1e-5)
     np.testing.assert_allclose(many.distance_quantiles[:n], one.distance_quantiles, rtol=1e-5)
 
@@ -448,7 +450,7 @@ def test_padding_does_not_change_the_likelihood():
         data = likelihood.prepare_star_data(w, s)
         padded = likelihood.pad_star_data(data, 512)
         z = jnp.array([np.log(1200.0), np.log(850.0), np.log(0.02), 0.0])
-        log_posterior = jax.jit(lambda z, d: likelihood.log_posterior(z, d, ClusterPriors()))
+        log_posterior = jax.jit(lambda z, d: likelihood.log_posterior(z, d, population.ClusterModel(ClusterPriors())))
         a = float(log_posterior(z, data))
         b = float(log_posterior(z, padded))
     assert padded.parallax.shape == (512,) and float(np.sum(padded.weight)) == len(w)
@@ -462,11 +464,12 @@ def test_padding_does_not_change_the_likelihood():
 def test_population_transform_and_its_inverse(prior):
     rng = np.random.default_rng(1)
     z = np.column_stack([rng.normal(6, 1, 50), rng.normal(7, 0.5, 50), rng.normal(-2, 1, 50), rng.normal(0, 2, 50)])
-    pop = population.to_population(z, prior, xp=np)
+    model = population.ClusterModel(prior)
+    pop = population.to_population(z, model, xp=np)
     np.testing.assert_allclose(population.from_population(pop, prior), z, rtol=1e-9, atol=1e-9)
     # the JAX and NumPy forms agree, and the physical draws invert to the same population
-    np.testing.assert_allclose(np.asarray(population.to_population(jnp.asarray(z), prior).Q), pop.Q, rtol=1e-5)
-    back = population.population_from_physical(population.physical_draws(z, prior))
+    np.testing.assert_allclose(np.asarray(population.to_population(jnp.asarray(z), model).Q), pop.Q, rtol=1e-5)
+    back = population.population_from_physical(population.physical_draws(z, model))
     for a, b in zip(back[:4], pop[:4]):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
     # a starting point outside the physical size range is pulled inside, not made infinite
@@ -486,12 +489,13 @@ def test_vectorised_candidate_scores_equal_one_at_a_time(sim_field):
     cand = initialisation.map_candidates(data, prior)
     assert cand.z.shape[1] == 4 and cand.z.shape[0] >= 48 * 12
     idx = np.arange(0, cand.z.shape[0], 37)
-    scores = initialisation.score_candidates(cand.z[idx], data, prior)
+    model = population.ClusterModel(prior)
+    scores = initialisation.score_candidates(cand.z[idx], data, model)
     dt = data.parallax.dtype
-    one_at_a_time = jax.jit(lambda z: likelihood.log_posterior(z, data, prior))
+    one_at_a_time = jax.jit(lambda z: likelihood.log_posterior(z, data, model))
     one = [float(one_at_a_time(jnp.asarray(z, dt))) for z in cand.z[idx]]
     np.testing.assert_allclose(scores, one, rtol=1e-5)
-    res = initialisation.find_map(data, prior)
+    res = initialisation.find_map(data, model)
     assert res.log_posterior >= scores.max() - 1e-3
     assert res.covariance is not None and np.all(np.linalg.eigvalsh(res.covariance) > 0)
 

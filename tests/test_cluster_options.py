@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gaia_distances as gd
+from gaia_distances.core.population import ClusterModel
 import gaia_distances.cluster.fit as fit_module
 import gaia_distances.estimate as estimate_module
 from gaia_distances.cluster.diagnostics import diagnose
@@ -241,7 +242,7 @@ def test_the_staged_check_of_a_single_chain_asks_only_for_ess():
         ],
         axis=-1,
     )[None]
-    check = convergence_check(gd.ClusterPriors(), [1000])
+    check = convergence_check(ClusterModel(gd.ClusterPriors()), [1000])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         verdict = check(0, z)

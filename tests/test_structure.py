@@ -184,3 +184,14 @@ def test_the_named_once_checks_can_fail(tmp_path):
     found = _rule_places(paths)
     assert found["the km/s <-> mas/yr constant A_V"] == {"gaia_distances.one"}
     assert found["a Gauss-Hermite rule"] == {"gaia_distances.one"}
+
+
+def test_the_model_is_one_type():
+    """Functions of the cluster model take a ClusterModel, never "a model or a prior set"."""
+    unions = [
+        f"{name}:{i}"
+        for name, path in _modules().items()
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if "ClusterModel | ClusterPriors" in line or "ClusterPriors | ClusterModel" in line
+    ]
+    assert not unions, unions

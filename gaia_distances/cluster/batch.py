@@ -244,7 +244,6 @@ def fit_clusters(
             _not_fitted(errors, name, exc)
     use_pm = _batch_kinematics(kinematics, {names[i]: c for i, c in candidates.items()})
     model = ClusterModel(prior, field, use_pm)
-    spec = model.key
     settings = nuts_settings(
         "marginal" if model.is_reference else "extended",
         num_warmup=num_warmup,
@@ -273,7 +272,7 @@ def fit_clusters(
         with clock.step("sampling"), progress_bar(chain_iterations(settings), show, desc, unit="it") as update:
             draws = sample_marginal_batch(
                 [data[i] for i in order],
-                spec,
+                model,
                 [starts[i] for i in order],
                 settings,
                 seed=seed,
@@ -292,7 +291,7 @@ def fit_clusters(
                 selected[i],
                 draws[b],
                 data[i],
-                prior=spec,
+                model=model,
                 method="marginal",
                 record=record,
                 search_problems=starts[i].problems,

@@ -53,7 +53,7 @@ from gaia_distances.core.kinematics import field_centre
 from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size
 from gaia_distances.core.membership import PerStarResults, joint_per_star, per_star_results, precompile_per_star
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
-from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model, physical_draws
+from gaia_distances.core.population import ClusterModel, ClusterPriors, physical_draws
 from gaia_distances.core.sampling import NutsSettings, chain_iterations, nuts_settings
 from gaia_distances.core.search import find_map_extended
 from gaia_distances.io import as_table
@@ -314,7 +314,6 @@ def fit_cluster(
         # (and the staged sampler's pilot), the joint model's thousands of distances adapt a diagonal
         dense_mass=False,
     )
-    spec = model.key
     with clock.step("prepare"):
         # padded with zero-weight stars, so that fields of similar size share compiled programs
         data = prepare_data(sel.stars, model)
@@ -326,7 +325,7 @@ def fit_cluster(
     log.info("fit_cluster: %d stars, MAP D = %.1f pc", sel.stars.n_stars, math.exp(start.z[model.position("log_D")]))
     with clock.step("sampling"), _nuts_progress(settings, show) as update:
         if method == "marginal":
-            draws = sample_marginal(data, spec, start, settings, seed=seed, progress=update, extend=bool(extend))
+            draws = sample_marginal(data, model, start, settings, seed=seed, progress=update, extend=bool(extend))
         else:
             stars = sel.stars
             args = (stars.parallax, stars.parallax_error, stars.zero_point)
@@ -336,7 +335,7 @@ def fit_cluster(
         sel,
         draws,
         data,
-        prior=spec,
+        model=model,
         method=method,
         search_problems=start.problems,
         record={
@@ -370,7 +369,7 @@ def _checked_distance_hint(value: Any) -> float | None:
 def find_start(data: StarData, model: ClusterModel, *, distance_hint: float | None = None) -> MapResult:
     """The MAP: the reference model's grid search, or the staged search of the extended models."""
     if model.is_reference:
-        return find_map(data, model.priors, distance_hint=distance_hint)
+        return find_map(data, model, distance_hint=distance_hint)
     return find_map_extended(data, model, distance_hint=distance_hint)
 
 
@@ -384,21 +383,20 @@ def _find_start(
     n_per_star: tuple[int, int],
 ) -> MapResult:
     """The MAP; for the marginal method the sampler and the per-star programs compile meanwhile."""
-    prior = model.key
     if method != "marginal":
         return find_start(data, model, distance_hint=distance_hint)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        compiling = pool.submit(_prepare_sampler, data, prior, settings)
+        compiling = pool.submit(_prepare_sampler, data, model, settings)
         start = find_start(data, model, distance_hint=distance_hint)
-        precompile_per_star(data, prior, n_member=n_per_star[0], n_quant=n_per_star[1])
+        precompile_per_star(data, model, n_member=n_per_star[0], n_quant=n_per_star[1])
         compiling.result()
     return start
 
 
-def _prepare_sampler(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
+def _prepare_sampler(data: StarData, model: ClusterModel, settings: NutsSettings) -> None:
     """Compile what the sampler needs before the MAP is known, and import the convergence checks'
     estimators (``arviz_stats``, a second the first time)."""
-    compile_marginal(data, prior, settings)
+    compile_marginal(data, model, settings)
     import arviz_stats.base  # noqa: F401
 
 
@@ -414,7 +412,7 @@ def assemble_fit(
     draws: Draws,
     data: StarData,
     *,
-    prior: ClusterModel | ClusterPriors,
+    model: ClusterModel,
     method: str,
     record: dict[str, Any],
     search_problems: tuple[str, ...] = (),
@@ -436,11 +434,10 @@ def assemble_fit(
     ``search_problems`` are those the MAP search found (they join the
     diagnostics' warnings).
     """
-    model = as_model(prior)
     with clock.step("per_star"):
         n = sel.stars.n_stars
         if draws.r is None:
-            res = per_star_results(draws.z, data, prior, n_member=n_per_star[0], n_quant=n_per_star[1])
+            res = per_star_results(draws.z, data, model, n_member=n_per_star[0], n_quant=n_per_star[1])
             res = PerStarResults(res.membership[:n], res.distance_quantiles[:n])
         else:
             st = sel.stars
@@ -449,7 +446,7 @@ def assemble_fit(
                 if model.kinematics
                 else None
             )
-            res = joint_per_star(draws.r, draws.z, prior, kin)
+            res = joint_per_star(draws.r, draws.z, model, kin)
         out = sel.table
         member = np.full(len(out), np.nan)
         dist = np.full((len(out), len(ONE_SIGMA_QUANTILES)), np.nan)
@@ -463,7 +460,7 @@ def assemble_fit(
             member_description="posterior probability of cluster membership (NaN: not fitted)",
             flag_description=flag_description([f for f in ClusterFlag if f and f != ClusterFlag.NOT_FITTED]),
         )
-    sampled = physical_draws(draws.z, prior)
+    sampled = physical_draws(draws.z, model)
     step = "fit_clusters" if "batched_clusters" in record else "fit_cluster"
     sys = fit_systematics(
         systematics, out, sel.stars, res.membership, sampled, offset_prior=offset_prior, seed=seed, step=step

@@ -183,8 +183,8 @@ class ClusterFit:
         return (type(self), args)
 
     @property
-    def _spec(self) -> ClusterModel | ClusterPriors:
-        return (self.model or ClusterModel(self.prior)).key
+    def _spec(self) -> ClusterModel:
+        return self.model or ClusterModel(self.prior)
 
     def summary(self) -> Table:
         """D, sigma (pc), Q, L (pc), sigma_log: mean, sd, 16/50/84 %, ess_bulk, ess_tail, r_hat.

@@ -32,7 +32,7 @@ from gaia_distances.core.membership import (
 )
 from gaia_distances.core.models import joint_potential_gen, whitened_potential_gen
 from gaia_distances.core.nuts_segments import InitialDensity, compile_segments
-from gaia_distances.core.population import ClusterModel, ClusterPriors, as_model, physical_draws
+from gaia_distances.core.population import ClusterModel, physical_draws
 from gaia_distances.core.sampling import (
     NutsSettings,
     Progress,
@@ -68,7 +68,7 @@ class Draws(NamedTuple):
 SPLIT_ABOVE = 2048
 
 
-def compile_marginal(data: StarData, prior: ClusterModel | ClusterPriors, settings: NutsSettings) -> None:
+def compile_marginal(data: StarData, model: ClusterModel, settings: NutsSettings) -> None:
     """Compile the marginal sampler for ``data``'s shapes (thread-safe: run it beside the MAP search).
 
     For the staged sampler of a field of more than :data:`SPLIT_ABOVE` stars
@@ -77,21 +77,18 @@ def compile_marginal(data: StarData, prior: ClusterModel | ClusterPriors, settin
     split).
     """
     dt = data.parallax.dtype
-    n = as_model(prior).n_params
+    n = model.n_params
     if data.n_stars > SPLIT_ABOVE:
-        precompile(log_odds_program(prior), jnp.zeros((SCREEN_POINTS, n), dt), data)
+        precompile(log_odds_program(model), jnp.zeros((SCREEN_POINTS, n), dt), data)
     else:
-        compile_segments(whitened_potential_gen(prior), stack_star_data([data]), n, settings)
+        compile_segments(whitened_potential_gen(model), stack_star_data([data]), n, settings)
 
 
-def convergence_check(
-    prior: ClusterModel | ClusterPriors, n_stars: Sequence[int]
-) -> Callable[[int, np.ndarray], Convergence]:
+def convergence_check(model: ClusterModel, n_stars: Sequence[int]) -> Callable[[int, np.ndarray], Convergence]:
     """The convergence rule on every reported parameter's draws (R-hat, bulk and tail ESS), for the staged
     sampler; draws of problem ``b`` (``n_stars[b]`` stars) without a cluster signal are hopeless (more
     draws do not identify a cluster that is not there). A single chain is judged by its ESS alone (R-hat
     is undefined for it), so its draws are extended only while their ESS asks."""
-    model = as_model(prior)
 
     def check(b: int, z: np.ndarray) -> Convergence:
         physical = physical_draws(z, model)
@@ -111,7 +108,7 @@ def convergence_check(
 
 def sample_marginal(
     data: StarData,
-    prior: ClusterModel | ClusterPriors,
+    model: ClusterModel,
     start: MapResult,
     settings: NutsSettings,
     *,
@@ -132,19 +129,19 @@ def sample_marginal(
 
     def run(d: StarData) -> Draws:
         return sample_marginal_batch(
-            [d], prior, [start], settings, seed=seed, progress=progress, extend=extend, search_data=[data]
+            [d], model, [start], settings, seed=seed, progress=progress, extend=extend, search_data=[data]
         )[0]
 
     if data.n_stars <= SPLIT_ABOVE:
         return run(data)
-    skip = certain_non_members(data, prior, start.z, start.covariance, seed=seed)
+    skip = certain_non_members(data, model, start.z, start.covariance, seed=seed)
     split = split_star_data(data, skip)
     out = run(split)
     if split is data:
         return out
     flat = out.z.reshape(-1, out.z.shape[-1])
     check = flat[np.linspace(0, len(flat) - 1, SCREEN_POINTS).astype(int)]
-    worst = float(np.max(max_log_odds(check, data, prior)[skip], initial=-np.inf))
+    worst = float(np.max(max_log_odds(check, data, model)[skip], initial=-np.inf))
     note = f"{int(skip.sum())} of {int(data.real().sum())} stars sampled as certain field stars"
     assert out.sampler is not None
     if worst < SKIP_CHECK_LOG_ODDS:
@@ -160,7 +157,7 @@ def sample_marginal(
 
 def sample_marginal_batch(
     data: Sequence[StarData],
-    prior: ClusterModel | ClusterPriors,
+    model: ClusterModel,
     starts: Sequence[MapResult],
     settings: NutsSettings,
     *,
@@ -175,20 +172,20 @@ def sample_marginal_batch(
     ``search_data`` (default ``data``; the same stars, unsplit): the posterior is the same up to the
     ``e^-30`` per star that a split leaves out.
     """
-    n = as_model(prior).n_params
+    n = model.n_params
     cov = np.stack([s.covariance if s.covariance is not None else whitening(None, n) ** 2 for s in starts])
     staged = sample_staged(
-        whitened_potential_gen(prior),
+        whitened_potential_gen(model),
         np.stack([s.z for s in starts]),
         cov,
         stack_star_data(list(data)),
         settings,
         seed=seed,
-        check=convergence_check(prior, [_n_real(d) for d in data]),
-        names=as_model(prior).names,
+        check=convergence_check(model, [_n_real(d) for d in data]),
+        names=model.names,
         extend=extend,
         progress=progress,
-        initial=_search_density(prior, list(search_data) if search_data is not None else list(data)),
+        initial=_search_density(model, list(search_data) if search_data is not None else list(data)),
     )
     return [
         Draws(
@@ -206,9 +203,9 @@ def sample_marginal_batch(
     ]
 
 
-def _search_density(prior: ClusterModel | ClusterPriors, data: list[StarData]) -> InitialDensity:
+def _search_density(model: ClusterModel, data: list[StarData]) -> InitialDensity:
     """``initial(b, z)`` of the staged sampler from the search's compiled gradient (no new program)."""
-    vg = value_and_grad(prior)
+    vg = value_and_grad(model)
 
     def initial(b: int, z: np.ndarray) -> tuple[float, np.ndarray]:
         value, grad = vg(jnp.asarray(z, data[b].parallax.dtype), data[b])
@@ -226,7 +223,7 @@ def sample_joint(
     parallax: np.ndarray,
     parallax_error: np.ndarray,
     zero_point: np.ndarray,
-    prior: ClusterModel | ClusterPriors,
+    model: ClusterModel,
     start: MapResult,
     settings: NutsSettings,
     *,
@@ -244,7 +241,6 @@ def sample_joint(
     from gaia_distances.core.priors import EDSDPrior
     from gaia_distances.core.quadrature import summarize_posteriors
 
-    model = as_model(prior)
     n = model.n_params
     rng = np.random.default_rng(seed)
     cov = start.covariance

@@ -152,33 +152,33 @@ def map_candidates(
     return Candidates(z, tuple(peaks))
 
 
-def _blocked(z: Array, data: StarData, *, priors: ClusterModel | ClusterPriors) -> Array:
+def _blocked(z: Array, data: StarData, *, model: ClusterModel) -> Array:
     """The log posterior, summed block by block: what the search's programs differentiate."""
-    return log_posterior(z, data, priors, blocked=True)
+    return log_posterior(z, data, model, blocked=True)
 
 
 @functools.lru_cache(maxsize=16)
-def value_and_grad(priors: ClusterModel | ClusterPriors) -> Any:
+def value_and_grad(model: ClusterModel) -> Any:
     """The jitted ``(z, data) -> (log posterior, gradient)`` of a model (compiled once per model and shape)."""
-    return Program("value_and_grad", jax.value_and_grad(functools.partial(_blocked, priors=priors)), priors)
+    return Program("value_and_grad", jax.value_and_grad(functools.partial(_blocked, model=model)), model)
 
 
 @functools.lru_cache(maxsize=16)
-def _batched_value(priors: ClusterModel | ClusterPriors) -> Any:
+def _batched_value(model: ClusterModel) -> Any:
     return Program(
         "batched_value",
-        jax.vmap(functools.partial(_blocked, priors=priors), in_axes=(0, None)),
-        priors,
+        jax.vmap(functools.partial(_blocked, model=model), in_axes=(0, None)),
+        model,
     )
 
 
-def score_candidates(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
+def score_candidates(z: np.ndarray, data: StarData, model: ClusterModel) -> np.ndarray:
     """The log posterior of every row of ``z`` (``-inf`` where not finite).
 
     Candidates are scored in fixed-size batches (up to 32, fewer for big
     fields so that a batch holds at most about 2 million candidate-star pairs).
     """
-    fn = _batched_value(priors)
+    fn = _batched_value(model)
     dtype = data.parallax.dtype
     m = z.shape[0]
     batch = int(np.clip(_SCORE_PAIRS // max(data.n_stars, 1), 1, _SCORE_BATCH))
@@ -216,11 +216,11 @@ NEWTON_DECREMENT = 1e-3
 
 
 @functools.lru_cache(maxsize=16)
-def _hessian_program(priors: ClusterModel | ClusterPriors) -> Any:
-    return Program("hessian", jax.jacrev(jax.grad(functools.partial(_blocked, priors=priors))), priors)
+def _hessian_program(model: ClusterModel) -> Any:
+    return Program("hessian", jax.jacrev(jax.grad(functools.partial(_blocked, model=model))), model)
 
 
-def hessian(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
+def hessian(z: np.ndarray, data: StarData, model: ClusterModel) -> np.ndarray:
     """The Hessian of the log posterior, differentiated twice in reverse mode (symmetrised).
 
     Exact up to float32 rounding. Central differences of float32 gradients
@@ -228,14 +228,14 @@ def hessian(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors)
     2 500-star field had eigenvalues from 0.56 to 1.42 (all 1 when exact), and
     a 22 000-star field's was not even positive definite.
     """
-    H = np.asarray(_hessian_program(priors)(jnp.asarray(z, data.parallax.dtype), data), float)
+    H = np.asarray(_hessian_program(model)(jnp.asarray(z, data.parallax.dtype), data), float)
     return 0.5 * (H + H.T)
 
 
 def polish(
     z0: np.ndarray,
     data: StarData,
-    priors: ClusterModel | ClusterPriors,
+    model: ClusterModel,
     *,
     max_iter: int = 50,
     decrement: float = 0.0,
@@ -246,7 +246,7 @@ def polish(
     nor the value, or when the Newton decrement ``g . H^-1 g / 2`` (what a
     full step would still gain on a quadratic) is below ``decrement``.
     """
-    vg = value_and_grad(priors)
+    vg = value_and_grad(model)
     dtype = data.parallax.dtype
 
     def f(x: np.ndarray) -> float:
@@ -257,7 +257,7 @@ def polish(
     for _ in range(max_iter):
         g = np.asarray(vg(jnp.asarray(x, dtype), data)[1], float)
         try:
-            evals, evecs = np.linalg.eigh(-hessian(x, data, priors))
+            evals, evecs = np.linalg.eigh(-hessian(x, data, model))
             step = evecs @ ((evecs.T @ g) / np.maximum(evals, 1e-3 * max(evals.max(), 1e-12) + 1e-6))
         except np.linalg.LinAlgError:
             step = g * 1e-3
@@ -281,10 +281,10 @@ def polish(
     return x, fx
 
 
-def laplace_covariance(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray | None:
+def laplace_covariance(z: np.ndarray, data: StarData, model: ClusterModel) -> np.ndarray | None:
     """``(-H)^-1`` at ``z``; ``None`` when the Hessian is not negative definite."""
     try:
-        H = hessian(z, data, priors)
+        H = hessian(z, data, model)
         if np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(-H) > 0):
             return np.linalg.inv(-H)
     except np.linalg.LinAlgError:
@@ -294,7 +294,7 @@ def laplace_covariance(z: np.ndarray, data: StarData, priors: ClusterModel | Clu
 
 def find_map(
     data: StarData,
-    priors: ClusterPriors,
+    model: ClusterModel,
     *,
     distance_hint: float | None = None,
     n_candidates: int = 48,
@@ -306,15 +306,15 @@ def find_map(
     ``distance_hint`` (pc) restricts the candidate distances to within 15 %
     of it.
     """
-    cand = map_candidates(data, priors, distance_hint=distance_hint, n_candidates=n_candidates)
-    scores = score_candidates(cand.z, data, priors)
+    cand = map_candidates(data, model.priors, distance_hint=distance_hint, n_candidates=n_candidates)
+    scores = score_candidates(cand.z, data, model)
     starts = select_starts(cand, scores, n_best=n_polish)
     best, best_val = cand.z[starts[0]].copy(), float(scores[starts[0]])
     for k in starts:
-        x, fx = polish(cand.z[k], data, priors, max_iter=max_iter, decrement=NEWTON_DECREMENT)
+        x, fx = polish(cand.z[k], data, model, max_iter=max_iter, decrement=NEWTON_DECREMENT)
         if fx > best_val:
             best, best_val = x, fx
-    return MapResult(best, best_val, laplace_covariance(best, data, priors))
+    return MapResult(best, best_val, laplace_covariance(best, data, model))
 
 
 def whitening(cov: np.ndarray | None, n: int = N_PARAMS) -> np.ndarray:

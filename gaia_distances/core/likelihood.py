@@ -44,7 +44,7 @@ from gaia_distances.core.kinematics import (
     field_pm_log_term,
 )
 from gaia_distances.core.numerics import Array
-from gaia_distances.core.population import ClusterModel, ClusterPriors, Population, log_prior, to_population
+from gaia_distances.core.population import ClusterModel, Population, log_prior, to_population
 from gaia_distances.core.selection import Truncation, cluster_log_pass, field_log_pass, prepare_truncation
 
 __all__ = [
@@ -409,7 +409,7 @@ def log_evidence_per_star(pop: Population, data: StarData) -> Array:
     return jnp.logaddexp(*_weighted(pop, component_log_likelihoods(pop, data)))
 
 
-def log_posterior(z: Array, data: StarData, model: ClusterModel | ClusterPriors, *, blocked: bool = False) -> Array:
+def log_posterior(z: Array, data: StarData, model: ClusterModel, *, blocked: bool = False) -> Array:
     """Unnormalised log posterior of the marginal model at unconstrained ``z`` (``blocked``: see
     :func:`marginal_log_likelihood`)."""
     return log_prior(z, model) + marginal_log_likelihood(to_population(z, model), data, blocked=blocked)

@@ -34,7 +34,7 @@ from gaia_distances.core.numerics import (
     log_likelihood_u,
     padded_chunks,
 )
-from gaia_distances.core.population import ClusterModel, ClusterPriors, Population, as_model, to_population
+from gaia_distances.core.population import ClusterModel, Population, to_population
 from gaia_distances.core.sampling import aot_call, precompile
 
 __all__ = [
@@ -89,7 +89,7 @@ def posterior_distance_grid(
 
 
 def cluster_model_quantiles(
-    z_draws: Array, data: StarData, priors: ClusterModel | ClusterPriors, grid: Array, quantiles: tuple[float, ...]
+    z_draws: Array, data: StarData, model: ClusterModel, grid: Array, quantiles: tuple[float, ...]
 ) -> Array:
     """Quantiles (pc) of each star's distance under the fitted mixture prior.
 
@@ -103,7 +103,7 @@ def cluster_model_quantiles(
     like = log_likelihood_u(grid, data.parallax[:, None], data.parallax_error[:, None])
 
     def one(z: Array) -> Array:
-        pop = to_population(z, priors)
+        pop = to_population(z, model)
         log_c, log_f = mixture_log_prior_u(grid, pop)
         # a parallax cut renormalises each component (constant in u for each star)
         cut = component_log_pass(pop, data)
@@ -133,30 +133,30 @@ def cluster_model_quantiles(
 
 
 @functools.lru_cache(maxsize=16)
-def _per_star_functions(priors: ClusterModel | ClusterPriors) -> tuple[Any, Any]:
+def _per_star_functions(model: ClusterModel) -> tuple[Any, Any]:
     """Jitted ``membership(z_draws, data)`` (mean probability) and ``quantiles(z_draws, data, grid)``."""
 
     def membership(zs: Array, data: StarData) -> Array:
         def one(z: Array) -> Array:
-            return jax.nn.sigmoid(membership_log_odds(to_population(z, priors), data))
+            return jax.nn.sigmoid(membership_log_odds(to_population(z, model), data))
 
         return jax.lax.map(one, zs).mean(axis=0)
 
     def quant(zs: Array, data: StarData, grid: Array) -> Array:
-        return cluster_model_quantiles(zs, data, priors, grid, ONE_SIGMA_QUANTILES)
+        return cluster_model_quantiles(zs, data, model, grid, ONE_SIGMA_QUANTILES)
 
-    return Program("membership", membership, priors), Program("quantiles", quant, priors)
+    return Program("membership", membership, model), Program("quantiles", quant, model)
 
 
 def _chunk_data(data: StarData, index: np.ndarray) -> StarData:
     return per_star_map(lambda x: x[index], data)
 
 
-def precompile_per_star(data: StarData, priors: ClusterModel | ClusterPriors, *, n_member: int, n_quant: int) -> None:
+def precompile_per_star(data: StarData, model: ClusterModel, *, n_member: int, n_quant: int) -> None:
     """Compile the per-star programs for ``data``'s shapes (e.g. while the sampler runs elsewhere)."""
-    membership, quant = _per_star_functions(priors)
+    membership, quant = _per_star_functions(model)
     dt = data.parallax.dtype
-    n = as_model(priors).n_params
+    n = model.n_params
     precompile(membership, jnp.zeros((n_member, n), dt), data)
     chunk = next(padded_chunks(data.n_stars, CHUNK))
     sub = _chunk_data(data, chunk.rows)
@@ -169,19 +169,18 @@ def _thin(z: np.ndarray, n: int) -> np.ndarray:
 
 
 def per_star_results(
-    z_draws: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors, *, n_member: int = 400, n_quant: int = 32
+    z_draws: np.ndarray, data: StarData, model: ClusterModel, *, n_member: int = 400, n_quant: int = 32
 ) -> PerStarResults:
     """Membership and distance quantiles for every star in ``data`` (padding included) from population draws.
 
     ``z_draws`` has shape ``(..., 4)``; ``n_member`` and ``n_quant`` evenly
     thinned draws are averaged for the membership and the quantiles.
     """
-    model = as_model(priors)
     flat = np.asarray(z_draws, float).reshape(-1, model.n_params)
-    membership, quant = _per_star_functions(priors)
+    membership, quant = _per_star_functions(model)
     dt = data.parallax.dtype
     member = np.asarray(aot_call(membership, jnp.asarray(_thin(flat, n_member), dt), data), float)
-    log_D, log_sigma = (np.asarray(x) for x in to_population(flat, priors, xp=np)[1:3])
+    log_D, log_sigma = (np.asarray(x) for x in to_population(flat, model, xp=np)[1:3])
     grid = posterior_distance_grid(
         np.asarray(data.parallax, float),
         np.asarray(data.parallax_error, float),
@@ -209,22 +208,22 @@ SCREEN_POINTS = 17
 
 
 @functools.lru_cache(maxsize=16)
-def log_odds_program(priors: ClusterModel | ClusterPriors) -> Any:
+def log_odds_program(model: ClusterModel) -> Any:
     """Jitted ``(z (k, d), data) ->`` each star's largest membership log-odds over the ``k`` points."""
 
     def at(zs: Array, data: StarData) -> Array:
-        return jax.lax.map(lambda z: membership_log_odds(to_population(z, priors), data), zs).max(axis=0)
+        return jax.lax.map(lambda z: membership_log_odds(to_population(z, model), data), zs).max(axis=0)
 
-    return Program("log_odds", at, priors)
+    return Program("log_odds", at, model)
 
 
-def max_log_odds(z: np.ndarray, data: StarData, priors: ClusterModel | ClusterPriors) -> np.ndarray:
+def max_log_odds(z: np.ndarray, data: StarData, model: ClusterModel) -> np.ndarray:
     """Each star's largest membership log-odds over the population points ``z`` (:data:`SCREEN_POINTS`, d)."""
-    return np.asarray(aot_call(log_odds_program(priors), jnp.asarray(z, data.parallax.dtype), data), float)
+    return np.asarray(aot_call(log_odds_program(model), jnp.asarray(z, data.parallax.dtype), data), float)
 
 
 def certain_non_members(
-    data: StarData, priors: ClusterModel | ClusterPriors, centre: np.ndarray, cov: np.ndarray | None, *, seed: int = 0
+    data: StarData, model: ClusterModel, centre: np.ndarray, cov: np.ndarray | None, *, seed: int = 0
 ) -> np.ndarray:
     """Stars whose membership log-odds stay below :data:`SKIP_LOG_ODDS` at the MAP ``centre`` and at
     draws from a Gaussian of twice the Laplace covariance's width (boolean, padding stars False)."""
@@ -234,13 +233,13 @@ def certain_non_members(
     chol = np.linalg.cholesky(cov)
     z = centre + 2.0 * rng.standard_normal((SCREEN_POINTS, centre.size)) @ chol.T
     z[0] = centre
-    return (max_log_odds(z, data, priors) < SKIP_LOG_ODDS) & data.real()
+    return (max_log_odds(z, data, model) < SKIP_LOG_ODDS) & data.real()
 
 
 def joint_per_star(
     r_draws: np.ndarray,
     z_draws: np.ndarray,
-    priors: ClusterModel | ClusterPriors,
+    model: ClusterModel,
     stars: Any = None,
 ) -> PerStarResults:
     """Membership and distance quantiles from the joint model's latent distances ``r`` (pc).
@@ -251,7 +250,6 @@ def joint_per_star(
     """
     from gaia_distances.core.models import component_log_terms_at
 
-    model = as_model(priors)
     flat_r = r_draws.reshape(-1, r_draws.shape[-1])
     flat_z = z_draws.reshape(-1, model.n_params)
     if model.kinematics and stars is not None:

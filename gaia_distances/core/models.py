@@ -30,7 +30,6 @@ from gaia_distances.core.population import (
     ClusterModel,
     ClusterPriors,
     Population,
-    as_model,
     sample_population,
     to_population,
     unconstrained_names,
@@ -47,20 +46,21 @@ __all__ = [
     "whitened_potential_gen",
 ]
 
-_REFERENCE = ClusterPriors()
+_REFERENCE = ClusterModel(ClusterPriors())
 
 
 def joint_model(
     parallax_error: Array,
     parallax: Array | None = None,
     zero_point: Array | float = 0.0,
-    priors: ClusterPriors = _REFERENCE,
+    model: ClusterModel = _REFERENCE,
 ) -> None:
-    """One latent distance ``r`` (pc) per star; the catalogue parallax is ``N(1000/r + zero_point, error)``."""
+    """One latent distance ``r`` (pc) per star; the catalogue parallax is ``N(1000/r + zero_point, error)``
+    (the reference structure: EDSD field, parallaxes only)."""
     import numpyro
     import numpyro.distributions as dist
 
-    pop = sample_population(priors)
+    pop = sample_population(model)
     with numpyro.plate("stars", parallax_error.shape[0]):
         r = numpyro.sample("r", mixture_distribution(pop))
         numpyro.sample("parallax", dist.Normal(1000.0 / r + zero_point, parallax_error), obs=parallax)
@@ -103,15 +103,15 @@ def component_log_terms_at(
     return log_c, log_f
 
 
-def marginal_model(data: StarData, priors: ClusterModel | ClusterPriors = _REFERENCE) -> None:
+def marginal_model(data: StarData, model: ClusterModel = _REFERENCE) -> None:
     """The population parameters only; each star's distance is integrated out."""
     import numpyro
 
-    numpyro.factor("log_likelihood", marginal_log_likelihood(sample_population(priors), data))
+    numpyro.factor("log_likelihood", marginal_log_likelihood(sample_population(model), data))
 
 
 @functools.lru_cache(maxsize=16)
-def whitened_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
+def whitened_potential_gen(model: ClusterModel) -> Any:
     """``gen(centre, chol, data)`` -> the marginal model's potential of ``x``, with ``z = centre + chol @ x``.
 
     NUTS samples ``x``, the population parameters whitened by the Laplace
@@ -123,14 +123,14 @@ def whitened_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
     def gen(centre: Array, chol: Array, data: StarData) -> Any:
         # full float32 precision: an accelerator's default (TF32) matmul rounds z to about 1e-3,
         # which is the posterior width of ln D, and the sampler diverges
-        return lambda x: -log_posterior(centre + jnp.matmul(chol, x, precision=jax.lax.Precision.HIGHEST), data, priors)
+        return lambda x: -log_posterior(centre + jnp.matmul(chol, x, precision=jax.lax.Precision.HIGHEST), data, model)
 
-    gen.export_name = ("whitened_potential", priors)  # type: ignore[attr-defined]  # what it computes, for Program
+    gen.export_name = ("whitened_potential", model)  # type: ignore[attr-defined]  # what it computes, for Program
     return gen
 
 
 @functools.lru_cache(maxsize=16)
-def joint_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
+def joint_potential_gen(model: ClusterModel) -> Any:
     """``gen(parallax_error, parallax, zero_point[, kin])`` -> the joint model's potential of its unconstrained sites.
 
     The reference structure samples ``r`` (:func:`joint_model`); extended
@@ -138,11 +138,10 @@ def joint_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
     """
     from numpyro.infer.util import potential_energy
 
-    model = as_model(priors)
     if model.is_reference:
 
         def gen(err: Array, plx: Array, zp: Array) -> Any:
-            return lambda p: potential_energy(joint_model, (err, plx, zp, model.priors), {}, p)
+            return lambda p: potential_energy(joint_model, (err, plx, zp, model), {}, p)
 
         return gen
 
@@ -153,12 +152,12 @@ def joint_potential_gen(priors: ClusterModel | ClusterPriors) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def _simulator(priors: ClusterModel | ClusterPriors) -> Any:
+def _simulator(model: ClusterModel) -> Any:
     import numpyro.distributions as dist
 
     def one(key: Array, z: Array, err: Array, zp: Array) -> Array:
         k_r, k_w = jax.random.split(key)
-        r = mixture_distribution(to_population(z, priors)).sample(k_r, (err.shape[0],))
+        r = mixture_distribution(to_population(z, model)).sample(k_r, (err.shape[0],))
         return dist.Normal(1000.0 / r + zp, err).sample(k_w)
 
     def simulate(key: Array, z_draws: Array, err: Array, zp: Array) -> Array:
@@ -173,7 +172,7 @@ def simulate_parallaxes(
     z_draws: np.ndarray,
     parallax_error: np.ndarray,
     zero_point: np.ndarray,
-    priors: ClusterModel | ClusterPriors,
+    model: ClusterModel,
 ) -> np.ndarray:
     """Catalogue parallaxes (mas) simulated by the model, one catalogue per population draw.
 
@@ -183,23 +182,23 @@ def simulate_parallaxes(
     Returns shape ``(draws, stars)``.
     """
     args = (jnp.asarray(z_draws), jnp.asarray(parallax_error), jnp.asarray(zero_point))
-    return np.asarray(_simulator(priors)(jax.random.PRNGKey(seed), *args))
+    return np.asarray(_simulator(model)(jax.random.PRNGKey(seed), *args))
 
 
 @functools.lru_cache(maxsize=16)
-def _prior_sampler(priors: ClusterModel | ClusterPriors) -> Any:
+def _prior_sampler(model: ClusterModel) -> Any:
     from numpyro import handlers
 
-    names = unconstrained_names(priors)
+    names = unconstrained_names(model)
 
     def one(key: Array) -> Array:
-        trace = handlers.trace(handlers.seed(sample_population, key)).get_trace(priors)
+        trace = handlers.trace(handlers.seed(sample_population, key)).get_trace(model)
         return jnp.stack([trace[name]["value"] for name in names])
 
     return jax.jit(jax.vmap(one))
 
 
-def prior_draws(seed: int, num_samples: int, priors: ClusterModel | ClusterPriors) -> np.ndarray:
+def prior_draws(seed: int, num_samples: int, model: ClusterModel) -> np.ndarray:
     """Unconstrained population draws ``(num_samples, 4)`` from the prior (:func:`sample_population`)."""
     keys = jax.random.split(jax.random.PRNGKey(seed), num_samples)
-    return np.asarray(_prior_sampler(priors)(keys))
+    return np.asarray(_prior_sampler(model)(keys))

@@ -36,7 +36,6 @@ __all__ = [
     "ClusterModel",
     "ClusterPriors",
     "Population",
-    "as_model",
     "field_distance_quantile",
     "from_population",
     "log_prior",
@@ -93,15 +92,6 @@ class ClusterModel(NamedTuple):
     def is_reference(self) -> bool:
         """The reference model's structure: EDSD field, parallaxes only (``z`` of length 4)."""
         return self.field == "edsd" and not self.kinematics
-
-    @property
-    def key(self) -> ClusterModel | ClusterPriors:
-        """What the samplers and per-star programs are keyed on: the prior set for the reference structure.
-
-        The reference model keeps its prior set as the key of its compiled
-        programs, shared with code that passes a :class:`ClusterPriors`.
-        """
-        return self.priors if self.is_reference else self
 
     @property
     def parameters(self) -> tuple[Parameter, ...]:
@@ -161,14 +151,9 @@ def _positions(model: ClusterModel) -> dict[str, int]:
     return {p.name: i for i, p in enumerate(_parameters(model))}
 
 
-def as_model(model: ClusterModel | ClusterPriors) -> ClusterModel:
-    """``model``, or the reference-structure model of a prior set."""
-    return ClusterModel(model) if isinstance(model, ClusterPriors) else model
-
-
-def unconstrained_names(model: ClusterModel | ClusterPriors) -> tuple[str, ...]:
+def unconstrained_names(model: ClusterModel) -> tuple[str, ...]:
     """Names of the sampled sites, in the order of the unconstrained vector ``z``."""
-    return as_model(model).names
+    return model.names
 
 
 def _log_softmax(x: Array, xp: Any) -> Array:
@@ -215,12 +200,11 @@ def _logit(p: Array, xp: Any) -> Array:
     return xp.log(p) - xp.log1p(-p)
 
 
-def to_population(z: Array, model: ClusterModel | ClusterPriors, xp: Any = jnp) -> Population:
+def to_population(z: Array, model: ClusterModel, xp: Any = jnp) -> Population:
     """The population at unconstrained ``z`` (last axis: ``model``'s :attr:`~ClusterModel.names`).
 
     ``xp`` is ``jnp`` or ``np``.
     """
-    model = as_model(model)
     priors = model.priors
     log_D, depth, logit_Q = (z[..., model.position(n)] for n in model.cluster_names[:3])
     if priors.depth_prior == "size":
@@ -262,12 +246,12 @@ def from_population(pop: Population, priors: ClusterPriors, *, xp: Any = np, cli
     return xp.stack([xp.broadcast_to(values[name], shape) for name in model.names], axis=-1)
 
 
-def log_prior(z: Array, model: ClusterModel | ClusterPriors) -> Array:
+def log_prior(z: Array, model: ClusterModel) -> Array:
     """Log prior density of the unconstrained vector ``z`` (the density :func:`sample_population` defines)."""
-    return prior_log_density(z, as_model(model).parameters)
+    return prior_log_density(z, model.parameters)
 
 
-def sample_population(model: ClusterModel | ClusterPriors) -> Population:
+def sample_population(model: ClusterModel) -> Population:
     """The population as numpyro sample sites (named by :func:`unconstrained_names`) and deterministics.
 
     Every site is unconstrained: ``Q`` is sampled as ``logit(Q)``, whose prior is exactly ``Beta(Q_a, Q_b)``
@@ -275,7 +259,6 @@ def sample_population(model: ClusterModel | ClusterPriors) -> Population:
     """
     import numpyro
 
-    model = as_model(model)
     priors = model.priors
     z = prior_sites(model.parameters)
     pop = to_population(z, model)
@@ -305,7 +288,7 @@ def field_distance_quantile(field_log_w: np.ndarray, q: float) -> np.ndarray:
     return np.exp(out).reshape(cdf.shape[:-1])
 
 
-def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[str, np.ndarray]:
+def physical_draws(z: np.ndarray, model: ClusterModel) -> dict[str, np.ndarray]:
     """Physical draws from unconstrained ones (NumPy).
 
     ``D``, ``sigma`` (depth, pc), ``sigma_log``, ``Q``; the field's ``L``
@@ -321,7 +304,6 @@ def physical_draws(z: np.ndarray, model: ClusterModel | ClusterPriors) -> dict[s
     covariance that the components share; and ``field_pm_trend_ra``,
     ``field_pm_trend_dec``).
     """
-    model = as_model(model)
     pop = to_population(np.asarray(z, float), model, xp=np)
     out = {
         "D": np.exp(pop.log_D),
