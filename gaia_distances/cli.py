@@ -295,31 +295,25 @@ def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     import gaia_distances as gd
 
+    options = {
+        "kinematics": KINEMATICS_CHOICES[args.kinematics],
+        "field": args.field,
+        "perspective": args.perspective,
+        "prior": gd.ClusterPriors.physical() if args.physical_prior else gd.ClusterPriors(),
+        "parallax_limits": tuple(args.parallax_limits) if args.parallax_limits else None,
+        "truncate": not args.no_truncate,
+        "systematics": None if args.systematics == "none" else args.systematics,
+        "parallax_offset_prior": None if args.parallax_offset_prior == "none" else args.parallax_offset_prior,
+        "num_warmup": args.num_warmup,
+        "num_samples": args.num_samples,
+        "num_chains": args.num_chains,
+        "seed": args.seed,
+        "progress": not args.quiet,
+        "overwrite": args.overwrite,
+    }
+    _check_fit_options(options)  # before the table is read, by the fits' own check, in the flags' names
     t, zp = _load_with_zero_point(args)
-    prior = gd.ClusterPriors.physical() if args.physical_prior else gd.ClusterPriors()
-    limits = tuple(args.parallax_limits) if args.parallax_limits else None
-    if limits is not None and not limits[0] < limits[1]:
-        raise ValueError(f"--parallax-limits LO HI needs LO < HI; got {limits[0]:g} {limits[1]:g}")
-    fit = gd.fit_cluster(
-        t,
-        method=args.method,
-        kinematics=KINEMATICS_CHOICES[args.kinematics],
-        field=args.field,
-        perspective=args.perspective,
-        prior=prior,
-        zero_point=zp,
-        parallax_limits=limits,
-        truncate=not args.no_truncate,
-        distance_hint=args.distance_hint,
-        systematics=None if args.systematics == "none" else args.systematics,
-        parallax_offset_prior=None if args.parallax_offset_prior == "none" else args.parallax_offset_prior,
-        num_warmup=args.num_warmup,
-        num_samples=args.num_samples,
-        num_chains=args.num_chains,
-        seed=args.seed,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-    )
+    fit = gd.fit_cluster(t, method=args.method, zero_point=zp, distance_hint=args.distance_hint, **options)
     with contextlib.ExitStack() as stack:  # the posterior and the table are both written, or neither
         if args.save_posterior:
             fit.to_netcdf(str(stack.enter_context(_replacing(args.save_posterior, args.overwrite))))
@@ -342,6 +336,20 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
         "warnings": diag["warnings"],
         "output": args.output,
     }
+
+
+def _check_fit_options(options: dict[str, Any]) -> None:
+    """The cluster fit's options checked as the fit checks them; a bad one's message names its flag."""
+    from gaia_distances.cluster.options import checked_fit_options
+
+    try:
+        checked_fit_options(**options)
+    except ValueError as exc:
+        message = str(exc)
+        for name in options:
+            if message.startswith(name):
+                message = "--" + name.replace("_", "-") + message[len(name) :]
+        raise ValueError(message) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -113,6 +113,44 @@ def test_sampler_sizes_that_are_not_whole_numbers_are_refused_before_any_work(
     assert f"{option} must be an integer >= {least}; got {value!r}" in _message(FITS[fit], field, **{option: value})
 
 
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("parallax_limits", (3.0, 0.2), "parallax_limits must be (lower, upper)"),
+        ("parallax_limits", (0.2, np.nan), "parallax_limits must be (lower, upper)"),
+        ("parallax_limits", 0.2, "parallax_limits must be (lower, upper)"),
+        ("target_accept_prob", 1.0, "target_accept_prob must be between 0 and 1"),
+        ("target_accept_prob", "high", "target_accept_prob must be between 0 and 1"),
+    ],
+)
+def test_cuts_and_sampler_targets_out_of_range_are_refused_before_any_work(field, no_work, fit, option, value, words):
+    assert words in _message(FITS[fit], field, **{option: value})
+
+
+def test_both_fits_share_one_checked_options_object(monkeypatch, field):
+    """fit_cluster and fit_clusters hand the same checked options on to assembling the fit."""
+    from gaia_distances.cluster.options import FitOptions
+
+    seen = []
+    assemble = fit_module.assemble_fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["options"])
+        return assemble(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "assemble_fit", spy)
+    monkeypatch.setattr("gaia_distances.cluster.batch.assemble_fit", spy)
+    kw = {"kinematics": False, "field": "edsd", "zero_point": "parallax_zeropoint_true", "num_warmup": 50}
+    kw |= {"num_samples": 50, "extend": False, "seed": 4, "systematics": None, "parallax_limits": (-5.0, 50.0)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gd.fit_cluster(field, **kw)
+        gd.fit_clusters([field], **kw)
+    assert len(seen) == 2 and all(isinstance(o, FitOptions) for o in seen)
+    assert seen[0] == seen[1] and seen[0].parallax_limits == (-5.0, 50.0) and seen[0].seed == 4
+
+
 def test_nuts_settings_take_no_fraction_of_a_draw():
     from gaia_distances.core.sampling import nuts_settings
 

@@ -27,13 +27,13 @@ from gaia_distances.cluster.stars import (
     write_star_columns,
 )
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, check_kernel_over_stars
-from gaia_distances.columns import warn, zero_point_record
+from gaia_distances.columns import warn
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
 from gaia_distances.core.likelihood import pad_star_data, padded_size
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import ClusterModel, ClusterPriors
-from gaia_distances.core.sampling import chain_iterations, nuts_settings
+from gaia_distances.core.sampling import chain_iterations
 from gaia_distances.errors import GaiaDistancesError, MissingColumnsError
 from gaia_distances.io import as_table
 from gaia_distances.progress import progress_bar
@@ -212,54 +212,54 @@ def fit_clusters(
     """
     clock = Stopwatch()
     enable_compilation_cache()
-    prior, seed, n_per_star, kernel = checked_fit_options(
+    options = checked_fit_options(
         prior=prior,
         kinematics=kinematics,
         field=field,
+        zero_point=zero_point,
+        parallax_limits=parallax_limits,
+        truncate=truncate,
         systematics=systematics,
         parallax_offset_prior=parallax_offset_prior,
-        seed=seed,
-        n_quantile_draws=n_quantile_draws,
-        n_membership_draws=n_membership_draws,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
+        target_accept_prob=target_accept_prob,
+        extend=extend,
+        seed=seed,
+        progress=progress,
+        n_quantile_draws=n_quantile_draws,
+        n_membership_draws=n_membership_draws,
+        overwrite=overwrite,
     )
     names, parts, whole, rows = _split_groups(tables, group_by)
     if whole is not None:
-        refuse_star_columns(whole, overwrite=overwrite, step="fit_clusters")
+        refuse_star_columns(whole, overwrite=options.overwrite, step="fit_clusters")
     else:
         parts = [as_table(p) for p in parts]
         for name, part in zip(names, parts):
-            refuse_star_columns(part, overwrite=overwrite, step=f"fit_clusters (cluster {name!r})")
+            refuse_star_columns(part, overwrite=options.overwrite, step=f"fit_clusters (cluster {name!r})")
     fits: list[ClusterFit | None] = [None] * len(names)
     errors: dict[Any, str] = {}
     candidates: dict[int, ParallaxCandidates] = {}
     for i, (name, part) in enumerate(zip(names, parts)):
         try:
             candidates[i] = parallax_rows(
-                part, zero_point=zero_point, parallax_limits=parallax_limits, step="fit_clusters"
+                part, zero_point=options.zero_point, parallax_limits=options.parallax_limits, step="fit_clusters"
             )
         except GaiaDistancesError as exc:
             _not_fitted(errors, name, exc)
-    use_pm = _batch_kinematics(kinematics, {names[i]: c for i, c in candidates.items()})
-    model = ClusterModel(prior, field, use_pm)
-    settings = nuts_settings(
-        "marginal" if model.is_reference else "extended",
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        target_accept_prob=target_accept_prob,
-        dense_mass=False,  # whitened by the Laplace approximation: the staged sampler adapts no mass matrix
-    )
+    use_pm = _batch_kinematics(options.kinematics, {names[i]: c for i, c in candidates.items()})
+    model = ClusterModel(options.prior, options.field, use_pm)
+    settings = options.nuts_settings("marginal" if model.is_reference else "extended")
     selected: dict[int, Selection] = {}
     for i, cand in candidates.items():
         try:
-            selected[i] = finish_selection(cand, kinematics=use_pm, truncate=truncate, step="fit_clusters")
+            selected[i] = finish_selection(cand, kinematics=use_pm, truncate=options.truncate, step="fit_clusters")
         except GaiaDistancesError as exc:
             _not_fitted(errors, names[i], exc)
         if i in selected:
-            check_kernel_over_stars(kernel, selected[i].table, selected[i].stars)
+            check_kernel_over_stars(options.kernel, selected[i].table, selected[i].stars)
     if selected:
         order = sorted(selected)
         with clock.step("prepare"):
@@ -267,7 +267,7 @@ def fit_clusters(
             data = {i: pad_star_data(prepare_data(sel.stars, model), n_pad) for i, sel in selected.items()}
         with clock.step("map"):
             starts = {i: find_start(d, model) for i, d in data.items()}
-        show = len(order) > 20 if progress is None else bool(progress)
+        show = len(order) > 20 if options.progress is None else options.progress
         desc = f"NUTS ({len(order)} clusters)"
         with clock.step("sampling"), progress_bar(chain_iterations(settings), show, desc, unit="it") as update:
             draws = sample_marginal_batch(
@@ -275,32 +275,23 @@ def fit_clusters(
                 model,
                 [starts[i] for i in order],
                 settings,
-                seed=seed,
+                seed=options.seed,
                 progress=update,
-                extend=bool(extend),
+                extend=options.extend,
             )
-        record = {
-            "zero_point_arg": zero_point_record(zero_point),
-            "parallax_limits": parallax_limits,
-            "truncate": bool(truncate and parallax_limits is not None),
-            "extend": bool(extend),
-            "batched_clusters": len(order),
-        }
         for b, i in enumerate(order):
             fits[i] = assemble_fit(
                 selected[i],
                 draws[b],
                 data[i],
                 model=model,
+                options=options,
                 method="marginal",
-                record=record,
                 search_problems=starts[i].problems,
                 settings=settings,
-                seed=seed,
-                n_per_star=n_per_star,
+                n_per_star=options.n_per_star,
                 clock=Stopwatch(start=clock.start),  # each fit's wall time counts from the batch's start
-                systematics=kernel,
-                offset_prior=parallax_offset_prior,
+                batched_clusters=len(order),
             )
         clock.steps["per_star_s"] = sum(f.diagnostics["timings"]["per_star_s"] for f in fits if f is not None)
     out = _merge_groups(whole, rows, fits) if whole is not None else None

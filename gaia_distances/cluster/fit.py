@@ -23,7 +23,7 @@ from astropy import units as u
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.fingerprint import fit_fingerprint
 from gaia_distances.cluster.flags import ClusterFlag, flag_description
-from gaia_distances.cluster.options import CLUSTER_METHODS, checked_fit_options
+from gaia_distances.cluster.options import CLUSTER_METHODS, FitOptions, checked_fit_options
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import (
     FittedStars,
@@ -40,7 +40,7 @@ from gaia_distances.cluster.systematics import (
     check_kernel_over_stars,
     fit_systematics,
 )
-from gaia_distances.columns import update_provenance, zero_point_record
+from gaia_distances.columns import update_provenance
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import (
     Draws,
@@ -54,7 +54,7 @@ from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size
 from gaia_distances.core.membership import PerStarResults, joint_per_star, per_star_results, precompile_per_star
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import ClusterModel, ClusterPriors, physical_draws
-from gaia_distances.core.sampling import NutsSettings, chain_iterations, nuts_settings
+from gaia_distances.core.sampling import NutsSettings, chain_iterations
 from gaia_distances.core.search import find_map_extended
 from gaia_distances.io import as_table
 from gaia_distances.progress import progress_bar
@@ -272,60 +272,64 @@ def fit_cluster(
     enable_compilation_cache()
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}; got {method!r}")
-    prior, seed, n_per_star, kernel = checked_fit_options(
+    options = checked_fit_options(
         prior=prior,
         kinematics=kinematics,
         field=field,
-        systematics=systematics,
-        parallax_offset_prior=parallax_offset_prior,
-        seed=seed,
-        n_quantile_draws=n_quantile_draws,
-        n_membership_draws=n_membership_draws,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-    )
-    if method == "joint" and parallax_limits is not None and truncate:
-        raise ValueError(
-            "method='joint' does not model a parallax cut: pass truncate=False to cut as the reference "
-            "analysis did, or use method='marginal'"
-        )
-    distance_hint = _checked_distance_hint(distance_hint)
-    show = method == "joint" if progress is None else bool(progress)
-    table = as_table(table)
-    refuse_star_columns(table, overwrite=overwrite, step="fit_cluster")
-    sel = select_stars(
-        table,
+        perspective=perspective,
         zero_point=zero_point,
         parallax_limits=parallax_limits,
-        kinematics=kinematics,
         truncate=truncate,
-        perspective=bool(perspective),
-    )
-    check_kernel_over_stars(kernel, sel.table, sel.stars)
-    model = ClusterModel(prior, field, sel.stars.kinematic, perspective=bool(perspective))
-    settings = nuts_settings(
-        method if method == "joint" or model.is_reference else "extended",
+        systematics=systematics,
+        parallax_offset_prior=parallax_offset_prior,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
         target_accept_prob=target_accept_prob,
-        # no mass matrix is adapted: the marginal models are whitened by the Laplace approximation
-        # (and the staged sampler's pilot), the joint model's thousands of distances adapt a diagonal
-        dense_mass=False,
+        extend=extend,
+        seed=seed,
+        progress=progress,
+        n_quantile_draws=n_quantile_draws,
+        n_membership_draws=n_membership_draws,
+        overwrite=overwrite,
     )
+    if method == "joint" and options.models_truncation:
+        raise ValueError(
+            "method='joint' does not model a parallax cut: pass truncate=False to cut as the reference "
+            "analysis did, or use method='marginal'"
+        )
+    return _fit(as_table(table), options, method, _checked_distance_hint(distance_hint), clock)
+
+
+def _fit(table: Any, options: FitOptions, method: str, distance_hint: float | None, clock: Stopwatch) -> ClusterFit:
+    """:func:`fit_cluster` once its options are checked."""
+    show = method == "joint" if options.progress is None else options.progress
+    refuse_star_columns(table, overwrite=options.overwrite, step="fit_cluster")
+    sel = select_stars(
+        table,
+        zero_point=options.zero_point,
+        parallax_limits=options.parallax_limits,
+        kinematics=options.kinematics,
+        truncate=options.truncate,
+        perspective=options.perspective,
+    )
+    check_kernel_over_stars(options.kernel, sel.table, sel.stars)
+    model = ClusterModel(options.prior, options.field, sel.stars.kinematic, perspective=options.perspective)
+    settings = options.nuts_settings(method if method == "joint" or model.is_reference else "extended")
     with clock.step("prepare"):
         # padded with zero-weight stars, so that fields of similar size share compiled programs
         data = prepare_data(sel.stars, model)
         data = pad_star_data(data, padded_size(sel.stars.n_stars))
     with clock.step("map"):
         n_draws = settings.num_chains * settings.num_samples
+        n_per_star = options.n_per_star
         compiled = (min(n_draws, n_per_star[0]), min(n_draws, n_per_star[1]))
         start = _find_start(data, model, settings, method, distance_hint=distance_hint, n_per_star=compiled)
     log.info("fit_cluster: %d stars, MAP D = %.1f pc", sel.stars.n_stars, math.exp(start.z[model.position("log_D")]))
     with clock.step("sampling"), _nuts_progress(settings, show) as update:
+        seed = options.seed
         if method == "marginal":
-            draws = sample_marginal(data, model, start, settings, seed=seed, progress=update, extend=bool(extend))
+            draws = sample_marginal(data, model, start, settings, seed=seed, progress=update, extend=options.extend)
         else:
             stars = sel.stars
             args = (stars.parallax, stars.parallax_error, stars.zero_point)
@@ -336,20 +340,12 @@ def fit_cluster(
         draws,
         data,
         model=model,
+        options=options,
         method=method,
         search_problems=start.problems,
-        record={
-            "zero_point_arg": zero_point_record(zero_point),
-            "parallax_limits": parallax_limits,
-            "truncate": bool(truncate and parallax_limits is not None),
-            "extend": bool(extend),
-        },
         settings=settings,
-        seed=seed,
         n_per_star=compiled,  # what the per-star programs were compiled for, also after an extension
         clock=clock,
-        systematics=kernel,
-        offset_prior=parallax_offset_prior,
     )
 
 
@@ -413,21 +409,20 @@ def assemble_fit(
     data: StarData,
     *,
     model: ClusterModel,
+    options: FitOptions,
     method: str,
-    record: dict[str, Any],
     search_problems: tuple[str, ...] = (),
     settings: NutsSettings,
-    seed: int,
     n_per_star: tuple[int, int],
     clock: Stopwatch,
-    systematics: SystematicsSpec = None,
-    offset_prior: str | tuple[float, float] | None = None,
+    batched_clusters: int | None = None,
 ) -> ClusterFit:
     """Draws -> a :class:`ClusterFit`: per-star columns, diagnostics (warned once) and provenance.
 
-    ``systematics`` and ``offset_prior`` add the members' shared Gaia offsets
-    to the posterior (:mod:`gaia_distances.cluster.systematics`); the
-    convergence checks use the sampled draws without them.
+    The options' ``kernel`` and ``offset_prior`` add the members' shared Gaia
+    offsets to the posterior (:mod:`gaia_distances.cluster.systematics`);
+    the convergence checks use the sampled draws without them.
+    ``batched_clusters`` is how many clusters ``fit_clusters`` sampled together.
 
     ``data`` may be padded beyond the fitted stars (``fit_clusters``);
     ``n_per_star`` is ``(membership draws, quantile draws)``;
@@ -461,9 +456,10 @@ def assemble_fit(
             flag_description=flag_description([f for f in ClusterFlag if f and f != ClusterFlag.NOT_FITTED]),
         )
     sampled = physical_draws(draws.z, model)
-    step = "fit_clusters" if "batched_clusters" in record else "fit_cluster"
+    step = "fit_clusters" if batched_clusters is not None else "fit_cluster"
+    seed = options.seed
     sys = fit_systematics(
-        systematics, out, sel.stars, res.membership, sampled, offset_prior=offset_prior, seed=seed, step=step
+        options.kernel, out, sel.stars, res.membership, sampled, offset_prior=options.offset_prior, seed=seed, step=step
     )
     posterior = sampled if sys is None else add_systematics(sampled, sys, seed=seed, step=step)
     summ = parameter_summary(posterior, method=method)  # its ESS and R-hat are those of the sampled draws
@@ -482,7 +478,7 @@ def assemble_fit(
     diagnostics["field"] = model.field
     warn_problems(method, diagnostics["warnings"])
     diagnostics["timings"] = dict(clock.steps)
-    limits = record.get("parallax_limits")
+    record = options.record()
     provenance: dict[str, Any] = {
         "method": method,
         "prior": dict(model.priors._asdict()),
@@ -492,15 +488,17 @@ def assemble_fit(
         "perspective": model.perspective,
         "pm_frame_centre_deg": _pm_frame_centre(sel.stars) if model.kinematics else None,
         "zero_point": sel.zero_point_source,
-        "zero_point_arg": record.get("zero_point_arg"),
-        "parallax_limits": list(limits) if limits else None,
+        "zero_point_arg": record["zero_point_arg"],
+        "parallax_limits": record["parallax_limits"],
         "n_stars_fitted": n,
         "num_warmup": settings.num_warmup,
         "num_samples": settings.num_samples,
         "num_chains": settings.num_chains,
         "target_accept_prob": settings.target_accept_prob,
         "seed": seed,
-        **{k: v for k, v in record.items() if k not in ("zero_point_arg", "parallax_limits")},
+        "truncate": record["truncate"],
+        "extend": record["extend"],
+        **({"batched_clusters": batched_clusters} if batched_clusters is not None else {}),
         "systematics": None if sys is None else sys.record(),
         "summary": {str(r["parameter"]): {"mean": float(r["mean"]), "sd": float(r["sd"])} for r in summ},
         "diagnostics": diagnostics,

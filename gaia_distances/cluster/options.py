@@ -8,12 +8,14 @@ it must be.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
+from gaia_distances.columns import zero_point_record
 from gaia_distances.core.numerics import checked_integer
 from gaia_distances.core.population import FIELDS, ClusterPriors
-from gaia_distances.core.sampling import checked_seed
-from gaia_distances.core.systematics import SystematicsKernel
+from gaia_distances.core.sampling import NutsSettings, checked_seed, nuts_settings
+from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
 __all__ = ["CLUSTER_METHODS", "FitOptions", "checked_fit_options"]
@@ -23,13 +25,71 @@ CLUSTER_METHODS = ("marginal", "joint")
 
 
 class FitOptions(NamedTuple):
-    """The shared options once checked: the priors (the reference ones for ``None``), the seed as an ``int``,
-    ``(n_membership_draws, n_quantile_draws)`` and the systematics kernel, checked once (``None``: none)."""
+    """The options :func:`~gaia_distances.fit_cluster` and :func:`~gaia_distances.fit_clusters` share, each
+    checked once (:func:`checked_fit_options`): the one object the fits pass on and record.
+
+    ``prior`` is the prior set (the reference one for ``None``); ``kernel``
+    and ``offset_prior`` the resolved ``systematics`` and
+    ``parallax_offset_prior`` (``None``: none); ``seed`` an ``int``;
+    ``parallax_limits`` two floats, the lower first; the sampler's settings
+    ``None`` where the method's defaults apply.
+    """
 
     prior: ClusterPriors
-    seed: int
-    n_per_star: tuple[int, int]
+    kinematics: bool | str
+    field: str
+    perspective: bool
+    zero_point: Any
+    parallax_limits: tuple[float, float] | None
+    truncate: bool
     kernel: SystematicsKernel | None
+    offset_prior: OffsetPrior | None
+    num_warmup: int | None
+    num_samples: int | None
+    num_chains: int | None
+    target_accept_prob: float | None
+    extend: bool
+    seed: int
+    progress: bool | None
+    n_quantile_draws: int
+    n_membership_draws: int
+    overwrite: bool
+
+    @property
+    def n_per_star(self) -> tuple[int, int]:
+        """``(n_membership_draws, n_quantile_draws)``."""
+        return self.n_membership_draws, self.n_quantile_draws
+
+    @property
+    def models_truncation(self) -> bool:
+        """Whether the parallax cut enters the likelihood (a cut, and ``truncate``)."""
+        return bool(self.truncate and self.parallax_limits is not None)
+
+    def nuts_settings(self, method: str) -> NutsSettings:
+        """The sampler's settings for ``method`` (a key of ``NUTS_DEFAULTS``), the given ones kept.
+
+        No mass matrix is adapted: the marginal models are whitened by the
+        Laplace approximation (and the staged sampler's pilot), the joint
+        model's thousands of distances adapt a diagonal.
+        """
+        return nuts_settings(
+            method,
+            num_warmup=self.num_warmup,
+            num_samples=self.num_samples,
+            num_chains=self.num_chains,
+            target_accept_prob=self.target_accept_prob,
+            dense_mass=False,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The options as the fit's provenance records them (JSON types), so that a later step can repeat them."""
+        return {
+            "zero_point_arg": zero_point_record(self.zero_point),
+            "parallax_limits": list(self.parallax_limits) if self.parallax_limits else None,
+            "truncate": self.models_truncation,
+            "extend": self.extend,
+            "seed": self.seed,
+        }
 
 
 def checked_fit_options(
@@ -40,11 +100,19 @@ def checked_fit_options(
     systematics: SystematicsSpec,
     parallax_offset_prior: Any,
     seed: Any,
-    n_quantile_draws: Any,
-    n_membership_draws: Any,
+    n_quantile_draws: Any = 32,
+    n_membership_draws: Any = 400,
+    perspective: Any = False,
+    zero_point: Any = None,
+    parallax_limits: Any = None,
+    truncate: Any = True,
     num_warmup: Any = None,
     num_samples: Any = None,
     num_chains: Any = None,
+    target_accept_prob: Any = None,
+    extend: Any = True,
+    progress: Any = None,
+    overwrite: Any = False,
 ) -> FitOptions:
     """Check the options both cluster fits take; raise ``ValueError`` (``TypeError`` for a prior that is not
     a :class:`~gaia_distances.ClusterPriors`) naming the first bad one.
@@ -54,6 +122,18 @@ def checked_fit_options(
     kernel the fit then uses without checking it again;
     :func:`~gaia_distances.systematics.resolve_offset_prior`); the
     :class:`~gaia_distances.ClusterPriors` check their own fields when made.
+
+    Examples
+    --------
+    >>> opts = checked_fit_options(prior=None, field="edsd", systematics=None, parallax_offset_prior=None,
+    ...                            seed=3, n_quantile_draws=32, n_membership_draws=400, parallax_limits=(0.2, 3))
+    >>> opts.parallax_limits, opts.n_per_star, opts.models_truncation
+    ((0.2, 3.0), (400, 32), True)
+    >>> checked_fit_options(prior=None, field="edsd", systematics=None, parallax_offset_prior=None, seed=0,
+    ...                     n_quantile_draws=32, n_membership_draws=400, parallax_limits=(3, 0.2))
+    Traceback (most recent call last):
+    ...
+    ValueError: parallax_limits must be (lower, upper) in mas with lower < upper, both finite; got (3, 0.2)
     """
     prior = ClusterPriors() if prior is None else prior
     if not isinstance(prior, ClusterPriors):
@@ -65,7 +145,7 @@ def checked_fit_options(
     if field not in FIELDS:
         raise ValueError(f"field must be one of {FIELDS}; got {field!r}")
     kernel = resolve_systematics(systematics)
-    resolve_offset_prior(parallax_offset_prior)
+    offset_prior = resolve_offset_prior(parallax_offset_prior)
     for name, value, least in (
         ("num_warmup", num_warmup, 0),
         ("num_samples", num_samples, 1),
@@ -73,6 +153,48 @@ def checked_fit_options(
     ):
         if value is not None:  # None: the sampler's default
             checked_integer(name, value, least)
-    n_member = checked_integer("n_membership_draws", n_membership_draws)
-    n_quant = checked_integer("n_quantile_draws", n_quantile_draws)
-    return FitOptions(prior, checked_seed(seed), (n_member, n_quant), kernel)
+    if target_accept_prob is not None and not 0.0 < _float(target_accept_prob) < 1.0:
+        raise ValueError(f"target_accept_prob must be between 0 and 1; got {target_accept_prob!r}")
+    return FitOptions(
+        prior=prior,
+        kinematics=kinematics,
+        field=field,
+        perspective=bool(perspective),
+        zero_point=zero_point,
+        parallax_limits=_checked_limits(parallax_limits),
+        truncate=bool(truncate),
+        kernel=kernel,
+        offset_prior=offset_prior,
+        num_warmup=None if num_warmup is None else int(num_warmup),
+        num_samples=None if num_samples is None else int(num_samples),
+        num_chains=None if num_chains is None else int(num_chains),
+        target_accept_prob=None if target_accept_prob is None else float(target_accept_prob),
+        extend=bool(extend),
+        seed=checked_seed(seed),
+        progress=None if progress is None else bool(progress),
+        n_quantile_draws=checked_integer("n_quantile_draws", n_quantile_draws),
+        n_membership_draws=checked_integer("n_membership_draws", n_membership_draws),
+        overwrite=bool(overwrite),
+    )
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _checked_limits(limits: Any) -> tuple[float, float] | None:
+    """``parallax_limits`` as two floats, lower first, or ``ValueError`` naming the option."""
+    if limits is None:
+        return None
+    try:
+        lo, hi = (_float(x) for x in limits)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"parallax_limits must be (lower, upper) in mas with lower < upper, both finite; got {limits!r}"
+        )
+    return lo, hi
