@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import gaia_distances as gd
-from gaia_distances.core.population import ClusterModel
 import gaia_distances.cluster.fit as fit_module
 import gaia_distances.estimate as estimate_module
 from gaia_distances.cluster.diagnostics import diagnose
@@ -23,6 +22,7 @@ from gaia_distances.cluster.stars import select_stars
 from gaia_distances.cluster.systematics import add_systematics, fit_systematics
 from gaia_distances.core.cluster_sampling import convergence_check
 from gaia_distances.core.diagnostics import SINGLE_CHAIN
+from gaia_distances.core.population import ClusterModel
 from gaia_distances.core.sampling import checked_seed
 from gaia_distances.systematics import resolve_offset_prior
 
