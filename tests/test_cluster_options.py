@@ -128,24 +128,32 @@ def test_cuts_and_sampler_targets_out_of_range_are_refused_before_any_work(field
     assert words in _message(FITS[fit], field, **{option: value})
 
 
-def test_both_fits_share_one_checked_options_object(monkeypatch, field):
-    """fit_cluster and fit_clusters hand the same checked options on to assembling the fit."""
-    from gaia_distances.cluster.options import FitOptions
+def test_both_fits_check_their_options_into_one_object(monkeypatch, field):
+    """fit_cluster and fit_clusters build the same FitOptions from the same keywords, before any work."""
+    import gaia_distances.cluster.batch as batch_module
+    from gaia_distances.cluster.options import FitOptions, checked_fit_options
 
     seen = []
-    assemble = fit_module.assemble_fit
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["options"])
-        return assemble(*args, **kwargs)
+    class Stop(Exception):
+        pass
 
-    monkeypatch.setattr(fit_module, "assemble_fit", spy)
-    monkeypatch.setattr("gaia_distances.cluster.batch.assemble_fit", spy)
+    def spy(**kw):
+        seen.append(checked_fit_options(**kw))
+        return seen[-1]
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    for module in (fit_module, batch_module):
+        monkeypatch.setattr(module, "checked_fit_options", spy)
+    monkeypatch.setattr(fit_module, "select_stars", stop)
+    monkeypatch.setattr(batch_module, "parallax_rows", stop)
     kw = {"kinematics": False, "field": "edsd", "zero_point": "parallax_zeropoint_true", "num_warmup": 50}
-    kw |= {"num_samples": 50, "extend": False, "seed": 4, "systematics": None, "parallax_limits": (-5.0, 50.0)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    kw |= {"num_samples": 50, "extend": False, "seed": 4, "systematics": None, "parallax_limits": (-5, 50)}
+    with pytest.raises(Stop):  # the options are checked before the first work (selecting the stars)
         gd.fit_cluster(field, **kw)
+    with pytest.raises(Stop):
         gd.fit_clusters([field], **kw)
     assert len(seen) == 2 and all(isinstance(o, FitOptions) for o in seen)
     assert seen[0] == seen[1] and seen[0].parallax_limits == (-5.0, 50.0) and seen[0].seed == 4
