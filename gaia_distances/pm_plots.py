@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 
 from gaia_distances.columns import column_values
-from gaia_distances.core.kinematics import A_V, frame_rotation, to_star_frame
+from gaia_distances.core.kinematics import field_pm_moments, frame_rotation, members_pm_variance, to_star_frame
 from gaia_distances.core.sampling import checked_seed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,13 +110,13 @@ class FieldProperMotions(NamedTuple):
     def at(self, parallax: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """Each component's mean ``(S, M, 2)`` and covariance ``(S, M, 2, 2)`` at one parallax (mas) per draw."""
         w = np.broadcast_to(np.asarray(parallax, float), self.trend.shape[:1])[:, None]
-        mean = self.mean + self.trend[:, None, :] * w[..., None]
-        iso = (self.sigma_v * w / A_V) ** 2
+        mx, my, c11, c12, c22 = field_pm_moments(
+            self.mean, self.trend[:, None, :], np.log(self.sd), self.corr, np.log(self.sigma_v), w, xp=np
+        )
         cov = np.empty((*self.corr.shape, 2, 2))
-        cov[..., 0, 0] = self.sd[..., 0] ** 2 + iso
-        cov[..., 1, 1] = self.sd[..., 1] ** 2 + iso
-        cov[..., 0, 1] = cov[..., 1, 0] = self.corr * self.sd[..., 0] * self.sd[..., 1]
-        return mean, cov
+        cov[..., 0, 0], cov[..., 1, 1] = c11, c22
+        cov[..., 0, 1] = cov[..., 1, 0] = c12
+        return np.stack([mx, my], axis=-1), cov
 
 
 class ProperMotionModel(NamedTuple):
@@ -222,7 +222,7 @@ def proper_motion_model(fit: FitLike, *, parallax: float | None = None) -> Prope
     w = float(np.nanmedian(obs.parallax)) if parallax is None else float(parallax)
     w = max(w, 0.0)
     flat = {k: np.asarray(post[k], float).reshape(-1) for k in ("pmra", "pmdec", "sigma_v", "D")}
-    disp = float(np.mean(flat["sigma_v"] * (1000.0 / flat["D"]) / A_V))
+    disp = float(np.mean(np.sqrt(members_pm_variance(np.log(flat["sigma_v"]), 1000.0 / flat["D"], xp=np))))
     has = np.all(np.isfinite(obs.pm) & np.isfinite(obs.error), axis=1)
     likely = has & (np.nan_to_num(obs.membership) > LIKELY_MEMBER)
     err = np.median(obs.error[likely if likely.any() else has], axis=0) if has.any() else np.zeros(2)
@@ -324,15 +324,21 @@ def simulate_proper_motions(fit: FitLike, *, num_samples: int = 200, seed: int =
     field = _field(post, idx)
     cum = np.cumsum(field.weight, axis=1)
     comp = np.minimum((rng.random((num_samples, n))[..., None] > cum[:, None, :]).sum(axis=-1), cum.shape[1] - 1)
-    mean_f = field.mean[s_idx, comp] + field.trend[:, None, :] * w[None, :, None]
-    sd, corr = field.sd[s_idx, comp], field.corr[s_idx, comp]
-    iso_f = (field.sigma_v[s_idx, comp] * w / A_V) ** 2
-    iso_c = ((flat["sigma_v"] * (1000.0 / flat["D"]) / A_V) ** 2)[:, None]
+    fx, fy, f11, f12, f22 = field_pm_moments(
+        field.mean[s_idx, comp],
+        field.trend[:, None, :],
+        np.log(field.sd[s_idx, comp]),
+        field.corr[s_idx, comp],
+        np.log(field.sigma_v[s_idx, comp]),
+        w[None, :],
+        xp=np,
+    )
+    iso_c = members_pm_variance(np.log(flat["sigma_v"]), 1000.0 / flat["D"], xp=np)[:, None]
     member = rng.random((num_samples, n)) < np.nan_to_num(obs.membership)
-    mean = np.where(member[..., None], np.stack([flat["pmra"], flat["pmdec"]], axis=-1)[:, None, :], mean_f)
-    c11 = np.where(member, iso_c, sd[..., 0] ** 2 + iso_f)
-    c22 = np.where(member, iso_c, sd[..., 1] ** 2 + iso_f)
-    c12 = np.where(member, 0.0, corr * sd[..., 0] * sd[..., 1])
+    cluster_mean = np.stack([flat["pmra"], flat["pmdec"]], axis=-1)[:, None, :]
+    mean = np.where(member[..., None], cluster_mean, np.stack([fx, fy], axis=-1))
+    c11, c22 = np.where(member, iso_c, f11), np.where(member, iso_c, f22)
+    c12 = np.where(member, 0.0, f12)
     true_pm = mean + _gaussian2(rng, c11, c12, c22)  # in the model's frame: the field centre's, with positions
     frames = star_frames(fit)
     if frames is not None:

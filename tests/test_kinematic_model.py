@@ -75,6 +75,47 @@ def test_cluster_term_times_the_parallax_likelihood_is_the_3d_gaussian():
         assert plx + term[i] == pytest.approx(ref, abs=1e-9)
 
 
+def test_the_field_term_and_the_figures_are_one_model():
+    """The likelihood's field term at a known distance is the mixture of 3-D Gaussians (parallax and proper
+    motion) whose proper-motion part is field_pm_moments; the figures' components are the same moments."""
+    from gaia_distances.pm_plots import FieldProperMotions
+
+    rng = np.random.default_rng(6)
+    n = 30
+    cov = _random_covariances(rng, n)
+    w_t = rng.uniform(0.2, 3.0, n)
+    obs = np.column_stack([w_t, rng.normal(-2, 4, n), rng.normal(1, 4, n)]) + rng.normal(0, 0.4, (n, 3))
+    kin = _kinematics(rng, M=3)
+    with x64():
+        data = _kin_data(cov, obs[:, 1:])
+        term = np.asarray(kinematics.field_pm_log_term_at(np.log(1000.0 / w_t), obs[:, 0], kin, data))
+    mx, my, c11, c12, c22 = kinematics.field_pm_moments(
+        kin.field_mean, kin.field_trend, kin.field_log_sd, kin.field_corr, kin.field_log_sigma_v, w_t[:, None], xp=np
+    )  # (n, M); the correlation term has no distance in it
+    c12 = np.broadcast_to(c12, c11.shape)
+    for i in range(n):
+        plx = stats.norm(w_t[i], np.sqrt(cov[i][0, 0])).logpdf(obs[i, 0])
+        parts = []
+        for m in range(3):
+            full = cov[i] + np.array([[0.0, 0.0, 0.0], [0.0, c11[i, m], c12[i, m]], [0.0, c12[i, m], c22[i, m]]])
+            mean = [w_t[i], mx[i, m], my[i, m]]
+            parts.append(kin.field_log_w[m] + stats.multivariate_normal(mean, full).logpdf(obs[i]))
+        assert plx + term[i] == pytest.approx(np.logaddexp.reduce(parts), abs=1e-8)
+    # the figures draw the same components (from physical draws: sds, correlation, sigma_v, weights)
+    figures = FieldProperMotions(
+        mean=kin.field_mean[None],
+        trend=kin.field_trend[None],
+        sd=np.exp(kin.field_log_sd)[None],
+        corr=kin.field_corr[None],
+        sigma_v=np.exp(kin.field_log_sigma_v)[None],
+        weight=np.exp(kin.field_log_w)[None],
+    )
+    mean, cov_m = figures.at(w_t[3])
+    np.testing.assert_allclose(mean[0], np.stack([mx[3], my[3]], axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(cov_m[0, :, 0, 0], c11[3], rtol=1e-12)
+    np.testing.assert_allclose(cov_m[0, :, 0, 1], c12[3], rtol=1e-12)
+
+
 def test_perspective_term_is_the_space_velocity_projected_on_each_line_of_sight():
     """With the geometry, the member mean is w_t (p . v, q . v) / A_V for v built at the field's centre."""
     from gaia_distances.core.astrometry import proper_motion_from_velocity

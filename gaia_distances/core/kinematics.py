@@ -33,7 +33,7 @@ likelihood, the same for every component.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +54,10 @@ __all__ = [
     "field_centre",
     "field_pm_log_term",
     "field_pm_log_term_at",
+    "field_pm_moments",
     "frame_rotation",
     "gaussian2_log_pdf",
+    "members_pm_variance",
     "perspective_geometry",
     "prepare_kinematic_data",
     "sky_basis",
@@ -377,16 +379,44 @@ def cluster_pm_log_term(u: Array, parallax: Array, kin: Kinematics, data: Kinema
     mean_x, mean_y = cluster_pm_mean(w_t, kin, data, log_D)
     dx = data.pm[:, 0] - mean_x - b[0] * resid_w
     dy = data.pm[:, 1] - mean_y - b[1] * resid_w
-    var_int = _members_pm_variance(kin, w_t)
+    var_int = members_pm_variance(kin.log_sigma_v, w_t)
     c = data.cond_cov.T
     det = _det_plus(data, var_int, 0.0, var_int)
     term = gaussian2_log_pdf(dx, dy, c[0] + var_int, c[1], c[2] + var_int, det)
     return jnp.where(data.has_pm > 0, term, 0.0)
 
 
-def _members_pm_variance(kin: Kinematics, w_t: Array) -> Array:
-    """The members' proper-motion variance from their velocity dispersion at true parallax ``w_t`` (mas/yr)^2."""
-    return jnp.exp(2.0 * kin.log_sigma_v) / (A_V * A_V) * jnp.square(w_t)
+def members_pm_variance(log_sigma_v: Array, w_t: Array, xp: Any = jnp) -> Array:
+    """The members' intrinsic proper-motion variance (mas/yr)^2 in each coordinate, at true parallax ``w_t``
+    (mas): their velocity dispersion ``exp(log_sigma_v)`` (km/s) seen at that distance, ``(sigma_v w_t / A_V)^2``.
+
+    The cluster's proper-motion model (with :func:`cluster_pm_mean`), shared by the likelihood, the
+    posterior predictive and the figures.
+    """
+    return xp.exp(2.0 * log_sigma_v) / (A_V * A_V) * xp.square(w_t)
+
+
+def field_pm_moments(
+    mean: Array, trend: Array, log_sd: Array, corr: Array, log_sigma_v: Array, w_t: Array, xp: Any = jnp
+) -> tuple[Array, Array, Array, Array, Array]:
+    """A field component's proper-motion mean and intrinsic covariance at true parallax ``w_t`` (mas), before
+    a star's errors: ``(mean_x, mean_y, c11, c12, c22)`` (mas/yr and (mas/yr)^2).
+
+    The mean is ``mean + trend w_t`` (the solar reflex grows with parallax); the covariance is the
+    constant part ``T`` (sds ``exp(log_sd)``, correlation ``corr``) plus the velocity dispersion
+    ``exp(log_sigma_v)`` (km/s) seen at that distance, ``(sigma_v w_t / A_V)^2 I``. The arguments
+    broadcast: ``mean``, ``trend`` and ``log_sd`` have the coordinate on their last axis (the callers
+    arrange the component, draw and star axes). The field's proper-motion model, shared by the
+    likelihood, the posterior predictive and the figures (:mod:`~gaia_distances.core.field_term` writes
+    the same terms out with their gradient, and is tested against it).
+    """
+    mean_x = mean[..., 0] + trend[..., 0] * w_t
+    mean_y = mean[..., 1] + trend[..., 1] * w_t
+    disp = xp.exp(2.0 * log_sigma_v) / (A_V * A_V) * xp.square(w_t)
+    c11 = xp.exp(2.0 * log_sd[..., 0]) + disp
+    c22 = xp.exp(2.0 * log_sd[..., 1]) + disp
+    c12 = corr * xp.exp(log_sd[..., 0] + log_sd[..., 1])  # broadcast against the others by the caller
+    return mean_x, mean_y, c11, c12, c22
 
 
 def cluster_pm_parallax_gaussian(
@@ -410,7 +440,7 @@ def cluster_pm_parallax_gaussian(
     c = data.cond_cov.T
 
     def gaussian(w_ref: Array) -> tuple[Array, Array]:
-        var_int = _members_pm_variance(kin, w_ref)
+        var_int = members_pm_variance(kin.log_sigma_v, w_ref)
         a11, a12, a22 = c[0] + var_int, c[1], c[2] + var_int
         det = a11 * a22 - a12 * a12
         # g' C^-1 g and g' C^-1 r0, with C^-1 = [[a22, -a12], [-a12, a11]] / det
@@ -449,15 +479,18 @@ def _field_pm_terms(w_t: Array, parallax: Array, kin: Kinematics, data: Kinemati
     that XLA fuses it into a few vectorised loops.
     """
     m = (slice(None), None, None)  # a component parameter against (M, K, n)
-    g = kin.field_trend[:, None] - data.slope.T  # (2, n): how the pm residual moves with w_t
-    r0 = data.pm.T - data.slope.T * parallax  # (2, n): the pm residual at w_t = 0, before the means
-    dx = r0[0] - g[0] * w_t - kin.field_mean[:, 0][m]
-    dy = r0[1] - g[1] * w_t - kin.field_mean[:, 1][m]
-    var = jnp.exp(2.0 * kin.field_log_sd)  # (M, 2)
-    disp = (jnp.exp(2.0 * kin.field_log_sigma_v) / (A_V * A_V))[m] * jnp.square(w_t)  # (M, K, n)
+    mean_x, mean_y, a11, a12, a22 = field_pm_moments(
+        kin.field_mean[:, None, None, :],
+        kin.field_trend,
+        kin.field_log_sd[:, None, None, :],
+        kin.field_corr[m],
+        kin.field_log_sigma_v[m],
+        w_t,
+    )  # (M, K, n)
+    b = data.slope.T  # (2, n): the pm's shift per mas of parallax error, from the correlations
+    dx = data.pm[:, 0] - b[0] * (parallax - w_t) - mean_x
+    dy = data.pm[:, 1] - b[1] * (parallax - w_t) - mean_y
     c = data.cond_cov.T  # (3, n)
-    a11, a22 = var[:, 0][m] + disp, var[:, 1][m] + disp
-    a12 = (kin.field_corr * jnp.exp(kin.field_log_sd[:, 0] + kin.field_log_sd[:, 1]))[m]
     det = _det_plus(data, a11, a12, a22)
     return kin.field_log_w[m] + gaussian2_log_pdf(dx, dy, c[0] + a11, c[1] + a12, c[2] + a22, det)
 

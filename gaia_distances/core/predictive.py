@@ -21,7 +21,7 @@ import numpy as np
 
 from gaia_distances.core.field_bins import field_bins_log_likelihood
 from gaia_distances.core.field_table import field_moments
-from gaia_distances.core.kinematics import A_V, cluster_pm_mean, to_star_frame
+from gaia_distances.core.kinematics import cluster_pm_mean, field_pm_moments, members_pm_variance, to_star_frame
 from gaia_distances.core.likelihood import StarData, parallax_component_log_likelihoods
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, to_population
@@ -59,18 +59,22 @@ def _simulator(model: ClusterModel) -> Any:
         w_cl = 1000.0 * jnp.exp(-pop.log_D)
         w_t = jnp.where(member, w_cl, w_field)
         resid = data.parallax - w_t
-        field_mean = kin.field_mean[comp] + kin.field_trend * w_t[:, None]
-        # members at the cluster's parallax: its proper motion (projected per star with the perspective option)
+        # each star's field component at its true parallax, and the members at the cluster's (its proper
+        # motion, projected per star with the perspective option): the model's own terms
+        fx, fy, f11, f12, f22 = field_pm_moments(
+            kin.field_mean[comp],
+            kin.field_trend,
+            kin.field_log_sd[comp],
+            kin.field_corr[comp],
+            kin.field_log_sigma_v[comp],
+            w_t,
+        )
         cluster_mean = jnp.stack(cluster_pm_mean(jnp.broadcast_to(w_cl, (n,)), kin, obs, pop.log_D), axis=1)
-        mean = jnp.where(member[:, None], cluster_mean, field_mean) + obs.slope * resid[:, None]
-        sd = jnp.exp(kin.field_log_sd[comp])
-        sig_v = jnp.where(member, jnp.exp(kin.log_sigma_v), jnp.exp(kin.field_log_sigma_v[comp]))
-        disp = jnp.square(sig_v * w_t / A_V)
+        mean = jnp.where(member[:, None], cluster_mean, jnp.stack([fx, fy], axis=1)) + obs.slope * resid[:, None]
+        var_c = members_pm_variance(kin.log_sigma_v, w_t)
+        a11, a12, a22 = jnp.where(member, var_c, f11), jnp.where(member, 0.0, f12), jnp.where(member, var_c, f22)
         c = obs.cond_cov
-        t11 = jnp.where(member, 0.0, sd[:, 0] ** 2)
-        t22 = jnp.where(member, 0.0, sd[:, 1] ** 2)
-        t12 = jnp.where(member, 0.0, kin.field_corr[comp] * sd[:, 0] * sd[:, 1])
-        dx, dy = _chol2(c[:, 0] + t11 + disp, c[:, 1] + t12, c[:, 2] + t22 + disp, jax.random.normal(k_e, (n, 2)))
+        dx, dy = _chol2(c[:, 0] + a11, c[:, 1] + a12, c[:, 2] + a22, jax.random.normal(k_e, (n, 2)))
         return mean + jnp.stack([dx, dy], axis=1)
 
     def simulate(key: Array, z_draws: Array, data: StarData) -> Array:
