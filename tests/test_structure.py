@@ -109,8 +109,10 @@ def test_the_checks_can_fail(tmp_path):
 
 # --------------------------------------------------------------------------- every idea named once
 
-#: Public names still defined in two modules: the proper-motion predictive of the figures (for fit-like
-#: objects without a model) beside the model's own. The declared-terms work gives the model one simulator.
+#: Public names still defined in two modules: the figures' proper-motion predictive (``pm_plots``: the model's
+#: own for a ClusterFit, an approximation for other fit-like objects) beside the model's (``core.predictive``);
+#: both draw from the one model definition (``core.kinematics.field_pm_moments``). A public name of the figures,
+#: kept for its users.
 PENDING_SHARED_NAMES = {"simulate_proper_motions"}
 #: Rules written once: (what, a test on an AST node, the one module that may hold it).
 RULES_WRITTEN_ONCE = (
