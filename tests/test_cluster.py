@@ -683,3 +683,28 @@ def test_posterior_without_a_fingerprint_loads_with_a_warning(saved_fit):
     with pytest.warns(gd.GaiaDistancesWarning, match="cannot be checked"):
         back = gd.ClusterFit.from_table(str(table), idata)
     np.testing.assert_array_equal(back.posterior["D"], fit.posterior["D"])
+
+
+def test_the_diagnostics_are_typed_read_only_and_round_trip(cluster_fit):
+    """A fit's diagnostics are one FitDiagnostics, made once: a read-only mapping of its set fields that
+    survives JSON (the provenance) and pickling."""
+    import copy
+    import json
+
+    from gaia_distances.cluster.diagnostics import FitDiagnostics
+
+    d = cluster_fit.diagnostics
+    assert isinstance(d, FitDiagnostics) and d["status"] == d.status
+    assert {"kinematics", "field", "timings", "r_hat", "warnings"} <= set(d)
+    assert "min_ess_tail" in d and d["field"] == cluster_fit.model.field
+    with pytest.raises(TypeError):
+        d["r_hat"]["D"] = 1.0  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        d.status = "ok"  # type: ignore[misc]
+    again = FitDiagnostics.from_mapping(json.loads(json.dumps(d.to_dict())))
+    assert again.to_dict() == json.loads(json.dumps(d.to_dict()))
+    assert copy.deepcopy(cluster_fit).diagnostics.to_dict() == d.to_dict()
+    saved = cluster_fit.table.meta["gaia_distances"]["cluster"]["diagnostics"]
+    assert saved["status"] == d.status and saved["timings"] == dict(d.timings)
+    with pytest.raises(KeyError, match="not fields"):
+        FitDiagnostics.from_mapping({**d.to_dict(), "patched": 1})

@@ -268,8 +268,8 @@ def test_a_single_chain_is_judged_by_its_ess_and_says_r_hat_needs_two_chains():
         warnings.simplefilter("error")  # nor does arviz complain about the one chain
         good = _diagnose_one_chain(_single_chain_draws(2000, rng))
     assert math.isnan(good["r_hat"]["D"]) and good["min_ess_bulk"] > 400
-    assert good["warnings"] == [] and good["status"].startswith("ok (") and "two or more chains" in good["status"]
-    assert good["num_chains"] == 1 and good["notes"] == [SINGLE_CHAIN]
+    assert good["warnings"] == () and good["status"].startswith("ok (") and "two or more chains" in good["status"]
+    assert good["num_chains"] == 1 and good["notes"] == (SINGLE_CHAIN,)
     poor = _diagnose_one_chain(_single_chain_draws(400, rng, rho=0.9))
     assert any("bulk ESS < 400" in w for w in poor["warnings"]) and poor["warnings"][-1] == SINGLE_CHAIN
     assert "undefined" not in poor["status"] and "two or more chains" in poor["status"]

@@ -11,7 +11,9 @@ calls it, so rebuilding a saved fit is silent.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from gaia_distances.core.population import ClusterModel, ClusterPriors
 
 __all__ = [
     "CHECKED",
+    "FitDiagnostics",
     "PARAMETERS",
     "SIGMA_V_FIELD",
     "checked_parameters",
@@ -43,6 +46,80 @@ PARAMETERS = tuple(q.name for q in ClusterModel(ClusterPriors()).quantities if q
 #: The science quantities (declared in :mod:`~gaia_distances.core.blocks`), in order: checked for degenerate
 #: draws, and summarised per cluster by ``fit_clusters`` (the convergence rule checks every reported one).
 CHECKED = tuple(q.name for q in QUANTITIES if q.science)
+
+
+@dataclass(frozen=True)
+class FitDiagnostics(Mapping[str, Any]):
+    """A cluster fit's diagnostics, made once by :func:`diagnose`: read-only, and a mapping of its set fields
+    (``fit.diagnostics["status"]``), as JSON in the fit's provenance (:meth:`to_dict`).
+
+    ``r_hat``, ``ess_bulk`` and ``ess_tail`` are per reported parameter;
+    ``warnings`` the problems (with ``notes``) when there are any; ``status``
+    ``"ok"`` or what is wrong; ``sampler`` what the staged sampler ran;
+    ``kinematics`` and ``field`` the model's; ``timings`` the fit's steps (s).
+    Optional fields that a fit did not set are not among the keys.
+    """
+
+    num_chains: int
+    divergences: int
+    r_hat: Mapping[str, float]
+    ess_bulk: Mapping[str, float]
+    min_ess_bulk: float
+    wall_time_s: float
+    ess_per_s: float
+    mean_steps_per_draw: float
+    warnings: tuple[str, ...]
+    notes: tuple[str, ...]
+    status: str
+    ess_tail: Mapping[str, float] | None = None
+    min_ess_tail: float | None = None
+    sampler: Mapping[str, Any] | None = None
+    kinematics: bool | None = None
+    field: str | None = None
+    timings: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, f.name, MappingProxyType(_plain(value)))
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FitDiagnostics:
+        """Diagnostics from their mapping (:meth:`to_dict`, a saved fit's provenance); unknown keys are refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise KeyError(f"not fields of FitDiagnostics: {unknown}")
+        return cls(**dict(values))
+
+    def _keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types (dicts and lists), for JSON and pickling."""
+        return {k: _plain(v) for k, v in self.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def checked_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:
@@ -109,7 +186,10 @@ def diagnose(
     extra_problems: tuple[str, ...] | list[str] = (),
     ess_tail: Mapping[str, float] | None = None,
     sampler: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    kinematics: bool | None = None,
+    field: str | None = None,
+    timings: Mapping[str, float] | None = None,
+) -> FitDiagnostics:
     """The fit's diagnostics (pure: nothing is warned): sampler statistics, problems and status.
 
     Every parameter in ``r_hat`` (the reported ones) is checked by the
@@ -138,28 +218,28 @@ def diagnose(
         )
     problems = list(extra_problems) + convergence + cluster_problems(posterior, r_hat, n_stars)
     min_ess = float(min(ess.values()))
-    out = {
-        "num_chains": num_chains,
-        "divergences": div,
-        "r_hat": r_hat,
-        "ess_bulk": ess,
-        "min_ess_bulk": min_ess,
-        "wall_time_s": wall_time_s,
-        "ess_per_s": min_ess / wall_time_s if wall_time_s > 0 else math.nan,
-        "mean_steps_per_draw": float(np.mean(sample_stats["n_steps"])),
-        "warnings": [*problems, *notes] if problems else [],
-        "notes": notes,
-        "status": status(problems, notes),
-    }
-    if tail:
-        out["ess_tail"] = tail
-        out["min_ess_tail"] = float(min(tail.values()))
-    if sampler:
-        out["sampler"] = dict(sampler)
-    return out
+    return FitDiagnostics(
+        num_chains=num_chains,
+        divergences=div,
+        r_hat=r_hat,
+        ess_bulk=ess,
+        min_ess_bulk=min_ess,
+        wall_time_s=wall_time_s,
+        ess_per_s=min_ess / wall_time_s if wall_time_s > 0 else math.nan,
+        mean_steps_per_draw=float(np.mean(sample_stats["n_steps"])),
+        warnings=tuple([*problems, *notes] if problems else []),
+        notes=tuple(notes),
+        status=status(problems, notes),
+        ess_tail=tail or None,
+        min_ess_tail=float(min(tail.values())) if tail else None,
+        sampler=dict(sampler) if sampler else None,
+        kinematics=kinematics,
+        field=field,
+        timings=timings,
+    )
 
 
-def warn_problems(method: str, problems: list[str]) -> None:
+def warn_problems(method: str, problems: Sequence[str]) -> None:
     """Warn once per problem (:class:`~gaia_distances.GaiaDistancesWarning`)."""
     for p in problems:
         warn(f"fit_cluster ({method}): {p}.")

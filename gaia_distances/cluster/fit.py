@@ -473,11 +473,11 @@ def assemble_fit(
         extra_problems=search_problems,
         ess_tail={str(r["parameter"]): float(r["ess_tail"]) for r in summ},
         sampler=draws.sampler,
+        kinematics=model.kinematics,
+        field=model.field,
+        timings=dict(clock.steps),
     )
-    diagnostics["kinematics"] = model.kinematics
-    diagnostics["field"] = model.field
-    warn_problems(method, diagnostics["warnings"])
-    diagnostics["timings"] = dict(clock.steps)
+    warn_problems(method, diagnostics.warnings)
     record = options.record()
     provenance: dict[str, Any] = {
         "method": method,
@@ -501,7 +501,7 @@ def assemble_fit(
         **({"batched_clusters": batched_clusters} if batched_clusters is not None else {}),
         "systematics": None if sys is None else sys.record(),
         "summary": {str(r["parameter"]): {"mean": float(r["mean"]), "sd": float(r["sd"])} for r in summ},
-        "diagnostics": diagnostics,
+        "diagnostics": diagnostics.to_dict(),
     }
     provenance["fingerprint"] = fit_fingerprint(out, sel.stars, provenance)
     update_provenance(out, "cluster", provenance)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from astropy.table import QTable, Table
 
-from gaia_distances.cluster.diagnostics import checked_parameters, diagnose
+from gaia_distances.cluster.diagnostics import FitDiagnostics, checked_parameters, diagnose
 from gaia_distances.cluster.fingerprint import FINGERPRINT_ATTR, check_posterior_belongs, fit_fingerprint
 from gaia_distances.cluster.stars import FittedStars, select_stars
 from gaia_distances.cluster.systematics import OFFSET_QUANTITIES
@@ -160,7 +160,7 @@ class ClusterFit:
 
     table: QTable
     posterior: Mapping[str, np.ndarray]
-    diagnostics: Mapping[str, Any]
+    diagnostics: FitDiagnostics
     method: str
     prior: ClusterPriors
     stars: FittedStars
@@ -169,16 +169,18 @@ class ClusterFit:
     model: ClusterModel | None = None
 
     def __post_init__(self) -> None:
-        for name in ("posterior", "sample_stats", "diagnostics"):
+        for name in ("posterior", "sample_stats"):
             object.__setattr__(self, name, _freeze(getattr(self, name)))
+        if not isinstance(self.diagnostics, FitDiagnostics):  # unpickled, or built by hand
+            object.__setattr__(self, "diagnostics", FitDiagnostics.from_mapping(self.diagnostics))
         object.__setattr__(self, "draws", _read_only(self.draws))
         if self.model is None:
             object.__setattr__(self, "model", ClusterModel(self.prior))
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (and deep-copy) through the constructor, which freezes again."""
-        fields = (self.posterior, self.diagnostics, self.sample_stats)
-        post, diag, stats = (_thaw(x) for x in fields)
+        post, stats = _thaw(self.posterior), _thaw(self.sample_stats)
+        diag = self.diagnostics.to_dict()
         args = (self.table, post, diag, self.method, self.prior, self.stars, self.draws, stats, self.model)
         return (type(self), args)
 
