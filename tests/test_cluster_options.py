@@ -131,22 +131,22 @@ def test_cuts_and_sampler_targets_out_of_range_are_refused_before_any_work(field
 def test_both_fits_check_their_options_into_one_object(monkeypatch, field):
     """fit_cluster and fit_clusters build the same FitOptions from the same keywords, before any work."""
     import gaia_distances.cluster.batch as batch_module
-    from gaia_distances.cluster.options import FitOptions, checked_fit_options
+    from gaia_distances.cluster.options import FitOptions, fit_options_from
 
     seen = []
 
     class Stop(Exception):
         pass
 
-    def spy(**kw):
-        seen.append(checked_fit_options(**kw))
+    def spy(arguments):
+        seen.append(fit_options_from(arguments))
         return seen[-1]
 
     def stop(*args, **kwargs):
         raise Stop
 
     for module in (fit_module, batch_module):
-        monkeypatch.setattr(module, "checked_fit_options", spy)
+        monkeypatch.setattr(module, "fit_options_from", spy)
     monkeypatch.setattr(fit_module, "select_stars", stop)
     monkeypatch.setattr(batch_module, "parallax_rows", stop)
     kw = {"kinematics": False, "field": "edsd", "zero_point": "parallax_zeropoint_true", "num_warmup": 50}

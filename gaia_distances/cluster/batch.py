@@ -10,7 +10,7 @@ from astropy.table import QTable
 
 from gaia_distances.cluster.fit import Stopwatch, assemble_fit, find_start
 from gaia_distances.cluster.flags import ClusterFlag, flag_description
-from gaia_distances.cluster.options import checked_fit_options
+from gaia_distances.cluster.options import fit_options_from
 from gaia_distances.cluster.result import ClusterFit, ClusterFits
 from gaia_distances.cluster.stars import (
     CLUSTER_DISTANCE_COLUMNS,
@@ -210,28 +210,9 @@ def fit_clusters(
     >>> [float(round(m, -2)) for m in res.summary()["D_mean"]]
     [500.0, 1500.0]
     """
+    options = fit_options_from(locals())  # every shared option, checked once, before anything else
     clock = Stopwatch()
     enable_compilation_cache()
-    options = checked_fit_options(
-        prior=prior,
-        kinematics=kinematics,
-        field=field,
-        zero_point=zero_point,
-        parallax_limits=parallax_limits,
-        truncate=truncate,
-        systematics=systematics,
-        parallax_offset_prior=parallax_offset_prior,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        target_accept_prob=target_accept_prob,
-        extend=extend,
-        seed=seed,
-        progress=progress,
-        n_quantile_draws=n_quantile_draws,
-        n_membership_draws=n_membership_draws,
-        overwrite=overwrite,
-    )
     names, parts, whole, rows = _split_groups(tables, group_by)
     if whole is not None:
         refuse_star_columns(whole, overwrite=options.overwrite, step="fit_clusters")

@@ -23,7 +23,7 @@ from astropy import units as u
 from gaia_distances.cluster.diagnostics import diagnose, warn_problems
 from gaia_distances.cluster.fingerprint import fit_fingerprint
 from gaia_distances.cluster.flags import ClusterFlag, flag_description
-from gaia_distances.cluster.options import CLUSTER_METHODS, FitOptions, checked_fit_options
+from gaia_distances.cluster.options import CLUSTER_METHODS, FitOptions, fit_options_from
 from gaia_distances.cluster.result import ClusterFit, parameter_summary
 from gaia_distances.cluster.stars import (
     FittedStars,
@@ -268,31 +268,11 @@ def fit_cluster(
     >>> bool(800 < fit.summary()["mean"][0] < 900)
     True
     """
+    options = fit_options_from(locals())  # every shared option, checked once, before anything else
     clock = Stopwatch()
     enable_compilation_cache()
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}; got {method!r}")
-    options = checked_fit_options(
-        prior=prior,
-        kinematics=kinematics,
-        field=field,
-        perspective=perspective,
-        zero_point=zero_point,
-        parallax_limits=parallax_limits,
-        truncate=truncate,
-        systematics=systematics,
-        parallax_offset_prior=parallax_offset_prior,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        target_accept_prob=target_accept_prob,
-        extend=extend,
-        seed=seed,
-        progress=progress,
-        n_quantile_draws=n_quantile_draws,
-        n_membership_draws=n_membership_draws,
-        overwrite=overwrite,
-    )
     if method == "joint" and options.models_truncation:
         raise ValueError(
             "method='joint' does not model a parallax cut: pass truncate=False to cut as the reference "

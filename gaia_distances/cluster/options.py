@@ -8,7 +8,9 @@ it must be.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from gaia_distances.columns import zero_point_record
@@ -18,7 +20,7 @@ from gaia_distances.core.sampling import NutsSettings, checked_seed, nuts_settin
 from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
-__all__ = ["CLUSTER_METHODS", "FitOptions", "checked_fit_options"]
+__all__ = ["CLUSTER_METHODS", "FitOptions", "checked_fit_options", "fit_options_from"]
 
 #: ``fit_cluster(method=...)``: the stars' distances integrated out, or sampled one per star.
 CLUSTER_METHODS = ("marginal", "joint")
@@ -176,6 +178,13 @@ def checked_fit_options(
         n_membership_draws=checked_integer("n_membership_draws", n_membership_draws),
         overwrite=bool(overwrite),
     )
+
+
+def fit_options_from(arguments: Mapping[str, Any]) -> FitOptions:
+    """:func:`checked_fit_options` over the shared options among a fit's ``arguments`` (its ``locals()`` on
+    entry), by name: each fit passes every option it takes, and none is written out twice."""
+    names = inspect.signature(checked_fit_options).parameters
+    return checked_fit_options(**{k: v for k, v in arguments.items() if k in names})
 
 
 def _float(value: Any) -> float:
