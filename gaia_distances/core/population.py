@@ -1,15 +1,20 @@
 """The cluster model's population parameters: priors and the one unconstrained parameterisation.
 
-The population is :class:`Population` ``(log_L, log_D, log_sigma, Q)``: the
-field length scale ``L`` (pc), the cluster distance ``D`` (pc) and width
-``sigma`` (in ``ln r``), and the cluster fraction ``Q``. NUTS and the MAP
-search work on an unconstrained vector ``z = (log_L, log_D, depth, logit_Q)``,
-where ``depth`` is ``log_sigma`` or, under the physical prior, the logit of
-the cluster's log size within its allowed range.
+The population is :class:`Population`: the field's distance model (the EDSD's
+length scale ``L`` (pc), or the flexible field's bin weights), the cluster
+distance ``D`` (pc) and width ``sigma`` (in ``ln r``), the cluster fraction
+``Q``, and with proper motions their parameters (:class:`Kinematics`). NUTS
+and the MAP search work on an unconstrained vector ``z``, whose entries a
+:class:`ClusterModel`'s blocks declare (:mod:`~gaia_distances.core.blocks`:
+name, prior and meaning of each); the reference structure's is
+``(log_L, log_D, depth, logit_Q)``, where ``depth`` is ``log_sigma`` or,
+under the physical prior, the logit of the cluster's log size within its
+allowed range.
 
-:func:`to_population` maps ``z`` to the population and :func:`from_population`
-inverts it; :func:`log_prior` is the prior density of ``z`` and
-:func:`sample_population` the same prior as numpyro sites. The prior
+:func:`to_population` maps ``z`` to the population, reading its entries by
+name, and :func:`from_population` inverts it for the reference structure;
+:func:`log_prior` is the prior density of ``z`` and :func:`sample_population`
+the same prior as numpyro sites, both from the declarations. The prior
 settings, :class:`ClusterPriors`, live in :mod:`~gaia_distances.core.cluster_priors`.
 """
 
