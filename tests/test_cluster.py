@@ -432,9 +432,9 @@ def test_padding_changes_neither_the_start_nor_the_per_star_results(sim_field):
     padded = likelihood.pad_star_data(data, likelihood.padded_size(n))
     assert padded.n_stars == 512 and padded.real().sum() == n
     prior = ClusterPriors()
-    a, b = initialisation.map_candidates(data, prior), initialisation.map_candidates(padded, prior)
-    np.testing.assert_allclose(a.z, b.z)
-    assert a.peaks == b.peaks
+    (a, peaks_a), (b, peaks_b) = initialisation.candidate_distances(data), initialisation.candidate_distances(padded)
+    np.testing.assert_allclose(a, b)
+    assert peaks_a == peaks_b
     z = np.array([[[np.log(1200.0), np.log(850.0), np.log(0.02), -1.0]]])
     model = population.ClusterModel(prior)
     one, many = per_star_results(z, data, model), per_star_results(z, padded, model)
@@ -485,17 +485,18 @@ def test_vectorised_candidate_scores_equal_one_at_a_time(sim_field):
     w = t["parallax"].value - t["parallax_zeropoint_true"].value
     ok = np.isfinite(w) & np.isfinite(t["parallax_error"].value)
     data = likelihood.prepare_star_data(w[ok], t["parallax_error"].value[ok])
-    prior = ClusterPriors.physical()
-    cand = initialisation.map_candidates(data, prior)
-    assert cand.z.shape[1] == 4 and cand.z.shape[0] >= 48 * 12
-    idx = np.arange(0, cand.z.shape[0], 37)
-    model = population.ClusterModel(prior)
-    scores = initialisation.score_candidates(cand.z[idx], data, model)
+    from gaia_distances.core.search import cluster_candidates, field_start, find_map_extended
+
+    model = population.ClusterModel(ClusterPriors.physical())
+    cand = cluster_candidates(data, model, field_start(data, model)[0])
+    assert cand.shape[1] == 4 and cand.shape[0] >= 40 * 3  # distances x sizes x fractions
+    idx = np.arange(0, cand.shape[0], 11)
+    scores = initialisation.score_candidates(cand[idx], data, model)
     dt = data.parallax.dtype
     one_at_a_time = jax.jit(lambda z: likelihood.log_posterior(z, data, model))
-    one = [float(one_at_a_time(jnp.asarray(z, dt))) for z in cand.z[idx]]
+    one = [float(one_at_a_time(jnp.asarray(z, dt))) for z in cand[idx]]
     np.testing.assert_allclose(scores, one, rtol=1e-5)
-    res = initialisation.find_map(data, model)
+    res = find_map_extended(data, model)
     assert res.log_posterior >= scores.max() - 1e-3
     assert res.covariance is not None and np.all(np.linalg.eigvalsh(res.covariance) > 0)
 

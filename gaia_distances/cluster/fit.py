@@ -48,7 +48,7 @@ from gaia_distances.core.cluster_sampling import (
     sample_joint,
     sample_marginal,
 )
-from gaia_distances.core.initialisation import MapResult, find_map
+from gaia_distances.core.initialisation import MapResult
 from gaia_distances.core.kinematics import field_centre
 from gaia_distances.core.likelihood import StarData, pad_star_data, padded_size
 from gaia_distances.core.membership import PerStarResults, joint_per_star, per_star_results, precompile_per_star
@@ -343,9 +343,8 @@ def _checked_distance_hint(value: Any) -> float | None:
 
 
 def find_start(data: StarData, model: ClusterModel, *, distance_hint: float | None = None) -> MapResult:
-    """The MAP: the reference model's grid search, or the staged search of the extended models."""
-    if model.is_reference:
-        return find_map(data, model, distance_hint=distance_hint)
+    """The MAP and the Laplace covariance there: the staged search (:mod:`~gaia_distances.core.search`), the same
+    for every model."""
     return find_map_extended(data, model, distance_hint=distance_hint)
 
 

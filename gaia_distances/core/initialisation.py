@@ -1,17 +1,15 @@
-"""Where the sampler starts: the maximum a posteriori of the marginal model, robust to multimodality.
+"""The MAP search's pieces, which :func:`~gaia_distances.core.search.find_map_extended` runs for every model.
 
-1. :func:`map_candidates`: a grid of cluster distances spanning the stars'
-   inverse parallaxes (or around a hint), plus the narrow overdensities among
-   them (:func:`parallax_overdensities`), times a few sizes and fractions;
-2. :func:`score_candidates`: the log posterior of every candidate in a few
-   vectorised calls;
-3. :func:`select_starts`: the best candidate at each overdensity and at the
-   best-scoring distinct distances;
-4. :func:`polish`: damped Newton steps from each start;
-5. :func:`laplace_covariance`: the posterior covariance of the Laplace
-   approximation at the best, which whitens NUTS.
+- :func:`candidate_distances`: cluster distances spanning the stars' inverse
+  parallaxes (or around a hint), plus the narrow overdensities among them
+  (:func:`parallax_overdensities`);
+- :func:`score_candidates`: the log posterior of many candidates in a few
+  vectorised calls;
+- :func:`polish`: damped Newton steps, with the exact :func:`hessian`;
+- :func:`laplace_covariance`: the posterior covariance of the Laplace
+  approximation, which whitens NUTS (:func:`whitening`).
 
-:func:`find_map` runs them in order and returns a :class:`MapResult`.
+The result is a :class:`MapResult`.
 """
 
 from __future__ import annotations
@@ -27,38 +25,24 @@ import numpy as np
 from gaia_distances.core.exported import Program
 from gaia_distances.core.likelihood import StarData, log_posterior
 from gaia_distances.core.numerics import Array
-from gaia_distances.core.population import N_PARAMS, ClusterModel, ClusterPriors, Population, from_population
+from gaia_distances.core.population import ClusterModel
 
 __all__ = [
     "NEWTON_DECREMENT",
-    "Candidates",
     "candidate_distances",
     "MapResult",
-    "find_map",
     "hessian",
     "laplace_covariance",
-    "map_candidates",
     "parallax_overdensities",
     "polish",
     "score_candidates",
-    "select_starts",
     "value_and_grad",
     "whitening",
 ]
 
-#: Candidate cluster sizes (pc) and logit(Q) values of the grid.
-_SIZES_PC = (2.0, 8.0, 30.0)
-_LOGIT_Q = (-5.0, -2.5, -0.5, 2.0)
 #: Most candidates scored per vectorised call, and the most candidate-star pairs per call (memory).
 _SCORE_BATCH = 32
 _SCORE_PAIRS = 1 << 21
-
-
-class Candidates(NamedTuple):
-    """Starting points for the MAP search."""
-
-    z: np.ndarray  # (m, 4) unconstrained
-    peaks: tuple[float, ...]  # ln D of the overdensities among the stars' inverse parallaxes
 
 
 class MapResult(NamedTuple):
@@ -108,13 +92,6 @@ def parallax_overdensities(log_inv_parallax: np.ndarray, *, n_peaks: int = 3) ->
     return [float(grid[i]) for i in idx if ratio[i] > 1.5]
 
 
-def _field_only_log_L(data: StarData) -> float:
-    """The field-only maximum-likelihood ``ln L``, read off the tabulated field integrals."""
-    assert data.field is not None, "the reference model's star data has a field table"
-    field_ll = np.sum(np.asarray(data.field.value, float)[data.real()], axis=0)
-    return float(data.field.log_L0) + float(data.field.step) * int(np.argmax(field_ll))
-
-
 def candidate_distances(
     data: StarData, *, distance_hint: float | None = None, n_grid: int = 48, n_hint: int = 13
 ) -> tuple[np.ndarray, list[float]]:
@@ -137,19 +114,6 @@ def candidate_distances(
     lo, hi = np.quantile(inv, [0.002, 0.998])
     peaks = parallax_overdensities(inv)
     return np.concatenate([np.linspace(lo, hi, n_grid), peaks]), peaks
-
-
-def map_candidates(
-    data: StarData, priors: ClusterPriors, *, distance_hint: float | None = None, n_candidates: int = 48
-) -> Candidates:
-    """Candidate starting points: distances x sizes (pc) x fractions, at the field-only ``L``."""
-    log_D, peaks = candidate_distances(data, distance_hint=distance_hint, n_grid=n_candidates)
-    log_L = _field_only_log_L(data)
-    # every combination, distance slowest and fraction fastest
-    ld, ls, lq = np.meshgrid(log_D, np.log(_SIZES_PC), np.asarray(_LOGIT_Q), indexing="ij")
-    depth = from_population(Population(log_L, ld, ls - ld, 0.5), priors, clip=0.02)[..., 2]
-    z = np.stack([np.full(ld.shape, log_L), ld, depth, lq], axis=-1).reshape(-1, N_PARAMS)
-    return Candidates(z, tuple(peaks))
 
 
 def _blocked(z: Array, data: StarData, *, model: ClusterModel) -> Array:
@@ -188,26 +152,6 @@ def score_candidates(z: np.ndarray, data: StarData, model: ClusterModel) -> np.n
         stop = min(start + batch, m)
         out[start:stop] = np.asarray(fn(jnp.asarray(z[idx], dtype), data), float)[: stop - start]
     return np.where(np.isfinite(out), out, -np.inf)
-
-
-def select_starts(cand: Candidates, scores: np.ndarray, *, n_best: int = 4) -> list[int]:
-    """Candidates to polish: the best at each overdensity, then the best at ``n_best`` distinct distances.
-
-    Distances count as distinct when their ``ln D`` differ by more than 0.2.
-    """
-    by_d = cand.z[:, 1]
-    order: list[int] = []
-    for p in cand.peaks:
-        near = np.flatnonzero(np.abs(by_d - p) < 1e-9)
-        if near.size:
-            order.append(int(near[np.argmax(scores[near])]))
-    n_total = n_best + len(order)
-    for i in np.argsort(scores)[::-1]:
-        if all(abs(by_d[i] - by_d[j]) > 0.2 for j in order):
-            order.append(int(i))
-        if len(order) == n_total:
-            break
-    return order
 
 
 #: A polish stops once a full Newton step would raise the log posterior by less than this: float32 sums
@@ -292,31 +236,6 @@ def laplace_covariance(z: np.ndarray, data: StarData, model: ClusterModel) -> np
     return None
 
 
-def find_map(
-    data: StarData,
-    model: ClusterModel,
-    *,
-    distance_hint: float | None = None,
-    n_candidates: int = 48,
-    n_polish: int = 4,
-    max_iter: int = 50,
-) -> MapResult:
-    """The MAP of the marginal model: candidates scored, the best few polished, the Laplace covariance there.
-
-    ``distance_hint`` (pc) restricts the candidate distances to within 15 %
-    of it.
-    """
-    cand = map_candidates(data, model.priors, distance_hint=distance_hint, n_candidates=n_candidates)
-    scores = score_candidates(cand.z, data, model)
-    starts = select_starts(cand, scores, n_best=n_polish)
-    best, best_val = cand.z[starts[0]].copy(), float(scores[starts[0]])
-    for k in starts:
-        x, fx = polish(cand.z[k], data, model, max_iter=max_iter, decrement=NEWTON_DECREMENT)
-        if fx > best_val:
-            best, best_val = x, fx
-    return MapResult(best, best_val, laplace_covariance(best, data, model))
-
-
-def whitening(cov: np.ndarray | None, n: int = N_PARAMS) -> np.ndarray:
+def whitening(cov: np.ndarray | None, n: int) -> np.ndarray:
     """Cholesky factor of the Laplace covariance (a small ``n x n`` diagonal when there is none)."""
     return np.linalg.cholesky(cov) if cov is not None else np.diag(np.full(n, 0.05))

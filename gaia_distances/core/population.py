@@ -50,9 +50,6 @@ __all__ = [
     "unconstrained_names",
 ]
 
-#: Number of population parameters (the length of ``z``).
-N_PARAMS = 4
-
 
 class Population(NamedTuple):
     """The population parameters (scalars, or arrays of draws).
