@@ -163,8 +163,8 @@ def test_nuts_settings_take_no_fraction_of_a_draw():
     from gaia_distances.core.sampling import nuts_settings
 
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1; got 2.5"):
-        nuts_settings("extended", num_samples=2.5)
-    assert nuts_settings("extended", num_warmup=0, num_samples=np.int64(7), num_chains=1)[:3] == (0, 7, 1)
+        nuts_settings("marginal", num_samples=2.5)
+    assert nuts_settings("marginal", num_warmup=0, num_samples=np.int64(7), num_chains=1)[:3] == (0, 7, 1)
 
 
 @pytest.mark.parametrize("fit", FITS)

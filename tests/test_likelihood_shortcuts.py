@@ -73,6 +73,6 @@ def test_a_wrong_screen_is_caught_and_the_field_sampled_again(field, monkeypatch
     monkeypatch.setattr(cluster_sampling, "SPLIT_ABOVE", 0)
     wrong = data.real() & (np.arange(data.n_stars) % 2 == 0)
     monkeypatch.setattr(cluster_sampling, "certain_non_members", lambda *a, **k: wrong)
-    settings = nuts_settings("extended", num_warmup=30, num_samples=60)
+    settings = nuts_settings("marginal", num_warmup=30, num_samples=60)
     draws = cluster_sampling.sample_marginal(data, MODEL, start, settings, seed=1, extend=False)
     assert "sampled again with every star" in draws.sampler["stages"][0]

@@ -130,7 +130,6 @@ def test_extended_models_cap_the_tree_depth():
     from gaia_distances.core.sampling import EXTENDED_MAX_TREE_DEPTH, nuts_settings
 
     assert EXTENDED_MAX_TREE_DEPTH == 8
-    assert nuts_settings("extended").max_tree_depth == 8
-    assert nuts_settings("extended", max_tree_depth=10).max_tree_depth == 10
-    assert nuts_settings("marginal").max_tree_depth == 10
+    assert nuts_settings("marginal").max_tree_depth == 8
+    assert nuts_settings("marginal", max_tree_depth=10).max_tree_depth == 10
     assert nuts_settings("joint").max_tree_depth == 10

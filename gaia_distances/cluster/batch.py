@@ -232,7 +232,7 @@ def fit_clusters(
             _not_fitted(errors, name, exc)
     use_pm = _batch_kinematics(options.kinematics, {names[i]: c for i, c in candidates.items()})
     model = ClusterModel(options.prior, options.field, use_pm)
-    settings = options.nuts_settings("marginal" if model.is_reference else "extended")
+    settings = options.nuts_settings("marginal")
     selected: dict[int, Selection] = {}
     for i, cand in candidates.items():
         try:

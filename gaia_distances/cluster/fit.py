@@ -206,15 +206,16 @@ def fit_cluster(
         too).
     num_warmup, num_samples, num_chains
         Defaults (:data:`~gaia_distances.core.sampling.NUTS_DEFAULTS`):
-        with the flexible field or proper motions 150 / 500 / 2, sampled in
+        150 / 500 / 2 for the marginal method, sampled in
         stages (:mod:`~gaia_distances.core.staged`): two thirds of the
         warm-up is a pilot that corrects the Laplace whitening where it
         misjudges a parameter's scale, the rest adapts the step size, then
         ``num_samples`` draws per chain, extended (``extend``) until every
         reported parameter has R-hat <= 1.01 and bulk and tail ESS >= 400
         (a single chain: the ESS alone, as R-hat needs two or more chains).
-        Reference model (``kinematics=False, field="edsd"``): 400 / 1000 / 2;
-        joint: 2000 / 4000 / 2 (the reference settings). The chains run in
+        The reference model (``kinematics=False, field="edsd"``) is sampled
+        the same way; ``method="joint"``: 2000 / 4000 / 2 (the reference
+        analysis's settings). The chains run in
         parallel on the CPU cores (vectorised on an accelerator); their
         number never depends on the machine.
     target_accept_prob
@@ -295,7 +296,7 @@ def _fit(table: Any, options: FitOptions, method: str, distance_hint: float | No
     )
     check_kernel_over_stars(options.kernel, sel.table, sel.stars)
     model = ClusterModel(options.prior, options.field, sel.stars.kinematic, perspective=options.perspective)
-    settings = options.nuts_settings(method if method == "joint" or model.is_reference else "extended")
+    settings = options.nuts_settings(method)
     with clock.step("prepare"):
         # padded with zero-weight stars, so that fields of similar size share compiled programs
         data = prepare_data(sel.stars, model)

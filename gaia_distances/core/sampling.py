@@ -92,24 +92,21 @@ class NutsSettings(NamedTuple):
 #: of chains never depends on the machine, so a seed gives the same draws
 #: everywhere; the cores only decide how the chains run.
 NUTS_DEFAULTS: dict[str, tuple[int, int, int]] = {
-    "marginal": (400, 1000, 2),  # fit_cluster, fit_clusters: four parameters, whitened
-    "extended": (
-        150,
-        500,
-        2,
-    ),  # the flexible field or proper motions: staged (core/staged.py), extended until converged
+    # fit_cluster, fit_clusters: every model (the reference one included), staged (core/staged.py),
+    # extended until converged
+    "marginal": (150, 500, 2),
     "joint": (2000, 4000, 2),  # fit_cluster(method="joint"): the reference analysis's settings
     "per_star": (500, 1000, 2),  # estimate_distances(method="nuts"): validation
 }
 
-#: The extended models' longest trajectory: ``2^8 - 1`` leapfrog steps per draw.
+#: The cluster model's longest trajectory (the marginal method, every model): ``2^8 - 1`` leapfrog steps per draw.
 EXTENDED_MAX_TREE_DEPTH = 8
 
 #: Default target acceptance statistic by method (0.8 where not listed). The staged sampler of the
 #: extended models runs in coordinates whitened by the posterior's own scales, where the posterior
 #: is close to a unit Gaussian and a step size tuned to 0.65 (near the optimum of Beskos et al.
 #: 2013) takes about 7 leapfrog steps per draw instead of 12.
-TARGET_ACCEPT = {"extended": 0.65}
+TARGET_ACCEPT = {"marginal": 0.65}
 
 
 def nuts_settings(
@@ -130,17 +127,18 @@ def nuts_settings(
     as 2).
 
     ``max_tree_depth`` defaults to 10 (1 023 leapfrog steps per draw), and to
-    :data:`EXTENDED_MAX_TREE_DEPTH` for the extended models, whose tens of
-    parameters include weakly identified ones (a minor field component's
-    shape): a fit that needs longer trajectories is badly conditioned, and is
-    reported through its R-hat and ESS rather than left running for hours.
+    :data:`EXTENDED_MAX_TREE_DEPTH` for the cluster model's marginal method,
+    whose tens of parameters include weakly identified ones (a minor field
+    component's shape): a fit that needs longer trajectories is badly
+    conditioned, and is reported through its R-hat and ESS rather than left
+    running for hours.
     """
     try:
         warmup, samples, chains = NUTS_DEFAULTS[method]
     except KeyError:
         raise ValueError(f"no NUTS defaults for {method!r}; expected one of {sorted(NUTS_DEFAULTS)}") from None
     if max_tree_depth is None:
-        max_tree_depth = EXTENDED_MAX_TREE_DEPTH if method == "extended" else 10
+        max_tree_depth = EXTENDED_MAX_TREE_DEPTH if method == "marginal" else 10
     out = NutsSettings(
         num_warmup=warmup if num_warmup is None else checked_integer("num_warmup", num_warmup, 0),
         num_samples=samples if num_samples is None else checked_integer("num_samples", num_samples),
