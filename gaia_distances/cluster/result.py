@@ -201,8 +201,7 @@ class ClusterFit:
         import arviz as az
 
         posterior = dict(self.posterior)
-        if self.model is not None and not self.model.is_reference:
-            posterior["unconstrained"] = np.asarray(self.draws)  # what from_table rebuilds the fit from
+        posterior["unconstrained"] = np.asarray(self.draws)  # what from_table rebuilds the fit from
         attrs = {"method": self.method, "package": "gaia_distances"}
         fingerprint = self._fingerprint()
         if fingerprint is not None:
@@ -367,10 +366,10 @@ class ClusterFit:
         )
         check_posterior_belongs(idata, fit_fingerprint(out, sel.stars, prov), table_name, post_name)
         sampled = sampled_draws(post)
-        if model.is_reference:
-            z = from_population(population_from_physical(sampled), prior, clip=1e-12)
-        else:
+        if "unconstrained" in idata.posterior.data_vars:
             z = np.asarray(idata.posterior["unconstrained"])
+        else:  # a reference-model file written before the unconstrained draws were kept with every fit
+            z = from_population(population_from_physical(sampled), prior, clip=1e-12)
         stats = getattr(idata, "sample_stats", None)
         shape = post["D"].shape
         sample_stats = {
