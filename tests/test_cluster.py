@@ -717,6 +717,7 @@ def test_the_diagnostics_are_typed_read_only_and_round_trip(cluster_fit):
     assert "min_ess_tail" in d and d["field"] == cluster_fit.model.field
     with pytest.raises(TypeError):
         d["r_hat"]["D"] = 1.0  # type: ignore[index]
+    assert isinstance(d["sampler"]["stages"], tuple)  # nested lists frozen too, as every result of a fit
     with pytest.raises(AttributeError):
         d.status = "ok"  # type: ignore[misc]
     again = FitDiagnostics.from_mapping(json.loads(json.dumps(d.to_dict())))

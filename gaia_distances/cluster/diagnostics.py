@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from gaia_distances.cluster.frozen import freeze, thaw
 from gaia_distances.columns import warn
 from gaia_distances.core.blocks import QUANTITIES
 from gaia_distances.core.diagnostics import (
@@ -80,11 +80,7 @@ class FitDiagnostics(Mapping[str, Any]):
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Mapping):
-                object.__setattr__(self, f.name, MappingProxyType(_plain(value)))
-            elif isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
+            object.__setattr__(self, f.name, freeze(getattr(self, f.name)))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FitDiagnostics:
@@ -111,15 +107,7 @@ class FitDiagnostics(Mapping[str, Any]):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types (dicts and lists), for JSON and pickling."""
-        return {k: _plain(v) for k, v in self.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+        return {k: thaw(v) for k, v in self.items()}
 
 
 def checked_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:

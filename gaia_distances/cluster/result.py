@@ -15,6 +15,7 @@ from astropy.table import QTable, Table
 
 from gaia_distances.cluster.diagnostics import FitDiagnostics, checked_parameters, diagnose
 from gaia_distances.cluster.fingerprint import FINGERPRINT_ATTR, check_posterior_belongs, fit_fingerprint
+from gaia_distances.cluster.frozen import freeze, read_only, thaw
 from gaia_distances.cluster.stars import FittedStars, select_stars
 from gaia_distances.cluster.systematics import OFFSET_QUANTITIES
 from gaia_distances.columns import META_KEY
@@ -56,32 +57,6 @@ def reported_parameters(posterior: Mapping[str, Any]) -> tuple[str, ...]:
     """The posterior's quantities in report order: the reference ones, then the others as stored."""
     first = [k for k in _LEAD if k in posterior]
     return (*first, *(k for k in posterior if k not in first and not k.endswith(STAT)))
-
-
-def _read_only(x: Any) -> np.ndarray:
-    x = np.array(x)
-    x.flags.writeable = False
-    return x
-
-
-def _freeze(obj: Any) -> Any:
-    """A read-only deep copy: mappings become ``MappingProxyType``, lists tuples, arrays read-only."""
-    if isinstance(obj, Mapping):
-        return MappingProxyType({k: _freeze(v) for k, v in obj.items()})
-    if isinstance(obj, list | tuple):
-        return tuple(_freeze(v) for v in obj)
-    if isinstance(obj, np.ndarray):
-        return _read_only(obj)
-    return obj
-
-
-def _thaw(obj: Any) -> Any:
-    """The plain (picklable) form of :func:`_freeze`'s output."""
-    if isinstance(obj, Mapping):
-        return {k: _thaw(v) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return [_thaw(v) for v in obj]
-    return obj
 
 
 def sampled_draws(posterior: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -170,16 +145,16 @@ class ClusterFit:
 
     def __post_init__(self) -> None:
         for name in ("posterior", "sample_stats"):
-            object.__setattr__(self, name, _freeze(getattr(self, name)))
+            object.__setattr__(self, name, freeze(getattr(self, name)))
         if not isinstance(self.diagnostics, FitDiagnostics):  # unpickled, or built by hand
             object.__setattr__(self, "diagnostics", FitDiagnostics.from_mapping(self.diagnostics))
-        object.__setattr__(self, "draws", _read_only(self.draws))
+        object.__setattr__(self, "draws", read_only(self.draws))
         if self.model is None:
             object.__setattr__(self, "model", ClusterModel(self.prior))
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (and deep-copy) through the constructor, which freezes again."""
-        post, stats = _thaw(self.posterior), _thaw(self.sample_stats)
+        post, stats = thaw(self.posterior), thaw(self.sample_stats)
         diag = self.diagnostics.to_dict()
         args = (self.table, post, diag, self.method, self.prior, self.stars, self.draws, stats, self.model)
         return (type(self), args)
@@ -423,10 +398,10 @@ class ClusterFits:
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "fits", tuple(self.fits))
         object.__setattr__(self, "errors", MappingProxyType(dict(self.errors)))
-        object.__setattr__(self, "diagnostics", _freeze(self.diagnostics))
+        object.__setattr__(self, "diagnostics", freeze(self.diagnostics))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        state = (self.names, self.fits, dict(self.errors), self.table, _thaw(self.diagnostics))
+        state = (self.names, self.fits, dict(self.errors), self.table, thaw(self.diagnostics))
         return (type(self), state)
 
     def __len__(self) -> int:

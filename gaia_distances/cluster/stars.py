@@ -9,6 +9,7 @@ from astropy import units as u
 from astropy.table import QTable
 
 from gaia_distances.cluster.flags import ClusterFlag
+from gaia_distances.cluster.frozen import read_only
 from gaia_distances.columns import (
     add_column,
     column_values,
@@ -107,12 +108,6 @@ class Selection(NamedTuple):
     flag: np.ndarray
     stars: FittedStars
     zero_point_source: str
-
-
-def _read_only(x: np.ndarray) -> np.ndarray:
-    x = np.array(x)
-    x.flags.writeable = False
-    return x
 
 
 def resolve_kinematics(
@@ -405,8 +400,8 @@ def finish_selection(
     if cand.parallax_limits is not None and truncate:
         pm["limit_lo"] = np.full(used.size, float(cand.parallax_limits[0])) - zp
         pm["limit_hi"] = np.full(used.size, float(cand.parallax_limits[1])) - zp
-    columns: dict[str, Any] = {k: _read_only(v) for k, v in pm.items()}
-    stars = FittedStars(_read_only(used), _read_only(w), _read_only(s), _read_only(zp), **columns)
+    columns: dict[str, Any] = {k: read_only(v) for k, v in pm.items()}
+    stars = FittedStars(read_only(used), read_only(w), read_only(s), read_only(zp), **columns)
     stars = stars._replace(frame_only=not perspective)
     return Selection(out, flag, stars, cand.zero_point_source)
 
