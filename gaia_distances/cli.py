@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 
 from gaia_distances.cli_outputs import check_outputs, refuse_existing
-from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser
+from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser, term_options
 from gaia_distances.compile_cache import set_compilation_cache
+from gaia_distances.core.terms import TERMS
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, one_line
 from gaia_distances.io import write_table
 
@@ -215,6 +216,7 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     fit = gd.fit_cluster(
         t,
         kinematics=KINEMATICS_CHOICES[args.kinematics],
+        **term_options(args),
         field=args.field,
         systematics=None if args.systematics == "none" else args.systematics,
         parallax_offset_prior=None if args.parallax_offset_prior == "none" else args.parallax_offset_prior,
@@ -297,6 +299,7 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
 
     options = {
         "kinematics": KINEMATICS_CHOICES[args.kinematics],
+        **term_options(args),
         "field": args.field,
         "perspective": args.perspective,
         "prior": gd.ClusterPriors.physical() if args.physical_prior else gd.ClusterPriors(),
@@ -340,10 +343,10 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_fit_options(options: dict[str, Any]) -> None:
     """The cluster fit's options checked as the fit checks them; a bad one's message names its flag."""
-    from gaia_distances.cluster.options import checked_fit_options
+    from gaia_distances.cluster.options import fit_options_from
 
     try:
-        checked_fit_options(**options)
+        fit_options_from({**options, "term_options": {k: options[k] for k in TERMS if k in options}})
     except ValueError as exc:
         message = str(exc)
         for name in options:

@@ -18,20 +18,27 @@ from gaia_distances.cluster.options import CLUSTER_METHODS
 from gaia_distances.core.inflation import INFLATION_RECIPES
 from gaia_distances.core.population import FIELDS
 from gaia_distances.core.systematics import OFFSET_PRIORS, SYSTEMATICS_KERNELS
+from gaia_distances.core.terms import TERMS
 from gaia_distances.estimate import ESTIMATE_METHODS
 from gaia_distances.priors import PRIOR_NAMES
 
 __all__ = [
     "KINEMATICS_CHOICES",
     "build_parser",
+    "term_options",
     "finite_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
 ]
 
-#: ``cluster --kinematics`` -> ``fit_cluster(kinematics=...)``.
+#: ``cluster --kinematics`` -> ``fit_cluster(kinematics=...)`` (and the same for every model term's flag).
 KINEMATICS_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
+
+def term_options(args: argparse.Namespace) -> dict[str, bool | str]:
+    """The model terms' options of ``fit_cluster`` from their flags."""
+    return {name: KINEMATICS_CHOICES[getattr(args, name)] for name in TERMS}
 
 
 def _number(kind: Callable[[str], Any], test: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
@@ -124,6 +131,14 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="fit proper motions too: auto (default) when pmra, pmdec, pmra_error and pmdec_error are in the "
         "table and usable on at least 20 rows; on: require them; off: parallaxes only",
     )
+    for name, term in TERMS.items():  # every model term's option, named as fit_cluster names it
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            choices=list(KINEMATICS_CHOICES),
+            default="auto",
+            help=f"{term.help} auto (default): when the table has {', '.join(c.name for c in term.columns)} "
+            f"usable on at least {term.min_stars} fitted rows; on: require them; off: leave the term out",
+        )
     parser.add_argument(
         "--field",
         choices=sorted(FIELDS, key=lambda f: f != "flexible"),  # the default first

@@ -39,10 +39,11 @@ from gaia_distances.core.astrometry import (
     parallax_error_dr3,
     proper_motion_from_velocity,
 )
-from gaia_distances.core.kinematics import A_V
+from gaia_distances.core.kinematics import A_V, sky_basis
 from gaia_distances.core.numerics import positive_definite_correlations
 from gaia_distances.core.offset_field import draw_offset_field
 from gaia_distances.core.sampling import checked_seed
+from gaia_distances.core.terms import TERMS
 from gaia_distances.systematics import SystematicsSpec, resolve_systematics
 from gaia_distances.zeropoint import load_recipe, nu_eff_from_bp_rp
 
@@ -100,8 +101,9 @@ def _galactocentric_frame() -> Galactocentric:
 
 def _field_proper_motions(
     rng: np.random.Generator, ra: np.ndarray, dec: np.ndarray, r: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """True (pmra, pmdec) in mas/yr of disc stars at (ra, dec) [deg] and r [pc], seen from the Sun."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True (pmra, pmdec) in mas/yr and radial velocity in km/s of disc stars at (ra, dec) [deg] and r [pc],
+    seen from the Sun."""
     frame = _galactocentric_frame()
     xyz = SkyCoord(ra * u.deg, dec * u.deg, distance=r * u.pc).transform_to(frame).cartesian.xyz.to_value(u.kpc)
     big_r = np.hypot(xyz[0], xyz[1])
@@ -113,7 +115,8 @@ def _field_proper_motions(
     v_r, v_phi = dv[:, 0], V_CIRC_KMS - sig[:, 0] ** 2 / 80.0 + dv[:, 1]
     vel = CartesianDifferential(np.concatenate([v_r * e_r + v_phi * e_phi, dv[None, :, 2]]) * (u.km / u.s))
     moving = SkyCoord(CartesianRepresentation(xyz * u.kpc, differentials=vel), frame=frame).transform_to(ICRS())
-    return moving.pm_ra_cosdec.to_value(u.mas / u.yr), moving.pm_dec.to_value(u.mas / u.yr)
+    rv = moving.radial_velocity.to_value(u.km / u.s)
+    return moving.pm_ra_cosdec.to_value(u.mas / u.yr), moving.pm_dec.to_value(u.mas / u.yr), rv
 
 
 def simulate_field(
@@ -133,6 +136,7 @@ def simulate_field(
     cluster_velocity: tuple[float, float, float] | u.Quantity = M67_VELOCITY_KMS,
     cluster_velocity_dispersion: float = 0.7,
     parallax_systematics: SystematicsSpec = None,
+    binary_fraction: float = 0.0,
     seed: int = 0,
 ) -> QTable:
     """Simulate a Gaia DR3 field, optionally with a cluster, with known truth.
@@ -183,6 +187,10 @@ def simulate_field(
         (:func:`~gaia_distances.core.offset_field.draw_offset_field`), is added
         to the observed parallaxes. It is drawn after every other column, so
         the other columns equal those of the same seed without it.
+    binary_fraction
+        The fraction of members in unresolved binaries, whose orbits move
+        the model terms' observables (a radial velocity by ``K sin(phase)``,
+        ``K`` log-uniform in 1-50 km/s); default 0.
     seed
         Random seed, a non-negative integer (``ValueError`` otherwise); equal
         seeds give equal tables.
@@ -193,9 +201,12 @@ def simulate_field(
         Gaia columns (source_id, ra, dec, parallax, parallax_error, pmra, pmdec,
         pmra_error, pmdec_error, parallax_pmra_corr, parallax_pmdec_corr,
         pmra_pmdec_corr, phot_g_mean_mag, bp_rp, nu_eff_used_in_astrometry,
-        pseudocolour, ecl_lat, astrometric_params_solved, ruwe) and the truth:
+        pseudocolour, ecl_lat, astrometric_params_solved, ruwe), each model
+        term's columns (``radial_velocity`` and ``radial_velocity_error``
+        [km/s] for stars with ``G_RVS < 14``, NaN for the others) and the truth:
         ``r_true`` [pc], ``is_member``, ``parallax_zeropoint_true`` [mas],
-        ``pmra_true`` and ``pmdec_true`` [mas/yr], and with
+        ``pmra_true`` and ``pmdec_true`` [mas/yr], ``radial_velocity_true``
+        [km/s], ``is_binary``, and with
         ``parallax_systematics`` the offset added to each star,
         ``true_parallax_offset`` [mas]. ``table.meta`` records the
         inputs and the cluster's true mean proper motion at ``centre`` and
@@ -255,6 +266,8 @@ def simulate_field(
     if n_field + n_cluster == 0:
         raise ValueError("simulate_field needs n_field + n_cluster > 0")
     seed = checked_seed(seed)
+    if not 0.0 <= float(binary_fraction) <= 1.0:
+        raise ValueError(f"simulate_field: binary_fraction must be between 0 and 1, got {binary_fraction!r}")
     kernel = resolve_systematics(parallax_systematics)
     rng = np.random.default_rng(seed)
     prior = EDSD() if field_prior is None else field_prior
@@ -331,12 +344,15 @@ def simulate_field(
     plx = 1000.0 / r + zp + noise[:, 0]
     plx[~ok] = err[~ok] = pm_err[:, ~ok] = corr[~ok] = np.nan
     pm_true = np.empty((2, n))
+    rv_true = np.empty(n)
     v_cl = u.Quantity(cluster_velocity, u.km / u.s).to_value()
     if n_cluster:
         v = kin.normal(v_cl, cluster_velocity_dispersion, (int(member.sum()), 3))
         pm_true[:, member] = proper_motion_from_velocity(ra[member], dec[member], 1000.0 / r[member], v)
+        rv_true[member] = np.sum(sky_basis(ra[member], dec[member])[2] * v, axis=-1)
     if n_field:
-        pm_true[:, ~member] = _field_proper_motions(kin, ra[~member], dec[~member], r[~member])
+        *pm_field, rv_true[~member] = _field_proper_motions(kin, ra[~member], dec[~member], r[~member])
+        pm_true[:, ~member] = pm_field
     pm = pm_true + noise[:, 1:].T
     pm[:, ~ok] = np.nan
 
@@ -373,6 +389,13 @@ def simulate_field(
     add_column(t, "parallax_zeropoint_true", zp, unit=u.mas, description="True zero point added (simulation)")
     add_column(t, "pmra_true", pm_true[0], unit=u.mas / u.yr, description="True pmra (simulation)")
     add_column(t, "pmdec_true", pm_true[1], unit=u.mas / u.yr, description="True pmdec (simulation)")
+    add_column(t, "radial_velocity_true", rv_true, unit=u.km / u.s, description="True radial velocity (simulation)")
+    # each model term's observables, from a stream of its own (the other columns keep their values)
+    truth = {"radial_velocity_true": rv_true, "phot_g_mean_mag": g, "bp_rp": bp_rp, "is_member": member}
+    for k, term in enumerate(TERMS.values()):
+        stream = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, k)))
+        for name, col in term.simulate(stream, {**truth, "binary_fraction": binary_fraction}).items():
+            add_column(t, name, col.values, unit=u.Unit(col.unit) if col.unit else None, description=col.description)
     if offset is not None:
         add_column(
             t, "true_parallax_offset", offset, unit=u.mas, description="Correlated parallax offset added (simulation)"

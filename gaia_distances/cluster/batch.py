@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from gaia_distances.cluster.stars import (
     write_star_columns,
 )
 from gaia_distances.cluster.systematics import DEFAULT_SYSTEMATICS, check_kernel_over_stars
+from gaia_distances.cluster.term_columns import term_options_documented
 from gaia_distances.columns import warn
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import sample_marginal_batch
@@ -40,6 +42,8 @@ from gaia_distances.progress import progress_bar
 from gaia_distances.systematics import SystematicsSpec
 
 __all__ = ["fit_clusters"]
+
+log = logging.getLogger("gaia_distances")
 
 
 def _split_groups(tables: Any, group_by: str | None) -> tuple[list[Any], list[Any], QTable | None, list[np.ndarray]]:
@@ -128,6 +132,7 @@ def _batch_kinematics(kinematics: bool | str, groups: dict[Any, ParallaxCandidat
     return not short
 
 
+@term_options_documented
 def fit_clusters(
     tables: Any,
     *,
@@ -150,6 +155,7 @@ def fit_clusters(
     n_quantile_draws: int = 32,
     n_membership_draws: int = 400,
     overwrite: bool = False,
+    **term_options: bool | str,
 ) -> ClusterFits:
     """Fit many independent clusters in one vectorised program (the marginal method).
 
@@ -190,6 +196,8 @@ def fit_clusters(
         As in :func:`~gaia_distances.fit_cluster`; every option is checked
         as there, before any work, with the same messages, and a table that
         already has a per-star column of the fit is refused unless ``overwrite``.
+    **term_options
+        (the model terms' options)
 
     Returns
     -------
@@ -231,16 +239,22 @@ def fit_clusters(
         except GaiaDistancesError as exc:
             _not_fitted(errors, name, exc)
     use_pm = _batch_kinematics(options.kinematics, {names[i]: c for i, c in candidates.items()})
-    model = ClusterModel(options.prior, options.field, use_pm)
     settings = options.nuts_settings("marginal")
     selected: dict[int, Selection] = {}
     for i, cand in candidates.items():
         try:
-            selected[i] = finish_selection(cand, kinematics=use_pm, truncate=options.truncate, step="fit_clusters")
+            selected[i] = finish_selection(
+                cand, kinematics=use_pm, truncate=options.truncate, terms=options.terms, step="fit_clusters"
+            )
         except GaiaDistancesError as exc:
             _not_fitted(errors, names[i], exc)
         if i in selected:
             check_kernel_over_stars(options.kernel, selected[i].table, selected[i].stars)
+    # one model for all: a term that some cluster cannot use under "auto" is left out of every fit
+    terms = tuple(t for t, _ in options.terms if all(t in sel.stars.term_names for sel in selected.values()))
+    if selected and terms != next(iter(selected.values())).stars.term_names:
+        log.info("fit_clusters: the model terms every cluster can use: %s", ", ".join(terms) or "none")
+    model = ClusterModel(options.prior, options.field, use_pm, terms=terms)
     if selected:
         order = sorted(selected)
         with clock.step("prepare"):

@@ -19,7 +19,6 @@ import numpy as np
 
 from gaia_distances.cluster.frozen import freeze, thaw
 from gaia_distances.columns import warn
-from gaia_distances.core.blocks import QUANTITIES
 from gaia_distances.core.diagnostics import (
     RHAT_MAX,
     SIGMA_V_FIELD,
@@ -28,6 +27,7 @@ from gaia_distances.core.diagnostics import (
     no_cluster_signal,
 )
 from gaia_distances.core.population import ClusterModel, ClusterPriors
+from gaia_distances.core.terms import ALL_QUANTITIES
 
 __all__ = [
     "CHECKED",
@@ -43,9 +43,10 @@ __all__ = [
 
 #: The reference model's science quantities, checked and reported, in order.
 PARAMETERS = tuple(q.name for q in ClusterModel(ClusterPriors()).quantities if q.science)
-#: The science quantities (declared in :mod:`~gaia_distances.core.blocks`), in order: checked for degenerate
-#: draws, and summarised per cluster by ``fit_clusters`` (the convergence rule checks every reported one).
-CHECKED = tuple(q.name for q in QUANTITIES if q.science)
+#: The science quantities (declared in :mod:`~gaia_distances.core.blocks` and by the model's terms), in order:
+#: checked for degenerate draws, and summarised per cluster by ``fit_clusters`` (the convergence rule checks
+#: every reported one).
+CHECKED = tuple(q.name for q in ALL_QUANTITIES if q.science)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,8 @@ def fit_options(provenance: Mapping[str, Any]) -> dict[str, Any]:
     name) and the offset prior where the fit used them.
     """
     options = {k: provenance.get(k) for k in FIT_OPTIONS}
+    if provenance.get("terms"):  # the model's terms (absent without: older digests stand)
+        options["terms"] = list(provenance["terms"])
     sys = provenance.get("systematics") or {}
     options["systematics"] = sys.get("kernel") if isinstance(sys, Mapping) else str(sys)
     if isinstance(sys, Mapping) and sys.get("kernel_function"):  # a user's kernel: which one
@@ -131,7 +133,9 @@ def fit_fingerprint(table: Table, stars: FittedStars, provenance: Mapping[str, A
         digests), and ``fit_options`` (:func:`fit_options`).
     """
     rows = np.asarray(stars.rows, dtype="<i8")
-    data = [_float_bytes(getattr(stars, name)) for name in stars._fields if name != "rows"]
+    data = [_float_bytes(getattr(stars, name)) for name in stars._fields if name not in ("rows", "terms")]
+    for term, columns in sorted((stars.terms or {}).items()):  # (absent without terms: older digests stand)
+        data += [term.encode(), *(_float_bytes(columns[k]) for k in sorted(columns))]
     options = fit_options(provenance)
     return {
         "recipe": RECIPE,

@@ -40,6 +40,7 @@ from gaia_distances.cluster.systematics import (
     check_kernel_over_stars,
     fit_systematics,
 )
+from gaia_distances.cluster.term_columns import term_options_documented
 from gaia_distances.columns import update_provenance
 from gaia_distances.compile_cache import enable_compilation_cache
 from gaia_distances.core.cluster_sampling import (
@@ -56,6 +57,7 @@ from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import ClusterModel, ClusterPriors, physical_draws
 from gaia_distances.core.sampling import NutsSettings, chain_iterations
 from gaia_distances.core.search import find_map_extended
+from gaia_distances.core.terms import prepare_term_data
 from gaia_distances.io import as_table
 from gaia_distances.progress import progress_bar
 from gaia_distances.systematics import SystematicsSpec
@@ -92,6 +94,7 @@ def _pm_frame_centre(stars: FittedStars) -> list[float] | None:
     return list(field_centre(stars.ra[placed], stars.dec[placed]))
 
 
+@term_options_documented
 def fit_cluster(
     table: Any,
     *,
@@ -116,6 +119,7 @@ def fit_cluster(
     n_quantile_draws: int = 32,
     n_membership_draws: int = 400,
     overwrite: bool = False,
+    **term_options: bool | str,
 ) -> ClusterFit:
     """Fit the hierarchical cluster + field model to a table of parallaxes.
 
@@ -243,6 +247,8 @@ def fit_cluster(
         ``_lo``, ``_hi`` and ``cluster_flag``), as when a fit's own output is
         fitted again. ``False`` (default):
         :class:`~gaia_distances.ExistingColumnsError` names them, before the fit.
+    **term_options
+        (the model terms' options)
 
     Raises
     ------
@@ -293,9 +299,16 @@ def _fit(table: Any, options: FitOptions, method: str, distance_hint: float | No
         kinematics=options.kinematics,
         truncate=options.truncate,
         perspective=options.perspective,
+        terms=options.terms,
     )
     check_kernel_over_stars(options.kernel, sel.table, sel.stars)
-    model = ClusterModel(options.prior, options.field, sel.stars.kinematic, perspective=options.perspective)
+    model = ClusterModel(
+        options.prior,
+        options.field,
+        sel.stars.kinematic,
+        perspective=options.perspective,
+        terms=sel.stars.term_names,
+    )
     settings = options.nuts_settings(method)
     with clock.step("prepare"):
         # padded with zero-weight stars, so that fields of similar size share compiled programs
@@ -315,7 +328,17 @@ def _fit(table: Any, options: FitOptions, method: str, distance_hint: float | No
             stars = sel.stars
             args = (stars.parallax, stars.parallax_error, stars.zero_point)
             kin = kinematic_data(stars) if model.kinematics else None
-            draws = sample_joint(*args, model, start, settings, seed=seed, progress=update, kin=kin)
+            terms = prepare_term_data({name: stars.terms[name] for name in model.terms}, data.parallax.dtype)
+            draws = sample_joint(
+                *args,
+                model,
+                start,
+                settings,
+                seed=seed,
+                progress=update,
+                kin=kin,
+                terms=terms,
+            )
     return assemble_fit(
         sel,
         draws,
@@ -466,6 +489,8 @@ def assemble_fit(
         "field": model.field,
         "n_field_pm": model.n_field_pm,
         "perspective": model.perspective,
+        "terms": list(model.terms),
+        "term_options": record["term_options"],
         "pm_frame_centre_deg": _pm_frame_centre(sel.stars) if model.kinematics else None,
         "zero_point": sel.zero_point_source,
         "zero_point_arg": record["zero_point_arg"],

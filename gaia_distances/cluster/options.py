@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from gaia_distances.cluster.term_columns import TermOptions, checked_term_options
 from gaia_distances.columns import zero_point_record
 from gaia_distances.core.numerics import checked_integer
 from gaia_distances.core.population import FIELDS, ClusterPriors
@@ -56,6 +57,7 @@ class FitOptions(NamedTuple):
     n_quantile_draws: int
     n_membership_draws: int
     overwrite: bool
+    terms: TermOptions = ()  # each registered model term's option (cluster/term_columns.py)
 
     @property
     def n_per_star(self) -> tuple[int, int]:
@@ -91,6 +93,7 @@ class FitOptions(NamedTuple):
             "truncate": self.models_truncation,
             "extend": self.extend,
             "seed": self.seed,
+            "term_options": dict(self.terms),
         }
 
 
@@ -115,6 +118,7 @@ def checked_fit_options(
     extend: Any = True,
     progress: Any = None,
     overwrite: Any = False,
+    term_options: Mapping[str, Any] | None = None,
 ) -> FitOptions:
     """Check the options both cluster fits take; raise ``ValueError`` (``TypeError`` for a prior that is not
     a :class:`~gaia_distances.ClusterPriors`) naming the first bad one.
@@ -123,7 +127,9 @@ def checked_fit_options(
     them (:func:`~gaia_distances.systematics.resolve_systematics`, whose
     kernel the fit then uses without checking it again;
     :func:`~gaia_distances.systematics.resolve_offset_prior`); the
-    :class:`~gaia_distances.ClusterPriors` check their own fields when made.
+    :class:`~gaia_distances.ClusterPriors` check their own fields when made;
+    ``term_options`` are the model terms' (:func:`checked_term_options`:
+    ``TypeError`` for a name that is not a term).
 
     Examples
     --------
@@ -177,6 +183,7 @@ def checked_fit_options(
         n_quantile_draws=checked_integer("n_quantile_draws", n_quantile_draws),
         n_membership_draws=checked_integer("n_membership_draws", n_membership_draws),
         overwrite=bool(overwrite),
+        terms=checked_term_options(term_options or {}),
     )
 
 

@@ -19,7 +19,6 @@ from gaia_distances.cluster.frozen import freeze, read_only, thaw
 from gaia_distances.cluster.stars import FittedStars, select_stars
 from gaia_distances.cluster.systematics import OFFSET_QUANTITIES
 from gaia_distances.columns import META_KEY
-from gaia_distances.core.blocks import QUANTITIES
 from gaia_distances.core.diagnostics import ess_rhat
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import (
@@ -29,6 +28,7 @@ from gaia_distances.core.population import (
     population_from_physical,
 )
 from gaia_distances.core.sampling import checked_seed
+from gaia_distances.core.terms import ALL_QUANTITIES, TERMS
 from gaia_distances.errors import GaiaDistancesError
 from gaia_distances.io import as_table
 
@@ -36,10 +36,10 @@ __all__ = ["ClusterFit", "ClusterFits", "parameter_summary"]
 
 #: The reference model's reported quantities, in order.
 REPORTED = tuple(q.name for q in ClusterModel(ClusterPriors()).quantities)
-#: Every quantity a fit can report (the model's blocks' and the systematic offsets'), by name.
-_QUANTITIES = {q.name: q for q in (*QUANTITIES, *OFFSET_QUANTITIES)}
+#: Every quantity a fit can report (the model's blocks', its terms' and the systematic offsets'), by name.
+_QUANTITIES = {q.name: q for q in (*ALL_QUANTITIES, *OFFSET_QUANTITIES)}
 #: The quantities reported first: the reference model's, then the other science quantities.
-_LEAD = (*REPORTED, *(q.name for q in QUANTITIES if q.science and q.name not in REPORTED))
+_LEAD = (*REPORTED, *(q.name for q in ALL_QUANTITIES if q.science and q.name not in REPORTED))
 
 #: Suffix of the draws of a parameter without its systematic term (``D_stat``).
 STAT = "_stat"
@@ -325,6 +325,7 @@ class ClusterFit:
             bool(prov.get("kinematics", False)),
             int(prov.get("n_field_pm", 2)),
             bool(prov.get("perspective", False)),
+            tuple(prov.get("terms", ())),
         )
         names = [k for k in idata.posterior.data_vars if k != "unconstrained"]
         keep = REPORTED if model.is_reference and not prov.get("systematics") else names
@@ -338,6 +339,7 @@ class ClusterFit:
             kinematics=model.kinematics,
             truncate=bool(prov.get("truncate", False)),
             perspective=model.perspective,
+            terms=tuple((name, name in model.terms) for name in TERMS),
         )
         check_posterior_belongs(idata, fit_fingerprint(out, sel.stars, prov), table_name, post_name)
         sampled = sampled_draws(post)

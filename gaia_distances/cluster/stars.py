@@ -10,6 +10,7 @@ from astropy.table import QTable
 
 from gaia_distances.cluster.flags import ClusterFlag
 from gaia_distances.cluster.frozen import read_only
+from gaia_distances.cluster.term_columns import TermOptions, term_columns
 from gaia_distances.columns import (
     add_column,
     column_values,
@@ -84,6 +85,12 @@ class FittedStars(NamedTuple):
     ra: np.ndarray | None = None  # deg: turn the proper motions to the field centre's frame, and project
     dec: np.ndarray | None = None
     frame_only: bool = False  # ra, dec only turn the proper motions (no perspective projection)
+    terms: Any = None  # the model terms' columns, by term name (cluster/term_columns.py)
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """The model terms the stars carry the columns of."""
+        return tuple(self.terms or ())
 
     @property
     def kinematic(self) -> bool:
@@ -348,6 +355,7 @@ def select_stars(
     kinematics: bool | str = False,
     truncate: bool = True,
     perspective: bool = False,
+    terms: TermOptions = (),
     step: str = "fit_cluster",
 ) -> Selection:
     """The rows with a finite parallax and a positive error, inside ``parallax_limits`` (mas) if given.
@@ -361,10 +369,14 @@ def select_stars(
     their proper motions; a fitted star without a usable one
     (:func:`proper_motion_rows`) is flagged :attr:`ClusterFlag.NO_PROPER_MOTION`
     and fitted with its parallax alone. ``perspective`` (which needs the
-    proper motions) also carries ``ra`` and ``dec``.
+    proper motions) also carries ``ra`` and ``dec``; ``terms`` (the model
+    terms' options) the columns of the terms used
+    (:func:`~gaia_distances.cluster.term_columns.term_columns`).
     """
     cand = parallax_rows(table, zero_point=zero_point, parallax_limits=parallax_limits, step=step)
-    return finish_selection(cand, kinematics=kinematics, truncate=truncate, perspective=perspective, step=step)
+    return finish_selection(
+        cand, kinematics=kinematics, truncate=truncate, perspective=perspective, terms=terms, step=step
+    )
 
 
 def finish_selection(
@@ -373,6 +385,7 @@ def finish_selection(
     kinematics: bool | str = False,
     truncate: bool = True,
     perspective: bool = False,
+    terms: TermOptions = (),
     step: str = "fit_cluster",
 ) -> Selection:
     """:func:`select_stars` from the rows of :func:`parallax_rows`."""
@@ -403,6 +416,9 @@ def finish_selection(
     columns: dict[str, Any] = {k: read_only(v) for k, v in pm.items()}
     stars = FittedStars(read_only(used), read_only(w), read_only(s), read_only(zp), **columns)
     stars = stars._replace(frame_only=not perspective)
+    columns_of_terms = term_columns(out, used, terms, kinematic=use_pm, step=step)
+    if columns_of_terms:
+        stars = stars._replace(terms=columns_of_terms)
     return Selection(out, flag, stars, cand.zero_point_source)
 
 
@@ -467,4 +483,7 @@ def prepare_data(stars: FittedStars, model: ClusterModel) -> StarData:
     """The likelihood's per-star data for ``model`` (its field, and the proper motions if kinematic)."""
     kin = kinematic_data(stars) if model.kinematics else None
     limits = None if stars.limit_lo is None or stars.limit_hi is None else (stars.limit_lo, stars.limit_hi)
-    return prepare_star_data(stars.parallax, stars.parallax_error, field=model.field, kinematics=kin, limits=limits)
+    terms = {name: stars.terms[name] for name in model.terms}
+    return prepare_star_data(
+        stars.parallax, stars.parallax_error, field=model.field, kinematics=kin, limits=limits, terms=terms
+    )

@@ -37,6 +37,9 @@ class Block(NamedTuple):
 
     parameters: tuple[Parameter, ...]
     quantities: tuple[str, ...]  # names in QUANTITIES (numbered per component where the block has several)
+    #: quantities the block declares itself (a model term's, :mod:`~gaia_distances.core.term`), reported
+    #: after those of :data:`QUANTITIES`
+    declared: tuple[Quantity, ...] = ()
 
 
 #: The field's proper-motion parameters that its components share: the constant (distance-independent)

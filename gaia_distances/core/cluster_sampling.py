@@ -230,13 +230,15 @@ def sample_joint(
     seed: int,
     progress: Progress | None = None,
     kin: KinematicData | None = None,
+    terms: Any = None,
 ) -> Draws:
     """NUTS over the population and one latent distance per star (the reference model), from the MAP.
 
     ``parallax`` is zero-point corrected (mas); the model sees the catalogue
     parallax ``parallax + zero_point``. Extended models
     (:func:`~gaia_distances.core.models.joint_model_extended`) also take the
-    stars' proper motions ``kin``.
+    stars' proper motions ``kin`` and the model terms' per-star data ``terms``
+    (:attr:`~gaia_distances.core.likelihood.StarData.terms`).
     """
     from gaia_distances.core.priors import EDSDPrior
     from gaia_distances.core.quadrature import summarize_posteriors
@@ -258,7 +260,7 @@ def sample_joint(
 
     args: tuple[Any, ...] = tuple(jnp.asarray(x) for x in (parallax_error, parallax + zero_point, zero_point))
     if not model.is_reference:
-        args = (*args, kin)
+        args = (*args, kin, terms)
     sites = [as_sites(z) for z in inits]
     res = run_chains(joint_potential_gen(model), sites, args, settings, seed=seed, progress=progress)
     z = np.stack([np.asarray(res.samples[name], float) for name in names], axis=-1)

@@ -20,7 +20,7 @@ several fields for ``vmap`` with :func:`stack_star_data`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -46,6 +46,7 @@ from gaia_distances.core.kinematics import (
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, Population, log_prior, to_population
 from gaia_distances.core.selection import Truncation, cluster_log_pass, field_log_pass, prepare_truncation
+from gaia_distances.core.terms import prepare_term_data, term_log_likelihoods
 
 __all__ = [
     "BLOCK",
@@ -92,6 +93,7 @@ class StarData(NamedTuple):
     kin: KinematicData | None = None  # proper motions (kinematic models)
     truncation: Truncation | None = None  # the parallax cut, modelled as a truncation
     field_only: Any = None  # a StarData of stars that are certainly not members (see split_star_data)
+    terms: Any = None  # each model term's per-star data, by the term's name (core/terms.py)
 
     @property
     def n_stars(self) -> int:
@@ -132,6 +134,7 @@ def prepare_star_data(
     field: str = "edsd",
     kinematics: KinematicData | None = None,
     limits: tuple[np.ndarray, np.ndarray] | None = None,
+    terms: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> StarData:
     """Precompute what the marginal likelihood needs.
 
@@ -142,7 +145,9 @@ def prepare_star_data(
     :func:`~gaia_distances.core.kinematics.prepare_kinematic_data`) adds the
     proper motions. ``limits`` (per-star lower and upper limits of the
     corrected parallax, mas) make the likelihood that of stars selected by
-    that cut (:mod:`~gaia_distances.core.selection`).
+    that cut (:mod:`~gaia_distances.core.selection`). ``terms`` are the
+    model terms' columns by term name
+    (:func:`~gaia_distances.core.terms.prepare_term_data`).
     """
     w = np.asarray(parallax, float)
     s = np.asarray(parallax_error, float)
@@ -170,7 +175,8 @@ def prepare_star_data(
         else:
             truncation = prepare_truncation(s, lo, hi, bin_centres=bin_centres(), bin_width=SPACING)
         truncation = cast(truncation)
-    return StarData(jnp.asarray(w, dt), jnp.asarray(s, dt), table, None, bins, kin, truncation)
+    term_data = prepare_term_data(terms or {}, dt)
+    return StarData(jnp.asarray(w, dt), jnp.asarray(s, dt), table, None, bins, kin, truncation, None, term_data)
 
 
 #: Stars per block of a big field's likelihood (:func:`marginal_log_likelihood`).
@@ -292,7 +298,8 @@ def component_log_likelihoods(
     The field's term is the EDSD table's or the flexible bins'; with
     proper motions each component's proper-motion term is added: the
     cluster's at each node of its distance integral, the field's over its
-    distance posterior (:mod:`~gaia_distances.core.kinematics`).
+    distance posterior (:mod:`~gaia_distances.core.kinematics`); then the
+    model terms' (:func:`~gaia_distances.core.terms.term_log_likelihoods`).
     """
     kin, obs = pop.kin, data.kin
     node_term = node_parallax = None
@@ -315,7 +322,8 @@ def component_log_likelihoods(
     )
     if data.truncation is not None:
         cluster = cluster - cluster_log_pass(data.truncation, data.parallax_error, pop.log_D, pop.log_sigma)
-    return ComponentLikelihoods(cluster, field_component_log_likelihood(pop, data))
+    term_cluster, _ = term_log_likelihoods(pop.terms, data.terms)
+    return ComponentLikelihoods(cluster + term_cluster, field_component_log_likelihood(pop, data))
 
 
 def field_component_log_likelihood(pop: Population, data: StarData) -> Array:
@@ -336,7 +344,8 @@ def field_component_log_likelihood(pop: Population, data: StarData) -> Array:
             field = field + field_pm_log_term(mean_w, var_w, data.parallax, kin, obs)
     if data.truncation is not None:
         field = field - _field_log_pass(pop, data.truncation)
-    return field
+    _, term_field = term_log_likelihoods(pop.terms, data.terms)
+    return field + term_field
 
 
 def component_log_pass(pop: Population, data: StarData) -> ComponentLikelihoods:
@@ -356,8 +365,8 @@ def _field_log_pass(pop: Population, tr: Truncation) -> Array:
 
 
 def parallax_component_log_likelihoods(pop: Population, data: StarData) -> ComponentLikelihoods:
-    """Each component's per-star log likelihood of the parallax alone (proper motions left out)."""
-    return component_log_likelihoods(pop._replace(kin=None), data)
+    """Each component's per-star log likelihood of the parallax alone (proper motions and terms left out)."""
+    return component_log_likelihoods(pop._replace(kin=None, terms=None), data)
 
 
 def _weighted(pop: Population, comp: ComponentLikelihoods) -> tuple[Array, Array]:

@@ -34,6 +34,7 @@ from gaia_distances.core.population import (
     to_population,
     unconstrained_names,
 )
+from gaia_distances.core.terms import term_log_likelihoods
 
 __all__ = [
     "component_log_terms_at",
@@ -72,13 +73,15 @@ def joint_model_extended(
     zero_point: Array | float,
     kin: KinematicData | None,
     model: ClusterModel,
+    terms: Any = None,
 ) -> None:
     """The joint model of an extended model: one latent ``u = ln(r / pc)`` per star.
 
     Each star's distance prior is the population's mixture and, with
     proper motions, each component's proper-motion term at that distance is
     exact (no moments): this is the reference the marginal model is checked
-    against.
+    against. ``terms``: the model terms' per-star data
+    (:attr:`~gaia_distances.core.likelihood.StarData.terms`).
     """
     import numpyro
     import numpyro.distributions as dist
@@ -86,21 +89,29 @@ def joint_model_extended(
     pop = sample_population(model)
     with numpyro.plate("stars", parallax_error.shape[0]):
         u = numpyro.sample("u", dist.ImproperUniform(dist.constraints.real, (), ()))
-        log_c, log_f = component_log_terms_at(u, parallax_error, parallax, zero_point, kin, pop)
+        log_c, log_f = component_log_terms_at(u, parallax_error, parallax, zero_point, kin, pop, terms)
         numpyro.factor("distance_prior", jnp.logaddexp(log_c, log_f))
         numpyro.sample("parallax", dist.Normal(1000.0 * jnp.exp(-u) + zero_point, parallax_error), obs=parallax)
 
 
 def component_log_terms_at(
-    u: Array, parallax_error: Array, parallax: Array | None, zero_point: Array | float, kin: Any, pop: Population
+    u: Array,
+    parallax_error: Array,
+    parallax: Array | None,
+    zero_point: Array | float,
+    kin: Any,
+    pop: Population,
+    terms: Any = None,
 ) -> tuple[Array, Array]:
-    """``ln Q p_c(u) p_c(pm | u)`` and the field's, per star, at known distances ``u`` (mixture weights included)."""
+    """``ln Q p_c(u) p_c(pm | u)`` and the field's, per star, at known distances ``u`` (mixture weights
+    included), with the model terms' (:func:`~gaia_distances.core.terms.term_log_likelihoods`)."""
     log_c, log_f = mixture_log_prior_u(u, pop)
     if kin is not None and pop.kin is not None and parallax is not None:
         w = parallax - zero_point
         log_c = log_c + cluster_pm_log_term(u[None, :], w, pop.kin, kin, pop.log_D)[0]
         log_f = log_f + field_pm_log_term_at(u, w, pop.kin, kin)
-    return log_c, log_f
+    term_c, term_f = term_log_likelihoods(pop.terms, terms)
+    return log_c + term_c, log_f + term_f
 
 
 def marginal_model(data: StarData, model: ClusterModel = _REFERENCE) -> None:
@@ -145,8 +156,8 @@ def joint_potential_gen(model: ClusterModel) -> Any:
 
         return gen
 
-    def gen_ext(err: Array, plx: Array, zp: Array, kin: Any = None) -> Any:
-        return lambda p: potential_energy(joint_model_extended, (err, plx, zp, kin, model), {}, p)
+    def gen_ext(err: Array, plx: Array, zp: Array, kin: Any = None, terms: Any = None) -> Any:
+        return lambda p: potential_energy(joint_model_extended, (err, plx, zp, kin, model, terms), {}, p)
 
     return gen_ext
 

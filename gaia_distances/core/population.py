@@ -28,12 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gaia_distances.core.blocks import FIELD_PM_PRIORS, FIELD_PM_SHARED, QUANTITIES, model_blocks
+from gaia_distances.core.blocks import FIELD_PM_PRIORS, FIELD_PM_SHARED, QUANTITIES, Block, model_blocks
 from gaia_distances.core.cluster_priors import ClusterPriors
 from gaia_distances.core.field_bins import N_BINS, bin_centres
 from gaia_distances.core.kinematics import Kinematics
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.parameters import Parameter, Quantity, prior_log_density, prior_sites
+from gaia_distances.core.terms import term_blocks, term_physical, term_population
 
 __all__ = [
     "FIELDS",
@@ -66,6 +67,7 @@ class Population(NamedTuple):
     Q: Array
     field_log_w: Array | None = None
     kin: Kinematics | None = None
+    terms: Any = None  # each model term's population values, by the term's name (core/terms.py)
 
 
 #: The field distance models: the reference EDSD, or the flexible mixture of distance bins.
@@ -89,11 +91,12 @@ class ClusterModel(NamedTuple):
     kinematics: bool = False
     n_field_pm: int = 2
     perspective: bool = False
+    terms: tuple[str, ...] = ()  # the model's terms (names in core/terms.py's TERMS), their blocks last in z
 
     @property
     def is_reference(self) -> bool:
         """The reference model's structure: EDSD field, parallaxes only (``z`` of length 4)."""
-        return self.field == "edsd" and not self.kinematics
+        return self.field == "edsd" and not self.kinematics and not self.terms
 
     @property
     def parameters(self) -> tuple[Parameter, ...]:
@@ -137,15 +140,20 @@ class ClusterModel(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def _parameters(model: ClusterModel) -> tuple[Parameter, ...]:
-    blocks = model_blocks(model.priors, model.field, model.kinematics, model.n_field_pm, model.perspective)
-    return tuple(p for block in blocks for p in block.parameters)
+    return tuple(p for block in _blocks(model) for p in block.parameters)
 
 
 @functools.lru_cache(maxsize=64)
 def _quantities(model: ClusterModel) -> tuple[Quantity, ...]:
-    blocks = model_blocks(model.priors, model.field, model.kinematics, model.n_field_pm, model.perspective)
+    blocks = _blocks(model)
     names = {name for block in blocks for name in block.quantities}
-    return tuple(q for q in QUANTITIES if q.name in names)
+    return (*(q for q in QUANTITIES if q.name in names), *(q for block in blocks for q in block.declared))
+
+
+def _blocks(model: ClusterModel) -> tuple[Block, ...]:
+    """The model's own blocks, then its terms'."""
+    own = model_blocks(model.priors, model.field, model.kinematics, model.n_field_pm, model.perspective)
+    return (*own, *term_blocks(model))
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,7 +228,8 @@ def to_population(z: Array, model: ClusterModel, xp: Any = jnp) -> Population:
         steps = model.entries(z, [f"field_step_{j}" for j in range(1, N_BINS)], xp)
         log_L, field_log_w = xp.zeros_like(log_D), _field_log_w(steps, model, xp)
     kin = _kinematics(z, model, xp) if model.kinematics else None
-    return Population(log_L, log_D, log_sigma, _sigmoid(logit_Q, xp), field_log_w, kin)
+    terms = term_population(z, model, xp)
+    return Population(log_L, log_D, log_sigma, _sigmoid(logit_Q, xp), field_log_w, kin, terms)
 
 
 def from_population(pop: Population, priors: ClusterPriors, *, xp: Any = np, clip: float = 0.0) -> Array:
@@ -342,6 +351,7 @@ def physical_draws(z: np.ndarray, model: ClusterModel) -> dict[str, np.ndarray]:
         out["field_pm_sd_dec"] = np.exp(kin.field_log_sd[..., 0, 1])
         out["field_pm_corr"] = kin.field_corr[..., 0]
         out["field_pm_trend_ra"], out["field_pm_trend_dec"] = kin.field_trend[..., 0], kin.field_trend[..., 1]
+    out.update(term_physical(pop.terms, model))
     return out
 
 

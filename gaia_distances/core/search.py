@@ -54,6 +54,7 @@ from gaia_distances.core.kinematics import centre_frame_proper_motions
 from gaia_distances.core.likelihood import StarData
 from gaia_distances.core.parallel import usable_cores
 from gaia_distances.core.population import ClusterModel, log_prior
+from gaia_distances.core.terms import term_starts
 
 __all__ = [
     "AGREE_LOG_POST",
@@ -124,6 +125,7 @@ def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]
     med = np.median(w[good]) if good.sum() >= 10 else 1.0
     z[model.position("log_D")] = math.log(1000.0 / max(med, 0.05))
     z[model.position("logit_Q")] = _NO_CLUSTER
+    term_starts(z, data, model)
     starts = field_pm_starts(data, model, z) if model.kinematics and data.kin is not None else [z]
     fits = _each(lambda z0: polish_lbfgs(z0, data, model, free=~_cluster_entries(model)), starts)
     return max(fits, key=lambda fit: fit[1])
@@ -222,12 +224,13 @@ def cluster_candidates(
     s = np.asarray(data.parallax_error, float)[real]
     log_D, _ = candidate_distances(data, distance_hint=distance_hint, n_grid=n_distances, n_hint=9)
     pm_at: list[np.ndarray | None] = []
+    near_at: dict[int, np.ndarray] = {}  # each distance's stars near its candidate (over data's, padding False)
     if model.kinematics and data.kin is not None:
         has = np.asarray(data.kin.has_pm, float)[real] > 0
         # the members share one proper motion in the centre's frame (their own turn with RA near a pole)
         pm = centre_frame_proper_motions(data.kin)[real]
         pm_err = np.sqrt(np.asarray(data.kin.cond_cov, float)[real][:, [0, 2]].mean(axis=1))
-        for ld in log_D:
+        for i, ld in enumerate(log_D):
             w_c = 1000.0 * math.exp(-ld)
             near = has & (np.abs(w - w_c) < 2.0 * s + 0.03 * w_c) & (pm_err < 1.0)
             if near.sum() < 10:
@@ -237,6 +240,9 @@ def cluster_candidates(
                 continue
             bw = float(np.clip(np.median(pm_err[near]), 0.05, 0.5))
             pm_at.append(_pm_clump(pm[near], bin_width=bw))
+            if model.terms:
+                close = near & (np.hypot(*(pm - pm_at[-1]).T) < 3.0 * bw + 2.0 * pm_err)
+                near_at[i] = np.isin(np.arange(data.n_stars), np.flatnonzero(real)[close])
     rows = []
     depth_name = model.names[model.position("log_D") + 1]
     lo_s, hi_s = model.priors.log_size_range
@@ -257,6 +263,8 @@ def cluster_candidates(
                         continue
                     z[model.position("pmra")], z[model.position("pmdec")] = p
                     z[model.position("log_sigma_v")] = 0.0
+                    if model.terms:
+                        term_starts(z, data, model, near_at[i])
                 rows.append(z)
     return np.array(rows)
 

@@ -1,0 +1,104 @@
+"""The registry of the cluster model's terms, and the one place their per-star log terms are combined.
+
+A term (:class:`~gaia_distances.core.term.Term`) is registered by one line
+in :data:`_REGISTERED`; everything else follows from its declarations: the
+option of :func:`~gaia_distances.fit_cluster` and
+:func:`~gaia_distances.fit_clusters` and the command line's flag, the
+columns read, its block of ``z`` (hence the prior, the numpyro sites, the
+summary's rows, units and descriptions, the checked quantities), its
+per-star data in :class:`~gaia_distances.core.likelihood.StarData`, its
+share of the marginal and the joint likelihood
+(:func:`term_log_likelihoods`), the MAP search's start and the simulator's
+columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gaia_distances.core.blocks import QUANTITIES, Block
+from gaia_distances.core.numerics import Array
+from gaia_distances.core.parameters import Quantity
+from gaia_distances.core.term import ModelLike, Term
+
+__all__ = [
+    "ALL_QUANTITIES",
+    "TERMS",
+    "prepare_term_data",
+    "term_blocks",
+    "term_log_likelihoods",
+    "term_physical",
+    "term_population",
+    "term_starts",
+]
+
+#: The registered terms, in the order their blocks follow the model's own in ``z``.
+_REGISTERED: tuple[Term, ...] = ()
+
+#: Every registered term by its option's name.
+TERMS: Mapping[str, Term] = MappingProxyType({t.name: t for t in _REGISTERED})
+
+#: Every quantity a fit can report: the model's own (:data:`~gaia_distances.core.blocks.QUANTITIES`), then
+#: each term's, in registry order.
+ALL_QUANTITIES: tuple[Quantity, ...] = (*QUANTITIES, *(q for t in _REGISTERED for q in t.block_quantities()))
+
+
+def term_blocks(model: ModelLike) -> tuple[Block, ...]:
+    """The blocks of ``model``'s terms, in the order of ``z``."""
+    return tuple(TERMS[name].block(model) for name in model.terms)
+
+
+def term_population(z: Array, model: ModelLike, xp: Any) -> dict[str, Any] | None:
+    """Each of ``model``'s terms' population values at ``z`` (``None`` for a model without terms)."""
+    if not model.terms:
+        return None
+    return {name: TERMS[name].population(z, model, xp) for name in model.terms}
+
+
+def term_log_likelihoods(values: Mapping[str, Any] | None, data: Mapping[str, Any] | None) -> tuple[Array, Array]:
+    """The terms' ``ln p(data_i | cluster)`` and ``ln p(data_i | field)`` per star, summed over the terms
+    that have both population values and data (0 where none has).
+
+    The marginal likelihood (:func:`~gaia_distances.core.likelihood.component_log_likelihoods`) and the
+    joint model (:func:`~gaia_distances.core.models.component_log_terms_at`) both add these, so a term is
+    combined with the components in this one place.
+    """
+    cluster: Array = 0.0
+    field: Array = 0.0
+    if values and data:
+        for name, term_data in data.items():
+            if name in values:
+                c, f = TERMS[name].log_terms(values[name], term_data)
+                cluster, field = cluster + c, field + f
+    return cluster, field
+
+
+def term_physical(values: Mapping[str, Any] | None, model: ModelLike) -> dict[str, np.ndarray]:
+    """Every term's reported quantities (NumPy draws) from its population values."""
+    out: dict[str, np.ndarray] = {}
+    for name, v in (values or {}).items():
+        out.update(TERMS[name].physical(v, model))
+    return out
+
+
+def term_starts(z: np.ndarray, data: Any, model: ModelLike, near: np.ndarray | None = None) -> None:
+    """Set every term's entries of a starting ``z`` in place (:meth:`~gaia_distances.core.term.Term.start`)."""
+    for name in model.terms:
+        TERMS[name].start(z, (data.terms or {}).get(name), model, near)
+
+
+def prepare_term_data(columns: Mapping[str, Mapping[str, np.ndarray]], dtype: Any) -> dict[str, Any] | None:
+    """Each term's per-star data from its columns (:meth:`~gaia_distances.core.term.Term.prepare`), as
+    arrays of ``dtype`` (``None`` without terms)."""
+    if not columns:
+        return None
+    return {
+        name: jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x, dtype)), TERMS[name].prepare(values))
+        for name, values in columns.items()
+    }
