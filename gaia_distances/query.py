@@ -29,6 +29,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import QTable
 
 from gaia_distances.columns import META_KEY, warn
+from gaia_distances.core.terms import TERMS
 from gaia_distances.errors import GaiaQueryError, one_line
 from gaia_distances.io import as_table
 from gaia_distances.tap_jobs import (
@@ -55,8 +56,9 @@ DEFAULT_JOB_TIMEOUT = 7200.0
 #: Age (s) after which a partial result (``*.vot.part``) in the cache is removed even if its writer may live.
 STALE_PART_AGE = 86400.0
 
-#: Columns every later step needs: the zero point, distances, and the cluster fit with proper motions
-#: (which reads the proper motions, their errors and the parallax-proper-motion correlations).
+#: Columns every later step needs: the zero point, distances, the cluster fit with proper motions
+#: (which reads the proper motions, their errors and the parallax-proper-motion correlations) and the
+#: columns of each of the cluster model's terms (:data:`~gaia_distances.core.terms.TERMS`, by their DR3 names).
 PIPELINE_COLUMNS = (
     "source_id",
     "ra",
@@ -77,6 +79,7 @@ PIPELINE_COLUMNS = (
     "pseudocolour",
     "ecl_lat",
     "astrometric_params_solved",
+    *(column.name for term in TERMS.values() for column in term.columns),
 )
 
 
