@@ -12,7 +12,9 @@ from conftest import shared_file
 
 import gaia_distances as gd
 from gaia_distances.cluster.flags import ClusterFlag
+from gaia_distances.core.kinematics import sky_basis
 from gaia_distances.core.predictive import proper_motion_check
+from gaia_distances.simulate import M67_VELOCITY_KMS
 
 #: Small fields in one padding bucket (768 stars), so that the fits share compiled programs. Their
 #: 500 field stars barely identify the field's two proper-motion components, so the sampler would extend
@@ -30,7 +32,7 @@ def _quiet(fn, *args, **kwargs):
 
 @pytest.fixture(scope="module")
 def kin_input():
-    t = gd.simulate_field(N_FIELD, n_cluster=N_CLUSTER, cluster_distance=1500.0, seed=5)
+    t = gd.simulate_field(N_FIELD, n_cluster=N_CLUSTER, cluster_distance=1500.0, binary_fraction=0.3, seed=5)
     t["pmra"][[3, 11]] = np.nan * u.mas / u.yr  # no proper motion: parallax-only likelihood, flagged
     return t
 
@@ -53,6 +55,21 @@ def test_the_kinematic_fit_recovers_the_cluster_and_reports_its_motion(kin_input
     rows = {str(r["parameter"]): r for r in summ}
     assert rows["pmra"]["unit"] == "mas / yr" and rows["sigma_v"]["unit"] == "km / s"
     assert "field_median" in rows and "field_pm_weight_2" in rows and "L" not in rows
+
+
+def test_the_fit_uses_the_radial_velocities_it_has(kin_input, kin_fit):
+    """67 members have a velocity (G_RVS < 14), 30 % of them binaries; stars without one are not flagged."""
+    truth = float(np.sum(sky_basis(132.846, 11.814)[2] * np.asarray(M67_VELOCITY_KMS)))
+    assert kin_fit.model.terms == ("radial_velocities",)
+    rows = {str(r["parameter"]): r for r in kin_fit.summary()}
+    rv = rows["rv"]
+    assert rv["unit"] == "km / s" and rv["sd"] < 0.5
+    assert abs(rv["mean"] - truth) < 4 * rv["sd"] + 0.1
+    assert "rv" in kin_fit.diagnostics["r_hat"]  # a science quantity: checked like the others
+    assert kin_fit.table.meta["gaia_distances"]["cluster"]["terms"] == ["radial_velocities"]
+    no_rv = ~np.isfinite(np.asarray(kin_input["radial_velocity"], float))
+    no_rv[[3, 11]] = False  # (no proper motion)
+    assert no_rv.sum() > 400 and np.all(np.asarray(kin_fit.table["cluster_flag"])[no_rv] == 0)
 
 
 def test_kinematic_membership_is_clean(kin_input, kin_fit):

@@ -25,6 +25,7 @@ import numpy as np
 from gaia_distances.core.blocks import QUANTITIES, Block
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.parameters import Quantity
+from gaia_distances.core.radial_velocity import RadialVelocities
 from gaia_distances.core.term import ModelLike, Term
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 #: The registered terms, in the order their blocks follow the model's own in ``z``.
-_REGISTERED: tuple[Term, ...] = ()
+_REGISTERED: tuple[Term, ...] = (RadialVelocities(),)
 
 #: Every registered term by its option's name.
 TERMS: Mapping[str, Term] = MappingProxyType({t.name: t for t in _REGISTERED})
