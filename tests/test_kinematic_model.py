@@ -657,7 +657,7 @@ def test_the_joint_model_integrated_over_each_distance_is_the_marginal_likelihoo
 
     from gaia_distances.cluster.stars import kinematic_data, prepare_data
     from gaia_distances.core.likelihood import log_posterior
-    from gaia_distances.core.models import component_log_terms_at, joint_model_extended
+    from gaia_distances.core.models import component_log_terms_at, joint_model
     from gaia_distances.core.population import log_prior
 
     t = gd.simulate_field(60, n_cluster=40, cluster_distance=1000.0, magnitude_limit=17.0, seed=3)
@@ -693,7 +693,7 @@ def test_the_joint_model_integrated_over_each_distance_is_the_marginal_likelihoo
         def terms(z, u0):
             pop = to_population(z, model)
             sites = {**{name: z[i] for i, name in enumerate(model.names)}, "u": u0}
-            joint = -potential_energy(joint_model_extended, (err, w + zp, zp, kin, model), {}, sites)
+            joint = -potential_energy(joint_model, (err, w + zp, zp, kin, model, None), {}, sites)
             at_u0 = component_log_terms_at(u0, err, w + zp, zp, kin, pop)
             kin_rep = type(kin)(*(None if a is None else rep(a) for a in kin))
             uu = jnp.tile(jnp.asarray(grid), w.size)

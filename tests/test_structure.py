@@ -199,6 +199,20 @@ def test_the_model_is_one_type():
     assert not unions, unions
 
 
+def test_no_code_forks_on_which_model_it_is():
+    """One path for every model: nothing asks whether a model is "the reference" (the reference M67 model is a
+    configuration of the blocks and terms, sampled, searched, saved and read back like the others), and a model
+    term is looked up in the registry, never by its name outside its own module and the edge's flag."""
+    forks = [
+        f"{name}:{i}"
+        for name, path in _modules().items()
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if "is_reference" in line
+        or ("radial_velocities" in line and name not in ("gaia_distances.core.radial_velocity",))
+    ]
+    assert not forks, forks
+
+
 def test_the_architecture_page_names_every_module():
     """docs/architecture.md lists every module of the package (a new module is described where it lives)."""
     page = PACKAGE.parent / "docs" / "architecture.md"

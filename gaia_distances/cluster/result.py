@@ -327,9 +327,11 @@ class ClusterFit:
             bool(prov.get("perspective", False)),
             tuple(prov.get("terms", ())),
         )
-        names = [k for k in idata.posterior.data_vars if k != "unconstrained"]
-        keep = REPORTED if model.is_reference and not prov.get("systematics") else names
-        post = {k: np.asarray(idata.posterior[k]) for k in keep if k in idata.posterior.data_vars}
+        # the model's quantities (numbered per component), the offsets and their statistical parts; not the
+        # deterministic sites older files kept beside them
+        known = {q.name for q in model.quantities} | set(SYSTEMATIC_ONLY)
+        keep = [k for k in idata.posterior.data_vars if _base(k.removesuffix(STAT)) in known]
+        post = {k: np.asarray(idata.posterior[k]) for k in keep}
         limits = prov.get("parallax_limits")
         # the stars the fit used, selected again exactly as fit_cluster did
         sel = select_stars(

@@ -232,13 +232,13 @@ def sample_joint(
     kin: KinematicData | None = None,
     terms: Any = None,
 ) -> Draws:
-    """NUTS over the population and one latent distance per star (the reference model), from the MAP.
+    """NUTS over the population and one latent ``ln r`` per star
+    (:func:`~gaia_distances.core.models.joint_model`), from the MAP.
 
     ``parallax`` is zero-point corrected (mas); the model sees the catalogue
-    parallax ``parallax + zero_point``. Extended models
-    (:func:`~gaia_distances.core.models.joint_model_extended`) also take the
-    stars' proper motions ``kin`` and the model terms' per-star data ``terms``
-    (:attr:`~gaia_distances.core.likelihood.StarData.terms`).
+    parallax ``parallax + zero_point``. A kinematic model also takes the
+    stars' proper motions ``kin``, a model with terms their per-star data
+    ``terms`` (:attr:`~gaia_distances.core.likelihood.StarData.terms`).
     """
     from gaia_distances.core.priors import EDSDPrior
     from gaia_distances.core.quadrature import summarize_posteriors
@@ -250,17 +250,15 @@ def sample_joint(
     inits = [start.z + 0.5 * scale * rng.standard_normal(n) for _ in range(settings.num_chains)]
     names = model.names
     # each distance starts at its EDSD median at the MAP length scale (the median distance, flexible field)
-    length = math.exp(start.z[0]) if model.field == "edsd" else 1000.0 / 2.674
+    length = math.exp(start.z[model.position("log_L")]) if model.field == "edsd" else 1000.0 / 2.674
     r0 = summarize_posteriors(parallax, parallax_error, EDSDPrior(np.full(len(parallax), length)))["quantiles"][:, 1]
     log_r0 = jnp.asarray(np.log(np.where(np.isfinite(r0), r0, 1000.0)))
-    site = "r" if model.is_reference else "u"
+    site = "u"  # ln(r / pc), for every model
 
     def as_sites(z: np.ndarray) -> dict[str, Any]:
         return {**{name: jnp.asarray(z[i]) for i, name in enumerate(names)}, site: log_r0}
 
-    args: tuple[Any, ...] = tuple(jnp.asarray(x) for x in (parallax_error, parallax + zero_point, zero_point))
-    if not model.is_reference:
-        args = (*args, kin, terms)
+    args = (*(jnp.asarray(x) for x in (parallax_error, parallax + zero_point, zero_point)), kin, terms)
     sites = [as_sites(z) for z in inits]
     res = run_chains(joint_potential_gen(model), sites, args, settings, seed=seed, progress=progress)
     z = np.stack([np.asarray(res.samples[name], float) for name in names], axis=-1)

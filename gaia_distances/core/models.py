@@ -1,7 +1,7 @@
 """The cluster model as numpyro models, and the potentials NUTS samples.
 
-- :func:`joint_model` samples one latent distance per star, as the reference
-  analysis does (thousands of parameters);
+- :func:`joint_model` samples one latent ``ln r`` per star, as the reference
+  analysis samples one distance (thousands of parameters);
 - :func:`marginal_model` integrates each distance out
   (:mod:`~gaia_distances.core.likelihood`), so NUTS samples only the four
   population parameters.
@@ -39,7 +39,6 @@ from gaia_distances.core.terms import term_log_likelihoods
 __all__ = [
     "component_log_terms_at",
     "joint_model",
-    "joint_model_extended",
     "joint_potential_gen",
     "marginal_model",
     "prior_draws",
@@ -52,35 +51,19 @@ _REFERENCE = ClusterModel(ClusterPriors())
 
 def joint_model(
     parallax_error: Array,
-    parallax: Array | None = None,
-    zero_point: Array | float = 0.0,
-    model: ClusterModel = _REFERENCE,
-) -> None:
-    """One latent distance ``r`` (pc) per star; the catalogue parallax is ``N(1000/r + zero_point, error)``
-    (the reference structure: EDSD field, parallaxes only)."""
-    import numpyro
-    import numpyro.distributions as dist
-
-    pop = sample_population(model)
-    with numpyro.plate("stars", parallax_error.shape[0]):
-        r = numpyro.sample("r", mixture_distribution(pop))
-        numpyro.sample("parallax", dist.Normal(1000.0 / r + zero_point, parallax_error), obs=parallax)
-
-
-def joint_model_extended(
-    parallax_error: Array,
     parallax: Array | None,
     zero_point: Array | float,
     kin: KinematicData | None,
     model: ClusterModel,
     terms: Any = None,
 ) -> None:
-    """The joint model of an extended model: one latent ``u = ln(r / pc)`` per star.
+    """The joint model: one latent ``u = ln(r / pc)`` per star, the same for every model.
 
     Each star's distance prior is the population's mixture and, with
     proper motions, each component's proper-motion term at that distance is
     exact (no moments): this is the reference the marginal model is checked
-    against. ``terms``: the model terms' per-star data
+    against. (The reference analysis samples ``r`` itself; ``u`` is the same
+    posterior, whose Jacobian the mixture's density in ``u`` carries.) ``terms``: the model terms' per-star data
     (:attr:`~gaia_distances.core.likelihood.StarData.terms`).
     """
     import numpyro
@@ -142,24 +125,14 @@ def whitened_potential_gen(model: ClusterModel) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def joint_potential_gen(model: ClusterModel) -> Any:
-    """``gen(parallax_error, parallax, zero_point[, kin])`` -> the joint model's potential of its unconstrained sites.
-
-    The reference structure samples ``r`` (:func:`joint_model`); extended
-    models sample ``u`` (:func:`joint_model_extended`).
-    """
+    """``gen(parallax_error, parallax, zero_point, kin, terms)`` -> the joint model's potential of its
+    unconstrained sites (:func:`joint_model`)."""
     from numpyro.infer.util import potential_energy
 
-    if model.is_reference:
+    def gen(err: Array, plx: Array, zp: Array, kin: Any = None, terms: Any = None) -> Any:
+        return lambda p: potential_energy(joint_model, (err, plx, zp, kin, model, terms), {}, p)
 
-        def gen(err: Array, plx: Array, zp: Array) -> Any:
-            return lambda p: potential_energy(joint_model, (err, plx, zp, model), {}, p)
-
-        return gen
-
-    def gen_ext(err: Array, plx: Array, zp: Array, kin: Any = None, terms: Any = None) -> Any:
-        return lambda p: potential_energy(joint_model_extended, (err, plx, zp, kin, model, terms), {}, p)
-
-    return gen_ext
+    return gen
 
 
 @functools.lru_cache(maxsize=16)

@@ -94,11 +94,6 @@ class ClusterModel(NamedTuple):
     terms: tuple[str, ...] = ()  # the model's terms (names in core/terms.py's TERMS), their blocks last in z
 
     @property
-    def is_reference(self) -> bool:
-        """The reference model's structure: EDSD field, parallaxes only (``z`` of length 4)."""
-        return self.field == "edsd" and not self.kinematics and not self.terms
-
-    @property
     def parameters(self) -> tuple[Parameter, ...]:
         """The entries of ``z``, in order, each declared once (name, prior, cluster or field, meaning): the
         field's distance block, the cluster's distance block, then with kinematics the cluster's and the
