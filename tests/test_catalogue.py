@@ -347,3 +347,44 @@ def test_files_are_written_whole_or_not_at_all(field_folder, tmp_path, monkeypat
         warnings.simplefilter("error", gd.GaiaDistancesWarning)
         cat = gd.fit_catalogue(_cluster_list(), source=field_folder, out=out, **FAST)
     assert list(cat["key"]) == ["simc", "sima", "simb"]
+
+
+# --------------------------------------------------------------------------- real fields
+
+#: The shared cones (README of the shared data): name, file, centre, Hunt & Reffert 2023 parallax (mas),
+#: distance (pc), pmra, pmdec (mas/yr).
+CONES = {
+    "NGC 2301": ("ngc2301_edr3_box.csv", 102.937, 0.462, 1.1487, 839.6, -1.368, -2.185),
+    "NGC 2437": ("ngc2437_edr3_box.csv", 115.460, -14.834, 0.5992, 1554.5, -3.871, 0.407),
+    "NGC 2506": ("ngc2506_edr3_box.csv", 120.002, -10.770, 0.2791, 3140.4, -2.561, 3.965),
+}
+
+
+@pytest.mark.slow
+def test_shared_cones_refit_as_three_direct_fits(data_file, tmp_path):
+    folder = data_file("cones/ngc2301_edr3_box.csv").parent
+    clusters = Table(
+        {
+            "Name": list(CONES),
+            "RA_ICRS": [c[1] for c in CONES.values()],
+            "DE_ICRS": [c[2] for c in CONES.values()],
+            "r50": [0.2] * 3,
+            "Plx": [c[3] for c in CONES.values()],
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+        cat = gd.fit_catalogue(clusters, source=folder, out=tmp_path / "refit", apply_zeropoint=True, seed=11)
+    for row, (name, (file, _, _, plx, dist, pmra, pmdec)) in zip(cat, CONES.items()):
+        assert row["name"] == name and row["status"] in ("ok", "warning"), (name, row["reason"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gd.GaiaDistancesWarning)
+            field = gd.apply_zeropoint(gd.load_table(folder / file), progress=False)
+            fit = gd.fit_cluster(field, seed=cluster_seed(11, row["key"]), distance_hint=1000 / plx, progress=False)
+        summ = {str(r["parameter"]): r for r in fit.summary()}
+        for p in ("D", "pmra", "pmdec"):
+            assert row[p].value == summ[p]["p50"], (name, p)
+            assert row[f"{p}_sd_sys"].value == summ[p]["sd_sys"], (name, p)
+        # and the published values, loosely (theirs exclude the systematics, and cover other stars)
+        assert abs(row["D"].to_value(u.pc) / dist - 1) < 0.05, name
+        assert abs(row["pmra"].value - pmra) < 0.1 and abs(row["pmdec"].value - pmdec) < 0.1, name
