@@ -227,6 +227,7 @@ def test_folder_source_end_to_end(reference_run, field_folder):
     assert prov["summary"] == {s: int(np.sum(cat["status"] == s)) for s in set(cat["status"])}
     assert prov["options"]["num_samples"] == 40 and prov["options"]["source"]["kind"] == "folder"
     assert json.loads((out / "catalogue_meta.json").read_text())["options"]["seed"] == 0
+    assert sorted(p.name for p in (out / "rows").iterdir()) == ["sima.json", "simb.json", "simc.json"]
     assert _stray_files(out) == []
 
 
@@ -268,6 +269,12 @@ def test_a_failing_cluster_gets_its_row_and_the_run_goes_on(field_folder, tmp_pa
     assert "10 of 10 rows" in reasons["tiny"] and "needs 20" in reasons["tiny"]
     assert cat.meta["gaia_distances"]["catalogue"]["summary"]["fit_error"] == 1
     assert sorted(p.name for p in (tmp_path / "out" / "members").iterdir()) == ["sima.ecsv"]
+    # a rerun tries the failed clusters again (only simb reaches a fit), and fits no done one twice
+    counter = FitCounter(monkeypatch)
+    with pytest.warns(gd.GaiaDistancesWarning, match=r"3 of 5 clusters were not fitted"):
+        again = gd.fit_catalogue(_cluster_list(names), source=folder, out=tmp_path / "out", **FAST)
+    assert counter.seeds == [cluster_seed(0, "simb")] and again["status"][4] in ("ok", "warning")
+    assert list(again["status"][:4]) == list(cat["status"][:4])
 
 
 # --------------------------------------------------------------------------- resume, refit, options

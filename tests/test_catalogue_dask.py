@@ -39,6 +39,7 @@ def test_two_workers_give_the_rows_of_one_process(reference_run, field_folder, t
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # lsdb's own use of pandas
 def test_lsdb_cone_searches_run_on_the_workers_scheduler(tmp_path):
     lsdb = pytest.importorskip("lsdb", reason="the scale extra (lsdb) is not installed")
     field = gd.simulate_field(300, n_cluster=150, cluster_distance=800.0, seed=3)

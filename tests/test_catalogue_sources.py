@@ -71,6 +71,7 @@ def test_centres_move_to_the_gaia_epoch_by_their_proper_motion():
     assert centre_at_epoch(spec._replace(pmra=np.nan), 2000.0) == (132.846, 11.814)
 
 
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # lsdb's own use of pandas
 def test_lsdb_source_cone_searches_on_dask(tmp_path):
     lsdb = pytest.importorskip("lsdb", reason="the scale extra (lsdb) is not installed")
     centres = {"Sim North": (40.0, 30.0, 750.0), "Sim South": (200.0, -40.0, 1000.0)}

@@ -62,15 +62,20 @@ def _dask_client(workers: int | None, client: Any) -> Iterator[Any]:
 
 def run_tasks(
     items: Sequence[Any],
-    task: Callable[[Any], Any],
+    task: Callable[..., Any],
     on_result: Callable[[Any, Any], None],
     on_lost: Callable[[Any, BaseException], Any],
     *,
+    shared: Sequence[Any] = (),
     workers: int | None = None,
     client: Any = None,
     progress: bool | None = None,
 ) -> None:
-    """``on_result(item, task(item))`` for each item, in the order the tasks end.
+    """``on_result(item, task(item, *shared))`` for each item, in the order the tasks end.
+
+    ``shared`` are the arguments every task takes after its item (the
+    source, the settings): on Dask they are sent to every worker once
+    (``Client.scatter``), and each task refers to those copies.
 
     ``workers`` ``None`` or 1 without ``client``: one after another in this
     process, without Dask. Otherwise each task runs on a ``distributed``
@@ -84,13 +89,14 @@ def run_tasks(
     with progress_bar(len(items), shown, "clusters", unit="cluster") as update:
         if client is None and (workers is None or workers == 1):
             for item in items:
-                on_result(item, task(item))
+                on_result(item, task(item, *shared))
                 if update is not None:
                     update(1)
             return
         distributed = _require_distributed()
         with _dask_client(workers, client) as c:
-            futures = {c.submit(task, item, pure=False): item for item in items}
+            copies = c.scatter(list(shared), broadcast=True, hash=False) if shared else []
+            futures = {c.submit(task, item, *copies, pure=False): item for item in items}
             log.info("fit_catalogue: %d clusters on %d workers", len(items), len(c.scheduler_info()["workers"]))
             try:
                 for future in distributed.as_completed(futures):

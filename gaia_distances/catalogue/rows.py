@@ -26,7 +26,6 @@ __all__ = [
     "catalogue_table",
     "failed_row",
     "fitted_row",
-    "rows_of",
 ]
 
 #: The cluster's quantities the catalogue reports, each as median, 16 %, 84 %, sd_stat and sd_sys.
@@ -147,19 +146,3 @@ def catalogue_table(rows: Sequence[Mapping[str, Any]]) -> QTable:
         out[name] = col
         out[name].info.description = description
     return out
-
-
-def rows_of(table: QTable) -> dict[str, dict[str, Any]]:
-    """The rows of a catalogue read back from its file, as dicts by key (the columns it lacks are NaN)."""
-    rows = {}
-    for r in table:
-        row: dict[str, Any] = {}
-        for name in CATALOGUE_COLUMNS:
-            if name not in table.colnames:
-                row[name] = "" if name in _TEXT else (-1 if name in _INTS else math.nan)
-                continue
-            v = r[name]
-            v = v.value if isinstance(v, u.Quantity) else v
-            row[name] = str(v) if name in _TEXT else (int(v) if name in _INTS else float(v))
-        rows[row["key"]] = row
-    return rows

@@ -200,6 +200,33 @@ def _record(settings: RunSettings, source: FieldSource) -> dict[str, Any]:
     return {"options": options}
 
 
+class _Checkpoint:
+    """``catalogue.ecsv`` rewritten after a result, unless its last rewrite took over a tenth of the time since.
+
+    Each cluster's own files are written as it ends; the catalogue, which
+    grows with the list, is rewritten at most about 10 % of the time (every
+    result for a small list), and always at the end, or when a run stops.
+    """
+
+    def __init__(self, store: CatalogueStore) -> None:
+        self.store = store
+        self.ended = -math.inf
+        self.cost = 0.0
+
+    def write(self, table: Any, *, final: bool = False) -> None:
+        start = time.perf_counter()
+        if not final and start - self.ended < 10 * self.cost:
+            return
+        try:
+            self.store.write_catalogue(table() if callable(table) else table)
+        except Exception:
+            if not final:
+                raise
+            log.exception("fit_catalogue: could not write %s", self.store.catalogue_path)
+        self.ended = time.perf_counter()
+        self.cost = self.ended - start
+
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, int]:
     counts = Counter(r["status"] for r in rows)
     return {s: counts[s] for s in ("ok", "warning", *FAILED_STATUSES) if counts[s]}
@@ -243,10 +270,11 @@ def fit_catalogue(
           name (``ngc2301_box.csv`` for ``NGC 2301``), used whole;
         - a :class:`~gaia_distances.catalogue.sources.FieldSource`.
     out
-        The output folder: ``catalogue.ecsv``, ``members/<key>.ecsv`` and
-        ``catalogue_meta.json`` (:mod:`gaia_distances.catalogue.store`), each
-        written whole (a temporary file, then ``os.replace``). Checked
-        writable first.
+        The output folder: ``catalogue.ecsv``, ``members/<key>.ecsv``,
+        ``rows/<key>.json`` and ``catalogue_meta.json``
+        (:mod:`gaia_distances.catalogue.store`), each written whole (a
+        temporary file, then ``os.replace``); a cluster's files as soon as it
+        ends. Checked writable first.
     workers, client
         ``None`` or 1 (default): the clusters one after another in this
         process, without Dask. ``workers=N``: a local ``distributed`` cluster
@@ -333,9 +361,10 @@ def fit_catalogue(
     store.check_options(record, refit=bool(refit))
     keys = [s.key for s in specs]
     previous = {} if refit else store.previous_rows()
-    rows = {k: r for k, r in previous.items() if k in keys and store.is_done(r)}
-    todo = [s for s in specs if s.key not in rows]
-    log.info("fit_catalogue: %d clusters, %d done before, %d to fit", len(specs), len(rows), len(todo))
+    rows = {k: r for k, r in previous.items() if k in keys}  # failed ones too, until they are tried again
+    todo = [s for s in specs if not store.is_done(rows.get(s.key))]
+    log.info("fit_catalogue: %d clusters, %d done before, %d to fit", len(specs), len(specs) - len(todo), len(todo))
+    checkpoint = _Checkpoint(store)
 
     def table_of_rows() -> Any:
         t = catalogue_table([rows[k] for k in keys if k in rows])
@@ -343,16 +372,19 @@ def fit_catalogue(
         return t
 
     def on_result(spec: ClusterSpec, result: ClusterResult) -> None:
-        if result.members is not None:
-            store.write_members(spec.key, result.members)  # before the row that says it is done
+        store.write_result(spec.key, result.row, result.members)
         rows[spec.key] = result.row
-        store.write_catalogue(table_of_rows())
+        checkpoint.write(table_of_rows)
         log.info("fit_catalogue: %s %s %s", spec.name, result.row["status"], result.row["reason"])
 
-    task = partial(fit_one, source=src, settings=settings)
-    run_tasks(todo, task, on_result, partial(_lost, settings), workers=workers, client=client, progress=progress)
-    cat = table_of_rows()
-    store.write_catalogue(cat)
+    lost = partial(_lost, settings)
+    try:
+        run_tasks(
+            todo, fit_one, on_result, lost, shared=(src, settings), workers=workers, client=client, progress=progress
+        )
+    finally:
+        cat = table_of_rows()
+        checkpoint.write(cat, final=True)
     summary = cat.meta["gaia_distances"]["catalogue"]["summary"]
     text = ", ".join(f"{n} {s}" for s, n in summary.items())
     log.info("fit_catalogue: %d clusters: %s", len(cat), text)

@@ -108,11 +108,17 @@ class FolderSource(FieldSource):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"source folder {self.folder} does not exist or is not a folder")
+        self._index: dict[str, list[Path]] | None = None
 
     def _files(self) -> dict[str, list[Path]]:
-        """Each key a file could belong to -> its files: its whole stem's key and those of its leading parts."""
+        """Each key a file could belong to -> its files: its whole stem's key and those of its leading parts.
+
+        Made once, when the first field is fetched (one listing of the folder, however many clusters).
+        """
         from gaia_distances.io import guess_format
 
+        if self._index is not None:
+            return self._index
         found: dict[str, list[Path]] = {}
         for path in sorted(self.folder.iterdir()):
             readable = guess_format(path) is not None or path.name.lower().endswith(".json")
@@ -123,6 +129,7 @@ class FolderSource(FieldSource):
             keys = {cluster_key("_".join(parts[:n])) for n in range(1, len(parts) + 1)}
             for k in keys | {cluster_key(stem)}:
                 found.setdefault(k, []).append(path)
+        self._index = found
         return found
 
     def path_for(self, spec: ClusterSpec) -> Path:

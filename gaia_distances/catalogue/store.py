@@ -2,21 +2,24 @@
 
 ``out/`` holds:
 
-- ``catalogue.ecsv``: one row per cluster done so far, in the list's order,
-  rewritten whole (a temporary file, then ``os.replace``) after each fit;
 - ``members/<key>.ecsv``: each fitted cluster's field with
-  ``membership_prob`` and the cluster-model distance columns, written whole
-  before the cluster's row;
+  ``membership_prob`` and the cluster-model distance columns, then
+  ``rows/<key>.json``, its row: each written whole (a temporary file in the
+  same folder, then ``os.replace``) as the cluster ends;
+- ``catalogue.ecsv``: the rows so far, in the list's order, rewritten whole
+  as results arrive (:func:`~gaia_distances.catalogue.run.fit_catalogue`
+  spends at most about a tenth of its time on it) and at the end;
 - ``catalogue_meta.json``: the options the folder's fits were made with,
   so that a rerun with other options is refused instead of mixing them.
 
 A cluster is done when its row has a done status and its members file
-exists; a rerun skips it (unless ``refit``).
+exists; a rerun skips it (unless ``refit``) and tries the others again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -27,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from gaia_distances.catalogue.rows import DONE_STATUSES, rows_of
+from gaia_distances.catalogue.rows import DONE_STATUSES
 from gaia_distances.errors import GaiaDistancesError
 
 __all__ = ["CatalogueStore", "OptionsMismatchError", "plain"]
+
+log = logging.getLogger(__name__)
 
 
 class OptionsMismatchError(GaiaDistancesError, ValueError):
@@ -75,6 +80,7 @@ class CatalogueStore:
         self.catalogue_path = self.out / "catalogue.ecsv"
         self.meta_path = self.out / "catalogue_meta.json"
         self.members_dir = self.out / "members"
+        self.rows_dir = self.out / "rows"
 
     def members_path(self, key: str) -> Path:
         return self.members_dir / f"{key}.ecsv"
@@ -85,7 +91,8 @@ class CatalogueStore:
             raise NotADirectoryError(f"out {self.out} is a file, not a folder")
         try:
             self.members_dir.mkdir(parents=True, exist_ok=True)
-            for folder in (self.out, self.members_dir):
+            self.rows_dir.mkdir(exist_ok=True)
+            for folder in (self.out, self.members_dir, self.rows_dir):
                 with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
                     pass
         except OSError as exc:
@@ -117,24 +124,32 @@ class CatalogueStore:
             return
         self.write_text(self.meta_path, json.dumps(record, indent=2, sort_keys=True))
 
-    def previous_rows(self) -> dict[str, dict[str, Any]]:
-        """The rows of ``catalogue.ecsv`` by key ({} when there is none)."""
-        if not self.catalogue_path.exists():
-            return {}
-        from astropy.table import QTable
+    def row_path(self, key: str) -> Path:
+        return self.rows_dir / f"{key}.json"
 
-        return rows_of(QTable.read(self.catalogue_path, format="ascii.ecsv"))
+    def previous_rows(self) -> dict[str, dict[str, Any]]:
+        """Every cluster's row written by an earlier run (``rows/<key>.json``), by key."""
+        rows = {}
+        for path in sorted(self.rows_dir.glob("*.json")) if self.rows_dir.is_dir() else []:
+            try:
+                row = json.loads(path.read_text())
+            except ValueError:
+                log.warning("fit_catalogue: %s cannot be read; its cluster is fitted again", path)
+                continue
+            rows[str(row.get("key", path.stem))] = row
+        return rows
 
     def is_done(self, row: Mapping[str, Any] | None) -> bool:
         """Whether a previous row stands: a done status, and its members file is there."""
         return row is not None and row["status"] in DONE_STATUSES and self.members_path(row["key"]).exists()
 
-    def write_members(self, key: str, table: Any) -> Path:
+    def write_result(self, key: str, row: Mapping[str, Any], members: Any) -> None:
+        """A cluster's members table (if fitted), then its row: each whole, the row last (it says "done")."""
         from gaia_distances.io import write_table
 
-        path = self.members_path(key)
-        write_table(table, path, overwrite=True)  # a temporary file in members/, then os.replace
-        return path
+        if members is not None:
+            write_table(members, self.members_path(key), overwrite=True)  # a temporary file, then os.replace
+        self.write_text(self.row_path(key), json.dumps(dict(row)))
 
     def write_catalogue(self, table: Any) -> None:
         from gaia_distances.io import write_table
