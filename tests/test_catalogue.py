@@ -231,6 +231,27 @@ def test_folder_source_end_to_end(reference_run, field_folder):
     assert _stray_files(out) == []
 
 
+def test_the_comparison_figure_against_the_list_or_another(reference_run):
+    pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cat, _ = reference_run
+    assert isinstance(cat, gd.catalogue.RefitCatalogue)
+    fig = cat.plot("comparison")  # the list had no hints: every panel says so
+    assert [a.texts[0].get_text() for a in fig.axes][0] == "no cluster with a fitted and a list D"
+    published = Table({"name": ["SIM_A", "simc"], "ra": [1.0, 1.0], "dec": [1.0, 1.0], "radius": [0.1, 0.1],
+                       "dist50": [710.0, 1090.0], "pmra": [1.0, 2.0], "pmdec": [0.0, 0.0]})  # fmt: skip
+    fig = cat.plot("comparison", reference=published, label="published")
+    d_axis = fig.axes[0]
+    xs = np.sort(np.concatenate([line.get_xdata() for line in d_axis.lines if len(line.get_xdata()) == 2]))
+    assert d_axis.get_xlabel() == "published" and d_axis.get_xscale() == "log" and not d_axis.texts
+    assert [710.0, 1090.0] == [x for x in xs if x in (710.0, 1090.0)]
+    assert fig.axes[1].texts  # no fitted proper motions
+    with pytest.raises(ValueError, match="kind must be 'comparison'"):
+        cat.plot("corner")
+
+
 def test_each_cluster_reproduces_a_direct_fit_with_its_seed(reference_run, field_folder):
     cat, _ = reference_run
     row = cat[1]

@@ -5,7 +5,8 @@
 - :func:`fit_catalogue` (:mod:`.run`): each cluster's field from a source
   (:mod:`.sources`: a folder, the archive, an lsdb catalogue), its fit, its
   row (:mod:`.rows`), written into ``out/`` as it ends (:mod:`.store`), here
-  or on Dask (:mod:`.parallel`).
+  or on Dask (:mod:`.parallel`); :class:`RefitCatalogue`, the table it
+  returns, draws the refit against the list (:mod:`.plots`).
 """
 
 from gaia_distances.catalogue.cluster_list import (
@@ -14,6 +15,7 @@ from gaia_distances.catalogue.cluster_list import (
     cluster_key,
     read_cluster_list,
 )
+from gaia_distances.catalogue.rows import RefitCatalogue
 from gaia_distances.catalogue.run import fit_catalogue
 from gaia_distances.catalogue.sources import ArchiveSource, FieldSource, FolderSource, LsdbSource
 from gaia_distances.catalogue.store import OptionsMismatchError
@@ -25,6 +27,7 @@ __all__ = [
     "FolderSource",
     "LsdbSource",
     "OptionsMismatchError",
+    "RefitCatalogue",
     "cluster_catalogue",
     "cluster_key",
     "fit_catalogue",

@@ -23,6 +23,7 @@ __all__ = [
     "CATALOGUE_PARAMETERS",
     "DONE_STATUSES",
     "FAILED_STATUSES",
+    "RefitCatalogue",
     "catalogue_table",
     "failed_row",
     "fitted_row",
@@ -60,6 +61,10 @@ CATALOGUE_COLUMNS: dict[str, tuple[str, str]] = {
     "ra": ("deg", "centre right ascension from the list (ICRS)"),
     "dec": ("deg", "centre declination from the list (ICRS)"),
     "radius": ("deg", "radius of the field searched (the list's times radius_scale)"),
+    "list_parallax": ("mas", "the list's parallax of the cluster (NaN: none)"),
+    "list_distance": ("pc", "the list's distance of the cluster (NaN: none)"),
+    "list_pmra": ("mas / yr", "the list's proper motion in RA of the cluster (NaN: none)"),
+    "list_pmdec": ("mas / yr", "the list's proper motion in Dec of the cluster (NaN: none)"),
     "status": ("", f"ok, warning (fitted; see reason) or a failure: {', '.join(FAILED_STATUSES)}"),
     "reason": ("", "why the status is not ok (empty when ok)"),
     **_PARAMETER_COLUMNS,
@@ -82,6 +87,7 @@ def _base(spec: ClusterSpec, radius: float, seed: int) -> dict[str, Any]:
     row: dict[str, Any] = {c: math.nan for c in CATALOGUE_COLUMNS}
     row |= {c: "" for c in _TEXT} | {c: -1 for c in _INTS}
     row |= {"name": spec.name, "key": spec.key, "ra": spec.ra, "dec": spec.dec, "radius": radius, "seed": seed}
+    row |= {f"list_{h}": getattr(spec, h) for h in ("parallax", "distance", "pmra", "pmdec")}
     return row
 
 
@@ -130,9 +136,29 @@ def fitted_row(
     return row
 
 
-def catalogue_table(rows: Sequence[Mapping[str, Any]]) -> QTable:
+class RefitCatalogue(QTable):
+    """The table :func:`~gaia_distances.fit_catalogue` returns: a ``QTable`` that can draw itself.
+
+    ``RefitCatalogue(QTable.read("out/catalogue.ecsv"))`` makes one from a saved catalogue.
+    """
+
+    def plot(self, kind: str = "comparison", **kwargs: Any) -> Any:
+        """A figure of the catalogue (needs the ``plot`` extra).
+
+        ``kind``: ``"comparison"``, the refitted distances and proper
+        motions against the list's own (or ``reference=``, another list;
+        :func:`~gaia_distances.catalogue.plots.comparison_figure`).
+        """
+        from gaia_distances.catalogue.plots import comparison_figure
+
+        if kind != "comparison":
+            raise ValueError(f"kind must be 'comparison'; got {kind!r}")
+        return comparison_figure(self, **kwargs)
+
+
+def catalogue_table(rows: Sequence[Mapping[str, Any]]) -> RefitCatalogue:
     """The catalogue: one row per dict of ``rows``, in order, every column of :data:`CATALOGUE_COLUMNS`."""
-    out = QTable()
+    out = RefitCatalogue()
     for name, (unit, description) in CATALOGUE_COLUMNS.items():
         values = [r[name] for r in rows]
         if name in _TEXT:

@@ -316,15 +316,18 @@ def fit_catalogue(
 
     Returns
     -------
-    QTable
-        One row per cluster, in the list's order
+    RefitCatalogue
+        A ``QTable``, one row per cluster, in the list's order
         (:data:`~gaia_distances.catalogue.rows.CATALOGUE_COLUMNS`): ``D``,
         ``D_lo``, ``D_hi`` (median, 15.866 and 84.134 %), ``D_sd_stat``,
         ``D_sd_sys`` and the same for ``pmra``, ``pmdec``, ``sigma_v``, ``Q``;
         ``n_members`` (the sum of ``membership_prob``), ``n_stars``,
         ``status`` (``ok``, ``warning`` or a failure of
         :data:`~gaia_distances.catalogue.rows.FAILED_STATUSES`), ``reason``,
-        ``wall_time_s``, ``field`` (the field's provenance). A cluster that
+        ``wall_time_s``, ``field`` (the field's provenance), and the list's
+        own values (``list_parallax``, ``list_distance``, ``list_pmra``,
+        ``list_pmdec``); ``cat.plot("comparison")`` draws the refit against
+        them (:class:`~gaia_distances.catalogue.RefitCatalogue`). A cluster that
         fails gets its row and the run goes on. ``meta["gaia_distances"]
         ["catalogue"]`` holds the options, the source and ``summary``, the
         count of each status (also logged, and warned when any failed).
