@@ -158,11 +158,8 @@ def _checked_settings(
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}; got {method!r}")
     shared = inspect.signature(checked_fit_options).parameters
-    checked_fit_options(
-        **{"prior": None, "field": "flexible", "systematics": "vasiliev2021"}
-        | {"parallax_offset_prior": None, "seed": seed}
-        | {k: v for k, v in fit_options.items() if k in shared}
-    )
+    defaults = {k: p.default for k, p in _FIT_SIGNATURE.parameters.items() if k in shared}
+    checked_fit_options(**(defaults | {k: v for k, v in fit_options.items() if k in shared} | {"seed": seed}))
     scale = _finite("radius_scale", radius_scale)
     if scale <= 0:
         raise ValueError(f"radius_scale must be positive; got {radius_scale!r}")
