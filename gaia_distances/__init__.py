@@ -61,6 +61,12 @@ _EXPORTS = {
     "ZeroPointFlag": "gaia_distances.zeropoint",
     "apply_zeropoint": "gaia_distances.zeropoint",
     "set_compilation_cache": "gaia_distances.compile_cache",
+    "read_cluster_list": "gaia_distances.catalogue",
+    "cluster_catalogue": "gaia_distances.catalogue",
+    "cluster_key": "gaia_distances.catalogue",
+    "fit_catalogue": "gaia_distances.catalogue",
+    "ClusterListError": "gaia_distances.catalogue",
+    "OptionsMismatchError": "gaia_distances.catalogue",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -79,7 +85,7 @@ _register_accessor()
 
 
 #: Submodules with optional dependencies, imported on first attribute access.
-_SUBMODULES = ("plotting", "report", "scale")
+_SUBMODULES = ("plotting", "report", "scale", "catalogue")
 
 
 def __getattr__(name: str) -> Any:
@@ -98,6 +104,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from gaia_distances.catalogue import (
+        ClusterListError,
+        OptionsMismatchError,
+        cluster_catalogue,
+        cluster_key,
+        fit_catalogue,
+        read_cluster_list,
+    )
     from gaia_distances.cluster import (
         ClusterFit,
         ClusterFits,

@@ -8,6 +8,8 @@ Subcommands:
 - ``cluster IN -o OUT [--method marginal|joint] [--kinematics auto|on|off] [--field flexible|edsd]
   [--perspective]``:
   fit a cluster over a field, with proper motions where the table has them;
+- ``catalogue LIST -o DIR --source archive|FOLDER|HATS [--workers N]``: refit every cluster of a list,
+  resumably (:mod:`gaia_distances.cli_catalogue`);
 - ``report IN -o DIR [--posterior post.nc]``: figures and report.md for a table;
 - ``demo``: simulate a Gaia field and run the whole pipeline, offline.
 
@@ -43,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from gaia_distances.cli_catalogue import cmd_catalogue
 from gaia_distances.cli_outputs import check_outputs, refuse_existing
 from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser, term_options
 from gaia_distances.compile_cache import set_compilation_cache
@@ -430,6 +433,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "zeropoint": _cmd_zeropoint,
     "estimate": _cmd_estimate,
     "cluster": _cmd_cluster,
+    "catalogue": cmd_catalogue,
     "report": _cmd_report,
     "demo": _cmd_demo,
 }

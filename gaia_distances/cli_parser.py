@@ -162,6 +162,51 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _catalogue_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """``catalogue``: refit a list of clusters, each on its own field (:mod:`gaia_distances.cli_catalogue`)."""
+    k = add(
+        "catalogue",
+        help="refit a list of clusters, each on its own field (archive, a folder of files or HATS); resumable",
+        description="Refit every cluster of a list (name, ra, dec, radius; optional pmra, pmdec, parallax hints) "
+        "on its own field: one row per cluster in OUT/catalogue.ecsv (D, pmra, pmdec, sigma_v, Q with 16/84 %, "
+        "n_members, status, reason) and OUT/members/<name>.ecsv. A rerun fits only the clusters not done, "
+        "with the options OUT was made with (other options are refused unless --refit).",
+    )
+    k.add_argument("input", help="cluster list (format from extension), or a published list's name (hunt2023)")
+    k.add_argument("-o", "--output-dir", required=True, help="output folder (created; a rerun resumes it)")
+    k.add_argument(
+        "--source",
+        required=True,
+        help="archive (one cached cone query per cluster), a folder of field files (one per cluster, matched by "
+        "name), or a HATS catalogue (a folder lsdb opens, or hats:PATH)",
+    )
+    k.add_argument("--workers", type=positive_int, default=None, help="worker processes on Dask (default: none)")
+    k.add_argument("--scheduler", default=None, help="address of a running Dask scheduler to use instead")
+    k.add_argument("--refit", action="store_true", help="refit every cluster, with these options")
+    k.add_argument("--radius-scale", type=positive_float, default=1.0, help="field radius = list radius x this")
+    k.add_argument("--radius-unit", default="deg", help="unit of a radius column without one (deg, arcmin)")
+    k.add_argument("--magnitude-limit", type=finite_float, default=None, help="keep phot_g_mean_mag below this")
+    k.add_argument(
+        "--centre-epoch", type=finite_float, default=2000.0, help="epoch of the list's centres (default 2000.0)"
+    )
+    k.add_argument("--tap-url", default="https://gea.esac.esa.int/", help="archive: TAP server root")
+    k.add_argument("--cache-dir", default=None, help="archive: query cache folder")
+    k.add_argument("--offline", action="store_true", help="archive: use only the cache")
+    k.add_argument("--timeout", type=positive_float, default=600.0, help="archive: seconds per network operation")
+    k.add_argument("--retries", type=non_negative_int, default=2, help="archive: retries of a failed query")
+    k.add_argument("--method", choices=list(CLUSTER_METHODS), default="marginal")
+    _model_options(k)
+    k.add_argument("--zero-point", default=None, help="zero point in mas or a column name")
+    k.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step on each field first")
+    k.add_argument("--fallback", type=finite_float, default=None, help="with --apply-zeropoint: fallback (mas)")
+    k.add_argument("--parallax-limits", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None)
+    k.add_argument("--no-truncate", action="store_true", help="cut by --parallax-limits without modelling the cut")
+    k.add_argument("--perspective", action="store_true", help="project one space velocity per line of sight")
+    k.add_argument("--physical-prior", action="store_true", help="prior on the cluster's size in pc")
+    _fit_size_options(k)
+    k.add_argument("--seed", type=int, default=0, help="global seed; each cluster's comes from it and its name")
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The parser of ``gaia-distances`` and its subcommands (``args.command`` names the one given)."""
     p = argparse.ArgumentParser(
@@ -295,6 +340,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     _fit_size_options(c)
     c.add_argument("--seed", type=int, default=0)
+
+    _catalogue_parser(add)
 
     r = add(
         "report",

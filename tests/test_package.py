@@ -68,6 +68,10 @@ DATA_ARGUMENTS = {
     "estimate_distances_hats": ["catalog"],
     "estimate_partition": ["frame"],
     "output_columns": [],
+    "read_cluster_list": ["source"],
+    "cluster_catalogue": ["name"],
+    "cluster_key": ["name"],
+    "fit_catalogue": ["clusters"],
 }
 
 
