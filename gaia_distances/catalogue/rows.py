@@ -16,7 +16,7 @@ from astropy import units as u
 from astropy.table import QTable
 
 from gaia_distances.catalogue.cluster_list import ClusterSpec
-from gaia_distances.core.blocks import QUANTITIES
+from gaia_distances.core.terms import ALL_QUANTITIES, TERMS
 
 __all__ = [
     "CATALOGUE_COLUMNS",
@@ -29,8 +29,17 @@ __all__ = [
     "fitted_row",
 ]
 
-#: The cluster's quantities the catalogue reports, each as median, 16 %, 84 %, sd_stat and sd_sys.
-CATALOGUE_PARAMETERS = ("D", "pmra", "pmdec", "sigma_v", "Q")
+#: The cluster's quantities the catalogue reports, each as median, 16 %, 84 %, sd_stat and sd_sys: the
+#: distance, the motion and the fraction, then each model term's science quantities (``rv``; NaN for a
+#: cluster whose fit did not use the term).
+CATALOGUE_PARAMETERS = (
+    "D",
+    "pmra",
+    "pmdec",
+    "sigma_v",
+    "Q",
+    *(q.name for term in TERMS.values() for q in term.block_quantities() if q.science),
+)
 
 #: Statuses of a cluster whose fit ran to the end (a rerun skips it): converged, or with the fit's warnings.
 DONE_STATUSES = ("ok", "warning")
@@ -42,10 +51,10 @@ FAILED_STATUSES = {
     "fit_error": "the fit raised an error",
 }
 
-_UNITS = {q.name: q.unit for q in QUANTITIES}
+_UNITS = {q.name: q.unit for q in ALL_QUANTITIES}
 _PARAMETER_COLUMNS: dict[str, tuple[str, str]] = {}
 for _p in CATALOGUE_PARAMETERS:
-    _what = next(q.description for q in QUANTITIES if q.name == _p)
+    _what = next(q.description for q in ALL_QUANTITIES if q.name == _p)
     _PARAMETER_COLUMNS |= {
         _p: (_UNITS[_p], f"posterior median of the {_what}"),
         f"{_p}_lo": (_UNITS[_p], f"15.866th posterior percentile of {_p}"),
