@@ -201,6 +201,8 @@ def main() -> None:
     ap.add_argument("--n-stars", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the per-fit records here (JSON lines)")
+    ap.add_argument("--skip-reference", action="store_true", help="galaxy mocks: no parallax-only fit")
+    ap.add_argument("--start", type=int, default=0, help="resume: draw the first mocks' truths without fitting them")
     ap.add_argument("--binary-fraction", type=float, default=0.0, help="galaxy mocks: members in binaries")
     ap.add_argument("--radial-velocities", choices=("auto", "off"), default="auto", help="fit the radial-velocity term")
     args = ap.parse_args()
@@ -215,6 +217,8 @@ def main() -> None:
             t, truth = galaxy_mock(i, rng, args.n_stars, args.binary_fraction)
         else:
             t, truth = model_mock(i, rng, args.n_stars, errors)
+        if i < args.start:  # (the mock is drawn all the same: the truths that follow stay those of the seed)
+            continue
         is_member = np.asarray(t["is_member"], bool)
         fit, warned, wall = _fit(t, seed=i, radial_velocities=False if args.radial_velocities == "off" else "auto")
         post = _ordered_field({k: np.asarray(v, float).ravel() for k, v in fit.posterior.items()})
@@ -224,7 +228,7 @@ def main() -> None:
         rec["inside"] = {k: _inside(post[k], truth[k]) for k in truth if k in post}
         rec["z_score"] = {k: float((post[k].mean() - truth[k]) / post[k].std()) for k in truth if k in post}
         rec["precision_recall"] = _membership(fit, is_member)
-        if args.set == "galaxy":
+        if args.set == "galaxy" and not args.skip_reference:
             ref, ref_warned, ref_wall = _fit(t, seed=i, kinematics=False, field="edsd")
             rq = np.asarray(ref.posterior["Q"], float).ravel()
             rd = np.asarray(ref.posterior["D"], float).ravel()
@@ -244,6 +248,9 @@ def main() -> None:
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
     wall = time.perf_counter() - t0
+    if args.out and args.start:  # the whole run, the earlier records included
+        with open(args.out) as fh:
+            records = [json.loads(line) for line in fh]
     report(records, args, wall)
 
 
@@ -263,7 +270,7 @@ def report(records: list[dict[str, Any]], args: Any, wall: float) -> None:
         z = np.array([r["z_score"][k] for r in records if k in r["z_score"]])
         label = k if len(a) == n else f"{k} ({len(a)} fits)"
         print(f"| {label} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} | {np.mean(z):+.2f} |")
-    if "reference" in records[0]:
+    if all("reference" in r for r in records):
         for k in ("Q", "D"):
             a = np.array([r["reference"]["inside"][k] for r in records], float)
             z = np.array([r["reference"]["z_score"][k] for r in records])
@@ -272,7 +279,7 @@ def report(records: list[dict[str, Any]], args: Any, wall: float) -> None:
     pr = np.array([r["precision_recall"] for r in records])
     line = "\nmembership_prob > 0.5, median precision / recall: "
     line += f"kinematic {np.median(pr[:, 0]):.3f} / {np.median(pr[:, 1]):.3f}"
-    if "reference" in records[0]:
+    if all("reference" in r for r in records):
         rp = np.array([r["reference"]["precision_recall"] for r in records])
         line += f"; parallax-only reference {np.median(rp[:, 0]):.3f} / {np.median(rp[:, 1]):.3f}"
     print(line)
