@@ -37,6 +37,7 @@ _EXPORTS = {
     "GaiaQueryError": "gaia_distances.errors",
     "MissingColumnsError": "gaia_distances.errors",
     "PosteriorMismatchError": "gaia_distances.errors",
+    "TooFewStarsError": "gaia_distances.errors",
     "PriorTableError": "gaia_distances.errors",
     "estimate_distances": "gaia_distances.estimate",
     "fit_cluster": "gaia_distances.cluster",
@@ -131,6 +132,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         MissingColumnsError,
         PosteriorMismatchError,
         PriorTableError,
+        TooFewStarsError,
     )
     from gaia_distances.estimate import estimate_distances
     from gaia_distances.io import load_table, write_table

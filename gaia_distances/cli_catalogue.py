@@ -16,7 +16,7 @@ from typing import Any
 
 from gaia_distances.catalogue.store import CatalogueStore
 from gaia_distances.cli_outputs import check_folder
-from gaia_distances.cli_parser import KINEMATICS_CHOICES
+from gaia_distances.cli_parser import KINEMATICS_CHOICES, term_options
 
 __all__ = ["cmd_catalogue"]
 
@@ -72,6 +72,7 @@ def cmd_catalogue(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {
         "method": args.method,
         "kinematics": KINEMATICS_CHOICES[args.kinematics],
+        **term_options(args),
         "field": args.field,
         "perspective": args.perspective,
         "prior": gd.ClusterPriors.physical() if args.physical_prior else None,

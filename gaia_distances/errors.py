@@ -10,6 +10,7 @@ __all__ = [
     "MissingColumnsError",
     "PosteriorMismatchError",
     "PriorTableError",
+    "TooFewStarsError",
     "one_line",
 ]
 
@@ -39,6 +40,11 @@ class PriorTableError(GaiaDistancesError):
 
 class GaiaQueryError(GaiaDistancesError):
     """A Gaia archive query failed or returned an incomplete result."""
+
+
+class TooFewStarsError(GaiaDistancesError):
+    """A fit has too few stars with the data it needs (parallaxes, or the proper motions or a model term's
+    columns that it was told to use)."""
 
 
 class PosteriorMismatchError(GaiaDistancesError, ValueError):

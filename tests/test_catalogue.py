@@ -349,6 +349,22 @@ def test_refit_fits_every_cluster_again_and_records_the_new_options(field_folder
     assert json.loads((out / "catalogue_meta.json").read_text())["options"]["seed"] == 7
 
 
+def test_a_refit_stopped_halfway_leaves_no_fit_of_the_old_options(reference_run, field_folder, tmp_path, monkeypatch):
+    """The earlier rows go when a refit starts: resuming it fits every cluster with the new options."""
+    import shutil
+
+    _, done = reference_run
+    out = tmp_path / "copy"
+    shutil.copytree(done, out)
+    first = FitCounter(monkeypatch, fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        gd.fit_catalogue(_cluster_list(), source=field_folder, out=out, refit=True, seed=5, **FAST)
+    second = FitCounter(monkeypatch)
+    cat = gd.fit_catalogue(_cluster_list(), source=field_folder, out=out, seed=5, **FAST)
+    assert len(first.seeds) == 1 and len(second.seeds) == len(LIST_NAMES) - 1
+    assert set(cat["seed"]) == {cluster_seed(5, k) for k in cat["key"]}
+
+
 def test_files_are_written_whole_or_not_at_all(field_folder, tmp_path, monkeypatch):
     """A write that fails half-way leaves neither a partial file nor a temporary one; earlier files stand."""
     import gaia_distances.io as io_module

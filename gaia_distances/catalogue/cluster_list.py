@@ -114,7 +114,10 @@ def cluster_key(name: Any) -> str:
     """The normalised name: lower case, letters and digits only, leading zeros of numbers dropped.
 
     Two numbers in a row keep a ``-`` between them, so that ``"ESO 93-8"``
-    and ``"ESO 9-38"`` stay two clusters.
+    and ``"ESO 9-38"`` stay two clusters; a ``+`` or a decimal point between
+    them is kept as it is (the digits after a point keep their zeros), so
+    that coordinate names (``"J0924+58"``, ``"J0924-58"``) and ``"1.05"``,
+    ``"1.5"`` stay apart too.
 
     Examples
     --------
@@ -122,16 +125,22 @@ def cluster_key(name: Any) -> str:
     ('ngc2682', 'ngc2682', 'ngc2682', 'ngc752')
     >>> cluster_key("ESO 093-08"), cluster_key("ESO 9-38")
     ('eso93-8', 'eso9-38')
+    >>> cluster_key("X J0924+58"), cluster_key("X J0924-58"), cluster_key("G 1.05"), cluster_key("G 1.5")
+    ('xj924+58', 'xj924-58', 'g1.05', 'g1.5')
     """
     text = str(name).casefold()
-    tokens = re.findall(r"[^\W\d_]+|\d+", text)
-    out = ""
-    for tok in tokens:
+    out, joiner = "", ""
+    for tok in re.findall(r"[^\W\d_]+|\d+|[+.]", text):
+        if tok in "+.":
+            joiner = tok if out and out[-1].isdigit() else ""
+            continue
         if tok.isdigit():
-            tok = tok.lstrip("0") or "0"
+            if joiner != ".":
+                tok = tok.lstrip("0") or "0"
             if out and out[-1].isdigit():
-                out += "-"
+                out += joiner or "-"
         out += tok
+        joiner = ""
     return out
 
 

@@ -31,7 +31,8 @@ from gaia_distances.cluster import fit_cluster
 from gaia_distances.cluster.options import CLUSTER_METHODS, checked_fit_options
 from gaia_distances.cluster.stars import MIN_STARS
 from gaia_distances.columns import update_provenance, warn
-from gaia_distances.errors import GaiaDistancesError, one_line
+from gaia_distances.core.terms import TERMS
+from gaia_distances.errors import TooFewStarsError, one_line
 
 __all__ = ["ClusterResult", "RunSettings", "cluster_seed", "fit_catalogue", "fit_one"]
 
@@ -117,7 +118,7 @@ def fit_one(spec: ClusterSpec, source: FieldSource, settings: RunSettings) -> Cl
                 field, seed=seed, distance_hint=spec.distance_hint, progress=False, **settings.fit_options
             )
         except Exception as exc:
-            status = "too_few_stars" if isinstance(exc, GaiaDistancesError) and "at least" in str(exc) else "fit_error"
+            status = "too_few_stars" if isinstance(exc, TooFewStarsError) else "fit_error"
             reason = one_line(exc, with_type=status == "fit_error", limit=500)
             return ClusterResult(fail(status, reason, wall_time_s=time.perf_counter() - t0, field=where), None)
     row = fitted_row(
@@ -159,7 +160,9 @@ def _checked_settings(
         raise ValueError(f"method must be one of {CLUSTER_METHODS}; got {method!r}")
     shared = inspect.signature(checked_fit_options).parameters
     defaults = {k: p.default for k, p in _FIT_SIGNATURE.parameters.items() if k in shared}
-    checked_fit_options(**(defaults | {k: v for k, v in fit_options.items() if k in shared} | {"seed": seed}))
+    terms = {k: v for k, v in fit_options.items() if k in TERMS}
+    given = {k: v for k, v in fit_options.items() if k in shared}
+    checked_fit_options(**(defaults | given | {"seed": seed, "term_options": terms}))
     scale = _finite("radius_scale", radius_scale)
     if scale <= 0:
         raise ValueError(f"radius_scale must be positive; got {radius_scale!r}")
@@ -276,8 +279,11 @@ def fit_catalogue(
         ``None`` or 1 (default): the clusters one after another in this
         process, without Dask. ``workers=N``: a local ``distributed`` cluster
         of N processes, one thread (one fit) each; ``client``: an existing
-        ``distributed.Client`` or a scheduler's address. Results are written
-        by this process as they complete.
+        ``distributed.Client`` or a scheduler's address, whose workers should
+        run one thread each (``--nthreads 1``): each fit uses every core of
+        its process, and a cluster's warnings, which its row quotes, are
+        caught per process. Results are written by this process as they
+        complete.
     refit
         Refit every cluster, even those ``out/`` holds, and record the new
         options. ``False`` (default): a rerun fits only the clusters without

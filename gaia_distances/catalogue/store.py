@@ -99,7 +99,8 @@ class CatalogueStore:
             raise PermissionError(f"out {self.out} cannot be written: {exc.strerror or exc}") from None
 
     def check_options(self, record: Mapping[str, Any], *, refit: bool) -> None:
-        """Refuse options that differ from those recorded in ``out/`` (unless ``refit``); record them.
+        """Refuse options that differ from those recorded in ``out/`` (unless ``refit``, which removes the earlier
+        rows and members files first); record them.
 
         The message names each option that differs, with both values.
         """
@@ -122,6 +123,10 @@ class CatalogueStore:
                     "refit=True (--refit) to refit every cluster with these, or another out folder"
                 )
             return
+        if refit:  # the earlier fits go first: a refit stopped halfway must not pass them off as made with these
+            for folder, pattern in ((self.rows_dir, "*.json"), (self.members_dir, "*")):
+                for path in folder.glob(pattern) if folder.is_dir() else ():
+                    path.unlink()
         self.write_text(self.meta_path, json.dumps(record, indent=2, sort_keys=True))
 
     def row_path(self, key: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -42,8 +41,6 @@ from gaia_distances.progress import progress_bar
 from gaia_distances.systematics import SystematicsSpec
 
 __all__ = ["fit_clusters"]
-
-log = logging.getLogger("gaia_distances")
 
 
 def _split_groups(tables: Any, group_by: str | None) -> tuple[list[Any], list[Any], QTable | None, list[np.ndarray]]:
@@ -250,10 +247,18 @@ def fit_clusters(
             _not_fitted(errors, names[i], exc)
         if i in selected:
             check_kernel_over_stars(options.kernel, selected[i].table, selected[i].stars)
-    # one model for all: a term that some cluster cannot use under "auto" is left out of every fit
+    # one model for all: a term that some cluster cannot use under "auto" is left out of every fit (and of
+    # every cluster's stars, which the fingerprint and a later from_table select again as the model does)
     terms = tuple(t for t, _ in options.terms if all(t in sel.stars.term_names for sel in selected.values()))
-    if selected and terms != next(iter(selected.values())).stars.term_names:
-        log.info("fit_clusters: the model terms every cluster can use: %s", ", ".join(terms) or "none")
+    dropped = sorted({t for sel in selected.values() for t in sel.stars.term_names} - set(terms))
+    if dropped:
+        warn(
+            f"fit_clusters: {', '.join(dropped)} left out of every cluster's fit, as some cluster cannot use "
+            "them and all share one model (fit those clusters apart to use them)"
+        )
+    for i, sel in selected.items():
+        kept = {t: sel.stars.terms[t] for t in terms}
+        selected[i] = sel._replace(stars=sel.stars._replace(terms=kept or None))
     model = ClusterModel(options.prior, options.field, use_pm, terms=terms)
     if selected:
         order = sorted(selected)

@@ -25,7 +25,7 @@ from gaia_distances.core.kinematics import KinematicData, prepare_kinematic_data
 from gaia_distances.core.likelihood import StarData, prepare_star_data
 from gaia_distances.core.numerics import ONE_SIGMA_QUANTILES
 from gaia_distances.core.population import ClusterModel
-from gaia_distances.errors import GaiaDistancesError, MissingColumnsError
+from gaia_distances.errors import GaiaDistancesError, MissingColumnsError, TooFewStarsError
 from gaia_distances.io import as_table
 
 __all__ = [
@@ -141,7 +141,7 @@ def resolve_kinematics(
     if n_usable >= MIN_STARS:
         return True
     if kinematics is True:
-        raise GaiaDistancesError(
+        raise TooFewStarsError(
             f"{step}(kinematics=True) needs at least {MIN_STARS} stars with proper motions: "
             f"{usable_count_text(n_usable, n_rows)}"
         )
@@ -397,7 +397,7 @@ def finish_selection(
         _flag_impossible_proper_motions(rows.impossible, flag, step)
     used = np.flatnonzero(flag == 0)
     if used.size < MIN_STARS:  # (a kinematic fit has MIN_STARS usable proper motions among them)
-        raise GaiaDistancesError(
+        raise TooFewStarsError(
             f"{step} needs at least {MIN_STARS} stars with a finite parallax and a positive error"
             f"{' inside parallax_limits' if cand.parallax_limits else ''}; {used.size} of {len(out)} qualify"
         )

@@ -26,7 +26,7 @@ from gaia_distances.cluster.frozen import read_only
 from gaia_distances.columns import column_values
 from gaia_distances.core.term import Term
 from gaia_distances.core.terms import TERMS
-from gaia_distances.errors import GaiaDistancesError, MissingColumnsError
+from gaia_distances.errors import GaiaDistancesError, MissingColumnsError, TooFewStarsError
 
 __all__ = ["TermOptions", "checked_term_options", "term_columns", "term_options_documented", "term_values"]
 
@@ -57,16 +57,28 @@ def checked_term_options(options: Mapping[str, Any]) -> TermOptions:
 
 
 def _find(table: QTable, term: Term) -> tuple[dict[str, str], list[str]]:
-    """The table's column for each of the term's columns (the name or its first alias present), and the
-    required ones it lacks."""
-    found, missing = {}, []
-    for col in term.columns:
-        name = next((c for c in (col.name, *col.aliases) if c in table.colnames), None)
-        if name is not None:
-            found[col.name] = name
-        elif col.required:
-            missing.append(" or ".join((col.name, *col.aliases)))
-    return found, missing
+    """The table's column for each of the term's columns, and the required ones it lacks.
+
+    A term's names come in families: its own (each column's ``name``) and, in order, each set of aliases
+    (the ``k``-th alias of every column, as EDR3's ``dr2_radial_velocity`` and
+    ``dr2_radial_velocity_error``). The first family whose required columns the table has all is used, so
+    a value is never paired with another family's error.
+    """
+    n_families = 1 + max((len(c.aliases) for c in term.columns), default=0)
+    for k in range(n_families):
+        names = {c.name: (c.name, *c.aliases)[k] if k <= len(c.aliases) else None for c in term.columns}
+        if all(names[c.name] in table.colnames for c in term.columns if c.required):
+            return {n: v for n, v in names.items() if v is not None and v in table.colnames}, []
+    required = [c for c in term.columns if c.required]
+    missing = [
+        " or ".join((c.name, *c.aliases)) for c in required if not set((c.name, *c.aliases)) & set(table.colnames)
+    ]
+    if not missing:  # each is there under some name, but no family is whole
+        families = [
+            ", ".join((c.name, *c.aliases)[k] for c in required if k <= len(c.aliases)) for k in range(n_families)
+        ]
+        missing = ["one whole set of: " + "; or ".join(families)]
+    return {}, missing
 
 
 def term_values(table: QTable, rows: np.ndarray, term: Term) -> dict[str, np.ndarray] | None:
@@ -116,7 +128,7 @@ def term_columns(
         if n_usable < term.min_stars:
             message = f"{n_usable} of {rows.size} rows to fit have usable {name} (the fit needs {term.min_stars})"
             if option is True:
-                raise GaiaDistancesError(f"{step}({name}=True): {message}")
+                raise TooFewStarsError(f"{step}({name}=True): {message}")
             log.info("%s: %s; %s left out", step, message, name)
             continue
         out[name] = {k: read_only(v) for k, v in values.items()}

@@ -51,6 +51,7 @@ __all__ = [
     "RadialVelocities",
     "RadialVelocityData",
     "RadialVelocityValues",
+    "grvs_from_g",
     "radial_velocity_error_dr3",
 ]
 
@@ -91,6 +92,17 @@ def _student_log_pdf(x: Array, scale: Array, dof: float) -> Array:
     return norm - jnp.log(scale) - 0.5 * (dof + 1) * jnp.log1p(t * t / dof)
 
 
+def grvs_from_g(g: np.ndarray, bp_rp: np.ndarray) -> np.ndarray:
+    """``G_RVS`` from ``G`` and ``BP - RP``: Sartoretti et al. (2023)'s cubic ``G_RVS - G = -0.0397 - 0.2852 x
+    - 0.0330 x^2 - 0.0867 x^3`` for ``x = BP - RP`` in [-0.15, 1.2], continued linearly (with its slope at
+    1.2) for redder stars (the simulator's approximation; there the relation is steeper still)."""
+    x = np.clip(np.asarray(bp_rp, float), -0.15, None)
+    xc = np.minimum(x, 1.2)
+    cubic = -0.0397 - 0.2852 * xc - 0.0330 * xc**2 - 0.0867 * xc**3
+    slope = -0.2852 - 2 * 0.0330 * 1.2 - 3 * 0.0867 * 1.2**2
+    return np.asarray(g, float) + cubic + slope * (x - xc)
+
+
 def radial_velocity_error_dr3(grvs: np.ndarray) -> np.ndarray:
     """A Gaia DR3-like radial-velocity error (km/s) at ``G_RVS``: 0.15 km/s for bright stars, rising to about
     6 km/s at ``G_RVS = 14`` (the shape of Katz et al. 2023's precision for solar-type stars)."""
@@ -118,7 +130,10 @@ class RadialVelocities(Term):
             Quantity("rv_binary_fraction", "", "fraction of members whose radial velocity a binary spreads", False),
             Quantity("field_rv_mean", "km / s", "field stars' mean radial velocity", False),
             Quantity(
-                "field_rv_sd", "km / s", f"field stars' radial-velocity spread (Student t, {FIELD_DOF:g} dof)", False
+                "field_rv_scale",
+                "km / s",
+                f"scale of the field stars' radial velocities (Student t, {FIELD_DOF:g} dof: its sd is sqrt(2) x this)",
+                False,
             ),
         )
 
@@ -132,7 +147,10 @@ class RadialVelocities(Term):
             Parameter("logit_rv_binary", LogitBeta(1.5, 3.5), True, "logit of the members' binary fraction"),
             Parameter("field_rv_mean", Normal(0.0, 100.0), False, "the field's mean radial velocity (km/s)"),
             Parameter(
-                "field_log_rv_sd", Normal(math.log(30.0), 1.0), False, "ln of the field's radial-velocity spread (km/s)"
+                "field_log_rv_scale",
+                Normal(math.log(30.0), 1.0),
+                False,
+                "ln of the scale of the field's radial velocities (km/s)",
             ),
         )
         return Block(params, (), self.block_quantities())
@@ -152,7 +170,7 @@ class RadialVelocities(Term):
             return z[..., model.position(name)]
 
         return RadialVelocityValues(
-            at("v_r"), at("log_sigma_v"), at("logit_rv_binary"), at("field_rv_mean"), at("field_log_rv_sd")
+            at("v_r"), at("log_sigma_v"), at("logit_rv_binary"), at("field_rv_mean"), at("field_log_rv_scale")
         )
 
     def log_terms(self, values: RadialVelocityValues, data: RadialVelocityData) -> tuple[Array, Array]:
@@ -173,7 +191,7 @@ class RadialVelocities(Term):
             "rv": np.asarray(values.v_r),
             "rv_binary_fraction": 1.0 / (1.0 + np.exp(-np.asarray(values.logit_binary))),
             "field_rv_mean": np.asarray(values.field_mean),
-            "field_rv_sd": np.exp(np.asarray(values.field_log_sd)),
+            "field_rv_scale": np.exp(np.asarray(values.field_log_sd)),
         }
 
     def start(self, z: np.ndarray, data: RadialVelocityData | None, model: ModelLike, near: np.ndarray | None) -> None:
@@ -185,7 +203,7 @@ class RadialVelocities(Term):
             centre = float(np.median(v[has])) if has.any() else 0.0
             q = np.percentile(v[has], [16, 84]) if has.sum() > 2 else np.array([-30.0, 30.0])
             z[model.position("field_rv_mean")] = centre
-            z[model.position("field_log_rv_sd")] = math.log(max(0.5 * (q[1] - q[0]), 2.0))
+            z[model.position("field_log_rv_scale")] = math.log(max(0.5 * (q[1] - q[0]), 2.0))
             z[model.position("v_r")] = centre
             z[model.position("logit_rv_binary")] = math.log(0.3 / 0.7)
             return
@@ -194,7 +212,7 @@ class RadialVelocities(Term):
             z[model.position("v_r")] = float(np.median(v[mine]))
 
     def simulate(self, rng: np.random.Generator, truth: Mapping[str, Any]) -> dict[str, SimulatedColumn]:
-        """Radial velocities for the stars with ``G_RVS < 14`` (``G_RVS ~ G - 0.4 - 0.6 (BP - RP)``).
+        """Radial velocities for the stars with ``G_RVS < 14`` (:func:`grvs_from_g`).
 
         ``truth`` holds per star ``radial_velocity_true`` (km/s), ``phot_g_mean_mag``, ``bp_rp``,
         ``is_member`` and the fraction of members that are binaries, ``binary_fraction``: each binary's
@@ -202,7 +220,7 @@ class RadialVelocities(Term):
         """
         g, bp_rp = np.asarray(truth["phot_g_mean_mag"], float), np.asarray(truth["bp_rp"], float)
         n = g.size
-        grvs = g - 0.4 - 0.6 * np.clip(bp_rp, 0.0, 3.0)
+        grvs = grvs_from_g(g, bp_rp)
         err = radial_velocity_error_dr3(grvs) * np.exp(0.2 * rng.standard_normal(n))
         member = np.asarray(truth["is_member"], bool)
         binary = member & (rng.uniform(size=n) < float(truth.get("binary_fraction", 0.0)))

@@ -89,9 +89,15 @@ def term_physical(values: Mapping[str, Any] | None, model: ModelLike) -> dict[st
 
 
 def term_starts(z: np.ndarray, data: Any, model: ModelLike, near: np.ndarray | None = None) -> None:
-    """Set every term's entries of a starting ``z`` in place (:meth:`~gaia_distances.core.term.Term.start`)."""
+    """Set every term's entries of a starting ``z`` in place (:meth:`~gaia_distances.core.term.Term.start`), from
+    the real stars of ``data`` (a :class:`~gaia_distances.core.likelihood.StarData`; padding left out) and, for
+    a candidate cluster, those of them ``near`` it (a mask over ``data``'s stars)."""
+    real = data.real()
     for name in model.terms:
-        TERMS[name].start(z, (data.terms or {}).get(name), model, near)
+        term_data = (data.terms or {}).get(name)
+        if term_data is not None:
+            term_data = jax.tree_util.tree_map(lambda x: np.asarray(x)[real], term_data)
+        TERMS[name].start(z, term_data, model, None if near is None else np.asarray(near, bool)[real])
 
 
 def prepare_term_data(columns: Mapping[str, Mapping[str, np.ndarray]], dtype: Any) -> dict[str, Any] | None:
