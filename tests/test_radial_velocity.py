@@ -133,3 +133,50 @@ def test_columns_their_aliases_and_auto():
         from gaia_distances.cluster.stars import select_stars
 
         select_stars(few, zero_point="parallax_zeropoint_true", kinematics=False, terms=(("radial_velocities", True),))
+
+
+class _Chosen(Exception):
+    """Raised in place of the batch's fit, once its model is chosen."""
+
+
+def test_fit_clusters_leaves_the_term_out_of_every_fit_when_one_cluster_cannot_use_it(monkeypatch):
+    from gaia_distances.cluster import batch
+
+    chosen = []
+
+    def stop(*args, terms=(), **kwargs):
+        chosen.append(terms)
+        raise _Chosen
+
+    monkeypatch.setattr(batch, "ClusterModel", stop)
+    with_rv = gd.simulate_field(300, n_cluster=100, seed=3, magnitude_limit=18)
+    without = with_rv.copy()
+    without["radial_velocity"][:] = np.nan
+    with pytest.raises(_Chosen):
+        gd.fit_clusters({"a": with_rv, "b": with_rv}, zero_point="parallax_zeropoint_true")
+    with pytest.warns(gd.GaiaDistancesWarning, match="radial_velocities left out of every cluster's fit"):
+        with pytest.raises(_Chosen):
+            gd.fit_clusters({"a": with_rv, "b": without}, zero_point="parallax_zeropoint_true")
+    assert chosen == [("radial_velocities",), ()]
+
+
+@pytest.mark.slow
+def test_a_batch_without_the_term_reads_back_from_its_files(tmp_path):
+    """The clusters that had velocities are saved as fitted, without them: from_table selects them again."""
+    with_rv = gd.simulate_field(300, n_cluster=100, seed=3, magnitude_limit=18)
+    without = with_rv.copy()
+    without["radial_velocity"][:] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits = gd.fit_clusters(
+            {"a": with_rv, "b": without},
+            zero_point="parallax_zeropoint_true",
+            num_warmup=100,
+            num_samples=100,
+            extend=False,
+            systematics=None,
+        )
+    fit = fits.fits[0]
+    fit.to_netcdf(str(tmp_path / "a.nc"))
+    back = gd.ClusterFit.from_table(fit.table, str(tmp_path / "a.nc"))
+    assert back.model == fit.model and fit.model.terms == ()
