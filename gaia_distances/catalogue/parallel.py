@@ -99,12 +99,13 @@ def run_tasks(
             futures = {c.submit(task, item, *copies, pure=False): item for item in items}
             log.info("fit_catalogue: %d clusters on %d workers", len(items), len(c.scheduler_info()["workers"]))
             try:
-                for future in distributed.as_completed(futures):
-                    item = futures[future]
-                    try:
+                for future in distributed.as_completed(list(futures)):
+                    item = futures.pop(future)  # released once read: a dead worker's finished fits are not
+                    try:  # recomputed, and the workers hold no result for the rest of the run
                         result = future.result()
                     except Exception as exc:  # a worker lost, a task that could not be pickled
                         result = on_lost(item, exc)
+                    future.release()
                     on_result(item, result)
                     if update is not None:
                         update(1)
