@@ -34,6 +34,7 @@ import numpy as np
 from astropy.table import vstack
 
 import gaia_distances as gd
+from gaia_distances.columns import column_values
 from gaia_distances.core.kinematics import sky_basis
 from gaia_distances.simulate import M67_VELOCITY_KMS
 
@@ -114,7 +115,7 @@ def part_cones(args: Any) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t = gd.apply_zeropoint(gd.load_table(str(path)))
-        n_rv = int(np.isfinite(np.asarray(t["dr2_radial_velocity"], float)).sum())
+        n_rv = int(np.isfinite(column_values(t, "dr2_radial_velocity")).sum())
         for term in ("auto", False):
             fit, wall = _fit(t, seed=1, radial_velocities=term)
             rows = {r["parameter"]: r for r in fit.summary()}
