@@ -12,6 +12,8 @@ package imported from this tree or from a ``git worktree`` of ``--baseline``
   similar size (NGC 2301, 2 549 rows) in the warm process, then the first
   fit again in that process (nothing left to load or trace: the floor of a
   warm fit);
+- ``cone_no_terms``: the same without the model's terms (``radial_velocities=False``), which times
+  the terms' machinery against a baseline without it;
 - ``sparse``: the 1 % cluster in a 40 000-star G < 20 cone (``bench_kinematics
   --cases sparse``), precision and recall of ``membership_prob > 0.5``;
 - ``deep``: an 8 600-star simulated cone as deep as the demo's (G < 20.7),
@@ -86,12 +88,17 @@ def worker(case: str) -> list[dict[str, Any]]:
     import gaia_distances as gd
 
     out = []
-    if case == "cone":
+    if case in ("cone", "cone_no_terms"):
+        import inspect
+
+        # cone_no_terms: the model terms left out (a tree without terms: its default), to time the machinery
+        terms = [n for n in inspect.signature(gd.fit_cluster).parameters if n == "radial_velocities"]
+        kw = {n: False for n in terms} if case == "cone_no_terms" else {}
         t = _quiet_load(gd, "ngc2437")
         other = _quiet_load(gd, "ngc2301")
-        first = _fit_record(gd, t, seed=0)
-        second = _fit_record(gd, other, seed=1)
-        repeat = _fit_record(gd, t, seed=0)  # nothing left to load or trace: the floor of a warm fit
+        first = _fit_record(gd, t, seed=0, **kw)
+        second = _fit_record(gd, other, seed=1, **kw)
+        repeat = _fit_record(gd, t, seed=0, **kw)  # nothing left to load or trace: the floor of a warm fit
         for name, rec in (
             ("first fit (NGC 2437)", first),
             ("second fit (NGC 2301)", second),
@@ -220,7 +227,10 @@ def _demo(tree: Path, cache: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--cases", nargs="+", default=["cone", "profile"], choices=["cone", "sparse", "deep", "demo", "profile"]
+        "--cases",
+        nargs="+",
+        default=["cone", "profile"],
+        choices=["cone", "cone_no_terms", "sparse", "deep", "demo", "profile"],
     )
     ap.add_argument("--baseline", default=BASELINE, help="git ref to compare with (none: skip it)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -237,12 +247,12 @@ def main() -> None:
     for label, tree in trees.items():
         cache = work / f"cache-{label.replace(' ', '-')}"
         for case in args.cases:
-            if case == "profile" and label != "new":
+            if case in ("profile", "cone_no_terms") and label != "new":  # (a baseline without terms: its cone)
                 continue
             if case == "demo":
                 print(label, json.dumps(_demo(tree, work / f"demo-cache-{label.replace(' ', '-')}")), flush=True)
                 continue
-            if case == "cone":
+            if case in ("cone", "cone_no_terms"):
                 for when in ("cold", "warm"):
                     for rec in _run(tree, case, cache):
                         print(label, when, json.dumps(rec), flush=True)
