@@ -141,7 +141,6 @@ def _profile(gd: Any) -> dict[str, Any]:
 
     from gaia_distances.cluster.stars import prepare_data, select_stars
     from gaia_distances.core.likelihood import log_posterior, pad_star_data, padded_size
-    from gaia_distances.core.population import ClusterModel, ClusterPriors
 
     t = _quiet_load(gd, "ngc2437")
     rec = _fit_record(gd, t, seed=0)
@@ -151,7 +150,14 @@ def _profile(gd: Any) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sel = select_stars(t, zero_point=None, parallax_limits=None, kinematics="auto", truncate=True)
-    model = ClusterModel(ClusterPriors(), "flexible", sel.stars.kinematic)
+    model = fit.model  # (with the model terms the fit used; their columns are selected below)
+    sel = (
+        sel
+        if not model.terms
+        else select_stars(
+            t, zero_point=None, kinematics="auto", terms=tuple((n, n in model.terms) for n in model.terms)
+        )
+    )
     data = pad_star_data(prepare_data(sel.stars, model), padded_size(sel.stars.n_stars))
     z = jnp.asarray(fit.draws[0, -1], jnp.float32)
     grad = jax.jit(jax.grad(lambda z: log_posterior(z, data, model)))
