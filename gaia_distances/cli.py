@@ -47,7 +47,7 @@ import numpy as np
 
 from gaia_distances.cli_catalogue import cmd_catalogue
 from gaia_distances.cli_outputs import check_outputs, refuse_existing
-from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser, term_options
+from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser, fit_flag_options, term_options
 from gaia_distances.compile_cache import set_compilation_cache
 from gaia_distances.core.terms import TERMS
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, one_line
@@ -301,18 +301,7 @@ def _cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     import gaia_distances as gd
 
     options = {
-        "kinematics": KINEMATICS_CHOICES[args.kinematics],
-        **term_options(args),
-        "field": args.field,
-        "perspective": args.perspective,
-        "prior": gd.ClusterPriors.physical() if args.physical_prior else gd.ClusterPriors(),
-        "parallax_limits": tuple(args.parallax_limits) if args.parallax_limits else None,
-        "truncate": not args.no_truncate,
-        "systematics": None if args.systematics == "none" else args.systematics,
-        "parallax_offset_prior": None if args.parallax_offset_prior == "none" else args.parallax_offset_prior,
-        "num_warmup": args.num_warmup,
-        "num_samples": args.num_samples,
-        "num_chains": args.num_chains,
+        **fit_flag_options(args),
         "seed": args.seed,
         "progress": not args.quiet,
         "overwrite": args.overwrite,

@@ -16,7 +16,7 @@ from typing import Any
 
 from gaia_distances.catalogue.store import CatalogueStore
 from gaia_distances.cli_outputs import check_folder
-from gaia_distances.cli_parser import KINEMATICS_CHOICES, term_options
+from gaia_distances.cli_parser import fit_flag_options
 
 __all__ = ["cmd_catalogue"]
 
@@ -71,19 +71,8 @@ def cmd_catalogue(args: argparse.Namespace) -> dict[str, Any]:
     check_folder(out, "-o/--output-dir")  # before the list is read or any field fetched
     options: dict[str, Any] = {
         "method": args.method,
-        "kinematics": KINEMATICS_CHOICES[args.kinematics],
-        **term_options(args),
-        "field": args.field,
-        "perspective": args.perspective,
-        "prior": gd.ClusterPriors.physical() if args.physical_prior else None,
+        **fit_flag_options(args),
         "zero_point": _zero_point(args.zero_point),
-        "parallax_limits": tuple(args.parallax_limits) if args.parallax_limits else None,
-        "truncate": not args.no_truncate,
-        "systematics": None if args.systematics == "none" else args.systematics,
-        "parallax_offset_prior": None if args.parallax_offset_prior == "none" else args.parallax_offset_prior,
-        "num_warmup": args.num_warmup,
-        "num_samples": args.num_samples,
-        "num_chains": args.num_chains,
     }
     query: dict[str, Any] = {}
     if args.source.strip().lower() == "archive":

@@ -25,6 +25,7 @@ from gaia_distances.priors import PRIOR_NAMES
 __all__ = [
     "KINEMATICS_CHOICES",
     "build_parser",
+    "fit_flag_options",
     "term_options",
     "finite_float",
     "non_negative_int",
@@ -162,6 +163,59 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _fit_flags(parser: argparse.ArgumentParser, where: str) -> None:
+    """The flags ``cluster`` and ``catalogue`` share for a fit's stars and priors (:func:`fit_flag_options`)."""
+    parser.add_argument("--zero-point", default=None, help="zero point in mas or a column name")
+    parser.add_argument("--apply-zeropoint", action="store_true", help=f"run the zeropoint step {where}first")
+    parser.add_argument("--fallback", type=finite_float, default=None, help="with --apply-zeropoint: fallback (mas)")
+    parser.add_argument(
+        "--parallax-limits",
+        type=finite_float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="fit only stars with LO < parallax < HI (mas); the likelihood models the cut",
+    )
+    parser.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="cut by --parallax-limits without modelling the cut (the reference analysis; biased)",
+    )
+    parser.add_argument(
+        "--perspective",
+        action="store_true",
+        help="wide or near fields: project the cluster's one space velocity along each member's line of sight "
+        "(fits its radial velocity v_r too; needs proper motions, ra and dec)",
+    )
+    parser.add_argument(
+        "--physical-prior",
+        "--physical-priors",
+        dest="physical_prior",
+        action="store_true",
+        help="prior on the cluster's size in pc (robust for small clusters in big fields)",
+    )
+
+
+def fit_flag_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``fit_cluster`` that ``cluster`` and ``catalogue`` take from the same flags."""
+    from gaia_distances.core.cluster_priors import ClusterPriors
+
+    return {
+        "kinematics": KINEMATICS_CHOICES[args.kinematics],
+        **term_options(args),
+        "field": args.field,
+        "perspective": args.perspective,
+        "prior": ClusterPriors.physical() if args.physical_prior else None,  # None: the default priors
+        "parallax_limits": tuple(args.parallax_limits) if args.parallax_limits else None,
+        "truncate": not args.no_truncate,
+        "systematics": None if args.systematics == "none" else args.systematics,
+        "parallax_offset_prior": None if args.parallax_offset_prior == "none" else args.parallax_offset_prior,
+        "num_warmup": args.num_warmup,
+        "num_samples": args.num_samples,
+        "num_chains": args.num_chains,
+    }
+
+
 def _catalogue_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     """``catalogue``: refit a list of clusters, each on its own field (:mod:`gaia_distances.cli_catalogue`)."""
     k = add(
@@ -196,13 +250,7 @@ def _catalogue_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     k.add_argument("--retries", type=non_negative_int, default=2, help="archive: retries of a failed query")
     k.add_argument("--method", choices=list(CLUSTER_METHODS), default="marginal")
     _model_options(k)
-    k.add_argument("--zero-point", default=None, help="zero point in mas or a column name")
-    k.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step on each field first")
-    k.add_argument("--fallback", type=finite_float, default=None, help="with --apply-zeropoint: fallback (mas)")
-    k.add_argument("--parallax-limits", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None)
-    k.add_argument("--no-truncate", action="store_true", help="cut by --parallax-limits without modelling the cut")
-    k.add_argument("--perspective", action="store_true", help="project one space velocity per line of sight")
-    k.add_argument("--physical-prior", action="store_true", help="prior on the cluster's size in pc")
+    _fit_flags(k, "on each field ")
     _fit_size_options(k)
     k.add_argument("--seed", type=int, default=0, help="global seed; each cluster's comes from it and its name")
 
@@ -308,36 +356,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     _model_options(c)
     c.add_argument("--save-posterior", default=None, help="write the posterior (arviz netCDF) here")
-    c.add_argument("--zero-point", default=None, help="zero point in mas or a column name")
-    c.add_argument("--apply-zeropoint", action="store_true", help="run the zeropoint step first")
-    c.add_argument("--fallback", type=finite_float, default=None, help="with --apply-zeropoint: fallback (mas)")
-    c.add_argument(
-        "--parallax-limits",
-        type=finite_float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        default=None,
-        help="fit only stars with LO < parallax < HI (mas); the likelihood models the cut",
-    )
-    c.add_argument(
-        "--no-truncate",
-        action="store_true",
-        help="cut by --parallax-limits without modelling the cut (the reference analysis; biased)",
-    )
-    c.add_argument(
-        "--perspective",
-        action="store_true",
-        help="wide or near fields: project the cluster's one space velocity along each member's line of sight "
-        "(fits its radial velocity v_r too; needs proper motions, ra and dec)",
-    )
+    _fit_flags(c, "")
     c.add_argument("--distance-hint", type=positive_float, default=None, help="rough cluster distance (pc)")
-    c.add_argument(
-        "--physical-prior",
-        "--physical-priors",
-        dest="physical_prior",
-        action="store_true",
-        help="prior on the cluster's size in pc (robust for small clusters in big fields)",
-    )
     _fit_size_options(c)
     c.add_argument("--seed", type=int, default=0)
 

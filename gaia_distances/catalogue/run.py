@@ -26,7 +26,7 @@ from gaia_distances.catalogue.cluster_list import ClusterSpec, cluster_specs
 from gaia_distances.catalogue.parallel import check_workers, run_tasks
 from gaia_distances.catalogue.rows import FAILED_STATUSES, catalogue_table, failed_row, fitted_row
 from gaia_distances.catalogue.sources import FieldError, FieldSource, field_source
-from gaia_distances.catalogue.store import CatalogueStore
+from gaia_distances.catalogue.store import CatalogueStore, plain
 from gaia_distances.cluster import fit_cluster
 from gaia_distances.cluster.options import CLUSTER_METHODS, checked_fit_options
 from gaia_distances.cluster.stars import MIN_STARS
@@ -197,7 +197,7 @@ def _record(settings: RunSettings, source: FieldSource) -> dict[str, Any]:
         "apply_zeropoint": settings.apply_zeropoint,
         "source": source.describe(),
     }
-    return {"options": options}
+    return {"options": plain(options)}  # (plain types: the catalogue's meta and out/'s record alike)
 
 
 class _Checkpoint:
