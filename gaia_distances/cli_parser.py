@@ -205,7 +205,7 @@ def fit_flag_options(args: argparse.Namespace) -> dict[str, Any]:
         **term_options(args),
         "field": args.field,
         "perspective": args.perspective,
-        "prior": ClusterPriors.physical() if args.physical_prior else None,  # None: the default priors
+        "prior": ClusterPriors.physical() if args.physical_prior else ClusterPriors(),
         "parallax_limits": tuple(args.parallax_limits) if args.parallax_limits else None,
         "truncate": not args.no_truncate,
         "systematics": None if args.systematics == "none" else args.systematics,
