@@ -49,7 +49,6 @@ from gaia_distances.cli_catalogue import cmd_catalogue
 from gaia_distances.cli_outputs import check_outputs, refuse_existing
 from gaia_distances.cli_parser import KINEMATICS_CHOICES, build_parser, fit_flag_options, term_options
 from gaia_distances.compile_cache import set_compilation_cache
-from gaia_distances.core.terms import TERMS
 from gaia_distances.errors import GaiaDistancesError, GaiaDistancesWarning, one_line
 from gaia_distances.io import write_table
 
@@ -338,7 +337,7 @@ def _check_fit_options(options: dict[str, Any]) -> None:
     from gaia_distances.cluster.options import fit_options_from
 
     try:
-        fit_options_from({**options, "term_options": {k: options[k] for k in TERMS if k in options}})
+        fit_options_from(options)
     except ValueError as exc:
         message = str(exc)
         for name in options:

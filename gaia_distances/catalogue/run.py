@@ -28,10 +28,9 @@ from gaia_distances.catalogue.rows import FAILED_STATUSES, catalogue_table, fail
 from gaia_distances.catalogue.sources import FieldError, FieldSource, field_source
 from gaia_distances.catalogue.store import CatalogueStore, plain
 from gaia_distances.cluster import fit_cluster
-from gaia_distances.cluster.options import CLUSTER_METHODS, checked_fit_options
+from gaia_distances.cluster.options import CLUSTER_METHODS, fit_options_from
 from gaia_distances.cluster.stars import MIN_STARS
 from gaia_distances.columns import update_provenance, warn
-from gaia_distances.core.terms import TERMS
 from gaia_distances.errors import TooFewStarsError, one_line
 
 __all__ = ["ClusterResult", "RunSettings", "cluster_seed", "fit_catalogue", "fit_one"]
@@ -158,11 +157,8 @@ def _checked_settings(
     method = fit_options.get("method", "marginal")
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}; got {method!r}")
-    shared = inspect.signature(checked_fit_options).parameters
-    defaults = {k: p.default for k, p in _FIT_SIGNATURE.parameters.items() if k in shared}
-    terms = {k: v for k, v in fit_options.items() if k in TERMS}
-    given = {k: v for k, v in fit_options.items() if k in shared}
-    checked_fit_options(**(defaults | given | {"seed": seed, "term_options": terms}))
+    defaults = {k: p.default for k, p in _FIT_SIGNATURE.parameters.items()}
+    fit_options_from(defaults | fit_options | {"seed": seed})
     scale = _finite("radius_scale", radius_scale)
     if scale <= 0:
         raise ValueError(f"radius_scale must be positive; got {radius_scale!r}")

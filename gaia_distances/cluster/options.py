@@ -19,6 +19,7 @@ from gaia_distances.core.numerics import checked_integer
 from gaia_distances.core.population import FIELDS, ClusterPriors
 from gaia_distances.core.sampling import NutsSettings, checked_seed, nuts_settings
 from gaia_distances.core.systematics import OffsetPrior, SystematicsKernel
+from gaia_distances.core.terms import TERMS
 from gaia_distances.systematics import SystematicsSpec, resolve_offset_prior, resolve_systematics
 
 __all__ = ["CLUSTER_METHODS", "FitOptions", "checked_fit_options", "fit_options_from"]
@@ -189,9 +190,13 @@ def checked_fit_options(
 
 def fit_options_from(arguments: Mapping[str, Any]) -> FitOptions:
     """:func:`checked_fit_options` over the shared options among a fit's ``arguments`` (its ``locals()`` on
-    entry), by name: each fit passes every option it takes, and none is written out twice."""
+    entry), by name: each fit passes every option it takes, and none is written out twice. The model terms'
+    options are read from ``term_options`` (a fit's ``**term_options``) and from the terms' own names among
+    ``arguments`` (a mapping of ``fit_cluster``'s keywords)."""
     names = inspect.signature(checked_fit_options).parameters
-    return checked_fit_options(**{k: v for k, v in arguments.items() if k in names})
+    terms = {**{k: v for k, v in arguments.items() if k in TERMS}, **(arguments.get("term_options") or {})}
+    shared = {k: v for k, v in arguments.items() if k in names and k != "term_options"}
+    return checked_fit_options(**shared, term_options=terms)
 
 
 def _float(value: Any) -> float:
