@@ -68,6 +68,7 @@ _EXPORTS = {
     "fit_catalogue": "gaia_distances.catalogue",
     "ClusterListError": "gaia_distances.catalogue",
     "OptionsMismatchError": "gaia_distances.catalogue",
+    "FolderInUseError": "gaia_distances.catalogue",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -107,6 +108,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from gaia_distances.catalogue import (
         ClusterListError,
+        FolderInUseError,
         OptionsMismatchError,
         cluster_catalogue,
         cluster_key,

@@ -339,6 +339,52 @@ def test_other_options_are_refused_by_name_unless_refit(reference_run, field_fol
     assert counter.seeds == []
 
 
+def test_the_default_prior_given_by_name_is_the_same_option(reference_run, field_folder, monkeypatch):
+    """A folder made with ``prior=None`` (the API's default) resumes with ``ClusterPriors()`` (the CLI's)."""
+    _, out = reference_run
+    counter = FitCounter(monkeypatch)
+    gd.fit_catalogue(_cluster_list(), source=field_folder, out=out, prior=gd.ClusterPriors(), **FAST)
+    assert counter.seeds == []
+    with pytest.raises(gd.OptionsMismatchError, match=r"prior: .*there.*now"):
+        gd.fit_catalogue(_cluster_list(), source=field_folder, out=out, prior=gd.ClusterPriors.physical(), **FAST)
+
+
+def _ended_pid():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_one_run_writes_a_folder_and_a_killed_runs_leftovers_are_cleared(
+    reference_run, field_folder, tmp_path, monkeypatch
+):
+    import os
+    import shutil
+    import socket
+
+    _, done = reference_run
+    out = tmp_path / "copy"
+    shutil.copytree(done, out)
+    lock = out / ".lock"
+    host = socket.gethostname()
+    counter = FitCounter(monkeypatch)
+    # a live run holds the folder: refused at once, naming it
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host, "since": "2026-01-01T00:00:00"}))
+    with pytest.raises(gd.FolderInUseError, match=rf"process {os.getppid()} on {host}.*remove .*\.lock"):
+        gd.fit_catalogue(_cluster_list(), source=field_folder, out=out, **FAST)
+    # a run killed mid-write: its lock and half-written files are cleared, its finished clusters stand
+    lock.write_text(json.dumps({"pid": _ended_pid(), "host": host, "since": "2026-01-01T00:00:00"}))
+    (out / "members" / ".sima.ecsv.0badcafe.tmp.ecsv").write_text("# %ECSV 1.0\n# partial")
+    (out / "rows" / ".sima.json.deadbeef.tmp").write_text("{")
+    (out / "members" / "sima.ecsv").unlink()  # the cluster whose write was cut short
+    cat = gd.fit_catalogue(_cluster_list(), source=field_folder, out=out, **FAST)
+    assert counter.seeds == [cluster_seed(0, "sima")] and _stray_files(out) == []
+    _assert_same_catalogue(cat, reference_run[0])
+
+
 def test_refit_fits_every_cluster_again_and_records_the_new_options(field_folder, tmp_path, monkeypatch):
     out = tmp_path / "refit"
     names = ["Sim A"]

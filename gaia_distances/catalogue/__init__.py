@@ -18,12 +18,13 @@ from gaia_distances.catalogue.cluster_list import (
 from gaia_distances.catalogue.rows import RefitCatalogue
 from gaia_distances.catalogue.run import fit_catalogue
 from gaia_distances.catalogue.sources import ArchiveSource, FieldSource, FolderSource, LsdbSource
-from gaia_distances.catalogue.store import OptionsMismatchError
+from gaia_distances.catalogue.store import FolderInUseError, OptionsMismatchError
 
 __all__ = [
     "ArchiveSource",
     "ClusterListError",
     "FieldSource",
+    "FolderInUseError",
     "FolderSource",
     "LsdbSource",
     "OptionsMismatchError",

@@ -185,6 +185,7 @@ def _record(settings: RunSettings, source: FieldSource) -> dict[str, Any]:
     bound = _FIT_SIGNATURE.bind_partial(None, **settings.fit_options)
     bound.apply_defaults()
     options = {k: v for k, v in bound.arguments.items() if k not in _PER_CLUSTER}
+    options["prior"] = fit_options_from(options | {"seed": settings.seed}).prior  # None is the default prior set
     options |= {
         "seed": settings.seed,
         "radius_scale": settings.radius_scale,
@@ -359,34 +360,42 @@ def fit_catalogue(
     src.check(specs)
     store = CatalogueStore(out)
     store.check_writable()
-    record = _record(settings, src)
-    store.check_options(record, refit=bool(refit))
-    keys = [s.key for s in specs]
-    previous = {} if refit else store.previous_rows()
-    rows = {k: r for k, r in previous.items() if k in keys}  # failed ones too, until they are tried again
-    todo = [s for s in specs if not store.is_done(rows.get(s.key))]
-    log.info("fit_catalogue: %d clusters, %d done before, %d to fit", len(specs), len(specs) - len(todo), len(todo))
-    checkpoint = _Checkpoint(store)
+    with store.claimed():  # one run writes out/ at a time; a killed run's temporary files go
+        record = _record(settings, src)
+        store.check_options(record, refit=bool(refit))
+        keys = [s.key for s in specs]
+        previous = {} if refit else store.previous_rows()
+        rows = {k: r for k, r in previous.items() if k in keys}  # failed ones too, until they are tried again
+        todo = [s for s in specs if not store.is_done(rows.get(s.key))]
+        log.info("fit_catalogue: %d clusters, %d done before, %d to fit", len(specs), len(specs) - len(todo), len(todo))
+        checkpoint = _Checkpoint(store)
 
-    def table_of_rows() -> Any:
-        t = catalogue_table([rows[k] for k in keys if k in rows])
-        update_provenance(t, "catalogue", {**record, "summary": _summary(list(rows.values()))})
-        return t
+        def table_of_rows() -> Any:
+            t = catalogue_table([rows[k] for k in keys if k in rows])
+            update_provenance(t, "catalogue", {**record, "summary": _summary(list(rows.values()))})
+            return t
 
-    def on_result(spec: ClusterSpec, result: ClusterResult) -> None:
-        store.write_result(spec.key, result.row, result.members)
-        rows[spec.key] = result.row
-        checkpoint.write(table_of_rows)
-        log.info("fit_catalogue: %s %s %s", spec.name, result.row["status"], result.row["reason"])
+        def on_result(spec: ClusterSpec, result: ClusterResult) -> None:
+            store.write_result(spec.key, result.row, result.members)
+            rows[spec.key] = result.row
+            checkpoint.write(table_of_rows)
+            log.info("fit_catalogue: %s %s %s", spec.name, result.row["status"], result.row["reason"])
 
-    lost = partial(_lost, settings)
-    try:
-        run_tasks(
-            todo, fit_one, on_result, lost, shared=(src, settings), workers=workers, client=client, progress=progress
-        )
-    finally:
-        cat = table_of_rows()
-        checkpoint.write(cat, final=True)
+        lost = partial(_lost, settings)
+        try:
+            run_tasks(
+                todo,
+                fit_one,
+                on_result,
+                lost,
+                shared=(src, settings),
+                workers=workers,
+                client=client,
+                progress=progress,
+            )
+        finally:
+            cat = table_of_rows()
+            checkpoint.write(cat, final=True)
     summary = cat.meta["gaia_distances"]["catalogue"]["summary"]
     text = ", ".join(f"{n} {s}" for s, n in summary.items())
     log.info("fit_catalogue: %d clusters: %s", len(cat), text)

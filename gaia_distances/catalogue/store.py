@@ -10,7 +10,12 @@
   as results arrive (:func:`~gaia_distances.catalogue.run.fit_catalogue`
   spends at most about a tenth of its time on it) and at the end;
 - ``catalogue_meta.json``: the options the folder's fits were made with,
-  so that a rerun with other options is refused instead of mixing them.
+  so that a rerun with other options is refused instead of mixing them;
+- ``.lock``, while a run writes there: the process and host that hold the
+  folder, so that two runs never write one folder at once. A run killed
+  outright leaves it behind; the next run on the same host sees that the
+  process has gone, takes the folder over and removes the temporary files
+  the killed run left half-written.
 
 A cluster is done when its row has a done status and its members file
 exists; a rerun skips it (unless ``refit``) and tries the others again.
@@ -23,8 +28,11 @@ import logging
 import math
 import os
 import secrets
+import socket
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +41,32 @@ import numpy as np
 from gaia_distances.catalogue.rows import DONE_STATUSES
 from gaia_distances.errors import GaiaDistancesError
 
-__all__ = ["CatalogueStore", "OptionsMismatchError", "plain"]
+__all__ = ["CatalogueStore", "FolderInUseError", "OptionsMismatchError", "plain"]
 
 log = logging.getLogger(__name__)
 
 
 class OptionsMismatchError(GaiaDistancesError, ValueError):
     """``out/`` holds fits made with other options than those given now."""
+
+
+class FolderInUseError(GaiaDistancesError, RuntimeError):
+    """Another run is writing ``out/`` now."""
+
+
+#: The temporary files a write leaves only when its process is killed mid-write
+#: (``.<name>.<8 hex digits>.tmp``, the table writer's with the format's extension after it).
+_TEMPORARY = ".*.????????.tmp*"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def plain(value: Any) -> Any:
@@ -97,6 +124,56 @@ class CatalogueStore:
                     pass
         except OSError as exc:
             raise PermissionError(f"out {self.out} cannot be written: {exc.strerror or exc}") from None
+
+    @contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold ``out/.lock`` while a run writes ``out/``; raise :class:`FolderInUseError` if a live run holds it.
+
+        A lock left by a process that has gone (a run killed outright) on this
+        host is taken over, and the temporary files that run left are removed.
+        A lock from another host cannot be checked: the message says how to
+        remove it once that run has ended.
+        """
+        lock = self.out / ".lock"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text())
+                except (OSError, ValueError):
+                    holder = {}
+                if holder.get("host") == me["host"] and not _process_alive(int(holder.get("pid", -1))):
+                    log.info("fit_catalogue: %s was held by process %s, which has ended", self.out, holder.get("pid"))
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise FolderInUseError(
+                    f"{self.out} is being written by another run (process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} since {holder.get('since', '?')}); wait for it, use another out "
+                    f"folder, or remove {lock} if that run has ended"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            break
+        else:  # pragma: no cover - another run took the folder between our two tries
+            raise FolderInUseError(f"{self.out} was taken by another run; try again")
+        try:
+            self.remove_temporary_files()
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove the temporary files that a run killed mid-write left in ``out/``; the paths removed."""
+        removed = []
+        for folder in (self.out, self.members_dir, self.rows_dir):
+            for path in sorted(folder.glob(_TEMPORARY)) if folder.is_dir() else ():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        if removed:
+            log.info("fit_catalogue: removed %d temporary files a stopped run left in %s", len(removed), self.out)
+        return removed
 
     def check_options(self, record: Mapping[str, Any], *, refit: bool) -> None:
         """Refuse options that differ from those recorded in ``out/`` (unless ``refit``, which removes the earlier
