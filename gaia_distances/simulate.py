@@ -83,7 +83,12 @@ def _sky_positions(
         cosr = np.cos(radius.to_value(u.rad))
         sep = np.arccos(1 - rng.uniform(0, 1, n) * (1 - cosr)) * u.rad
     else:
-        sep = np.minimum(np.abs(rng.rayleigh(sigma.to_value(u.deg), n)), radius.to_value(u.deg)) * u.deg
+        # a Rayleigh profile truncated at the cone's edge: each draw moved to the same quantile of the truncated
+        # profile (the same random numbers as the untruncated draw; no star piles up on the edge)
+        s, r = sigma.to_value(u.deg), radius.to_value(u.deg)
+        x = rng.rayleigh(s, n)
+        inside = -np.expm1(-0.5 * (r / s) ** 2)  # the profile's mass inside the cone
+        sep = s * np.sqrt(-2.0 * np.log1p(np.expm1(-0.5 * (x / s) ** 2) * inside)) * u.deg
     return centre.directional_offset_by(pa, sep)
 
 

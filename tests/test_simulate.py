@@ -39,6 +39,23 @@ def test_columns_for_the_pipeline_and_truth():
     assert np.std(np.log(t["r_true"].value[members])) == pytest.approx(0.015, rel=0.2)
 
 
+def test_members_of_a_cluster_wider_than_the_cone_fill_it_without_piling_up_on_its_edge():
+    """The members' Rayleigh profile is truncated at the cone's edge, not clamped onto it."""
+    from astropy.coordinates import SkyCoord
+    from scipy import stats
+
+    # 10 pc of Rayleigh scale at 500 pc is 1.15 deg: most of the profile lies outside the 0.5 deg cone
+    t = gd.simulate_field(0, n_cluster=3000, cluster_distance=500.0, cluster_radius_pc=10.0, seed=6)
+    sep = SkyCoord(t["ra"], t["dec"]).separation(SkyCoord(132.846, 11.814, unit="deg")).deg
+    s, r = np.degrees(10.0 / 500.0), 0.5
+    assert sep.max() < r and np.sum(sep > r - 1e-6) == 0
+
+    def cdf(x):
+        return np.expm1(-0.5 * (x / s) ** 2) / np.expm1(-0.5 * (r / s) ** 2)
+
+    assert stats.kstest(sep, cdf).pvalue > 1e-3
+
+
 def test_errors_grow_with_magnitude_like_dr3():
     assert parallax_error_dr3(12.0) == pytest.approx(0.013, abs=0.005)
     assert parallax_error_dr3(17.0) == pytest.approx(0.08, rel=0.25)
