@@ -511,31 +511,10 @@ def _fmt_diff(diff: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def full_runs_and_calibration(clusters, specs, truth, server, work, args, workers):
-    """Every cluster from each source, the sources compared, the first one's catalogue against the truth."""
-    # the full runs the full runs, one per source
-    cats, walls = {}, {}
-    for name, spec in specs.items():
-        cats[name], walls[name] = run(clusters, spec, work / f"refit_{name}", args, workers=workers)
-        print(f"{name}: {len(clusters)} clusters in {walls[name]:.1f} s", flush=True)
-    print("\n| source | clusters | wall [s] | wall / cluster [s] | median fit wall_time_s [s] | statuses |")
-    print("|---|---|---|---|---|---|")
-    for name, cat in cats.items():
-        st = _counts(cat["status"])
-        med = float(np.median(_values(cat, "wall_time_s")))
-        print(f"| {name} | {len(cat)} | {walls[name]:.1f} | {walls[name] / len(cat):.2f} | {med:.2f} | {st} |")
-    if len(cats) == 2:
-        diff = largest_differences(cats["archive"], cats["hats"])
-        print(f"\narchive vs hats, largest |difference| per column: {_fmt_diff(diff)}")
-        n_rows_differ = int(np.sum(_values(cats["archive"], "n_rows") != _values(cats["hats"], "n_rows")))
-        print(f"clusters whose field row count differs between the sources: {n_rows_differ}")
-    if server is not None:
-        print(f"TAP server: {len(server.state.queries)} queries received")
-
+def print_calibration(cat, truth: Table, what: str) -> None:
+    """Coverage of the truth by the catalogue's intervals, the statuses and the distance residuals, in Markdown."""
     # 3. calibration, on the first source's catalogue
-    first = next(iter(cats))
-    cat = cats[first]
-    print(f"\n#### Calibration against the truth ({first}; 90 % from a normal approximation, D +- 1.645 sd)\n")
+    print(f"\n#### Calibration against the truth ({what}; 90 % from a normal approximation, D +- 1.645 sd)\n")
     print("| interval | coverage | binomial s.e. | clusters | nominal |")
     print("|---|---|---|---|---|")
     for what, p, se, n, nominal in calibration(cat, truth):
@@ -560,6 +539,78 @@ def full_runs_and_calibration(clusters, specs, truth, server, work, args, worker
     if warned:
         print("warnings (first 3): " + "; ".join(f"{r['name']}: {str(r['reason'])[:120]}" for r in warned[:3]))
 
+
+def compare_fields(clusters: Table, specs: dict) -> None:
+    """Every cluster's field as ``fit_catalogue`` fetches it, from both sources, compared row by row.
+
+    ``fit_cluster`` is deterministic given its table, seed and options: equal fields from the two sources
+    mean equal catalogues, which the full runs show at a smaller scale.
+    """
+    from gaia_distances.catalogue.cluster_list import cluster_specs
+    from gaia_distances.catalogue.sources import field_source
+
+    if set(specs) != {"archive", "hats"}:
+        raise SystemExit("--compare-fields needs --sources archive,hats")
+    archive = source_kwargs(specs["archive"])
+    sources = {
+        "archive": field_source(archive["source"], **archive["query_options"]),
+        "hats": field_source(source_kwargs(specs["hats"])["source"]),
+    }
+    n_same = n_rows = 0
+    differ = []
+    t0 = time.perf_counter()
+    for spec in cluster_specs(gd.read_cluster_list(clusters)):
+        fields = {}
+        for name, src in sources.items():
+            t = src.fetch(spec, radius=spec.radius, magnitude_limit=None, centre_epoch=2000.0)
+            t = Table(t)[np.argsort(np.asarray(t["source_id"]))]
+            fields[name] = t
+        a, b = fields["archive"], fields["hats"]
+        same = len(a) == len(b) and np.array_equal(np.asarray(a["source_id"]), np.asarray(b["source_id"]))
+        columns = [c for c in a.colnames if c in b.colnames and a[c].dtype.kind in "fiub"]
+        for c in columns if same else ():
+            x, y = np.ma.filled(np.ma.asarray(a[c], float), np.nan), np.ma.filled(np.ma.asarray(b[c], float), np.nan)
+            if not np.array_equal(x, y, equal_nan=True):
+                same = False
+                differ.append(f"{spec.name}: {c}")
+                break
+        else:
+            if not same:
+                differ.append(f"{spec.name}: rows {len(a)} / {len(b)}")
+        n_same += same
+        n_rows += len(a)
+    print(
+        f"\n#### The fields from the two sources ({len(clusters)} clusters, {time.perf_counter() - t0:.0f} s)\n\n"
+        f"- fields equal row by row in every numeric column ({len(columns)} columns): {n_same} of {len(clusters)}; "
+        f"{n_rows} rows in all\n- differing: {differ[:5] or 'none'}"
+    )
+
+
+def full_runs_and_calibration(clusters, specs, truth, server, work, args, workers):
+    """Every cluster from each source, the sources compared, the first one's catalogue against the truth."""
+    # the full runs the full runs, one per source
+    cats, walls = {}, {}
+    for name, spec in specs.items():
+        cats[name], walls[name] = run(clusters, spec, work / f"refit_{name}", args, workers=workers)
+        print(f"{name}: {len(clusters)} clusters in {walls[name]:.1f} s", flush=True)
+    print("\n| source | clusters | wall [s] | wall / cluster [s] | median fit wall_time_s [s] | statuses |")
+    print("|---|---|---|---|---|---|")
+    for name, cat in cats.items():
+        st = _counts(cat["status"])
+        med = float(np.median(_values(cat, "wall_time_s")))
+        print(f"| {name} | {len(cat)} | {walls[name]:.1f} | {walls[name] / len(cat):.2f} | {med:.2f} | {st} |")
+    if len(cats) == 2:
+        diff = largest_differences(cats["archive"], cats["hats"])
+        print(f"\narchive vs hats, largest |difference| per column: {_fmt_diff(diff)}")
+        n_rows_differ = int(np.sum(_values(cats["archive"], "n_rows") != _values(cats["hats"], "n_rows")))
+        print(f"clusters whose field row count differs between the sources: {n_rows_differ}")
+    if server is not None:
+        print(f"TAP server: {len(server.state.queries)} queries received")
+
+    # 3. calibration, on the first source's catalogue
+    first = next(iter(cats))
+    cat = cats[first]
+    print_calibration(cat, truth, first)
     return cat
 
 
@@ -574,6 +625,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="workers of the full runs (1: in this process)")
     ap.add_argument("--throughput-clusters", type=int, default=20, help="0: skip the throughput runs")
     ap.add_argument("--throughput-only", action="store_true", help="skip the full runs and the calibration")
+    ap.add_argument(
+        "--compare-fields",
+        action="store_true",
+        help="instead of the full runs: fetch every cluster's field from both sources and compare them row by row",
+    )
+    ap.add_argument(
+        "--calibrate-from", default=None, help="instead of the full runs: the calibration of a saved catalogue.ecsv"
+    )
     ap.add_argument("--kill-test", action="store_true")
     ap.add_argument("--kill-clusters", type=int, default=12)
     ap.add_argument("--num-samples", type=int, default=None)
@@ -625,7 +684,12 @@ def main() -> None:
 
     first = next(iter(specs))
     cat = None
-    if not args.throughput_only:
+    if args.compare_fields:
+        compare_fields(clusters, specs)
+    if args.calibrate_from:
+        cat = QTable.read(args.calibrate_from, format="ascii.ecsv")
+        print_calibration(cat, truth, f"the saved catalogue {args.calibrate_from}")
+    if not (args.throughput_only or args.compare_fields or args.calibrate_from):
         cat = full_runs_and_calibration(clusters, specs, truth, server, work, args, workers)
 
     # 4. throughput
