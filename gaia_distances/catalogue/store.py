@@ -60,6 +60,8 @@ _TEMPORARY = ".*.????????.tmp*"
 
 
 def _process_alive(pid: int) -> bool:
+    if pid <= 0:  # a lock without a process id: nothing holds it
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
