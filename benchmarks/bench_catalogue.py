@@ -293,32 +293,33 @@ def run(clusters: Table, spec: dict, out: Path, args: argparse.Namespace, **kw):
     return cat, time.perf_counter() - t0
 
 
+def sky_fields(sky: Table, clusters: Table) -> list[Table]:
+    """Each listed cluster's simulated cone, cut from the sky table by its ``source_id`` block."""
+    cluster_of = np.asarray(sky["source_id"]) // 1_000_000
+    return [sky[cluster_of == int(str(row["name"]).split()[-1])] for row in clusters]
+
+
 def plain_loop(sky: Table, clusters: Table, args: argparse.Namespace) -> tuple[list, float]:
     """``gd.fit_cluster`` on each cluster's field, one after another in this process; (fits, wall seconds).
 
-    The fields are cut from the sky table (the simulated cone of each cluster) before the clock starts: this
-    times the fits alone, the floor any catalogue runner is measured against.
+    The fields are cut from the sky table before the clock starts: this times the fits alone, the floor any
+    catalogue runner is measured against.
     """
-    cluster_of = np.asarray(sky["source_id"]) // 1_000_000
-    fields = []
-    for row in clusters:
-        k = int(str(row["name"]).split()[-1])
-        field = sky[cluster_of == k]
-        fields.append((field, float(row["parallax"]) if "parallax" in clusters.colnames else None))
+    fields = sky_fields(sky, clusters)
+    plx = np.asarray(clusters["parallax"], float) if "parallax" in clusters.colnames else np.full(len(fields), np.nan)
     fits = []
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for i, (field, plx) in enumerate(fields):
-            hint = None if plx is None or not np.isfinite(plx) else 1000.0 / plx
+        for i, field in enumerate(fields):
+            hint = 1000.0 / plx[i] if np.isfinite(plx[i]) else None
             fits.append(gd.fit_cluster(field, seed=args.seed + i, distance_hint=hint, **fit_options(args)))
     return fits, time.perf_counter() - t0
 
 
 def batched(sky: Table, clusters: Table, args: argparse.Namespace):
     """``gd.fit_clusters`` over the same fields as :func:`plain_loop`, one call; (ClusterFits, wall seconds)."""
-    cluster_of = np.asarray(sky["source_id"]) // 1_000_000
-    fields = [sky[cluster_of == int(str(row["name"]).split()[-1])] for row in clusters]
+    fields = sky_fields(sky, clusters)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -712,14 +713,15 @@ def main() -> None:
         print(f"\n#### Throughput ({k} clusters from {first}, compilation included, fresh out folders)\n")
         print("| run | wall [s] | clusters / hour | projected for 7 167 clusters |")
         print("|---|---|---|---|")
+
+        def timed_row(label: str, wall: float) -> None:
+            rate = k / wall * 3600
+            print(f"| {label} | {wall:.1f} | {rate:.0f} | {hms(HUNT2023_CLUSTERS / rate * 3600)} |", flush=True)
+
         loop, wall = plain_loop(sky, sub, args)
-        rate = k / wall * 3600
-        label = "a plain loop over `gd.fit_cluster` (fields cut from the sky beforehand, not timed)"
-        print(f"| {label} | {wall:.1f} | {rate:.0f} | {hms(HUNT2023_CLUSTERS / rate * 3600)} |", flush=True)
+        timed_row("a plain loop over `gd.fit_cluster` (fields cut from the sky beforehand, not timed)", wall)
         batch, wall = batched(sky, sub, args)
-        rate = k / wall * 3600
-        label = "`gd.fit_clusters`, one vectorised call over the same fields (no distance hints)"
-        print(f"| {label} | {wall:.1f} | {rate:.0f} | {hms(HUNT2023_CLUSTERS / rate * 3600)} |", flush=True)
+        timed_row("`gd.fit_clusters`, one vectorised call over the same fields (no distance hints)", wall)
         agree = [
             abs(float(np.mean(a.posterior["D"])) - float(np.mean(b.posterior["D"]))) / float(np.std(a.posterior["D"]))
             for a, b in zip(loop, batch.fits)
@@ -730,9 +732,7 @@ def main() -> None:
             f"{np.max(agree):.2f} sd at most) | | | |"
         )
         for label, w in (("`workers=None` (in this process)", None), ("`workers=2` (local Dask cluster)", 2)):
-            _, wall = run(sub, spec, work / f"throughput_{w}", args, workers=w)
-            rate = k / wall * 3600
-            print(f"| {label} | {wall:.1f} | {rate:.0f} | {hms(HUNT2023_CLUSTERS / rate * 3600)} |", flush=True)
+            timed_row(label, run(sub, spec, work / f"throughput_{w}", args, workers=w)[1])
         print(
             f"\n(The fields are small: {args.n_field} field stars and 60-200 members, G < 18, in {args.radius} deg "
             "cones; Hunt & Reffert's fields hold up to tens of thousands of stars.)"
