@@ -158,7 +158,8 @@ def _checked_settings(
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}; got {method!r}")
     defaults = {k: p.default for k, p in _FIT_SIGNATURE.parameters.items()}
-    fit_options_from(defaults | fit_options | {"seed": seed})
+    checked = fit_options_from(defaults | fit_options | {"seed": seed})
+    fit_options = {**fit_options, "prior": checked.prior}  # None is the default prior set: recorded as such
     scale = _finite("radius_scale", radius_scale)
     if scale <= 0:
         raise ValueError(f"radius_scale must be positive; got {radius_scale!r}")
@@ -185,7 +186,6 @@ def _record(settings: RunSettings, source: FieldSource) -> dict[str, Any]:
     bound = _FIT_SIGNATURE.bind_partial(None, **settings.fit_options)
     bound.apply_defaults()
     options = {k: v for k, v in bound.arguments.items() if k not in _PER_CLUSTER}
-    options["prior"] = fit_options_from(options | {"seed": settings.seed}).prior  # None is the default prior set
     options |= {
         "seed": settings.seed,
         "radius_scale": settings.radius_scale,
