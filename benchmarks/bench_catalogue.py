@@ -191,7 +191,7 @@ def cone_server(sky: Table):
     sys.path.insert(0, str(TESTS))
     import gzip
 
-    from tap_server import TapServer, TapState, _Handler
+    from tap_server import TapServer, _Handler
 
     xyz = _unit(np.asarray(sky["ra"], dtype=float), np.asarray(sky["dec"], dtype=float))
     gmag = np.asarray(sky["phot_g_mean_mag"], dtype=float)
@@ -224,19 +224,7 @@ def cone_server(sky: Table):
             sky[inside].write(buf, format="votable")
             self._send(200, gzip.compress(buf.getvalue()), "application/x-votable+xml", {"Content-Encoding": "gzip"})
 
-    class ConeTapServer(TapServer):
-        def __init__(self) -> None:  # TapServer's, with the handler above
-            import http.server
-
-            self.state = TapState(payload=b"")
-            handler = type("Handler", (ConeHandler,), {"state": self.state})
-            self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-            self.httpd.daemon_threads = True
-            self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-            self.thread.start()
-            self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-
-    return ConeTapServer()
+    return TapServer(b"", handler=ConeHandler)
 
 
 def write_hats(sky: Table, folder: Path) -> Path:

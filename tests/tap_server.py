@@ -181,11 +181,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class TapServer:
-    """Start with ``TapServer(payload)``; ``.url`` is the server root; ``.close()`` stops it."""
+    """Start with ``TapServer(payload)``; ``.url`` is the server root; ``.close()`` stops it.
 
-    def __init__(self, payload: bytes) -> None:
+    ``handler`` replaces the request handler with a subclass of the default one (a server that answers
+    each job from its query, for example).
+    """
+
+    def __init__(self, payload: bytes, handler: type[_Handler] | None = None) -> None:
         self.state = TapState(payload=payload)
-        handler = type("Handler", (_Handler,), {"state": self.state})
+        handler = type("Handler", (handler or _Handler,), {"state": self.state})
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
