@@ -19,6 +19,15 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from gaia_distances.core.collapse import (
+    GRID_NODES,
+    collapsed_model,
+    expand_draws,
+    grid_starts,
+    n_grid_rows,
+    parameter_grid,
+    with_grid,
+)
 from gaia_distances.core.diagnostics import convergence_problems, ess_rhat, no_cluster_signal
 from gaia_distances.core.initialisation import MapResult, value_and_grad, whitening
 from gaia_distances.core.kinematics import KinematicData
@@ -80,8 +89,13 @@ def compile_marginal(data: StarData, model: ClusterModel, settings: NutsSettings
     n = model.n_params
     if data.n_stars > SPLIT_ABOVE:
         precompile(log_odds_program(model), jnp.zeros((SCREEN_POINTS, n), dt), data)
-    else:
+        return
+    collapsed = collapsed_model(model)
+    if collapsed is None:
         compile_segments(whitened_potential_gen(model), stack_star_data([data]), n, settings)
+    else:  # the grid's shapes, whatever its nodes
+        gridded = with_grid(data, model, (np.linspace(-1.0, 1.0, GRID_NODES), 1.0))
+        compile_segments(whitened_potential_gen(collapsed), stack_star_data([gridded]), collapsed.n_params, settings)
 
 
 def convergence_check(model: ClusterModel, n_stars: Sequence[int]) -> Callable[[int, np.ndarray], Convergence]:
@@ -171,7 +185,87 @@ def sample_marginal_batch(
     The chains' first log densities and gradients come from the MAP search's compiled gradient on
     ``search_data`` (default ``data``; the same stars, unsplit): the posterior is the same up to the
     ``e^-30`` per star that a split leaves out.
+
+    A model with a parameter that a term lets the sampler integrate out is sampled collapsed
+    (:mod:`~gaia_distances.core.collapse`), then that parameter is drawn from its conditional; where the
+    grid fails its checks at the draws, the model is sampled again with the parameter in ``z``.
     """
+    collapsed = collapsed_model(model)
+    note = None
+    if collapsed is not None:
+        draws, note = _sample_collapsed(data, model, collapsed, starts, settings, seed, progress, extend)
+        if draws is not None:
+            return draws
+    out = _sample_full(data, model, starts, settings, seed, progress, extend, search_data)
+    for d in out:
+        if note is not None and d.sampler is not None:
+            d.sampler["stages"].insert(0, note)
+    return out
+
+
+def _draws(r: Any, z: np.ndarray, stages: list[str]) -> Draws:
+    return Draws(
+        z,
+        None,
+        {"diverging": r.diverging, "n_steps": r.num_steps},
+        {
+            "stages": stages,
+            "gradients_per_chain": r.gradients,
+            "step_size": [float(e) for e in r.step_size],
+            "converged": not r.convergence.problems,
+        },
+    )
+
+
+def _sample_collapsed(
+    data: Sequence[StarData],
+    model: ClusterModel,
+    collapsed: ClusterModel,
+    starts: Sequence[MapResult],
+    settings: NutsSettings,
+    seed: int,
+    progress: Progress | None,
+    extend: bool,
+) -> tuple[list[Draws] | None, str | None]:
+    """The staged sampler on the collapsed model, its draws expanded; ``(None, why)`` where the grid of a
+    field fails its checks."""
+    n_rows = max(n_grid_rows(d, model) for d in data)
+    gridded = [with_grid(d, model, parameter_grid(s.z, s.covariance, model), n_rows) for d, s in zip(data, starts)]
+    centre, cov = grid_starts(starts, model, collapsed)
+    staged = sample_staged(
+        whitened_potential_gen(collapsed),
+        centre,
+        cov,
+        stack_star_data(gridded),
+        settings,
+        seed=seed,
+        check=convergence_check(collapsed, [_n_real(d) for d in data]),
+        names=collapsed.names,
+        extend=extend,
+        progress=progress,
+        initial=_search_density(collapsed, gridded),
+    )
+    out = []
+    param = next(n for n in model.names if n not in collapsed.names)
+    for b, r in enumerate(staged):
+        z, check = expand_draws(r.z, gridded[b], collapsed, seed=seed + b)
+        if not check.ok:
+            return None, f"{check.describe(param)}: the grid fails its checks, so {param} was sampled instead"
+        out.append(_draws(r, z, [*r.stages, check.describe(param)]))
+    return out, None
+
+
+def _sample_full(
+    data: Sequence[StarData],
+    model: ClusterModel,
+    starts: Sequence[MapResult],
+    settings: NutsSettings,
+    seed: int,
+    progress: Progress | None,
+    extend: bool,
+    search_data: Sequence[StarData] | None,
+) -> list[Draws]:
+    """The staged sampler on ``model`` itself."""
     n = model.n_params
     cov = np.stack([s.covariance if s.covariance is not None else whitening(None, n) ** 2 for s in starts])
     staged = sample_staged(
@@ -187,20 +281,7 @@ def sample_marginal_batch(
         progress=progress,
         initial=_search_density(model, list(search_data) if search_data is not None else list(data)),
     )
-    return [
-        Draws(
-            r.z,
-            None,
-            {"diverging": r.diverging, "n_steps": r.num_steps},
-            {
-                "stages": list(r.stages),
-                "gradients_per_chain": r.gradients,
-                "step_size": [float(e) for e in r.step_size],
-                "converged": not r.convergence.problems,
-            },
-        )
-        for r in staged
-    ]
+    return [_draws(r, r.z, list(r.stages)) for r in staged]
 
 
 def _search_density(model: ClusterModel, data: list[StarData]) -> InitialDensity:

@@ -46,7 +46,7 @@ from gaia_distances.core.kinematics import (
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, Population, log_prior, to_population
 from gaia_distances.core.selection import Truncation, cluster_log_pass, field_log_pass, prepare_truncation
-from gaia_distances.core.terms import prepare_term_data, term_log_likelihoods
+from gaia_distances.core.terms import integrated_log_likelihood, prepare_term_data, term_log_likelihoods
 
 __all__ = [
     "BLOCK",
@@ -94,6 +94,8 @@ class StarData(NamedTuple):
     truncation: Truncation | None = None  # the parallax cut, modelled as a truncation
     field_only: Any = None  # a StarData of stars that are certainly not members (see split_star_data)
     terms: Any = None  # each model term's per-star data, by the term's name (core/terms.py)
+    #: a term's parameter integrated out on a grid, by the term's name (one at most; core/collapse.py)
+    integration: Any = None
 
     @property
     def n_stars(self) -> int:
@@ -242,7 +244,7 @@ def split_star_data(data: StarData, field_only: np.ndarray) -> StarData:
         return data
 
     def part(rows: np.ndarray) -> StarData:
-        sub = per_star_map(lambda x: x[rows], on_host(data._replace(weight=None)))
+        sub = per_star_map(lambda x: x[rows], on_host(data._replace(weight=None, integration=None)))
         return pad_star_data(sub, padded_size(rows.size))
 
     return part(keep)._replace(field_only=part(drop))
@@ -274,8 +276,12 @@ def per_star_map(fn: Any, data: StarData) -> StarData:
     if truncation is not None:
         rows = jax.tree_util.tree_map(one, truncation._replace(field=None))
         truncation = rows._replace(field=table(truncation.field))
-    rest = jax.tree_util.tree_map(one, data._replace(field=None, truncation=None, bins=None, field_only=None))
-    return rest._replace(field=table(data.field), truncation=truncation, bins=bins(data.bins))
+    rest = jax.tree_util.tree_map(
+        one, data._replace(field=None, truncation=None, bins=None, field_only=None, integration=None)
+    )
+    return rest._replace(
+        field=table(data.field), truncation=truncation, bins=bins(data.bins), integration=data.integration
+    )
 
 
 def stack_star_data(items: Sequence[StarData]) -> StarData:
@@ -291,7 +297,7 @@ class ComponentLikelihoods(NamedTuple):
 
 
 def component_log_likelihoods(
-    pop: Population, data: StarData, *, n_gh: int = 10, n_newton: int = 2
+    pop: Population, data: StarData, *, n_gh: int = 10, n_newton: int = 2, leave_out: str | None = None
 ) -> ComponentLikelihoods:
     """Each component's per-star log likelihood at one population.
 
@@ -299,7 +305,7 @@ def component_log_likelihoods(
     proper motions each component's proper-motion term is added: the
     cluster's at each node of its distance integral, the field's over its
     distance posterior (:mod:`~gaia_distances.core.kinematics`); then the
-    model terms' (:func:`~gaia_distances.core.terms.term_log_likelihoods`).
+    model terms' (:func:`~gaia_distances.core.terms.term_log_likelihoods`), but the term ``leave_out``.
     """
     kin, obs = pop.kin, data.kin
     node_term = node_parallax = None
@@ -322,11 +328,11 @@ def component_log_likelihoods(
     )
     if data.truncation is not None:
         cluster = cluster - cluster_log_pass(data.truncation, data.parallax_error, pop.log_D, pop.log_sigma)
-    term_cluster, _ = term_log_likelihoods(pop.terms, data.terms)
-    return ComponentLikelihoods(cluster + term_cluster, field_component_log_likelihood(pop, data))
+    term_cluster, _ = term_log_likelihoods(pop.terms, data.terms, leave_out=leave_out)
+    return ComponentLikelihoods(cluster + term_cluster, field_component_log_likelihood(pop, data, leave_out))
 
 
-def field_component_log_likelihood(pop: Population, data: StarData) -> Array:
+def field_component_log_likelihood(pop: Population, data: StarData, leave_out: str | None = None) -> Array:
     """The field component's per-star log likelihood at one population (see :func:`component_log_likelihoods`)."""
     kin, obs = pop.kin, data.kin
     if pop.field_log_w is not None and data.bins is not None and kin is not None and obs is not None:
@@ -344,7 +350,7 @@ def field_component_log_likelihood(pop: Population, data: StarData) -> Array:
             field = field + field_pm_log_term(mean_w, var_w, data.parallax, kin, obs)
     if data.truncation is not None:
         field = field - _field_log_pass(pop, data.truncation)
-    _, term_field = term_log_likelihoods(pop.terms, data.terms)
+    _, term_field = term_log_likelihoods(pop.terms, data.terms, leave_out=leave_out)
     return field + term_field
 
 
@@ -388,11 +394,15 @@ def marginal_log_likelihood(
     """
 
     def total(d: StarData) -> Array:
-        log_c, log_f = _weighted(pop, component_log_likelihoods(pop, d, n_gh=n_gh, n_newton=n_newton))
+        (name, grid), *_ = (d.integration or {None: None}).items()
+        comp = component_log_likelihoods(pop, d, n_gh=n_gh, n_newton=n_newton, leave_out=name)
+        log_c, log_f = _weighted(pop, comp)
         terms = jnp.logaddexp(log_c, log_f)
         if d.weight is not None:
             terms = jnp.where(d.weight > 0, terms, 0.0)
-        return jnp.sum(terms)
+        if name is None:
+            return jnp.sum(terms)
+        return jnp.sum(terms) + integrated_log_likelihood(log_c, log_f, pop.terms, name, grid)
 
     n = data.n_stars
     extra: Array | float = 0.0
@@ -401,7 +411,7 @@ def marginal_log_likelihood(
         terms = jnp.log1p(-pop.Q) + field_component_log_likelihood(pop, fo)
         extra = jnp.sum(jnp.where(fo.weight > 0, terms, 0.0) if fo.weight is not None else terms)
         data = data._replace(field_only=None)
-    if not blocked or n <= BLOCKS_ABOVE or n % BLOCK:
+    if not blocked or n <= BLOCKS_ABOVE or n % BLOCK or data.integration is not None:
         return total(data) + extra
     blocks = per_star_map(lambda x: x.reshape(n // BLOCK, BLOCK, *x.shape[1:]), data)
     return jnp.sum(jax.lax.map(jax.checkpoint(total), blocks)) + extra

@@ -92,6 +92,9 @@ class ClusterModel(NamedTuple):
     n_field_pm: int = 2
     perspective: bool = False
     terms: tuple[str, ...] = ()  # the model's terms (names in core/terms.py's TERMS), their blocks last in z
+    #: the sampler's form of the model: a term's integrable parameter (``v_r``, say) is left out of ``z`` and
+    #: integrated out on a grid (:mod:`~gaia_distances.core.collapse`)
+    collapsed: bool = False
 
     @property
     def parameters(self) -> tuple[Parameter, ...]:

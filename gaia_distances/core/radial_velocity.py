@@ -165,16 +165,31 @@ class RadialVelocities(Term):
         e = np.where(ok, values["radial_velocity_error"], 1.0)
         return RadialVelocityData(v, e, ok.astype(float))
 
+    def present(self, data: RadialVelocityData) -> Array:
+        return data.has_rv
+
     def population(self, z: Array, model: ModelLike, xp: Any) -> RadialVelocityValues:
         def at(name: str) -> Array:
             return z[..., model.position(name)]
 
+        v_r = at("v_r") if "v_r" in model.names else None  # None: integrated out by the sampler
         return RadialVelocityValues(
-            at("v_r"), at("log_sigma_v"), at("logit_rv_binary"), at("field_rv_mean"), at("field_log_rv_scale")
+            v_r, at("log_sigma_v"), at("logit_rv_binary"), at("field_rv_mean"), at("field_log_rv_scale")
         )
+
+    def integrable(self, model: ModelLike) -> str | None:
+        # without the perspective projection the members' mean velocity enters this term alone
+        return None if model.perspective else "v_r"
+
+    def at_nodes(self, values: RadialVelocityValues, nodes: Array) -> RadialVelocityValues:
+        return values._replace(v_r=nodes)
 
     def log_terms(self, values: RadialVelocityValues, data: RadialVelocityData) -> tuple[Array, Array]:
         e2 = data.rv_error * data.rv_error
+        scale = jnp.sqrt(jnp.exp(2.0 * values.field_log_sd) + e2)
+        field = _student_log_pdf(data.rv - values.field_mean, scale, FIELD_DOF)
+        if values.v_r is None:
+            return jnp.zeros_like(field), data.has_rv * field
         dv = data.rv - values.v_r
         var = jnp.exp(2.0 * values.log_sigma_v) + e2
         log_fb = -jnp.logaddexp(0.0, -values.logit_binary)
@@ -182,13 +197,11 @@ class RadialVelocities(Term):
         cluster = jnp.logaddexp(
             log_single + _normal_log_pdf(dv, var), log_fb + _normal_log_pdf(dv, var + BINARY_SD_KMS**2)
         )
-        scale = jnp.sqrt(jnp.exp(2.0 * values.field_log_sd) + e2)
-        field = _student_log_pdf(data.rv - values.field_mean, scale, FIELD_DOF)
         return data.has_rv * cluster, data.has_rv * field
 
     def physical(self, values: RadialVelocityValues, model: ModelLike) -> dict[str, np.ndarray]:
-        return {
-            "rv": np.asarray(values.v_r),
+        out = {} if values.v_r is None else {"rv": np.asarray(values.v_r)}
+        return out | {
             "rv_binary_fraction": 1.0 / (1.0 + np.exp(-np.asarray(values.logit_binary))),
             "field_rv_mean": np.asarray(values.field_mean),
             "field_rv_scale": np.exp(np.asarray(values.field_log_sd)),
@@ -204,11 +217,13 @@ class RadialVelocities(Term):
             q = np.percentile(v[has], [16, 84]) if has.sum() > 2 else np.array([-30.0, 30.0])
             z[model.position("field_rv_mean")] = centre
             z[model.position("field_log_rv_scale")] = math.log(max(0.5 * (q[1] - q[0]), 2.0))
-            z[model.position("v_r")] = centre
+            if "v_r" in model.names:
+                z[model.position("v_r")] = centre
             z[model.position("logit_rv_binary")] = math.log(0.3 / 0.7)
             return
         mine = has & np.asarray(near, bool)
-        if mine.sum() >= 3:  # the candidate's stars: their median velocity (robust to binaries and the field)
+        # the candidate's stars: their median velocity (robust to binaries and the field)
+        if mine.sum() >= 3 and "v_r" in model.names:
             z[model.position("v_r")] = float(np.median(v[mine]))
 
     def simulate(self, rng: np.random.Generator, truth: Mapping[str, Any]) -> dict[str, SimulatedColumn]:

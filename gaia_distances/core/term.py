@@ -22,6 +22,10 @@ in :data:`~gaia_distances.core.terms.TERMS`. A term declares:
   cluster)`` and ``ln p(data_i | field)`` per star; the marginal and the
   joint likelihood add them in one place
   (:func:`~gaia_distances.core.terms.term_log_likelihoods`);
+- optionally, a parameter the sampler may **integrate out** on a grid
+  (:meth:`~Term.integrable`, :meth:`~Term.at_nodes`): one that enters no
+  log term but the term's cluster ones, such as the members' mean radial
+  velocity (:mod:`~gaia_distances.core.collapse`);
 - its **physical draws** (:meth:`~Term.physical`), its **start**
   (:meth:`~Term.start`) for the MAP search, and its **simulator**
   (:meth:`~Term.simulate`) for :func:`~gaia_distances.simulate_field`.
@@ -100,12 +104,28 @@ class Term:
         that are not :meth:`usable` get placeholders and a term of 0."""
         raise NotImplementedError
 
+    def present(self, data: Any) -> Array:
+        """1 where a star of the term's per-star data (:meth:`prepare`) has usable values, else 0."""
+        raise NotImplementedError
+
     def population(self, z: Array, model: ModelLike, xp: Any) -> Any:
         """The term's population values at ``z`` (read by name; ``xp`` is ``jnp`` or ``np``)."""
         raise NotImplementedError
 
     def log_terms(self, values: Any, data: Any) -> tuple[Array, Array]:
         """``ln p(data_i | cluster)`` and ``ln p(data_i | field)`` per star (0 where a star has no data)."""
+        raise NotImplementedError
+
+    def integrable(self, model: ModelLike) -> str | None:
+        """The one parameter of the term's block for ``model`` that enters nothing but the term's cluster log
+        terms, which the sampler then integrates out on a grid (:mod:`~gaia_distances.core.collapse`);
+        ``None`` (the default) where there is none."""
+        return None
+
+    def at_nodes(self, values: Any, nodes: Array) -> Any:
+        """``values`` with the :meth:`integrable` parameter set to ``nodes`` (an array that broadcasts
+        against the stars, e.g. ``(K, 1)``; ``None``: left out of ``z``, and then :meth:`log_terms` gives
+        its cluster part as 0 and :meth:`physical` leaves its quantity out)."""
         raise NotImplementedError
 
     def physical(self, values: Any, model: ModelLike) -> dict[str, np.ndarray]:

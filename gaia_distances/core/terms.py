@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,10 @@ from gaia_distances.core.term import ModelLike, Term
 __all__ = [
     "ALL_QUANTITIES",
     "TERMS",
+    "GridIntegral",
+    "integrated_log_likelihood",
+    "node_log_integrand",
+    "integrated_parameter",
     "prepare_term_data",
     "term_blocks",
     "term_log_likelihoods",
@@ -51,8 +55,24 @@ ALL_QUANTITIES: tuple[Quantity, ...] = (*QUANTITIES, *(q for t in _REGISTERED fo
 
 
 def term_blocks(model: ModelLike) -> tuple[Block, ...]:
-    """The blocks of ``model``'s terms, in the order of ``z``."""
-    return tuple(TERMS[name].block(model) for name in model.terms)
+    """The blocks of ``model``'s terms, in the order of ``z`` (a ``collapsed`` model's without the parameter
+    its sampler integrates out, :func:`integrated_parameter`)."""
+    out = []
+    for name in model.terms:
+        block = TERMS[name].block(model)
+        gone = TERMS[name].integrable(model) if model.collapsed else None
+        out.append(block._replace(parameters=tuple(p for p in block.parameters if p.name != gone)))
+    return tuple(out)
+
+
+def integrated_parameter(model: ModelLike) -> tuple[str, str] | None:
+    """``(term, parameter)``: the first of ``model``'s terms that can integrate a parameter out on a grid
+    (:meth:`~gaia_distances.core.term.Term.integrable`), and that parameter; ``None`` where none can."""
+    for name in model.terms:
+        param = TERMS[name].integrable(model)
+        if param is not None:
+            return name, param
+    return None
 
 
 def term_population(z: Array, model: ModelLike, xp: Any) -> dict[str, Any] | None:
@@ -62,9 +82,11 @@ def term_population(z: Array, model: ModelLike, xp: Any) -> dict[str, Any] | Non
     return {name: TERMS[name].population(z, model, xp) for name in model.terms}
 
 
-def term_log_likelihoods(values: Mapping[str, Any] | None, data: Mapping[str, Any] | None) -> tuple[Array, Array]:
+def term_log_likelihoods(
+    values: Mapping[str, Any] | None, data: Mapping[str, Any] | None, *, leave_out: str | None = None
+) -> tuple[Array, Array]:
     """The terms' ``ln p(data_i | cluster)`` and ``ln p(data_i | field)`` per star, summed over the terms
-    that have both population values and data (0 where none has).
+    that have both population values and data (0 where none has), but the term ``leave_out``.
 
     The marginal likelihood (:func:`~gaia_distances.core.likelihood.component_log_likelihoods`) and the
     joint model (:func:`~gaia_distances.core.models.component_log_terms_at`) both add these, so a term is
@@ -74,10 +96,45 @@ def term_log_likelihoods(values: Mapping[str, Any] | None, data: Mapping[str, An
     field: Array = 0.0
     if values and data:
         for name, term_data in data.items():
-            if name in values:
+            if name in values and name != leave_out:
                 c, f = TERMS[name].log_terms(values[name], term_data)
                 cluster, field = cluster + c, field + f
     return cluster, field
+
+
+class GridIntegral(NamedTuple):
+    """A term's parameter integrated out on a grid (:mod:`~gaia_distances.core.collapse`): the ``rows``
+    (of the :class:`~gaia_distances.core.likelihood.StarData` that holds it) of the stars with the term's
+    data, 1 in ``mask`` for a real row (0 for padding), the term's data at those rows, the ``nodes``, the
+    log weights of the quadrature over them (the parameter's prior density included) and the grid's
+    ``scale`` (:func:`~gaia_distances.core.collapse.parameter_grid`)."""
+
+    rows: Array
+    mask: Array
+    data: Any
+    nodes: Array
+    log_weights: Array
+    scale: Array
+
+
+def node_log_integrand(
+    log_c: Array, log_f: Array, values: Mapping[str, Any], name: str, grid: GridIntegral, nodes: Array
+) -> Array:
+    """``sum_j [ln(c_j t_j(x_k) + f_j t'_j) - ln(c_j + f_j)]`` at each node ``x_k``: the change the term
+    ``name`` makes to the log likelihood with its integrable parameter at ``x_k``, given every star's
+    weighted component terms without it (``log_c``, ``log_f``, per star of the data that holds ``grid``)."""
+    term = TERMS[name]
+    lc, lf = log_c[grid.rows], log_f[grid.rows]
+    c, f = term.log_terms(term.at_nodes(values[name], nodes[:, None]), grid.data)
+    return jnp.sum(grid.mask * (jnp.logaddexp(lc + c, lf + f) - jnp.logaddexp(lc, lf)), axis=-1)
+
+
+def integrated_log_likelihood(
+    log_c: Array, log_f: Array, values: Mapping[str, Any], name: str, grid: GridIntegral
+) -> Array:
+    """The term ``name``'s share of the log likelihood with its integrable parameter integrated out:
+    ``ln sum_k w_k p(x_k) exp(`` :func:`node_log_integrand` ``)``."""
+    return jax.nn.logsumexp(grid.log_weights + node_log_integrand(log_c, log_f, values, name, grid, grid.nodes))
 
 
 def term_physical(values: Mapping[str, Any] | None, model: ModelLike) -> dict[str, np.ndarray]:
