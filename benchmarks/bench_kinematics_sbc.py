@@ -225,6 +225,10 @@ def main() -> None:
         rec: dict[str, Any] = {"i": i, "truth": truth, "warned": warned, "wall_s": wall}
         rec["status"] = fit.diagnostics["status"]
         rec["steps_per_draw"] = float(fit.diagnostics["mean_steps_per_draw"])
+        sampler = fit.diagnostics.get("sampler") or {}
+        rec["gradients_per_chain"] = sampler.get("gradients_per_chain")
+        # how v_r was sampled: on the grid, or in z after the grid failed its checks (core/collapse.py)
+        rec["grid"] = next((s for s in sampler.get("stages", ()) if "on a grid" in s), None)
         rec["inside"] = {k: _inside(post[k], truth[k]) for k in truth if k in post}
         rec["z_score"] = {k: float((post[k].mean() - truth[k]) / post[k].std()) for k in truth if k in post}
         rec["precision_recall"] = _membership(fit, is_member)
@@ -284,6 +288,12 @@ def report(records: list[dict[str, Any]], args: Any, wall: float) -> None:
         line += f"; parallax-only reference {np.median(rp[:, 0]):.3f} / {np.median(rp[:, 1]):.3f}"
     print(line)
     print(f"binomial s.e. of a 68 % coverage over {n} fits: {math.sqrt(0.6827 * 0.3173 / n):.3f}")
+    grid = [r.get("grid") for r in records]
+    fell_back = sum(1 for g in grid if g and "sampled instead" in g)
+    print(
+        f"v_r integrated out on the grid in {sum(1 for g in grid if g) - fell_back} fits, sampled after the grid "
+        f"failed its checks in {fell_back}; median wall time {np.median([r['wall_s'] for r in records]):.1f} s"
+    )
 
 
 if __name__ == "__main__":

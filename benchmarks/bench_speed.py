@@ -14,6 +14,8 @@ package imported from this tree or from a ``git worktree`` of ``--baseline``
   warm fit);
 - ``cone_no_terms``: the same without the model's terms (``radial_velocities=False``), which times
   the terms' machinery against a baseline without it;
+- ``seeds``, ``seeds_no_terms``: both cones, five seeds each, warm fits in one process (after a first
+  fit of each), with and without the terms: the sampler's cost over seeds, and the ``rv`` quantiles;
 - ``sparse``: the 1 % cluster in a 40 000-star G < 20 cone (``bench_kinematics
   --cases sparse``), precision and recall of ``membership_prob > 0.5``;
 - ``deep``: an 8 600-star simulated cone as deep as the demo's (G < 20.7),
@@ -80,8 +82,16 @@ def _fit_record(gd: Any, t: Any, seed: int, **kw: Any) -> dict[str, Any]:
         "draws": int(p["D"].size),
         "D": f"{p['D'].mean():.1f} +- {p['D'].std():.1f}",
         "pm": f"{p['pmra'].mean():.4f}, {p['pmdec'].mean():.4f}" if "pmra" in p else None,
+        "rv": _quantiles(p["rv"]) if "rv" in p else None,
         "fit": fit,
     }
+
+
+def _quantiles(x: Any) -> str:
+    import numpy as np
+
+    q = np.percentile(np.asarray(x), [16, 50, 84])
+    return f"{q[1]:.2f} [{q[0]:.2f}, {q[2]:.2f}], sd {np.std(x):.2f}"
 
 
 def worker(case: str) -> list[dict[str, Any]]:
@@ -106,6 +116,20 @@ def worker(case: str) -> list[dict[str, Any]]:
         ):
             rec.pop("fit")
             out.append({"what": name, **rec})
+    elif case in ("seeds", "seeds_no_terms"):
+        import inspect
+
+        terms = [n for n in inspect.signature(gd.fit_cluster).parameters if n == "radial_velocities"]
+        kw = {n: False for n in terms} if case == "seeds_no_terms" else {}
+        for name in ("ngc2437", "ngc2301"):
+            t = _quiet_load(gd, name)
+            _fit_record(gd, t, seed=99, **kw)  # loads and compiles: the fits below are warm
+            for seed in range(5):
+                rec = _fit_record(gd, t, seed=seed, **kw)
+                fit = rec.pop("fit")
+                rec["sampling_s"] = rec["timings"].get("sampling_s")
+                rec["last_stage"] = (fit.diagnostics.get("sampler") or {}).get("stages", [""])[-1][:120]
+                out.append({"what": f"{name}, seed {seed}, warm", **rec})
     elif case == "sparse":
         import numpy as np
 
@@ -236,7 +260,7 @@ def main() -> None:
         "--cases",
         nargs="+",
         default=["cone", "profile"],
-        choices=["cone", "cone_no_terms", "sparse", "deep", "demo", "profile"],
+        choices=["cone", "cone_no_terms", "seeds", "seeds_no_terms", "sparse", "deep", "demo", "profile"],
     )
     ap.add_argument("--baseline", default=BASELINE, help="git ref to compare with (none: skip it)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -253,7 +277,8 @@ def main() -> None:
     for label, tree in trees.items():
         cache = work / f"cache-{label.replace(' ', '-')}"
         for case in args.cases:
-            if case in ("profile", "cone_no_terms") and label != "new":  # (a baseline without terms: its cone)
+            # (a baseline without terms: its cone)
+            if case in ("profile", "cone_no_terms", "seeds_no_terms") and label != "new":
                 continue
             if case == "demo":
                 print(label, json.dumps(_demo(tree, work / f"demo-cache-{label.replace(' ', '-')}")), flush=True)

@@ -82,10 +82,6 @@ class RadialVelocityValues(NamedTuple):
     field_log_sd: Array
 
 
-def _normal_log_pdf(x: Array, var: Array) -> Array:
-    return -0.5 * x * x / var - 0.5 * jnp.log(var) - LOG_SQRT_2PI
-
-
 def _student_log_pdf(x: Array, scale: Array, dof: float) -> Array:
     t = x / scale
     norm = jsp.gammaln(0.5 * (dof + 1)) - jsp.gammaln(0.5 * dof) - 0.5 * math.log(dof * math.pi)
@@ -190,13 +186,13 @@ class RadialVelocities(Term):
         field = _student_log_pdf(data.rv - values.field_mean, scale, FIELD_DOF)
         if values.v_r is None:
             return jnp.zeros_like(field), data.has_rv * field
-        dv = data.rv - values.v_r
         var = jnp.exp(2.0 * values.log_sigma_v) + e2
-        log_fb = -jnp.logaddexp(0.0, -values.logit_binary)
-        log_single = -jnp.logaddexp(0.0, values.logit_binary)
-        cluster = jnp.logaddexp(
-            log_single + _normal_log_pdf(dv, var), log_fb + _normal_log_pdf(dv, var + BINARY_SD_KMS**2)
-        )
+        var_b = var + BINARY_SD_KMS**2
+        # per star, then at each value of v_r (an array of nodes, when the sampler integrates it out)
+        single = -jnp.logaddexp(0.0, values.logit_binary) - 0.5 * jnp.log(var) - LOG_SQRT_2PI
+        binary = -jnp.logaddexp(0.0, -values.logit_binary) - 0.5 * jnp.log(var_b) - LOG_SQRT_2PI
+        dv2 = jnp.square(data.rv - values.v_r)
+        cluster = jnp.logaddexp(single - 0.5 * dv2 / var, binary - 0.5 * dv2 / var_b)
         return data.has_rv * cluster, data.has_rv * field
 
     def physical(self, values: RadialVelocityValues, model: ModelLike) -> dict[str, np.ndarray]:
