@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.collapse import (
-    GRID_NODES,
     collapsed_model,
     expand_draws,
     grid_starts,
     n_grid_rows,
     parameter_grid,
     with_grid,
+    worth_collapsing,
 )
 from gaia_distances.core.diagnostics import convergence_problems, ess_rhat, no_cluster_signal
 from gaia_distances.core.initialisation import MapResult, value_and_grad, whitening
@@ -90,12 +90,8 @@ def compile_marginal(data: StarData, model: ClusterModel, settings: NutsSettings
     if data.n_stars > SPLIT_ABOVE:
         precompile(log_odds_program(model), jnp.zeros((SCREEN_POINTS, n), dt), data)
         return
-    collapsed = collapsed_model(model)
-    if collapsed is None:
-        compile_segments(whitened_potential_gen(model), stack_star_data([data]), n, settings)
-    else:  # the grid's shapes, whatever its nodes
-        gridded = with_grid(data, model, (np.linspace(-1.0, 1.0, GRID_NODES), 1.0))
-        compile_segments(whitened_potential_gen(collapsed), stack_star_data([gridded]), collapsed.n_params, settings)
+    # (a model the sampler may collapse is compiled as it is: whether it collapses depends on the MAP)
+    compile_segments(whitened_potential_gen(model), stack_star_data([data]), n, settings)
 
 
 def convergence_check(model: ClusterModel, n_stars: Sequence[int]) -> Callable[[int, np.ndarray], Convergence]:
@@ -187,10 +183,14 @@ def sample_marginal_batch(
     ``e^-30`` per star that a split leaves out.
 
     A model with a parameter that a term lets the sampler integrate out is sampled collapsed
-    (:mod:`~gaia_distances.core.collapse`), then that parameter is drawn from its conditional; where the
-    grid fails its checks at the draws, the model is sampled again with the parameter in ``z``.
+    (:mod:`~gaia_distances.core.collapse`) where the MAP leaves that parameter loose in some field
+    (:func:`~gaia_distances.core.collapse.worth_collapsing`), then the parameter is drawn from its
+    conditional; where the grid fails its checks at the draws, the model is sampled again with the
+    parameter in ``z``.
     """
     collapsed = collapsed_model(model)
+    if collapsed is not None and not any(worth_collapsing(s.z, s.covariance, model) for s in starts):
+        collapsed = None  # every field pins the parameter down: its posterior is Gaussian, NUTS samples it well
     note = None
     if collapsed is not None:
         draws, note = _sample_collapsed(data, model, collapsed, starts, settings, seed, progress, extend)

@@ -51,6 +51,7 @@ __all__ = [
     "grid_check",
     "parameter_grid",
     "with_grid",
+    "worth_collapsing",
 ]
 
 #: Nodes of the grid the sampler integrates over.
@@ -73,6 +74,16 @@ def collapsed_model(model: ClusterModel) -> ClusterModel | None:
     if model.collapsed or integrated_parameter(model) is None:
         return None
     return model._replace(collapsed=True)
+
+
+def worth_collapsing(z: np.ndarray, cov: np.ndarray | None, model: ClusterModel) -> bool:
+    """Whether the sampler should integrate ``model``'s integrable parameter out, from the MAP's Laplace
+    covariance: where its sd exceeds what the term declares (:attr:`~gaia_distances.core.term.Term.integrate_above`;
+    also without a covariance)."""
+    name, param = _integrated(model)
+    if cov is None or not np.isfinite(cov[model.position(param), model.position(param)]):
+        return True
+    return math.sqrt(max(float(cov[model.position(param), model.position(param)]), 0.0)) > TERMS[name].integrate_above
 
 
 def parameter_grid(z: np.ndarray, cov: np.ndarray | None, model: ClusterModel) -> tuple[np.ndarray, float]:

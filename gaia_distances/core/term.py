@@ -122,6 +122,10 @@ class Term:
         ``None`` (the default) where there is none."""
         return None
 
+    #: The Laplace sd of the :meth:`integrable` parameter below which the sampler leaves it in ``z``: a
+    #: parameter that the data pin down has a Gaussian posterior, which NUTS samples as well as the grid.
+    integrate_above: float = 0.0
+
     def at_nodes(self, values: Any, nodes: Array) -> Any:
         """``values`` with the :meth:`integrable` parameter set to ``nodes`` (an array that broadcasts
         against the stars, e.g. ``(K, 1)``; ``None``: left out of ``z``, and then :meth:`log_terms` gives
