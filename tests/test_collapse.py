@@ -74,7 +74,7 @@ def few_velocities_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return gd.fit_cluster(
-            t, zero_point="parallax_zeropoint_true", num_warmup=200, num_samples=200, seed=1, extend=False
+            t, zero_point="parallax_zeropoint_true", num_warmup=100, num_samples=100, seed=1, extend=False
         )
 
 

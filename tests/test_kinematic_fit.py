@@ -66,12 +66,9 @@ def test_the_fit_uses_the_radial_velocities_it_has(kin_input, kin_fit):
     assert rv["unit"] == "km / s" and rv["sd"] < 0.5
     assert abs(rv["mean"] - truth) < 4 * rv["sd"] + 0.1
     assert "rv" in kin_fit.diagnostics["r_hat"]  # a science quantity: checked like the others
-    # the sampler integrated v_r out on its grid, then drew it per draw: the draws are the full model's
-    assert any(
-        "integrated out on a grid" in s and "sampled instead" not in s for s in kin_fit.diagnostics.sampler["stages"]
-    )
-    assert "v_r" in kin_fit.model.names and not kin_fit.model.collapsed
-    assert np.unique(np.asarray(kin_fit.draws)[..., kin_fit.model.position("v_r")]).size > 100
+    # 67 velocities pin the members' mean down (sd < 0.5 km/s): the sampler keeps it in z (test_collapse.py
+    # has a field where it integrates it out)
+    assert not any("on a grid" in s for s in kin_fit.diagnostics.sampler["stages"])
     assert kin_fit.table.meta["gaia_distances"]["cluster"]["terms"] == ["radial_velocities"]
     no_rv = ~np.isfinite(np.asarray(kin_input["radial_velocity"], float))
     no_rv[[3, 11]] = False  # (no proper motion)
