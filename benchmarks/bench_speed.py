@@ -14,7 +14,7 @@ package imported from this tree or from a ``git worktree`` of ``--baseline``
   warm fit);
 - ``cone_no_terms``: the same without the model's terms (``radial_velocities=False``), which times
   the terms' machinery against a baseline without it;
-- ``seeds``, ``seeds_no_terms``: both cones, five seeds each, warm fits in one process (after a first
+- ``seeds``, ``seeds_no_terms``: the three cones, five seeds each, warm fits in one process (after a first
   fit of each), with and without the terms: the sampler's cost over seeds, and the ``rv`` quantiles;
 - ``sparse``: the 1 % cluster in a 40 000-star G < 20 cone (``bench_kinematics
   --cases sparse``), precision and recall of ``membership_prob > 0.5``;
@@ -121,7 +121,7 @@ def worker(case: str) -> list[dict[str, Any]]:
 
         terms = [n for n in inspect.signature(gd.fit_cluster).parameters if n == "radial_velocities"]
         kw = {n: False for n in terms} if case == "seeds_no_terms" else {}
-        for name in ("ngc2437", "ngc2301"):
+        for name in ("ngc2437", "ngc2301", "ngc2506"):
             t = _quiet_load(gd, name)
             _fit_record(gd, t, seed=99, **kw)  # loads and compiles: the fits below are warm
             for seed in range(5):

@@ -32,12 +32,10 @@ from gaia_distances.core.collapse import (
     with_grid,
 )
 from gaia_distances.core.initialisation import MapResult
-from gaia_distances.core.kinematics import sky_basis
 from gaia_distances.core.likelihood import log_posterior, pad_star_data, padded_size
 from gaia_distances.core.population import ClusterModel
 from gaia_distances.core.radial_velocity import RadialVelocityData, RadialVelocityValues
 from gaia_distances.core.terms import TERMS, GridIntegral, integrated_log_likelihood
-from gaia_distances.simulate import M67_VELOCITY_KMS
 
 FIT = {
     "zero_point": "parallax_zeropoint_true",
@@ -58,37 +56,6 @@ def quick_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return t, gd.fit_cluster(t, seed=2, **FIT)
-
-
-@pytest.fixture(scope="module")
-def few_velocities_fit():
-    """The kinematic tests' field (test_kinematic_fit.py: the same shapes, so compiled programs are shared)
-    with velocities for 6 members and 40 field stars only: the members' mean is loose, and collapsed."""
-    t = gd.simulate_field(500, n_cluster=200, cluster_distance=1500.0, binary_fraction=0.3, seed=5)
-    rv = np.asarray(t["radial_velocity"], float)
-    has = np.flatnonzero(np.isfinite(rv))
-    member = np.asarray(t["is_member"], bool)
-    keep = np.concatenate([has[member[has]][:6], has[~member[has]][:40]])
-    drop = np.setdiff1d(has, keep)
-    t["radial_velocity"][drop] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return gd.fit_cluster(
-            t, zero_point="parallax_zeropoint_true", num_warmup=100, num_samples=100, seed=1, extend=False
-        )
-
-
-def test_a_loose_mean_velocity_is_integrated_out_and_drawn_again(few_velocities_fit):
-    fit = few_velocities_fit
-    assert fit.model.terms == ("radial_velocities",) and not fit.model.collapsed and "v_r" in fit.model.names
-    stages = fit.diagnostics.sampler["stages"]
-    assert any("integrated out on a grid" in s and "sampled instead" not in s for s in stages), stages
-    v_r = np.asarray(fit.draws)[..., fit.model.position("v_r")]
-    assert np.unique(v_r).size == v_r.size  # drawn per draw from its conditional
-    rv = {str(r["parameter"]): r for r in fit.summary()}["rv"]
-    truth = float(np.sum(sky_basis(132.846, 11.814)[2] * np.asarray(M67_VELOCITY_KMS)))
-    assert rv["sd"] > 0.3 and abs(rv["p50"] - truth) < 4 * rv["sd"]
-    assert "rv" in fit.diagnostics["r_hat"]
 
 
 def _data(t, model: ClusterModel, dtype):

@@ -34,6 +34,13 @@ def _quiet(fn, *args, **kwargs):
 def kin_input():
     t = gd.simulate_field(N_FIELD, n_cluster=N_CLUSTER, cluster_distance=1500.0, binary_fraction=0.3, seed=5)
     t["pmra"][[3, 11]] = np.nan * u.mas / u.yr  # no proper motion: parallax-only likelihood, flagged
+    # velocities for 6 members and 40 field stars only: the members' mean is loose, so the sampler
+    # integrates it out on its grid (core/collapse.py; test_collapse.py tests the grid's parts)
+    rv = np.asarray(t["radial_velocity"], float)
+    has = np.flatnonzero(np.isfinite(rv))
+    member = np.asarray(t["is_member"], bool)
+    keep = np.concatenate([has[member[has]][:6], has[~member[has]][:40]])
+    t["radial_velocity"][np.setdiff1d(has, keep)] = np.nan
     return t
 
 
@@ -58,17 +65,20 @@ def test_the_kinematic_fit_recovers_the_cluster_and_reports_its_motion(kin_input
 
 
 def test_the_fit_uses_the_radial_velocities_it_has(kin_input, kin_fit):
-    """67 members have a velocity (G_RVS < 14), 30 % of them binaries; stars without one are not flagged."""
+    """6 members and 40 field stars have a velocity; stars without one are not flagged. So few members
+    leave the mean loose: the sampler integrates it out and draws it for every draw afterwards."""
     truth = float(np.sum(sky_basis(132.846, 11.814)[2] * np.asarray(M67_VELOCITY_KMS)))
     assert kin_fit.model.terms == ("radial_velocities",)
     rows = {str(r["parameter"]): r for r in kin_fit.summary()}
     rv = rows["rv"]
-    assert rv["unit"] == "km / s" and rv["sd"] < 0.5
-    assert abs(rv["mean"] - truth) < 4 * rv["sd"] + 0.1
+    assert rv["unit"] == "km / s" and 0.3 < rv["sd"] < 5.0
+    assert abs(rv["p50"] - truth) < 4 * rv["sd"]
     assert "rv" in kin_fit.diagnostics["r_hat"]  # a science quantity: checked like the others
-    # 67 velocities pin the members' mean down (sd < 0.5 km/s): the sampler keeps it in z (test_collapse.py
-    # has a field where it integrates it out)
-    assert not any("on a grid" in s for s in kin_fit.diagnostics.sampler["stages"])
+    stages = kin_fit.diagnostics.sampler["stages"]
+    assert any("integrated out on a grid" in s and "sampled instead" not in s for s in stages), stages
+    assert "v_r" in kin_fit.model.names and not kin_fit.model.collapsed  # the draws are the full model's
+    v_r = np.asarray(kin_fit.draws)[..., kin_fit.model.position("v_r")]
+    assert np.unique(v_r).size == v_r.size  # drawn per draw from its conditional
     assert kin_fit.table.meta["gaia_distances"]["cluster"]["terms"] == ["radial_velocities"]
     no_rv = ~np.isfinite(np.asarray(kin_input["radial_velocity"], float))
     no_rv[[3, 11]] = False  # (no proper motion)

@@ -90,8 +90,8 @@ def compile_marginal(data: StarData, model: ClusterModel, settings: NutsSettings
     if data.n_stars > SPLIT_ABOVE:
         precompile(log_odds_program(model), jnp.zeros((SCREEN_POINTS, n), dt), data)
         return
-    # (a model the sampler may collapse is compiled as it is: whether it collapses depends on the MAP)
-    compile_segments(whitened_potential_gen(model), stack_star_data([data]), n, settings)
+    if collapsed_model(model) is None:  # (whether the sampler collapses a model depends on its MAP)
+        compile_segments(whitened_potential_gen(model), stack_star_data([data]), n, settings)
 
 
 def convergence_check(model: ClusterModel, n_stars: Sequence[int]) -> Callable[[int, np.ndarray], Convergence]:
