@@ -232,19 +232,7 @@ def _sample_collapsed(
     n_rows = max(n_grid_rows(d, model) for d in data)
     gridded = [with_grid(d, model, parameter_grid(s.z, s.covariance, model), n_rows) for d, s in zip(data, starts)]
     centre, cov = grid_starts(starts, model, collapsed)
-    staged = sample_staged(
-        whitened_potential_gen(collapsed),
-        centre,
-        cov,
-        stack_star_data(gridded),
-        settings,
-        seed=seed,
-        check=convergence_check(collapsed, [_n_real(d) for d in data]),
-        names=collapsed.names,
-        extend=extend,
-        progress=progress,
-        initial=_search_density(collapsed, gridded),
-    )
+    staged = _staged(collapsed, centre, cov, gridded, gridded, data, settings, seed, progress, extend)
     out = []
     param = next(n for n in model.names if n not in collapsed.names)
     for b, r in enumerate(staged):
@@ -268,20 +256,39 @@ def _sample_full(
     """The staged sampler on ``model`` itself."""
     n = model.n_params
     cov = np.stack([s.covariance if s.covariance is not None else whitening(None, n) ** 2 for s in starts])
-    staged = sample_staged(
+    density = list(search_data) if search_data is not None else list(data)
+    centre = np.stack([s.z for s in starts])
+    staged = _staged(model, centre, cov, list(data), density, data, settings, seed, progress, extend)
+    return [_draws(r, r.z, list(r.stages)) for r in staged]
+
+
+def _staged(
+    model: ClusterModel,
+    centre: np.ndarray,
+    cov: np.ndarray,
+    data: list[StarData],
+    density_data: list[StarData],
+    counted: Sequence[StarData],
+    settings: NutsSettings,
+    seed: int,
+    progress: Progress | None,
+    extend: bool,
+) -> Any:
+    """The staged sampler on ``model`` over ``data``, its first densities from ``density_data`` (the search's
+    compiled gradient) and its convergence judged with the real stars of ``counted``."""
+    return sample_staged(
         whitened_potential_gen(model),
-        np.stack([s.z for s in starts]),
+        centre,
         cov,
-        stack_star_data(list(data)),
+        stack_star_data(data),
         settings,
         seed=seed,
-        check=convergence_check(model, [_n_real(d) for d in data]),
+        check=convergence_check(model, [_n_real(d) for d in counted]),
         names=model.names,
         extend=extend,
         progress=progress,
-        initial=_search_density(model, list(search_data) if search_data is not None else list(data)),
+        initial=_search_density(model, density_data),
     )
-    return [_draws(r, r.z, list(r.stages)) for r in staged]
 
 
 def _search_density(model: ClusterModel, data: list[StarData]) -> InitialDensity:
