@@ -258,6 +258,7 @@ def test_a_grid_that_misses_the_conditional_fails_its_check_and_v_r_is_sampled(m
         return 400.0 + np.sinh(np.linspace(-1.0, 1.0, GRID_NODES)), 1.0
 
     monkeypatch.setattr(cluster_sampling, "parameter_grid", far)
+    monkeypatch.setattr(cluster_sampling, "worth_collapsing", lambda z, cov, model: True)  # (v_r is tight here)
     t = _field()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

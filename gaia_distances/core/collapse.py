@@ -35,7 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.exported import Program
-from gaia_distances.core.likelihood import StarData, component_log_likelihoods, on_device, on_host, per_star_map
+from gaia_distances.core.likelihood import (
+    StarData,
+    component_log_likelihoods,
+    on_device,
+    on_host,
+    per_star_map,
+    weighted_log_likelihoods,
+)
 from gaia_distances.core.numerics import Array
 from gaia_distances.core.population import ClusterModel, Population, to_population
 from gaia_distances.core.terms import TERMS, GridIntegral, integrated_parameter, node_log_integrand
@@ -81,9 +88,8 @@ def worth_collapsing(z: np.ndarray, cov: np.ndarray | None, model: ClusterModel)
     covariance: where its sd exceeds what the term declares (:attr:`~gaia_distances.core.term.Term.integrate_above`;
     also without a covariance)."""
     name, param = _integrated(model)
-    if cov is None or not np.isfinite(cov[model.position(param), model.position(param)]):
-        return True
-    return math.sqrt(max(float(cov[model.position(param), model.position(param)]), 0.0)) > TERMS[name].integrate_above
+    var = math.nan if cov is None else float(cov[model.position(param), model.position(param)])
+    return not math.isfinite(var) or math.sqrt(max(var, 0.0)) > TERMS[name].integrate_above
 
 
 def parameter_grid(z: np.ndarray, cov: np.ndarray | None, model: ClusterModel) -> tuple[np.ndarray, float]:
@@ -127,11 +133,15 @@ def _log_prior(nodes: np.ndarray, model: ClusterModel) -> np.ndarray:
     return np.asarray(_prior(model).log_pdf(jnp.asarray(nodes, float)), float)
 
 
+def _t(nodes: np.ndarray, scale: float) -> np.ndarray:
+    """The equally spaced ``t`` of ``nodes = c + scale sinh(t)`` (``c`` the middle node)."""
+    return np.arcsinh((nodes - nodes[nodes.size // 2]) / scale)
+
+
 def _trapezoid_log_weights(nodes: np.ndarray, scale: float, model: ClusterModel) -> np.ndarray:
     """``ln`` of the trapezoid rule's weights in ``t`` over ``nodes = c + scale sinh(t)`` (equal steps in
     ``t``), times the Jacobian ``scale cosh(t)`` and the parameter's prior density."""
-    centre = nodes[nodes.size // 2]
-    t = np.arcsinh((nodes - centre) / scale)
+    t = _t(nodes, scale)
     w = np.full(nodes.size, t[1] - t[0]) * scale * np.cosh(t)
     w[[0, -1]] *= 0.5
     return np.log(w) + _log_prior(nodes, model)
@@ -139,9 +149,8 @@ def _trapezoid_log_weights(nodes: np.ndarray, scale: float, model: ClusterModel)
 
 def _finer(nodes: np.ndarray, scale: float, factor: int) -> np.ndarray:
     """The nodes with ``factor - 1`` more between each two, equally spaced in ``t``."""
-    centre = nodes[nodes.size // 2]
-    t = np.arcsinh((nodes - centre) / scale)
-    return centre + scale * np.sinh(np.linspace(t[0], t[-1], factor * (nodes.size - 1) + 1))
+    t = _t(nodes, scale)
+    return nodes[nodes.size // 2] + scale * np.sinh(np.linspace(t[0], t[-1], factor * (nodes.size - 1) + 1))
 
 
 def with_grid(
@@ -152,25 +161,29 @@ def with_grid(
     real stars with the term's data (padded to ``n_rows``, or to a multiple of :data:`ROW_STEP`)."""
     name, _ = _integrated(model)
     host = on_host(data.terms[name])
-    has = (np.asarray(TERMS[name].present(host)) > 0) & data.real()
-    rows = np.flatnonzero(has)
-    m = n_rows if n_rows is not None else max(ROW_STEP, -(-rows.size // ROW_STEP) * ROW_STEP)
+    rows = _grid_rows(data, model)
+    m = n_rows if n_rows is not None else n_grid_rows(data, model)
     if m < rows.size:
         raise ValueError(f"cannot pad {rows.size} rows to {m}")
     padded = np.concatenate([rows, np.zeros(m - rows.size, int)]).astype(np.int32)
-    mask = (np.arange(m) < rows.size).astype(np.asarray(data.parallax).dtype)
-    compact = jax.tree_util.tree_map(lambda x: np.asarray(x)[padded], host)
     dt = np.asarray(data.parallax).dtype
+    mask = (np.arange(m) < rows.size).astype(dt)
+    compact = jax.tree_util.tree_map(lambda x: np.asarray(x)[padded], host)
     nodes, scale = grid
     log_w = _trapezoid_log_weights(nodes, scale, model)
     integral = GridIntegral(padded, mask, compact, nodes.astype(dt), log_w.astype(dt), np.asarray(scale, dt))
     return data._replace(integration={name: on_device(integral)})
 
 
+def _grid_rows(data: StarData, model: ClusterModel) -> np.ndarray:
+    """The real stars of ``data`` with the integrating term's data."""
+    name, _ = _integrated(model)
+    return np.flatnonzero((np.asarray(TERMS[name].present(on_host(data.terms[name]))) > 0) & data.real())
+
+
 def n_grid_rows(data: StarData, model: ClusterModel) -> int:
-    """The padded number of rows :func:`with_grid` gives ``data``."""
-    grid = with_grid(data, model, (np.linspace(-1.0, 1.0, GRID_NODES), 1.0)).integration
-    return int(next(iter(grid.values())).rows.shape[0])
+    """The padded number of rows :func:`with_grid` gives ``data``: a multiple of :data:`ROW_STEP`."""
+    return max(ROW_STEP, -(-_grid_rows(data, model).size // ROW_STEP) * ROW_STEP)
 
 
 class GridCheck(NamedTuple):
@@ -194,15 +207,12 @@ class GridCheck(NamedTuple):
 @functools.lru_cache(maxsize=8)
 def _conditional_program(model: ClusterModel, name: str) -> Program:
     """``(z draws, stars, grid, nodes) ->`` each draw's :func:`~gaia_distances.core.terms.node_log_integrand`
-    at ``nodes`` and at the grid's own nodes."""
+    at ``nodes``."""
 
-    def at(z: Array, sub: StarData, grid: GridIntegral, fine: Array) -> tuple[Array, Array]:
+    def at(z: Array, sub: StarData, grid: GridIntegral, fine: Array) -> Array:
         pop: Population = to_population(z, model)
-        comp = component_log_likelihoods(pop, sub, leave_out=name)
-        log_c = jnp.log(pop.Q) + comp.cluster
-        log_f = jnp.log1p(-pop.Q) + comp.field
-        values = node_log_integrand(log_c, log_f, pop.terms, name, grid, fine)
-        return values, node_log_integrand(log_c, log_f, pop.terms, name, grid, grid.nodes)
+        log_c, log_f = weighted_log_likelihoods(pop, component_log_likelihoods(pop, sub, leave_out=name))
+        return node_log_integrand(log_c, log_f, pop.terms, name, grid, fine)
 
     return Program("grid_conditional", jax.vmap(at, in_axes=(0, None, None, None)), model, name)
 
@@ -226,15 +236,16 @@ def expand_draws(
     program = _conditional_program(collapsed, name)
     flat = np.asarray(z, float).reshape(-1, z.shape[-1])
     dt = np.asarray(data.parallax).dtype
-    fine_values, coarse_values = [], []
+    fine_values = []
     for start in range(0, len(flat), chunk):
         part = flat[start : start + chunk]
         pad = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), axis=0)])
-        f, c = program(jnp.asarray(pad, dt), sub, on_device(local), jnp.asarray(fine, dt))
+        f = program(jnp.asarray(pad, dt), sub, on_device(local), jnp.asarray(fine, dt))
         fine_values.append(np.asarray(f, float)[: len(part)])
-        coarse_values.append(np.asarray(c, float)[: len(part)])
-    log_p = np.concatenate(fine_values) + log_prior_fine
-    coarse = np.concatenate(coarse_values) + np.asarray(grid.log_weights, float)
+    values = np.concatenate(fine_values)
+    log_p = values + log_prior_fine
+    # the grid's own nodes are every FINER-th of the finer grid's
+    coarse = values[:, ::FINER] + np.asarray(grid.log_weights, float)
     check = grid_check(coarse, log_p + fine_weights)
     draws = draw_piecewise_linear(log_p, fine, np.random.default_rng(seed))
     names = full.names

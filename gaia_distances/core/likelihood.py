@@ -69,6 +69,7 @@ __all__ = [
     "rough_length_scale",
     "split_star_data",
     "stack_star_data",
+    "weighted_log_likelihoods",
 ]
 
 
@@ -375,7 +376,8 @@ def parallax_component_log_likelihoods(pop: Population, data: StarData) -> Compo
     return component_log_likelihoods(pop._replace(kin=None, terms=None), data)
 
 
-def _weighted(pop: Population, comp: ComponentLikelihoods) -> tuple[Array, Array]:
+def weighted_log_likelihoods(pop: Population, comp: ComponentLikelihoods) -> tuple[Array, Array]:
+    """``ln Q + ln p(obs_i | cluster)`` and ``ln(1 - Q) + ln p(obs_i | field)`` per star."""
     return jnp.log(pop.Q) + comp.cluster, jnp.log1p(-pop.Q) + comp.field
 
 
@@ -396,7 +398,7 @@ def marginal_log_likelihood(
     def total(d: StarData) -> Array:
         (name, grid), *_ = (d.integration or {None: None}).items()
         comp = component_log_likelihoods(pop, d, n_gh=n_gh, n_newton=n_newton, leave_out=name)
-        log_c, log_f = _weighted(pop, comp)
+        log_c, log_f = weighted_log_likelihoods(pop, comp)
         terms = jnp.logaddexp(log_c, log_f)
         if d.weight is not None:
             terms = jnp.where(d.weight > 0, terms, 0.0)
@@ -419,13 +421,13 @@ def marginal_log_likelihood(
 
 def membership_log_odds(pop: Population, data: StarData, *, n_gh: int = 10, n_newton: int = 2) -> Array:
     """``ln [Q p(w|cluster) / ((1-Q) p(w|field))]`` per star, at one population."""
-    log_c, log_f = _weighted(pop, component_log_likelihoods(pop, data, n_gh=n_gh, n_newton=n_newton))
+    log_c, log_f = weighted_log_likelihoods(pop, component_log_likelihoods(pop, data, n_gh=n_gh, n_newton=n_newton))
     return log_c - log_f
 
 
 def log_evidence_per_star(pop: Population, data: StarData) -> Array:
     """``ln p(w_i | population)`` per star (the mixture's normalisation)."""
-    return jnp.logaddexp(*_weighted(pop, component_log_likelihoods(pop, data)))
+    return jnp.logaddexp(*weighted_log_likelihoods(pop, component_log_likelihoods(pop, data)))
 
 
 def log_posterior(z: Array, data: StarData, model: ClusterModel, *, blocked: bool = False) -> Array:
