@@ -78,6 +78,22 @@ def test_stars_without_a_velocity_add_nothing():
     assert np.all(np.asarray(c) == 0) and np.all(np.asarray(f) == 0)
 
 
+def test_the_field_start_is_the_student_t_maximum_likelihood():
+    """The term starts the field's mean and scale at their maximum likelihood (the search's optimiser then
+    has nothing left in those weakly constrained directions): with negligible errors, scipy's own fit of a
+    Student t with the term's degrees of freedom."""
+    from gaia_distances.core.population import ClusterModel
+
+    rng = np.random.default_rng(4)
+    v = 12.0 + 28.0 * rng.standard_t(FIELD_DOF, 300)
+    model = ClusterModel(field="flexible", kinematics=True, terms=("radial_velocities",))
+    z = np.zeros(model.n_params)
+    TERM.start(z, RadialVelocityData(v, np.full(v.size, 1e-6), np.ones(v.size)), model, None)
+    _, loc, scale = stats.t.fit(v, fix_df=FIELD_DOF)
+    assert z[model.position("field_rv_mean")] == pytest.approx(loc, abs=0.05)
+    assert np.exp(z[model.position("field_log_rv_scale")]) == pytest.approx(scale, rel=2e-3)
+
+
 def test_the_option_is_a_keyword_of_both_fits_of_the_cli_and_in_their_docs():
     for fn in (gd.fit_cluster, gd.fit_clusters):
         param = inspect.signature(fn).parameters["radial_velocities"]

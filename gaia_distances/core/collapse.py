@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 #: Nodes of the grid the sampler integrates over.
-GRID_NODES = 257
+GRID_NODES = 129
 #: The grid of the draws and of the check on the resolution is this many times finer.
 FINER = 4
 #: The grid reaches this many prior sds on either side of the MAP.

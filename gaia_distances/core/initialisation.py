@@ -29,6 +29,7 @@ from gaia_distances.core.population import ClusterModel
 
 __all__ = [
     "NEWTON_DECREMENT",
+    "NEWTON_FLOOR",
     "candidate_distances",
     "MapResult",
     "hessian",
@@ -154,9 +155,14 @@ def score_candidates(z: np.ndarray, data: StarData, model: ClusterModel) -> np.n
     return np.where(np.isfinite(out), out, -np.inf)
 
 
-#: A polish stops once a full Newton step would raise the log posterior by less than this: float32 sums
-#: of thousands of stars resolve ln p to about 1e-3, so a smaller change is rounding, not ascent.
-NEWTON_DECREMENT = 1e-3
+#: A polish stops once a full Newton step would raise the log posterior by less than this: the start is then
+#: within about 0.15 posterior sds of the maximum (the decrement is half the squared step in posterior sds),
+#: which is all the sampler's start and the Laplace covariance need; float32 sums of thousands of stars
+#: resolve ln p to about 1e-3, and their gradients along weakly constrained directions (a field's mean
+#: radial velocity, 5 km/s wide) are as noisy, so a much smaller bound is rounding, not ascent.
+NEWTON_DECREMENT = 1e-2
+#: Smallest curvature a Newton step uses, relative to the largest (:func:`polish`).
+NEWTON_FLOOR = 1e-6
 
 
 @functools.lru_cache(maxsize=16)
@@ -184,7 +190,8 @@ def polish(
     max_iter: int = 50,
     decrement: float = 0.0,
 ) -> tuple[np.ndarray, float]:
-    """Damped Newton ascent of the log posterior from ``z0``; returns the end point and its value.
+    """Damped, saddle-free Newton ascent of the log posterior from ``z0`` (the Hessian's eigenvalues by their
+    absolute values, floored at :data:`NEWTON_FLOOR` of the largest); returns the end point and its value.
 
     It stops after ``max_iter`` steps, when a step changes neither the point
     nor the value, or when the Newton decrement ``g . H^-1 g / 2`` (what a
@@ -202,7 +209,12 @@ def polish(
         g = np.asarray(vg(jnp.asarray(x, dtype), data)[1], float)
         try:
             evals, evecs = np.linalg.eigh(-hessian(x, data, model))
-            step = evecs @ ((evecs.T @ g) / np.maximum(evals, 1e-3 * max(evals.max(), 1e-12) + 1e-6))
+            # saddle-free: where the posterior curves upwards (a saddle) the step climbs at the scale of
+            # that curvature too; the floor is relative to the largest curvature, which (a cluster's
+            # distance) can be 1e6 times the smallest: a coarser floor shortens every weak direction's step,
+            # and the ascent then converges linearly
+            curvature = np.maximum(np.abs(evals), NEWTON_FLOOR * max(np.abs(evals).max(), 1e-12) + 1e-9)
+            step = evecs @ ((evecs.T @ g) / curvature)
         except np.linalg.LinAlgError:
             step = g * 1e-3
         if 0.5 * float(g @ step) < decrement:

@@ -53,8 +53,9 @@ from gaia_distances.core.initialisation import (
 from gaia_distances.core.kinematics import centre_frame_proper_motions
 from gaia_distances.core.likelihood import StarData
 from gaia_distances.core.parallel import usable_cores
+from gaia_distances.core.parameters import Normal
 from gaia_distances.core.population import ClusterModel, log_prior
-from gaia_distances.core.terms import term_starts
+from gaia_distances.core.terms import scanned_parameters, term_starts
 
 __all__ = [
     "AGREE_LOG_POST",
@@ -66,6 +67,7 @@ __all__ = [
     "find_map_extended",
     "finish_candidate",
     "polish_lbfgs",
+    "scan_parameter",
     "soft_laplace_covariance",
 ]
 
@@ -75,6 +77,10 @@ AGREE_LOG_POST = 5.0
 MIN_EVIDENCE = 15.0
 #: Candidates whose cluster-only polish ends further than this below the best are not finished.
 CONTENDER_MARGIN = 50.0
+#: Values of a parameter the search scans (:func:`scan_parameter`), and of its finer second pass.
+SCAN_NODES = 128
+#: The scan reaches this many prior sds either side of the parameter's value; its nodes are densest there.
+SCAN_SPAN = 4.0
 #: logit(Q) of "no cluster" in the field-only fit.
 _NO_CLUSTER = -12.0
 #: The field's smoothing scale in the proper-motion clump finder, in bins (:func:`_pm_clump`).
@@ -360,12 +366,44 @@ def find_map_extended(
         solutions = [(z_field, f_field)]
     i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
     z_best, f_best = solutions[i_best]
+    for name in scanned_parameters(model):
+        z_best, f_best = scan_parameter(z_best, f_best, data, model, name)
     # Newton steps finish what L-BFGS (float32 gradients) leaves: the Laplace
     # covariance needs the maximum itself, not a point near a saddle
     z_new, f_new = polish(z_best, data, model, max_iter=8, decrement=NEWTON_DECREMENT)
     if f_new >= f_best:
         z_best, f_best = z_new, f_new
     return MapResult(z_best, f_best, soft_laplace_covariance(z_best, data, model), problems, evidence)
+
+
+def scan_parameter(z: np.ndarray, f: float, data: StarData, model: ClusterModel, name: str) -> tuple[np.ndarray, float]:
+    """``z`` (log posterior ``f``) with its entry ``name`` moved to the best of a grid of values, every other
+    entry held, and its log posterior: a global search in one parameter whose posterior may have several
+    modes (:meth:`~gaia_distances.core.term.Term.scanned`), where L-BFGS stops in the mode it starts in, or on
+    a saddle between two.
+
+    The :data:`SCAN_NODES` values are ``x + s sinh(t)`` for equally spaced ``t``, out to :data:`SCAN_SPAN`
+    prior sds either side of the current value ``x``, with ``s`` a hundredth of the prior sd: 0.05 km/s
+    apart near ``x`` for ``v_r``, 2 km/s apart 20 km/s away; then as many again between the best value's
+    two neighbours. Both passes are scored in the batches of :func:`score_candidates` (nothing new to
+    compile). ``z`` is returned unchanged unless a value beats it.
+    """
+    i = model.position(name)
+    prior = model.parameters[i].prior
+    sd = prior.sd if isinstance(prior, Normal) else 1.0
+    x0 = float(z[i])
+    t_max = math.asinh(SCAN_SPAN * 100.0)
+    values = x0 + 0.01 * sd * np.sinh(np.linspace(-t_max, t_max, SCAN_NODES))
+    best_z, best_f = z, f
+    for _ in range(2):
+        trial = np.repeat(z[None, :], values.size, axis=0)
+        trial[:, i] = values
+        scores = score_candidates(trial, data, model)
+        k = int(np.argmax(scores))
+        if scores[k] > best_f:
+            best_z, best_f = trial[k], float(scores[k])
+        values = np.linspace(values[max(k - 1, 0)], values[min(k + 1, values.size - 1)], SCAN_NODES)
+    return best_z, best_f
 
 
 def finish_candidate(z: np.ndarray, data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]:

@@ -126,6 +126,14 @@ class Term:
     #: parameter that the data pin down has a Gaussian posterior, which NUTS samples as well as the grid.
     integrate_above: float = 0.0
 
+    def scanned(self, model: ModelLike) -> str | None:
+        """A parameter whose posterior the term can give several modes (the members' mean velocity, where a
+        binary among a handful of members pulls it), which the MAP search therefore sets to the best of a grid
+        of values before its last polish (:func:`~gaia_distances.core.search.scan_parameter`): a local
+        optimiser stops in whichever mode, or between two, it starts near. ``None`` (the default) where
+        there is none."""
+        return None
+
     def at_nodes(self, values: Any, nodes: Array) -> Any:
         """``values`` with the :meth:`integrable` parameter set to ``nodes`` (an array that broadcasts
         against the stars, e.g. ``(K, 1)``; ``None``: left out of ``z``, and then :meth:`log_terms` gives

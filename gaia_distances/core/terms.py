@@ -36,6 +36,7 @@ __all__ = [
     "node_log_integrand",
     "integrated_parameter",
     "prepare_term_data",
+    "scanned_parameters",
     "term_blocks",
     "term_log_likelihoods",
     "term_physical",
@@ -73,6 +74,13 @@ def integrated_parameter(model: ModelLike) -> tuple[str, str] | None:
         if param is not None:
             return name, param
     return None
+
+
+def scanned_parameters(model: ModelLike) -> tuple[str, ...]:
+    """The parameters of ``model`` that its terms declare may have several modes
+    (:meth:`~gaia_distances.core.term.Term.scanned`), each once, in the terms' order."""
+    found = (TERMS[name].scanned(model) for name in model.terms)
+    return tuple(dict.fromkeys(p for p in found if p is not None and p in model.names))
 
 
 def term_population(z: Array, model: ModelLike, xp: Any) -> dict[str, Any] | None:
