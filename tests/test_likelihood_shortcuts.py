@@ -66,6 +66,36 @@ def test_the_blocked_sum_equals_the_whole(field, monkeypatch):
     np.testing.assert_allclose(np.asarray(blocked[1]), np.asarray(whole[1]), rtol=1e-4, atol=1e-2)
 
 
+def test_a_wrong_screen_is_caught_and_the_field_sampled_again_control_flow(field, monkeypatch):
+    """The screen's check without compiling a sampler: the sampler is replaced by draws about the MAP. Half
+    the stars (members too) wrongly taken for certain non-members reach high log-odds at those draws, so
+    the field is sampled again with every star's cluster term, and the stages say so; a right screen is
+    kept. (The slow test below runs the real sampler.)"""
+    data, start = field
+    monkeypatch.setattr(cluster_sampling, "SPLIT_ABOVE", 0)
+    runs = []
+
+    def fake_batch(batch, model, starts, settings, *, seed, **kwargs):
+        runs.append(batch[0])
+        rng = np.random.default_rng(seed)
+        z = starts[0].z + 0.01 * rng.standard_normal((2, 40, starts[0].z.size))
+        return [cluster_sampling.Draws(z, None, {}, {"stages": ["fake"], "gradients_per_chain": 0})]
+
+    monkeypatch.setattr(cluster_sampling, "sample_marginal_batch", fake_batch)
+    settings = nuts_settings("marginal", num_warmup=30, num_samples=60)
+    wrong = data.real() & (np.arange(data.n_stars) % 2 == 0)
+    monkeypatch.setattr(cluster_sampling, "certain_non_members", lambda *a, **k: wrong)
+    draws = cluster_sampling.sample_marginal(data, MODEL, start, settings, seed=1, extend=False)
+    assert len(runs) == 2 and runs[0].field_only is not None and runs[1] is data
+    assert "sampled again with every star" in draws.sampler["stages"][0]
+    runs.clear()
+    right = certain_non_members(data, MODEL, start.z, start.covariance)
+    monkeypatch.setattr(cluster_sampling, "certain_non_members", lambda *a, **k: right)
+    draws = cluster_sampling.sample_marginal(data, MODEL, start, settings, seed=1, extend=False)
+    assert len(runs) == 1 and "sampled as certain field stars (largest" in draws.sampler["stages"][0]
+
+
+@pytest.mark.slow
 def test_a_wrong_screen_is_caught_and_the_field_sampled_again(field, monkeypatch):
     """Stars wrongly taken for certain non-members (here: every star, members too) reach high log-odds at
     the draws; the fit samples again with every star's cluster term, and says so."""
