@@ -189,7 +189,7 @@ def sample_marginal_batch(
     parameter in ``z``.
     """
     collapsed = collapsed_model(model)
-    if collapsed is not None and not any(worth_collapsing(s.z, s.covariance, model) for s in starts):
+    if collapsed is not None and not any(worth_collapsing(s.covariance, model) for s in starts):
         collapsed = None  # every field pins the parameter down: its posterior is Gaussian, NUTS samples it well
     note = None
     if collapsed is not None:

@@ -83,7 +83,7 @@ def collapsed_model(model: ClusterModel) -> ClusterModel | None:
     return model._replace(collapsed=True)
 
 
-def worth_collapsing(z: np.ndarray, cov: np.ndarray | None, model: ClusterModel) -> bool:
+def worth_collapsing(cov: np.ndarray | None, model: ClusterModel) -> bool:
     """Whether the sampler should integrate ``model``'s integrable parameter out, from the MAP's Laplace
     covariance: where its sd exceeds what the term declares (:attr:`~gaia_distances.core.term.Term.integrate_above`;
     also without a covariance)."""
