@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import logsumexp
 
 from gaia_distances.core.exported import Program
 from gaia_distances.core.likelihood import (
@@ -260,10 +261,11 @@ def expand_draws(
 def grid_check(log_w: np.ndarray, log_w_fine: np.ndarray) -> GridCheck:
     """:class:`GridCheck` from each draw's log weights (rows: draws; the quadrature's weights and the prior
     included) at the grid's nodes and at those of a grid :data:`FINER` times finer over the same range."""
-    total = np.asarray(jax.nn.logsumexp(jnp.asarray(log_w), axis=-1))
+    # in NumPy: an eager JAX call would compile for every new number of draws
+    total = logsumexp(log_w, axis=-1)
     p = np.exp(log_w - total[:, None])
     edge = float(np.max(p[:, :2].sum(-1) + p[:, -2:].sum(-1)))
-    fine = np.asarray(jax.nn.logsumexp(jnp.asarray(log_w_fine), axis=-1))
+    fine = logsumexp(log_w_fine, axis=-1)
     return GridCheck(edge, float(np.max(np.abs(fine - total))))
 
 

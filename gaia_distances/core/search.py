@@ -48,6 +48,7 @@ from gaia_distances.core.initialisation import (
     hessian,
     polish,
     score_candidates,
+    soft_inverse,
     value_and_grad,
 )
 from gaia_distances.core.kinematics import centre_frame_proper_motions
@@ -355,7 +356,7 @@ def find_map_extended(
         if len(starts) == n_polish:
             break
     cluster = _cluster_entries(model)
-    rough = [polish_lbfgs(cand[i], data, model, free=cluster) for i in starts]
+    rough = _each(lambda z0: polish_lbfgs(z0, data, model, free=cluster), [cand[i] for i in starts])
     top = max((fx for _, fx in rough), default=-np.inf)
     contenders: list[np.ndarray] = []  # distinct clusters, best first, within the margin of the best
     for z, fx in sorted(rough, key=lambda r: -r[1]):
@@ -370,10 +371,11 @@ def find_map_extended(
         z_best, f_best = scan_parameter(z_best, f_best, data, model, name)
     # Newton steps finish what L-BFGS (float32 gradients) leaves: the Laplace
     # covariance needs the maximum itself, not a point near a saddle
-    z_new, f_new = polish(z_best, data, model, max_iter=8, decrement=NEWTON_DECREMENT)
-    if f_new >= f_best:
-        z_best, f_best = z_new, f_new
-    return MapResult(z_best, f_best, soft_laplace_covariance(z_best, data, model), problems, evidence)
+    end = polish(z_best, data, model, max_iter=8, decrement=NEWTON_DECREMENT)
+    H = None
+    if end.log_posterior >= f_best:
+        z_best, f_best, H = end.z, end.log_posterior, end.hessian
+    return MapResult(z_best, f_best, soft_laplace_covariance(z_best, data, model, H), problems, evidence)
 
 
 def scan_parameter(z: np.ndarray, f: float, data: StarData, model: ClusterModel, name: str) -> tuple[np.ndarray, float]:
@@ -424,16 +426,20 @@ def finish_candidate(z: np.ndarray, data: StarData, model: ClusterModel) -> tupl
     return max(fits, key=lambda fit: fit[1])
 
 
-def soft_laplace_covariance(z: np.ndarray, data: StarData, model: ClusterModel) -> np.ndarray:
-    """``(-H)^-1`` at ``z`` with the eigenvalues of ``-H`` replaced by their absolute values (floored).
+def soft_laplace_covariance(
+    z: np.ndarray, data: StarData, model: ClusterModel, H: np.ndarray | None = None
+) -> np.ndarray:
+    """``(-H)^-1`` at ``z``, saddle-free (:func:`~gaia_distances.core.initialisation.soft_inverse`); ``H``,
+    the Hessian at ``z``, where the caller has it.
 
     At a true maximum this is the Laplace covariance; elsewhere (a flat or
     saddle direction) it still gives the sampler a usable, positive-definite
     scale in every direction.
     """
-    H = hessian(z, data, model)
+    H = hessian(z, data, model) if H is None else H
     if not np.all(np.isfinite(H)):
         return np.diag(np.full(z.size, 0.05**2))
-    lam, vec = np.linalg.eigh(-H)
-    lam = np.maximum(np.abs(lam), 1e-6 * max(np.abs(lam).max(), 1.0))
-    return (vec / lam) @ vec.T
+    try:
+        return soft_inverse(-H)
+    except np.linalg.LinAlgError:
+        return np.diag(np.full(z.size, 0.05**2))
