@@ -5,7 +5,8 @@ The reference model's four parameters are searched on a grid
 so the search works in stages:
 
 1. :func:`field_start`: the field alone (``Q`` near 0) fitted by L-BFGS,
-   from robust statistics of the stars;
+   from robust statistics of the stars (:data:`FIELD_START_ITER` iterations;
+   finished only where it decides whether there is a cluster);
 2. :func:`cluster_candidates`: cluster distances from a grid over the
    stars' inverse parallaxes and the narrow overdensities among them, each
    with the densest proper-motion clump among the stars whose parallaxes
@@ -61,6 +62,8 @@ from gaia_distances.core.terms import scanned_parameters, term_starts
 __all__ = [
     "AGREE_LOG_POST",
     "CONTENDER_MARGIN",
+    "FIELD_MARGIN",
+    "FIELD_START_ITER",
     "MIN_EVIDENCE",
     "cluster_candidates",
     "compare_starts",
@@ -76,6 +79,13 @@ __all__ = [
 AGREE_LOG_POST = 5.0
 #: The least log-likelihood gain of a cluster over the field alone that counts as a detection.
 MIN_EVIDENCE = 15.0
+#: L-BFGS iterations of the search's field-only fit: within about 10 of its optimum in log posterior on the
+#: shared cones (which takes 250-300 to reach), enough to score candidates on. The fit is finished where it
+#: decides something: when the evidence for a cluster is within :data:`FIELD_MARGIN` of
+#: :data:`MIN_EVIDENCE`, or when no cluster is found.
+FIELD_START_ITER = 100
+#: Evidence this far above :data:`MIN_EVIDENCE` needs no finished field-only fit to count as a detection.
+FIELD_MARGIN = 50.0
 #: Candidates whose cluster-only polish ends further than this below the best are not finished.
 CONTENDER_MARGIN = 50.0
 #: Values of a parameter the search scans (:func:`scan_parameter`), and of its finer second pass.
@@ -117,8 +127,9 @@ def _robust_sd(x: np.ndarray) -> float:
     return float(max((q[1] - q[0]) / 2.0, 1e-3))
 
 
-def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]:
-    """The field-only optimum (cluster fraction pinned near 0): ``z`` and its log posterior."""
+def field_start(data: StarData, model: ClusterModel, *, max_iter: int = 300) -> tuple[np.ndarray, float]:
+    """The field-only optimum (cluster fraction pinned near 0) after at most ``max_iter`` L-BFGS iterations:
+    ``z`` and its log posterior."""
     z = np.zeros(model.n_params)
     real = data.real()
     w = np.asarray(data.parallax, float)[real]
@@ -134,7 +145,7 @@ def field_start(data: StarData, model: ClusterModel) -> tuple[np.ndarray, float]
     z[model.position("logit_Q")] = _NO_CLUSTER
     term_starts(z, data, model)
     starts = field_pm_starts(data, model, z) if model.kinematics and data.kin is not None else [z]
-    fits = _each(lambda z0: polish_lbfgs(z0, data, model, free=~_cluster_entries(model)), starts)
+    fits = _each(lambda z0: polish_lbfgs(z0, data, model, free=~_cluster_entries(model), max_iter=max_iter), starts)
     return max(fits, key=lambda fit: fit[1])
 
 
@@ -342,7 +353,7 @@ def find_map_extended(
     of the best are then finished over every parameter
     (:func:`finish_candidate`) and compared.
     """
-    z_field, f_field = field_start(data, model)
+    z_field, f_field = field_start(data, model, max_iter=FIELD_START_ITER)
     cand = cluster_candidates(data, model, z_field, distance_hint=distance_hint)
     dtype = data.parallax.dtype
     scores = score_candidates(cand, data, model) if len(cand) else np.zeros(0)
@@ -363,9 +374,13 @@ def find_map_extended(
         if fx > top - CONTENDER_MARGIN and all(_distinct(z, y, model) for y in contenders):
             contenders.append(z)
     solutions = [finish_candidate(z, data, model) for z in contenders]
-    if not solutions:
-        solutions = [(z_field, f_field)]
-    i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
+    i_best, problems, evidence = 0, (), -math.inf
+    if solutions:
+        i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
+    if evidence < MIN_EVIDENCE + FIELD_MARGIN:  # the field-only fit decides: finish it
+        z_field, f_field = polish_lbfgs(z_field, data, model, free=~cluster)
+        solutions = solutions or [(z_field, f_field)]
+        i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
     z_best, f_best = solutions[i_best]
     for name in scanned_parameters(model):
         z_best, f_best = scan_parameter(z_best, f_best, data, model, name)
