@@ -384,11 +384,14 @@ def _find_start(
     """The MAP; for the marginal method the sampler and the per-star programs compile meanwhile."""
     if method != "marginal":
         return find_start(data, model, distance_hint=distance_hint)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        compiling = pool.submit(_prepare_sampler, data, model, settings)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one thread beside the search: it compiles in turn
+        compiling = [
+            pool.submit(_prepare_sampler, data, model, settings),
+            pool.submit(precompile_per_star, data, model, n_member=n_per_star[0], n_quant=n_per_star[1]),
+        ]
         start = find_start(data, model, distance_hint=distance_hint)
-        precompile_per_star(data, model, n_member=n_per_star[0], n_quant=n_per_star[1])
-        compiling.result()
+        for job in compiling:
+            job.result()
     return start
 
 

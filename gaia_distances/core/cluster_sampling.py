@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaia_distances.core.collapse import (
+    GRID_NODES,
     collapsed_model,
     expand_draws,
     grid_starts,
@@ -90,8 +91,17 @@ def compile_marginal(data: StarData, model: ClusterModel, settings: NutsSettings
     if data.n_stars > SPLIT_ABOVE:
         precompile(log_odds_program(model), jnp.zeros((SCREEN_POINTS, n), dt), data)
         return
-    if collapsed_model(model) is None:  # (whether the sampler collapses a model depends on its MAP)
+    collapsed = collapsed_model(model)
+    if collapsed is None:
         compile_segments(whitened_potential_gen(model), stack_star_data([data]), n, settings)
+        return
+    # whether the sampler collapses the model depends on its MAP; the collapsed sampler is compiled here,
+    # as a field with a handful of member velocities (most open clusters') needs it; the grid's shapes do
+    # not depend on its values, so a placeholder grid serves
+    placeholder = (np.linspace(-1.0, 1.0, GRID_NODES), 1.0)
+    gridded = with_grid(data, model, placeholder, n_grid_rows(data, model))
+    compile_segments(whitened_potential_gen(collapsed), stack_star_data([gridded]), collapsed.n_params, settings)
+    precompile(value_and_grad(collapsed), jnp.zeros(collapsed.n_params, dt), gridded)  # the chains' first densities
 
 
 def convergence_check(model: ClusterModel, n_stars: Sequence[int]) -> Callable[[int, np.ndarray], Convergence]:
