@@ -280,7 +280,7 @@ def polish(
         else:
             break
         x, converged = x + t * step, abs(fn - fx) < 1e-4 and t * norm < 1e-4
-        fx, g, short = fn, gn, t == 1.0 and norm <= 1.0 and gain < CHORD_DECREMENT
+        fx, g, short = fn, gn, bool(t == 1.0 and norm <= 1.0 and gain < CHORD_DECREMENT)
         if converged:
             H = None
             break

@@ -374,7 +374,8 @@ def find_map_extended(
         if fx > top - CONTENDER_MARGIN and all(_distinct(z, y, model) for y in contenders):
             contenders.append(z)
     solutions = [finish_candidate(z, data, model) for z in contenders]
-    i_best, problems, evidence = 0, (), -math.inf
+    problems: tuple[str, ...] = ()
+    i_best, evidence = 0, -math.inf
     if solutions:
         i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
     if evidence < MIN_EVIDENCE + FIELD_MARGIN:  # the field-only fit decides: finish it
