@@ -445,8 +445,9 @@ def finish_candidate(z: np.ndarray, data: StarData, model: ClusterModel) -> tupl
 def soft_laplace_covariance(
     z: np.ndarray, data: StarData, model: ClusterModel, H: np.ndarray | None = None
 ) -> np.ndarray:
-    """``(-H)^-1`` at ``z``, saddle-free (:func:`~gaia_distances.core.initialisation.soft_inverse`); ``H``,
-    the Hessian at ``z``, where the caller has it.
+    """``(-H)^-1`` at ``z``, saddle-free (:func:`~gaia_distances.core.initialisation.soft_inverse`); ``H``
+    where the caller has it: the Hessian at ``z``, or the one the Newton polish that ended at ``z`` last used
+    (:class:`~gaia_distances.core.initialisation.Polished`, one short step back at most).
 
     At a true maximum this is the Laplace covariance; elsewhere (a flat or
     saddle direction) it still gives the sampler a usable, positive-definite
