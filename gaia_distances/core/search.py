@@ -51,6 +51,7 @@ from gaia_distances.core.initialisation import (
     score_candidates,
     soft_inverse,
     value_and_grad,
+    whitening,
 )
 from gaia_distances.core.kinematics import centre_frame_proper_motions
 from gaia_distances.core.likelihood import StarData
@@ -374,14 +375,15 @@ def find_map_extended(
         if fx > top - CONTENDER_MARGIN and all(_distinct(z, y, model) for y in contenders):
             contenders.append(z)
     solutions = [finish_candidate(z, data, model) for z in contenders]
+    log_prior_fn = _log_prior_fn(model, dtype)
     problems: tuple[str, ...] = ()
     i_best, evidence = 0, -math.inf
     if solutions:
-        i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
+        i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), log_prior_fn)
     if evidence < MIN_EVIDENCE + FIELD_MARGIN:  # the field-only fit decides: finish it
         z_field, f_field = polish_lbfgs(z_field, data, model, free=~cluster)
         solutions = solutions or [(z_field, f_field)]
-        i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), _log_prior_fn(model, dtype))
+        i_best, problems, evidence = compare_starts(solutions, model, (z_field, f_field), log_prior_fn)
     z_best, f_best = solutions[i_best]
     for name in scanned_parameters(model):
         z_best, f_best = scan_parameter(z_best, f_best, data, model, name)
@@ -454,9 +456,9 @@ def soft_laplace_covariance(
     scale in every direction.
     """
     H = hessian(z, data, model) if H is None else H
-    if not np.all(np.isfinite(H)):
-        return np.diag(np.full(z.size, 0.05**2))
-    try:
-        return soft_inverse(-H)
-    except np.linalg.LinAlgError:
-        return np.diag(np.full(z.size, 0.05**2))
+    if np.all(np.isfinite(H)):
+        try:
+            return soft_inverse(-H)
+        except np.linalg.LinAlgError:
+            pass
+    return whitening(None, z.size) ** 2
