@@ -19,9 +19,11 @@ from gaia_distances.simulate import M67_VELOCITY_KMS
 #: Small fields in one padding bucket (768 stars), so that the fits share compiled programs. Their
 #: 500 field stars barely identify the field's two proper-motion components, so the sampler would extend
 #: its chains to the cap: these tests check the model's answers, so they take the first draws
-#: (``extend=False``); the extension is tested in test_staged.py and on the real cones.
+#: (``extend=False``); the extension is tested in test_staged.py and on the real cones. The chains' cost
+#: on this mock depends on the seed (seeds 1-6: 6 000 to 22 000 gradients, seed 1 the most);
+#: seed 2 is a typical one.
 N_FIELD, N_CLUSTER = 500, 200
-SETTINGS = dict(zero_point="parallax_zeropoint_true", num_warmup=200, num_samples=200, seed=1, extend=False)
+SETTINGS = dict(zero_point="parallax_zeropoint_true", num_warmup=200, num_samples=200, seed=2, extend=False)
 
 
 def _quiet(fn, *args, **kwargs):
