@@ -61,6 +61,18 @@ def test_pass_probabilities_match_float64_quadrature():
             assert abs(value[0, 0] - ref) < 1e-4, (L, s, lo, hi)
 
 
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+@pytest.mark.parametrize(("L", "s", "lo", "hi"), [(16.0, 0.066, 0.2, 3.0), (41.0, 0.0179, 0.5, 1.0)])
+def test_the_edsd_table_resolves_the_priors_far_tail(L, s, lo, hi):
+    """A small EDSD length with the cut far beyond its peak: the pass probability lies in the prior's
+    exponential tail, which falls by e in 0.05 in ln r at 20 L. A trapezoid rule over ln r with the
+    step 0.04 was off by 4e-5 and 8e-4 in ln P here; the table's rule agrees with quadrature to 1e-6."""
+    ref = _reference_edsd(L, s, lo, hi)
+    assert -20 < ref < -5  # the far tail, where a cluster's members lie for a near field
+    value, _ = edsd_log_pass_table(np.array([s]), np.array([lo]), np.array([hi]), np.array([math.log(L)]))
+    assert abs(value[0, 0] - ref) < 1e-6
+
+
 def test_edsd_pass_slope_is_the_derivative():
     s, lo, hi = np.array([0.05, 0.4]), np.array([0.2, 0.9]), np.array([3.0, 1.5])
     grid = np.log([800.0, 800.0 * 1.001])

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
+from scipy.special import gammainc as scipy_gammainc
+from scipy.special import gammaincc as scipy_gammaincc
 from scipy.special import ndtr as scipy_ndtr
 
 from gaia_distances.core.field_table import FieldTable, field_log_likelihood
@@ -118,45 +120,73 @@ def lognormal_log_pass(log_D: Array, sigma: Array, parallax_error: Array, lo: Ar
 
 
 def _edsd_below_above(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For ``x = r / L``: the EDSD's survival ``S = e^-x (1 + x + x^2/2)``, ``1 - S`` and ``dS / d ln L``."""
+    """For ``x = r / L``: the EDSD's survival ``S = e^-x (1 + x + x^2/2)``, ``1 - S`` and ``dS / d ln L``.
+
+    ``S`` and ``1 - S`` are the regularised incomplete gamma functions ``Q(3, x)`` and ``P(3, x)``, each
+    accurate where it is small (no cancellation).
+    """
     x = np.asarray(x, float)
+    surv, lower = scipy_gammaincc(3.0, x), scipy_gammainc(3.0, x)
     e = np.exp(-x)
-    surv = e * (1.0 + x + 0.5 * x * x)
-    # 1 - S = e^-x sum_{k>=3} x^k / k!, summed directly for small x (no cancellation)
-    series = np.zeros_like(x)
-    term = np.ones_like(x)
-    for k in range(3, 30):
-        term = term * x / k if k > 3 else x**3 / 6.0
-        series = series + term
-    lower = np.where(x < 1.0, e * series, 1.0 - surv)
     return surv, lower, 0.5 * e * x**3
 
 
-def _edsd_side(s: np.ndarray, h: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``P(w_obs < h)``, ``P(w_obs > h)`` and their ``d/d ln L`` under ``EDSD(L)``; ``s, h`` (n, 1), ``L`` (1, J)."""
+#: Step in ``ln r`` of the trapezoid rule of :func:`_edsd_trapezoid`; each ``L``'s EDSD is integrated from
+#: ``ln L - 10`` to ``ln L + 4.3`` (or beyond), outside which its mass is below 1e-12.
+_TRAPEZOID_STEP = 14.3 / 718
+
+
+def _edsd_trapezoid(s: np.ndarray, h: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``P(w_obs < h)``, ``P(w_obs > h)`` and the first's ``d/d ln L`` under ``EDSD(L)`` by the trapezoid rule over
+    ``ln r``; ``s, h`` (n, 1), ``L`` (1, J).
+
+    Every ``L`` shares one grid of nodes in ``ln r``, so the error's distribution function is evaluated
+    once per star and node (not per ``L`` as well), and each ``L``'s sum is a product with its EDSD
+    weights.
+    """
+    log_L = np.log(L[0])
+    u = np.arange(log_L.min() - 10.0, log_L.max() + 4.3 + _TRAPEZOID_STEP, _TRAPEZOID_STEP)
+    # the EDSD in ln r times the step, (K, J)
+    ratio = np.exp(u)[:, None] / L
+    p = np.exp(3.0 * (u[:, None] - log_L) - ratio - math.log(2.0)) * _TRAPEZOID_STEP
+    a = (h - 1000.0 * np.exp(-u)) / s  # (n, K)
+    phi, phi_c = scipy_ndtr(a), scipy_ndtr(-a)  # on the host: the table is float64 NumPy
+    return phi @ p, phi_c @ p, phi @ (p * (ratio - 3.0))
+
+
+def _edsd_error_rule(s: np.ndarray, h: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``P(w_obs < h)``, ``P(w_obs > h)`` and the first's ``d/d ln L`` under ``EDSD(L)`` by a Gauss-Hermite
+    rule over the error; ``s, h`` (n, 1), ``L`` (1, J)."""
     x, wts = _gauss_hermite(2 * N_NODES)
+    # P(w_t < y) = S(1000 / (y L)), 0 for y <= 0
+    y = h[..., None] - s[..., None] * x
+    t = np.where(y > 0, 1000.0 / (np.maximum(y, 1e-300) * L[..., None]), np.inf)
+    surv, lower, d_surv = (np.nan_to_num(a) for a in _edsd_below_above(t))
+    surv, d_surv = np.where(y > 0, surv, 0.0), np.where(y > 0, d_surv, 0.0)
+    lower = np.where(y > 0, lower, 1.0)
+    below, above, slope = (np.sum(wts * a, axis=-1) for a in (surv, lower, d_surv))
+    return below, above, slope
+
+
+def _edsd_side(s: np.ndarray, h: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``P(w_obs < h)``, ``P(w_obs > h)`` and their ``d/d ln L`` under ``EDSD(L)``; ``s, h`` (n, 1), ``L`` (1, J).
+
+    Each star and ``L`` takes the rule over the error where the EDSD's parallax density varies slowly over
+    ``s`` near ``h`` (that rule is smooth there), else the trapezoid rule over ``ln r``; each rule is
+    evaluated only for the stars that take it somewhere.
+    """
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        # over the error: P(w_t < y) = S(1000 / (y L)), 0 for y <= 0
-        y = h[..., None] - s[..., None] * x
-        t = np.where(y > 0, 1000.0 / (np.maximum(y, 1e-300) * L[..., None]), np.inf)
-        surv, lower, d_surv = (np.nan_to_num(a) for a in _edsd_below_above(t))
-        surv, d_surv = np.where(y > 0, surv, 0.0), np.where(y > 0, d_surv, 0.0)
-        lower = np.where(y > 0, lower, 1.0)
-        below_e, above_e, d_e = (np.sum(wts * a, axis=-1) for a in (surv, lower, d_surv))
-        # over ln r (trapezoid): the error's distribution function at each node
-        u = np.log(L)[..., None] + np.linspace(-10.0, 4.3, 360)
-        du = 14.3 / 359
-        log_p = 3.0 * u - np.exp(u) / L[..., None] - math.log(2.0) - 3.0 * np.log(L)[..., None]
-        p = np.exp(log_p) * du
-        a = (h[..., None] - 1000.0 * np.exp(-u)) / s[..., None]
-        phi, phi_c = scipy_ndtr(a), scipy_ndtr(-a)  # on the host: the table is float64 NumPy
-        below_u, above_u = np.sum(p * phi, axis=-1), np.sum(p * phi_c, axis=-1)
-        dlog = np.exp(u) / L[..., None] - 3.0
-        d_u = np.sum(p * dlog * phi, axis=-1)
-        # the error's rule is smooth when the EDSD's parallax density varies slowly over s near h
         xh = 1000.0 / (np.maximum(h, 1e-300) * L)
-        over_e = (h > 0) & (s < 0.5 * h / (4.0 + xh))
-    return tuple(np.where(over_e, a_e, a_u) for a_e, a_u in ((below_e, below_u), (above_e, above_u), (d_e, d_u)))
+        over_e = (h > 0) & (s < 0.5 * h / (4.0 + xh))  # (n, J)
+        result = np.zeros((3, *over_e.shape))
+        needs_u = ~over_e.all(axis=1)
+        if needs_u.any():
+            result[:, needs_u] = _edsd_trapezoid(s[needs_u], h[needs_u], L)
+        needs_e = over_e.any(axis=1)
+        if needs_e.any():
+            by_error = np.stack(_edsd_error_rule(s[needs_e], h[needs_e], L))
+            result[:, needs_e] = np.where(over_e[needs_e], by_error, result[:, needs_e])
+    return tuple(result)
 
 
 def edsd_log_pass_table(
