@@ -149,7 +149,15 @@ def _per_star_functions(model: ClusterModel) -> tuple[Any, Any]:
 
 
 def _chunk_data(data: StarData, index: np.ndarray) -> StarData:
+    if index.size == data.n_stars and np.array_equal(index, np.arange(data.n_stars)):
+        return data  # the whole field: nothing to gather
     return per_star_map(lambda x: x[index], data)
+
+
+def _quantile_chunks(n_stars: int) -> Any:
+    """The chunks of :func:`per_star_results`' quantiles: the whole field where it holds at most :data:`CHUNK`
+    stars (the fit has padded it to its bucket already), else :data:`CHUNK` stars at a time."""
+    return padded_chunks(n_stars, n_stars if n_stars <= CHUNK else CHUNK)
 
 
 def precompile_per_star(data: StarData, model: ClusterModel, *, n_member: int, n_quant: int) -> None:
@@ -158,7 +166,7 @@ def precompile_per_star(data: StarData, model: ClusterModel, *, n_member: int, n
     dt = data.parallax.dtype
     n = model.n_params
     precompile(membership, jnp.zeros((n_member, n), dt), data)
-    chunk = next(padded_chunks(data.n_stars, CHUNK))
+    chunk = next(_quantile_chunks(data.n_stars))
     sub = _chunk_data(data, chunk.rows)
     precompile(quant, jnp.zeros((n_quant, n), dt), sub, jnp.zeros((chunk.rows.size, GRID_WIDTH), dt))
 
@@ -190,7 +198,7 @@ def per_star_results(
     )
     zq = jnp.asarray(_thin(flat, n_quant), dt)
     dist = np.empty((data.n_stars, len(ONE_SIGMA_QUANTILES)))
-    for chunk in padded_chunks(data.n_stars, CHUNK):
+    for chunk in _quantile_chunks(data.n_stars):
         q = aot_call(quant, zq, _chunk_data(data, chunk.rows), jnp.asarray(grid[chunk.rows], dt))
         dist[chunk.start : chunk.stop] = np.asarray(q)[: chunk.stop - chunk.start]
     return PerStarResults(member, dist)
