@@ -10,6 +10,7 @@ quantities follow directly (:func:`joint_per_star`).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -30,6 +31,7 @@ from gaia_distances.core.likelihood import (
 from gaia_distances.core.numerics import (
     ONE_SIGMA_QUANTILES,
     Array,
+    Chunk,
     invert_cdf,
     log_likelihood_u,
     padded_chunks,
@@ -154,7 +156,7 @@ def _chunk_data(data: StarData, index: np.ndarray) -> StarData:
     return per_star_map(lambda x: x[index], data)
 
 
-def _quantile_chunks(n_stars: int) -> Any:
+def _quantile_chunks(n_stars: int) -> Iterator[Chunk]:
     """The chunks of :func:`per_star_results`' quantiles: the whole field where it holds at most :data:`CHUNK`
     stars (the fit has padded it to its bucket already), else :data:`CHUNK` stars at a time."""
     return padded_chunks(n_stars, n_stars if n_stars <= CHUNK else CHUNK)
